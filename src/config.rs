@@ -1,0 +1,254 @@
+//! Typed settings, layered: `config/default.toml` → `config/{CAPTURE_ENV}.toml` → environment
+//! variables `CAPTURE__SECTION__KEY` (DESIGN §5a).
+//!
+//! Owns the shape of every setting and where it comes from. Secrets (`database.url`,
+//! `amqp.url`, provider API keys) are [`Secret`]s: they print as `[redacted]` and are read
+//! with `expose()` only where they are used. Must not import the domain's adapters.
+//!
+//! Environment overrides use `__` both after the prefix and between keys
+//! (`CAPTURE__DATABASE__URL`); a single underscore after the prefix is ignored by the loader,
+//! so [`Settings::load_from`] warns about such variables. Values are taken as strings and
+//! converted by the field's type, so `"007"` stays `"007"` in a string field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The environment variable prefix.
+pub const ENV_PREFIX: &str = "CAPTURE";
+
+/// A secret value. Never printed, logged or serialized in clear.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The value, for the one place that sends it (a connection string, an auth header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+/// All settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub http: HttpSettings,
+    pub telemetry: TelemetrySettings,
+    pub capture: CaptureSettings,
+    /// Per provider, by name (`stripe`, `sandbox`, …).
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// PostgreSQL URL, e.g. `postgres://capture_worker@db:5432/capture?sslmode=verify-full`.
+    /// A secret: it may carry a password.
+    pub url: Secret,
+    /// Pool size; at least the number of captures run concurrently plus intake. Example: 16.
+    pub max_connections: u32,
+    /// How long to wait for a pooled connection before failing, in milliseconds. Example: 5000.
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// AMQP URL, e.g. `amqps://worker@rabbit:5671/%2f`. A secret: it may carry a password.
+    pub url: Secret,
+    /// Topic exchange warehouses publish to. Default `fulfillment`.
+    pub exchange: String,
+    /// Quorum queue this worker consumes. Default `capture-worker`; the dead-letter queue is
+    /// `<queue>.dead-letter`.
+    pub queue: String,
+    /// Unacknowledged deliveries per consumer (per-consumer QoS). Example: 64.
+    pub prefetch: u16,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address for health, metrics and webhooks, e.g. `127.0.0.1:8080`; port 0 picks a free one.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// OTLP/HTTP traces endpoint including `/v1/traces`, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`. Unset or empty: traces are not exported.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `json` (one object per line) or `text`.
+    pub log_format: LogFormat,
+    /// `tracing` filter directive, e.g. `info,capture_worker=debug`.
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSettings {
+    /// `first_capture` (all shipping with the first capture) or `prorated`.
+    pub shipping_policy: ShippingPolicySetting,
+    /// How long a shipment waits for its order before it is dead-lettered as `unknown_order`,
+    /// in seconds. Example: 3600.
+    pub parking_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShippingPolicySetting {
+    FirstCapture,
+    Prorated,
+}
+
+impl From<ShippingPolicySetting> for crate::domain::ShippingPolicy {
+    fn from(value: ShippingPolicySetting) -> Self {
+        match value {
+            ShippingPolicySetting::FirstCapture => crate::domain::ShippingPolicy::FirstCapture,
+            ShippingPolicySetting::Prorated => crate::domain::ShippingPolicy::Prorated,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// Base URL of the provider's API, e.g. `https://api.stripe.com`.
+    pub base_url: String,
+    /// API key, from the environment (`CAPTURE__PROVIDERS__STRIPE__API_KEY`).
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// A file holding the API key (a mounted secret); used when `api_key` is unset.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+}
+
+impl ProviderSettings {
+    /// The API key from `api_key`, else from `api_key_file` (trailing newline trimmed).
+    pub fn resolve_api_key(&self) -> Result<Option<Secret>, ConfigError> {
+        if let Some(key) = &self.api_key {
+            return Ok(Some(key.clone()));
+        }
+        match &self.api_key_file {
+            None => Ok(None),
+            Some(path) => std::fs::read_to_string(path)
+                .map(|s| Some(Secret::new(s.trim_end_matches(['\r', '\n']))))
+                .map_err(|source| ConfigError::SecretFile {
+                    path: path.clone(),
+                    source,
+                }),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error(
+        "loading settings from {dir} (environment {env:?}) failed: {source}; check the TOML files and CAPTURE__* variables"
+    )]
+    Load {
+        dir: PathBuf,
+        env: Option<String>,
+        source: Box<::config::ConfigError>,
+    },
+    #[error("reading the API key file {path} failed: {source}")]
+    SecretFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Settings {
+    /// Loads from `CAPTURE_CONFIG_DIR` (default `config`), `CAPTURE_ENV` and the process
+    /// environment.
+    pub fn load() -> Result<Settings, ConfigError> {
+        let dir = std::env::var("CAPTURE_CONFIG_DIR").unwrap_or_else(|_| "config".to_owned());
+        let env_name = std::env::var("CAPTURE_ENV").ok().filter(|s| !s.is_empty());
+        Settings::load_from(Path::new(&dir), env_name.as_deref(), std::env::vars())
+    }
+
+    /// Loads from `dir/default.toml`, then `dir/{env_name}.toml` if it exists, then the
+    /// `CAPTURE__*` entries of `vars`.
+    pub fn load_from(
+        dir: &Path,
+        env_name: Option<&str>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut env_map = ::config::Map::new();
+        for (k, v) in vars {
+            if k.starts_with("CAPTURE__") {
+                env_map.insert(k, v);
+            } else if k.starts_with("CAPTURE_") && k.contains("__") {
+                // The loader needs `__` right after the prefix; say so instead of ignoring it.
+                eprintln!(
+                    "warning: environment variable {k} is ignored: overrides are spelled CAPTURE__SECTION__KEY"
+                );
+            }
+        }
+        let mut builder = ::config::Config::builder()
+            .add_source(::config::File::from(dir.join("default.toml")).required(true));
+        if let Some(env) = env_name {
+            builder = builder
+                .add_source(::config::File::from(dir.join(format!("{env}.toml"))).required(false));
+        }
+        let built = builder
+            .add_source(
+                ::config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .source(Some(env_map)),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize::<Settings>());
+        let mut settings = built.map_err(|source| ConfigError::Load {
+            dir: dir.to_path_buf(),
+            env: env_name.map(str::to_owned),
+            source: Box::new(source),
+        })?;
+        if settings
+            .telemetry
+            .otlp_endpoint
+            .as_deref()
+            .is_some_and(|e| e.trim().is_empty())
+        {
+            settings.telemetry.otlp_endpoint = None;
+        }
+        Ok(settings)
+    }
+}

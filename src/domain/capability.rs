@@ -1,0 +1,96 @@
+//! What a payment provider can do, as data the capture plan reads.
+//!
+//! Each provider adapter publishes one [`Capabilities`] record; operators may narrow it per
+//! merchant (for example a Stripe account without multicapture). Pure: no I/O.
+
+use chrono::Duration;
+
+use super::allocation::OverCaptureAllowance;
+
+/// How many captures one authorization accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureMode {
+    /// Several partial captures, optionally at most `max_captures` of them (Stripe 50,
+    /// Checkout.com 150). When the limit is near, the plan coalesces so that the last allowed
+    /// capture is the final one.
+    Multiple { max_captures: Option<u32> },
+    /// One capture only: the plan accumulates shipped value and captures once, when the order
+    /// completes or the authorization deadline approaches.
+    Single,
+}
+
+/// Whether the capture request carries a "final" flag that releases the rest of the hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalFlag {
+    /// The adapter sends the flag on every capture, true or false (Stripe, Gr4vy,
+    /// Checkout.com, PayPal; their defaults differ, so it is never left out).
+    Explicit,
+    /// There is no flag: the remainder must be released with the provider's cancel call after
+    /// the last capture (Adyen).
+    Absent,
+}
+
+/// How the remainder of an authorization is released when the order completes with nothing
+/// left to capture after earlier, non-final captures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseMethod {
+    /// A final capture of amount 0.
+    ZeroAmountFinalCapture,
+    /// The provider's cancel or void call on the authorization.
+    Cancel,
+}
+
+/// A provider's capture rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    pub mode: CaptureMode,
+    pub final_flag: FinalFlag,
+    pub release: ReleaseMethod,
+    pub over_capture: OverCaptureAllowance,
+    /// How long an authorization stays capturable when checkout did not send `expires_at`.
+    pub authorization_window: Option<Duration>,
+    /// How long before the deadline deferred value is captured rather than kept waiting.
+    pub capture_ahead: Duration,
+}
+
+impl Capabilities {
+    /// Multi-capture with an explicit final flag and no limits: the shape most tests start from.
+    pub fn multi_capture() -> Self {
+        Capabilities {
+            mode: CaptureMode::Multiple { max_captures: None },
+            final_flag: FinalFlag::Explicit,
+            release: ReleaseMethod::ZeroAmountFinalCapture,
+            over_capture: OverCaptureAllowance::NONE,
+            authorization_window: None,
+            capture_ahead: Duration::hours(12),
+        }
+    }
+
+    /// Stripe's PaymentIntent multicapture: up to 50 captures, `final_capture` explicit, about
+    /// seven days to capture, and the remainder released by a final capture of the rest
+    /// (a zero-amount final capture is not accepted, so the cancel call releases it).
+    pub fn stripe() -> Self {
+        Capabilities {
+            mode: CaptureMode::Multiple {
+                max_captures: Some(50),
+            },
+            final_flag: FinalFlag::Explicit,
+            release: ReleaseMethod::Cancel,
+            over_capture: OverCaptureAllowance::NONE,
+            authorization_window: Some(Duration::days(7)),
+            capture_ahead: Duration::hours(12),
+        }
+    }
+
+    /// One capture per authorization (Hellgate, or a processor connection without follow-ons).
+    pub fn single_capture() -> Self {
+        Capabilities {
+            mode: CaptureMode::Single,
+            final_flag: FinalFlag::Absent,
+            release: ReleaseMethod::Cancel,
+            over_capture: OverCaptureAllowance::NONE,
+            authorization_window: Some(Duration::days(7)),
+            capture_ahead: Duration::hours(12),
+        }
+    }
+}

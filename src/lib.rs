@@ -1,0 +1,21 @@
+//! capture-worker: charges customers as their orders ship.
+//!
+//! Checkout authorizes a card; warehouses publish shipment events; for each shipment this
+//! service turns the shipped line items into an exact capture amount and captures it from the
+//! authorization, once, with the last capture marked final.
+//!
+//! # Layout
+//!
+//! - `domain`    — pure rules: money, currencies, ids, orders, allocation, capture planning.
+//!   Imports no I/O or runtime crate and never reads the clock.
+//! - `config`    — typed settings: `config/default.toml` → `config/{CAPTURE_ENV}.toml` →
+//!   `CAPTURE__SECTION__KEY` environment variables. Secrets are redacted types.
+//! - `cli`       — clap definitions only.
+//! - `telemetry` — the tracing subscriber (JSON or text logs).
+//!
+//! Dependencies point inward: adapters depend on `domain`, never on each other.
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod telemetry;

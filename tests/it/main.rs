@@ -1,0 +1,9 @@
+//! The integration test binary: one binary, shared helpers, one module per area.
+// Test helpers fail loudly: an unwrap here is an assertion that the fixture is valid.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod architecture;
+mod config;
+mod domain_examples;
+mod domain_properties;
+mod support;
