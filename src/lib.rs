@@ -12,10 +12,13 @@
 //!   `CAPTURE__SECTION__KEY` environment variables. Secrets are redacted types.
 //! - `cli`       — clap definitions only.
 //! - `telemetry` — the tracing subscriber (JSON or text logs).
+//! - `provider`  — the payment-provider trait and outcome, one adapter per provider, and the
+//!   sandbox provider server. Imports `domain` only.
 //!
 //! Dependencies point inward: adapters depend on `domain`, never on each other.
 
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod provider;
 pub mod telemetry;

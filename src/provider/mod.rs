@@ -1,0 +1,154 @@
+//! The payment-provider boundary: one trait, one outcome enum, one adapter per provider.
+//!
+//! Owns the translation between the domain's capture request and a provider's wire format.
+//! Each adapter lives in its own folder (`mod.rs`: URL, headers, auth, idempotency header,
+//! status routing; `wire.rs`: request and response structs). Wire structs never leave their
+//! folder. Declines are outcomes, not errors (DESIGN §3.4). Adapters import `domain`, never
+//! `storage`, `queue` or `app`, and never each other.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    AuthorizationId, Capabilities, IdempotencyKey, LineId, MinorUnits, Money, OrderId,
+};
+
+/// One line of a capture, for providers that take line items (Gr4vy `cart_items`, Adyen
+/// `lineItems`). Never card data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureLine {
+    pub line_id: LineId,
+    pub sku: String,
+    pub name: String,
+    pub quantity: u32,
+    /// Value of these units in this capture, in the capture's currency.
+    pub amount: MinorUnits,
+}
+
+/// A capture to send. Built from the persisted capture row: the amount, final flag and key are
+/// never recomputed between attempts (P3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureRequest {
+    pub authorization_id: AuthorizationId,
+    pub order_id: OrderId,
+    /// What caused the capture: the shipment id, or the id of the cancellation that completed
+    /// the order. Sent as metadata / reference.
+    pub cause: String,
+    /// 1, 2, 3… within the order.
+    pub sequence: u32,
+    pub amount: Money,
+    pub is_final: bool,
+    pub idempotency_key: IdempotencyKey,
+    pub lines: Vec<CaptureLine>,
+}
+
+/// A request to release what is left of an authorization (the cancel / void call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseRequest {
+    pub authorization_id: AuthorizationId,
+    pub order_id: OrderId,
+    pub idempotency_key: IdempotencyKey,
+}
+
+/// What the provider said about one call. Exhaustive: every answer maps to exactly one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Captured (or released). `reference` is the provider's id for it, when it gives one.
+    Succeeded { reference: Option<String> },
+    /// Accepted; the result comes later (webhook or lookup).
+    Pending { reference: Option<String> },
+    /// A definite no from the issuer or the provider's risk rules: latch the authorization.
+    Declined { code: String, message: String },
+    /// Not done; safe to retry with the same key, after `after` when the provider says.
+    Retryable {
+        after: Option<Duration>,
+        reason: String,
+    },
+    /// Definitely not captured and retrying the same request will not help (a request the
+    /// provider refuses, an expired authorization, a replayed error under this key).
+    Failed { reason: String },
+    /// No answer: the capture may or may not have happened. Resolve by lookup before any new
+    /// key.
+    Unknown { reason: String },
+}
+
+impl Outcome {
+    /// Short label for metrics, logs and the attempts table.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded { .. } => "succeeded",
+            Outcome::Pending { .. } => "pending",
+            Outcome::Declined { .. } => "declined",
+            Outcome::Retryable { .. } => "retryable",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Unknown { .. } => "unknown",
+        }
+    }
+}
+
+/// One provider call as it happened: the outcome plus what the attempts table records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallResult {
+    pub outcome: Outcome,
+    /// HTTP status, when a response arrived.
+    pub http_status: Option<u16>,
+    /// Provider error type / code / decline code, when given (e.g. `card_error/card_declined`).
+    pub provider_code: Option<String>,
+    /// The provider's request id header, for support tickets.
+    pub provider_request_id: Option<String>,
+    pub latency: Duration,
+}
+
+/// What the provider reports about an authorization, read back to resolve unknown outcomes
+/// and for reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationSnapshot {
+    pub authorization_id: AuthorizationId,
+    /// Total captured so far (Stripe `amount_received`).
+    pub captured: Money,
+    /// Still capturable (Stripe `amount_capturable`).
+    pub capturable: Money,
+    /// The provider's status word, verbatim (e.g. `requires_capture`, `succeeded`, `canceled`).
+    pub status: String,
+}
+
+/// Why a lookup could not be answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("provider lookup of {authorization_id} failed and may be retried: {reason}")]
+    Retryable {
+        authorization_id: String,
+        reason: String,
+    },
+    #[error("provider lookup of {authorization_id} failed: {reason}")]
+    Permanent {
+        authorization_id: String,
+        reason: String,
+    },
+}
+
+/// A payment provider's capture API.
+///
+/// Implementations never panic on a provider answer and never log the API key. Every call
+/// carries the idempotency key where the provider supports one.
+#[async_trait]
+pub trait PaymentProvider: Send + Sync {
+    /// The configured provider name (`stripe`, `sandbox`…).
+    fn name(&self) -> &str;
+
+    /// What this provider (as configured) can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Sends one capture.
+    async fn capture(&self, request: &CaptureRequest) -> CallResult;
+
+    /// Releases what is left of the authorization (Stripe: cancel the PaymentIntent).
+    async fn release(&self, request: &ReleaseRequest) -> CallResult;
+
+    /// Reads the authorization back.
+    async fn lookup(
+        &self,
+        authorization_id: &AuthorizationId,
+    ) -> Result<AuthorizationSnapshot, LookupError>;
+}
