@@ -68,9 +68,11 @@ pub enum Outcome {
     /// Definitely not captured and retrying the same request will not help (a request the
     /// provider refuses, an expired authorization, a replayed error under this key).
     Failed { reason: String },
-    /// No answer: the capture may or may not have happened. Resolve by lookup before any new
-    /// key.
-    Unknown { reason: String },
+    /// No answer, or an error answer the provider saved under this key: the capture may or
+    /// may not have happened. Resolve by lookup before any new key. `key_spent` is true when
+    /// the provider will only replay this same answer under this key (Stripe's saved 500 with
+    /// `Stripe-Should-Retry: false`), so retrying the key is pointless.
+    Unknown { reason: String, key_spent: bool },
 }
 
 impl Outcome {
