@@ -128,6 +128,27 @@ pub struct CaptureSettings {
     /// How long a shipment waits for its order before it is dead-lettered as `unknown_order`,
     /// in seconds. Example: 3600.
     pub parking_seconds: u64,
+    /// Provider calls per capture before it needs attention. Example: 12.
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds; doubles per attempt with jitter. Example: 500.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay in milliseconds. Example: 60000.
+    pub retry_max_ms: u64,
+    /// A capture still failing this many seconds after its first attempt needs attention.
+    /// Example: 3600.
+    pub max_retry_age_seconds: u64,
+    /// How long a worker holds a capture it is sending, in seconds; longer than the provider
+    /// timeout. After a crash, another worker takes the capture over when this expires.
+    /// Example: 30.
+    pub lease_seconds: u64,
+    /// How often the sweeper looks for due retries, expired leases and parked messages, in
+    /// milliseconds. Example: 1000.
+    pub sweep_interval_ms: u64,
+    /// Provider request timeout in milliseconds. Example: 10000.
+    pub provider_timeout_ms: u64,
+    /// Orders whose captures are sent at the same time (one capture in flight per order).
+    /// Example: 64.
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -15,10 +15,14 @@
 //! - `provider`  — the payment-provider trait and outcome, one adapter per provider, and the
 //!   sandbox provider server. Imports `domain` only.
 //!
+//! - `storage`   — PostgreSQL via sqlx: migrations, the ledger, the capture queue. Imports
+//!   `domain` only.
+//!
 //! Dependencies point inward: adapters depend on `domain`, never on each other.
 
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod provider;
+pub mod storage;
 pub mod telemetry;

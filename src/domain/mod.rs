@@ -24,5 +24,5 @@ pub use order::{
 };
 pub use plan::{
     CapturePlan, Decision, Event, LineCharge, NothingReason, OrderState, Phase, Plan, PlanContext,
-    Rejection, plan,
+    Rejection, authorization_deadline, plan, shipped_value,
 };

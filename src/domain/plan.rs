@@ -241,6 +241,35 @@ impl From<MoneyError> for Rejection {
     }
 }
 
+/// The value of everything shipped so far (DESIGN §5): Σ per line
+/// `round_half_up(net × shipped / quantity)` plus the shipping owed. A shipment's value is the
+/// difference of this before and after it.
+pub fn shipped_value(
+    order: &Order,
+    state: &OrderState,
+    policy: ShippingPolicy,
+) -> Result<MinorUnits, MoneyError> {
+    let mut value = MinorUnits::ZERO;
+    for (i, line) in order.lines().iter().enumerate() {
+        let v = allocation::cumulative_line_value(
+            order.line_nets()[i],
+            state.shipped[i],
+            line.quantity.get(),
+        )?;
+        value = value.checked_add(v, "shipped value")?;
+    }
+    let shipped_units: u64 = state.shipped.iter().map(|&u| u64::from(u)).sum();
+    let live_units: u64 = order
+        .lines()
+        .iter()
+        .zip(&state.cancelled)
+        .map(|(l, &c)| u64::from(l.quantity.get() - c))
+        .sum();
+    let shipping =
+        allocation::shipping_due(policy, order.shipping_amount(), shipped_units, live_units)?;
+    value.checked_add(shipping, "shipped value")
+}
+
 /// Decides what `event` means for `order` in `state`.
 pub fn plan(
     order: &Order,

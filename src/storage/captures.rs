@@ -1,0 +1,393 @@
+//! Execution's SQL: claiming the head capture of an order under a lease, recording each
+//! provider call and its outcome, the decline latch, new key generations, and finding due work.
+//!
+//! No transaction here is held across a provider call: a claim commits before the call, the
+//! outcome commits after it (STACK trap 8).
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+
+use super::ledger::{CaptureKind, StoredCaptureLine};
+use super::{Ctx, StorageError};
+use crate::domain::IdempotencyKey;
+
+/// A capture this worker holds the lease on.
+#[derive(Debug, Clone)]
+pub struct ClaimedCapture {
+    pub capture_id: i64,
+    pub order_id: String,
+    pub provider: String,
+    pub authorization_id: String,
+    pub sequence: i32,
+    pub kind: CaptureKind,
+    pub cause_id: String,
+    pub amount: i64,
+    pub currency: String,
+    pub is_final: bool,
+    pub release_after: bool,
+    pub lines: Vec<StoredCaptureLine>,
+    pub idempotency_key: String,
+    pub key_generation: i32,
+    /// Calls already made, including this one.
+    pub attempts: i32,
+    pub needs_lookup: bool,
+    pub first_attempt_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub traceparent: Option<String>,
+    /// The lease was taken over from a worker that stopped mid-call.
+    pub taken_over: bool,
+}
+
+/// Takes the order's next capture, if it is due and nobody else holds it.
+///
+/// The head is the lowest-sequence capture not yet settled; a later capture never goes before
+/// it (P8). A capture needing attention stays the head until an operator acts. The partial
+/// unique index `captures_one_in_flight_per_order` backs this up.
+pub async fn claim_next(
+    pool: &PgPool,
+    order_id: &str,
+    worker: &str,
+    lease_seconds: f64,
+) -> Result<Option<ClaimedCapture>, StorageError> {
+    const CTX: &str = "claiming the order's next capture";
+    let row = sqlx::query(
+        "with head as (
+             select capture_id, status, lease_expires_at from captures
+             where order_id = $1 and status not in ('succeeded', 'declined', 'failed', 'blocked')
+             order by sequence limit 1
+             for update
+         )
+         update captures c set
+             status = 'in_flight',
+             lease_owner = $2,
+             lease_expires_at = now() + make_interval(secs => $3),
+             attempts = c.attempts + 1,
+             first_attempt_at = coalesce(c.first_attempt_at, now()),
+             updated_at = now()
+         from head
+         where c.capture_id = head.capture_id
+           and ((head.status in ('queued', 'retrying', 'pending')
+                 and coalesce(c.next_attempt_at, '-infinity') <= now())
+                or (head.status = 'in_flight' and head.lease_expires_at < now()))
+         returning c.*, head.status = 'in_flight' as taken_over",
+    )
+    .bind(order_id)
+    .bind(worker)
+    .bind(lease_seconds)
+    .fetch_optional(pool)
+    .await
+    .ctx(CTX)?;
+    let Some(r) = row else { return Ok(None) };
+    let kind_text: String = r.get("kind");
+    let kind = CaptureKind::parse(&kind_text).ok_or_else(|| StorageError::Corrupt {
+        context: CTX,
+        detail: format!("unknown capture kind {kind_text:?}"),
+    })?;
+    let lines: Vec<StoredCaptureLine> =
+        serde_json::from_value(r.get("lines")).map_err(|e| StorageError::Corrupt {
+            context: CTX,
+            detail: e.to_string(),
+        })?;
+    Ok(Some(ClaimedCapture {
+        capture_id: r.get("capture_id"),
+        order_id: r.get("order_id"),
+        provider: r.get("provider"),
+        authorization_id: r.get("authorization_id"),
+        sequence: r.get("sequence"),
+        kind,
+        cause_id: r.get("cause_id"),
+        amount: r.get("amount"),
+        currency: r.get::<String, _>("currency").trim().to_owned(),
+        is_final: r.get("is_final"),
+        release_after: r.get("release_after"),
+        lines,
+        idempotency_key: r.get("idempotency_key"),
+        key_generation: r.get("key_generation"),
+        attempts: r.get("attempts"),
+        needs_lookup: r.get("needs_lookup"),
+        first_attempt_at: r.get::<Option<DateTime<Utc>>, _>("first_attempt_at").unwrap_or_else(Utc::now),
+        created_at: r.get("created_at"),
+        traceparent: r.get("traceparent"),
+        taken_over: r.get("taken_over"),
+    }))
+}
+
+/// One provider call, for the append-only attempts table.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord<'a> {
+    pub operation: &'static str,
+    pub idempotency_key: Option<&'a str>,
+    pub outcome: &'a str,
+    pub http_status: Option<u16>,
+    pub provider_code: Option<&'a str>,
+    pub provider_request_id: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub latency_ms: u64,
+    pub trace_id: Option<&'a str>,
+    pub worker_id: &'a str,
+    pub started_at: DateTime<Utc>,
+}
+
+/// What to do with the capture after a call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    Succeeded { reference: Option<String> },
+    /// The provider accepted; poll at `next_at`.
+    Pending {
+        reference: Option<String>,
+        next_at: DateTime<Utc>,
+    },
+    /// Latch the order: this capture declined, later ones are blocked.
+    Declined { code: String, message: String },
+    /// Try again at `next_at`; `needs_lookup` reads the authorization back first.
+    Retry {
+        next_at: DateTime<Utc>,
+        error: String,
+        needs_lookup: bool,
+    },
+    /// Stop and wait for an operator.
+    Attention { error: String },
+}
+
+impl Transition {
+    fn status(&self) -> &'static str {
+        match self {
+            Transition::Succeeded { .. } => "succeeded",
+            Transition::Pending { .. } => "pending",
+            Transition::Declined { .. } => "declined",
+            Transition::Retry { .. } => "retrying",
+            Transition::Attention { .. } => "attention",
+        }
+    }
+}
+
+/// Records a call and moves the capture on, in one transaction. Returns false when this worker
+/// no longer held the lease (another worker took the capture over); the attempt is still
+/// recorded, the capture is left to its new holder.
+pub async fn record(
+    pool: &PgPool,
+    capture: &ClaimedCapture,
+    worker: &str,
+    attempt: &AttemptRecord<'_>,
+    transition: &Transition,
+) -> Result<bool, StorageError> {
+    const CTX: &str = "recording the capture's outcome";
+    let mut tx = pool.begin().await.ctx(CTX)?;
+    insert_attempt(&mut tx, capture, attempt).await?;
+    let (reference, next_at, error, needs_lookup, decline_code) = match transition {
+        Transition::Succeeded { reference } => (reference.clone(), None, None, false, None),
+        Transition::Pending { reference, next_at } => (reference.clone(), Some(*next_at), None, false, None),
+        Transition::Declined { code, message } => {
+            (None, None, Some(message.clone()), false, Some(code.clone()))
+        }
+        Transition::Retry {
+            next_at,
+            error,
+            needs_lookup,
+        } => (None, Some(*next_at), Some(error.clone()), *needs_lookup, None),
+        Transition::Attention { error } => (None, None, Some(error.clone()), false, None),
+    };
+    let terminal = matches!(
+        transition,
+        Transition::Succeeded { .. } | Transition::Declined { .. }
+    );
+    let updated = sqlx::query(
+        "update captures set status = $3,
+             provider_reference = coalesce($4, provider_reference),
+             next_attempt_at = $5,
+             last_error = $6,
+             needs_lookup = $7,
+             decline_code = coalesce($8, decline_code),
+             lease_owner = null, lease_expires_at = null,
+             completed_at = case when $9 then now() else completed_at end,
+             updated_at = now()
+         where capture_id = $1 and lease_owner = $2 and status = 'in_flight'",
+    )
+    .bind(capture.capture_id)
+    .bind(worker)
+    .bind(transition.status())
+    .bind(reference)
+    .bind(next_at)
+    .bind(error)
+    .bind(needs_lookup)
+    .bind(decline_code.clone())
+    .bind(terminal)
+    .execute(&mut *tx)
+    .await
+    .ctx(CTX)?
+    .rows_affected()
+        == 1;
+    if updated && let Transition::Declined { code, .. } = transition {
+        // The latch (P4): the order stops, every later capture is blocked, and their claims
+        // on the authorization are dropped along with the declined one.
+        let blocked: i64 = sqlx::query_scalar(
+            "with b as (
+                 update captures set status = 'blocked', updated_at = now(),
+                     last_error = 'an earlier capture of this order was declined'
+                 where order_id = $1 and sequence > $2
+                   and status in ('queued', 'retrying', 'pending', 'attention')
+                 returning amount
+             ) select coalesce(sum(amount), 0)::bigint from b",
+        )
+        .bind(&capture.order_id)
+        .bind(capture.sequence)
+        .fetch_one(&mut *tx)
+        .await
+        .ctx("blocking later captures after a decline")?;
+        sqlx::query(
+            "update orders set phase = 'declined', declined_code = $2, declined_at = now(),
+                 claimed_amount = greatest(claimed_amount - $3, 0), updated_at = now()
+             where order_id = $1",
+        )
+        .bind(&capture.order_id)
+        .bind(code)
+        .bind(capture.amount + blocked)
+        .execute(&mut *tx)
+        .await
+        .ctx("latching the order after a decline")?;
+    }
+    tx.commit().await.ctx(CTX)?;
+    Ok(updated)
+}
+
+async fn insert_attempt(
+    tx: &mut sqlx::PgConnection,
+    capture: &ClaimedCapture,
+    a: &AttemptRecord<'_>,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "insert into capture_attempts (capture_id, attempt_no, operation, idempotency_key, amount,
+             is_final, outcome, http_status, provider_code, provider_request_id, error, latency_ms,
+             trace_id, worker_id, started_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(capture.capture_id)
+    .bind(capture.attempts.max(1))
+    .bind(a.operation)
+    .bind(a.idempotency_key)
+    .bind(capture.amount)
+    .bind(capture.is_final)
+    .bind(a.outcome)
+    .bind(a.http_status.map(i32::from))
+    .bind(a.provider_code)
+    .bind(a.provider_request_id)
+    .bind(a.error)
+    .bind(i32::try_from(a.latency_ms).unwrap_or(i32::MAX))
+    .bind(a.trace_id)
+    .bind(a.worker_id)
+    .bind(a.started_at)
+    .execute(tx)
+    .await
+    .ctx("recording the provider call")?;
+    Ok(())
+}
+
+/// Records a lookup call without moving the capture (it stays in flight under this lease).
+pub async fn record_lookup(
+    pool: &PgPool,
+    capture: &ClaimedCapture,
+    attempt: &AttemptRecord<'_>,
+) -> Result<(), StorageError> {
+    let mut conn = pool.acquire().await.ctx("recording the lookup")?;
+    insert_attempt(&mut conn, capture, attempt).await
+}
+
+/// Moves the capture to a new key generation after the provider showed the old key captured
+/// nothing. The new key is bound to the same amount and final flag (P3).
+pub async fn new_key_generation(
+    pool: &PgPool,
+    capture: &mut ClaimedCapture,
+    worker: &str,
+) -> Result<(), StorageError> {
+    const CTX: &str = "moving the capture to a new idempotency key";
+    let generation = capture.key_generation + 1;
+    let cause = format!("{}:regen:{}", capture.kind.as_str(), capture.capture_id);
+    let provider = crate::domain::ProviderName::parse(capture.provider.clone()).map_err(|e| {
+        StorageError::Corrupt {
+            context: CTX,
+            detail: e.to_string(),
+        }
+    })?;
+    let auth = crate::domain::AuthorizationId::parse(capture.authorization_id.clone()).map_err(
+        |e| StorageError::Corrupt {
+            context: CTX,
+            detail: e.to_string(),
+        },
+    )?;
+    let key = IdempotencyKey::derive(&provider, &auth, &cause, generation as u32);
+    let mut tx = pool.begin().await.ctx(CTX)?;
+    sqlx::query(
+        "insert into capture_keys (idempotency_key, capture_id, key_generation, amount, is_final)
+         values ($1, $2, $3, $4, $5)",
+    )
+    .bind(key.as_str())
+    .bind(capture.capture_id)
+    .bind(generation)
+    .bind(capture.amount)
+    .bind(capture.is_final)
+    .execute(&mut *tx)
+    .await
+    .ctx(CTX)?;
+    let n = sqlx::query(
+        "update captures set idempotency_key = $2, key_generation = $3, needs_lookup = false,
+             updated_at = now()
+         where capture_id = $1 and lease_owner = $4 and status = 'in_flight'",
+    )
+    .bind(capture.capture_id)
+    .bind(key.as_str())
+    .bind(generation)
+    .bind(worker)
+    .execute(&mut *tx)
+    .await
+    .ctx(CTX)?
+    .rows_affected();
+    if n != 1 {
+        return Err(StorageError::Conflict {
+            context: CTX,
+            constraint: "lease lost".into(),
+        });
+    }
+    tx.commit().await.ctx(CTX)?;
+    capture.idempotency_key = key.as_str().to_owned();
+    capture.key_generation = generation;
+    capture.needs_lookup = false;
+    Ok(())
+}
+
+/// Σ of succeeded captures on an authorization other than `except`: what the provider should
+/// report as captured before this capture.
+pub async fn succeeded_total(
+    pool: &PgPool,
+    provider: &str,
+    authorization_id: &str,
+    except: i64,
+) -> Result<i64, StorageError> {
+    sqlx::query_scalar(
+        "select coalesce(sum(amount), 0)::bigint from captures
+         where provider = $1 and authorization_id = $2 and kind = 'capture'
+           and status = 'succeeded' and capture_id <> $3",
+    )
+    .bind(provider)
+    .bind(authorization_id)
+    .bind(except)
+    .fetch_one(pool)
+    .await
+    .ctx("summing the authorization's captures")
+}
+
+/// Orders with a capture that is due now, or whose lease expired.
+pub async fn due_orders(pool: &PgPool, limit: i64) -> Result<Vec<String>, StorageError> {
+    sqlx::query_scalar(
+        "select order_id from (
+             select order_id, min(coalesce(next_attempt_at, created_at)) as due from captures
+             where (status in ('queued', 'retrying', 'pending')
+                    and coalesce(next_attempt_at, '-infinity') <= now())
+                or (status = 'in_flight' and lease_expires_at < now())
+             group by order_id
+         ) d order by due limit $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .ctx("finding due captures")
+}

@@ -1,0 +1,678 @@
+//! Intake's SQL: the inbox, orders and their progress, shipments, cancellations, capture rows
+//! and rejected messages. Every function runs inside the caller's transaction, so one
+//! message's effect commits whole or not at all.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, Row};
+
+use super::{Ctx, StorageError};
+use crate::domain::{
+    Authorization, AuthorizationId, Cancellation, Currency, EventId, IdempotencyKey, Item, LineId,
+    MinorUnits, Order, OrderDraft, OrderId, OrderLine, OrderState, Phase, ProviderName, Quantity,
+    Shipment, ShipmentId,
+};
+
+/// Serializes every intake transaction that touches `order_id`, including one that registers
+/// the order, so a shipment and its order can never miss each other.
+pub async fn lock_order_key(tx: &mut PgConnection, order_id: &OrderId) -> Result<(), StorageError> {
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 7411))")
+        .bind(order_id.as_str())
+        .execute(tx)
+        .await
+        .ctx("locking the order for intake")?;
+    Ok(())
+}
+
+/// Where a message ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxStatus {
+    Processed,
+    Parked,
+    Rejected,
+}
+
+impl InboxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboxStatus::Processed => "processed",
+            InboxStatus::Parked => "parked",
+            InboxStatus::Rejected => "rejected",
+        }
+    }
+    fn parse(s: &str) -> Result<Self, StorageError> {
+        match s {
+            "processed" => Ok(InboxStatus::Processed),
+            "parked" => Ok(InboxStatus::Parked),
+            "rejected" => Ok(InboxStatus::Rejected),
+            other => Err(StorageError::Corrupt {
+                context: "reading inbox status",
+                detail: format!("unknown status {other:?}"),
+            }),
+        }
+    }
+}
+
+/// A message as the inbox remembers it.
+#[derive(Debug, Clone)]
+pub struct InboxRecord {
+    pub status: InboxStatus,
+    pub payload_hash: String,
+    pub reject_reason: Option<String>,
+}
+
+pub async fn inbox_get(
+    tx: &mut PgConnection,
+    message_id: &str,
+) -> Result<Option<InboxRecord>, StorageError> {
+    let row = sqlx::query(
+        "select status, payload_hash, reject_reason from inbox_messages where message_id = $1 for update",
+    )
+    .bind(message_id)
+    .fetch_optional(tx)
+    .await
+    .ctx("reading the inbox")?;
+    row.map(|r| {
+        Ok(InboxRecord {
+            status: InboxStatus::parse(r.get::<&str, _>("status"))?,
+            payload_hash: r.get("payload_hash"),
+            reject_reason: r.get("reject_reason"),
+        })
+    })
+    .transpose()
+}
+
+/// A message to remember.
+#[derive(Debug, Clone)]
+pub struct NewInbox<'a> {
+    pub message_id: &'a str,
+    pub message_type: &'a str,
+    pub order_id: Option<&'a str>,
+    pub payload_hash: &'a str,
+    pub status: InboxStatus,
+    pub reject_reason: Option<&'a str>,
+    /// Kept only while parked.
+    pub body: Option<&'a [u8]>,
+    pub routing_key: Option<&'a str>,
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+    pub park_expires_at: Option<DateTime<Utc>>,
+}
+
+/// Inserts or, for a parked message being processed now, updates the inbox row.
+pub async fn inbox_upsert(tx: &mut PgConnection, m: &NewInbox<'_>) -> Result<(), StorageError> {
+    sqlx::query(
+        "insert into inbox_messages (message_id, message_type, order_id, payload_hash, status,
+             reject_reason, body, routing_key, traceparent, tracestate, park_expires_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         on conflict (message_id) do update set
+             status = excluded.status, reject_reason = excluded.reject_reason,
+             body = excluded.body, park_expires_at = excluded.park_expires_at, updated_at = now()",
+    )
+    .bind(m.message_id)
+    .bind(m.message_type)
+    .bind(m.order_id)
+    .bind(m.payload_hash)
+    .bind(m.status.as_str())
+    .bind(m.reject_reason)
+    .bind(m.body)
+    .bind(m.routing_key)
+    .bind(m.traceparent)
+    .bind(m.tracestate)
+    .bind(m.park_expires_at)
+    .execute(tx)
+    .await
+    .ctx("recording the message in the inbox")?;
+    Ok(())
+}
+
+/// A message waiting for its order.
+#[derive(Debug, Clone)]
+pub struct ParkedMessage {
+    pub message_id: String,
+    pub order_id: Option<String>,
+    pub body: Vec<u8>,
+    pub routing_key: Option<String>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+fn parked_from_row(r: sqlx::postgres::PgRow) -> ParkedMessage {
+    ParkedMessage {
+        message_id: r.get("message_id"),
+        order_id: r.get("order_id"),
+        body: r.get::<Option<Vec<u8>>, _>("body").unwrap_or_default(),
+        routing_key: r.get("routing_key"),
+        traceparent: r.get("traceparent"),
+        tracestate: r.get("tracestate"),
+    }
+}
+
+/// Parked messages of one order, oldest first, locked for processing.
+pub async fn parked_for_order(
+    tx: &mut PgConnection,
+    order_id: &str,
+) -> Result<Vec<ParkedMessage>, StorageError> {
+    let rows = sqlx::query(
+        "select message_id, order_id, body, routing_key, traceparent, tracestate
+         from inbox_messages where order_id = $1 and status = 'parked'
+         order by received_at, message_id for update",
+    )
+    .bind(order_id)
+    .fetch_all(tx)
+    .await
+    .ctx("reading parked messages")?;
+    Ok(rows.into_iter().map(parked_from_row).collect())
+}
+
+/// Orders that have parked messages and now exist (the sweeper processes them), and parked
+/// messages whose wait is over (they are dead-lettered as `unknown_order`).
+pub async fn parked_work(
+    pool: &sqlx::PgPool,
+    limit: i64,
+) -> Result<(Vec<String>, Vec<ParkedMessage>), StorageError> {
+    let ready: Vec<String> = sqlx::query_scalar(
+        "select distinct i.order_id from inbox_messages i join orders o on o.order_id = i.order_id
+         where i.status = 'parked' limit $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .ctx("finding parked messages whose order arrived")?;
+    let expired = sqlx::query(
+        "select message_id, order_id, body, routing_key, traceparent, tracestate
+         from inbox_messages where status = 'parked' and park_expires_at < now()
+         order by park_expires_at limit $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .ctx("finding parked messages that waited too long")?;
+    Ok((ready, expired.into_iter().map(parked_from_row).collect()))
+}
+
+/// What we know about an order registration already stored under this order id.
+pub async fn order_payload_hash(
+    tx: &mut PgConnection,
+    order_id: &OrderId,
+) -> Result<Option<String>, StorageError> {
+    sqlx::query_scalar("select payload_hash from orders where order_id = $1")
+        .bind(order_id.as_str())
+        .fetch_optional(tx)
+        .await
+        .ctx("reading the order")
+}
+
+/// Stores a new order and its lines.
+pub async fn insert_order(
+    tx: &mut PgConnection,
+    order: &Order,
+    allowance: MinorUnits,
+    message_id: &str,
+    payload_hash: &str,
+) -> Result<(), StorageError> {
+    let auth = order.authorization();
+    sqlx::query(
+        "insert into orders (order_id, currency, provider, authorization_id, authorized_amount,
+             over_capture_allowance, authorized_at, authorization_expires_at, shipping_amount,
+             order_discount_amount, order_total, message_id, payload_hash)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(order.order_id().as_str())
+    .bind(order.currency().code())
+    .bind(auth.provider.as_str())
+    .bind(auth.authorization_id.as_str())
+    .bind(auth.amount.get())
+    .bind(allowance.get())
+    .bind(auth.authorized_at)
+    .bind(auth.expires_at)
+    .bind(order.shipping_amount().get())
+    .bind(order.order_discount_amount().get())
+    .bind(order.total().amount().get())
+    .bind(message_id)
+    .bind(payload_hash)
+    .execute(&mut *tx)
+    .await
+    .ctx("storing the order")?;
+    let lines = order.lines();
+    let nos: Vec<i32> = (0..lines.len() as i32).collect();
+    let ids: Vec<&str> = lines.iter().map(|l| l.line_id.as_str()).collect();
+    let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
+    let names: Vec<&str> = lines.iter().map(|l| l.name.as_str()).collect();
+    let qty: Vec<i32> = lines.iter().map(|l| l.quantity.get() as i32).collect();
+    let unit: Vec<i64> = lines.iter().map(|l| l.unit_amount.get()).collect();
+    let tax: Vec<i64> = lines.iter().map(|l| l.tax_amount.get()).collect();
+    let disc: Vec<i64> = lines.iter().map(|l| l.discount_amount.get()).collect();
+    let share: Vec<i64> = order.discount_shares().iter().map(|m| m.get()).collect();
+    let net: Vec<i64> = order.line_nets().iter().map(|m| m.get()).collect();
+    sqlx::query(
+        "insert into order_lines (order_id, line_no, line_id, sku, name, quantity, unit_amount,
+             tax_amount, discount_amount, order_discount_share, net_amount)
+         select $1, * from unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::int[],
+             $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])",
+    )
+    .bind(order.order_id().as_str())
+    .bind(&nos)
+    .bind(&ids)
+    .bind(&skus)
+    .bind(&names)
+    .bind(&qty)
+    .bind(&unit)
+    .bind(&tax)
+    .bind(&disc)
+    .bind(&share)
+    .bind(&net)
+    .execute(tx)
+    .await
+    .ctx("storing the order lines")?;
+    Ok(())
+}
+
+fn corrupt(context: &'static str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt {
+        context,
+        detail: e.to_string(),
+    }
+}
+
+/// An order as stored, rebuilt into the domain, with its progress.
+#[derive(Debug, Clone)]
+pub struct StoredOrder {
+    pub order: Order,
+    pub state: OrderState,
+}
+
+/// Loads an order and its progress; `lock` takes the order row for update.
+pub async fn load_order(
+    tx: &mut PgConnection,
+    order_id: &OrderId,
+    lock: bool,
+) -> Result<Option<StoredOrder>, StorageError> {
+    const CTX: &str = "loading the order";
+    let sql = if lock {
+        "select * from orders where order_id = $1 for update"
+    } else {
+        "select * from orders where order_id = $1"
+    };
+    let Some(o) = sqlx::query(sql)
+        .bind(order_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .ctx(CTX)?
+    else {
+        return Ok(None);
+    };
+    let lines = sqlx::query("select * from order_lines where order_id = $1 order by line_no")
+        .bind(order_id.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .ctx(CTX)?;
+    let m = |v: i64| MinorUnits::new(v).map_err(|e| corrupt(CTX, e));
+    let mut order_lines = Vec::with_capacity(lines.len());
+    let (mut shipped, mut cancelled, mut charged) = (Vec::new(), Vec::new(), Vec::new());
+    for l in &lines {
+        order_lines.push(OrderLine {
+            line_id: LineId::parse(l.get::<String, _>("line_id")).map_err(|e| corrupt(CTX, e))?,
+            sku: l.get("sku"),
+            name: l.get("name"),
+            quantity: Quantity::new(i64::from(l.get::<i32, _>("quantity")))
+                .map_err(|e| corrupt(CTX, e))?,
+            unit_amount: m(l.get("unit_amount"))?,
+            tax_amount: m(l.get("tax_amount"))?,
+            discount_amount: m(l.get("discount_amount"))?,
+        });
+        let q = |name: &str| u32::try_from(l.get::<i32, _>(name)).map_err(|e| corrupt(CTX, e));
+        shipped.push(q("shipped_quantity")?);
+        cancelled.push(q("cancelled_quantity")?);
+        charged.push(q("charged_quantity")?);
+    }
+    let currency = Currency::parse(o.get::<String, _>("currency").trim()).map_err(|e| corrupt(CTX, e))?;
+    let order = Order::new(OrderDraft {
+        order_id: order_id.clone(),
+        currency,
+        lines: order_lines,
+        shipping_amount: m(o.get("shipping_amount"))?,
+        order_discount_amount: m(o.get("order_discount_amount"))?,
+        authorization: Authorization {
+            provider: ProviderName::parse(o.get::<String, _>("provider")).map_err(|e| corrupt(CTX, e))?,
+            authorization_id: AuthorizationId::parse(o.get::<String, _>("authorization_id"))
+                .map_err(|e| corrupt(CTX, e))?,
+            amount: m(o.get("authorized_amount"))?,
+            authorized_at: o.get("authorized_at"),
+            expires_at: o.get("authorization_expires_at"),
+        },
+        payment_currency: None,
+    })
+    .map_err(|e| corrupt(CTX, e))?;
+    let phase = match o.get::<&str, _>("phase") {
+        "open" => Phase::Open,
+        "completed" => Phase::Completed,
+        "declined" => Phase::Declined,
+        other => return Err(corrupt(CTX, format!("unknown phase {other:?}"))),
+    };
+    let state = OrderState {
+        shipped,
+        cancelled,
+        charged,
+        shipping_charged: m(o.get("shipping_charged"))?,
+        claimed: m(o.get("claimed_amount"))?,
+        shortfall: m(o.get("shortfall_amount"))?,
+        captures: u32::try_from(o.get::<i32, _>("capture_count")).map_err(|e| corrupt(CTX, e))?,
+        phase,
+        shipments: Vec::new(),
+        cancellations: Vec::new(),
+    };
+    Ok(Some(StoredOrder { order, state }))
+}
+
+/// Items as stored in JSON.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredItem {
+    line_id: String,
+    quantity: i64,
+}
+
+fn items_json(items: &[Item]) -> serde_json::Value {
+    serde_json::Value::Array(
+        items
+            .iter()
+            .map(|i| serde_json::json!({"line_id": i.line_id.as_str(), "quantity": i.quantity.get()}))
+            .collect(),
+    )
+}
+
+fn items_from_json(v: serde_json::Value, context: &'static str) -> Result<Vec<Item>, StorageError> {
+    let stored: Vec<StoredItem> = serde_json::from_value(v).map_err(|e| corrupt(context, e))?;
+    stored
+        .into_iter()
+        .map(|s| {
+            Ok(Item {
+                line_id: LineId::parse(s.line_id).map_err(|e| corrupt(context, e))?,
+                quantity: Quantity::new(s.quantity).map_err(|e| corrupt(context, e))?,
+            })
+        })
+        .collect()
+}
+
+/// The shipment already applied under this id, if any (for dedupe by content).
+pub async fn load_shipment(
+    tx: &mut PgConnection,
+    order_id: &OrderId,
+    shipment_id: &ShipmentId,
+) -> Result<Option<Shipment>, StorageError> {
+    const CTX: &str = "loading an earlier shipment";
+    let row = sqlx::query(
+        "select items, last_shipment, shipped_at from shipments where order_id = $1 and shipment_id = $2",
+    )
+    .bind(order_id.as_str())
+    .bind(shipment_id.as_str())
+    .fetch_optional(tx)
+    .await
+    .ctx(CTX)?;
+    row.map(|r| {
+        Shipment::new(
+            shipment_id.clone(),
+            items_from_json(r.get("items"), CTX)?,
+            r.get("last_shipment"),
+            r.get("shipped_at"),
+        )
+        .map_err(|e| corrupt(CTX, e))
+    })
+    .transpose()
+}
+
+/// The cancellation already applied under this id, if any.
+pub async fn load_cancellation(
+    tx: &mut PgConnection,
+    order_id: &OrderId,
+    cancellation_id: &EventId,
+) -> Result<Option<Cancellation>, StorageError> {
+    const CTX: &str = "loading an earlier cancellation";
+    let row = sqlx::query("select items from cancellations where order_id = $1 and cancellation_id = $2")
+        .bind(order_id.as_str())
+        .bind(cancellation_id.as_str())
+        .fetch_optional(tx)
+        .await
+        .ctx(CTX)?;
+    row.map(|r| {
+        Cancellation::new(cancellation_id.clone(), items_from_json(r.get("items"), CTX)?)
+            .map_err(|e| corrupt(CTX, e))
+    })
+    .transpose()
+}
+
+/// Writes the order's progress after a plan.
+pub async fn save_progress(
+    tx: &mut PgConnection,
+    order: &Order,
+    state: &OrderState,
+) -> Result<(), StorageError> {
+    let phase = match state.phase {
+        Phase::Open => "open",
+        Phase::Completed => "completed",
+        Phase::Declined => "declined",
+    };
+    sqlx::query(
+        "update orders set phase = $2, claimed_amount = $3, shipping_charged = $4,
+             shortfall_amount = $5, capture_count = $6, updated_at = now()
+         where order_id = $1",
+    )
+    .bind(order.order_id().as_str())
+    .bind(phase)
+    .bind(state.claimed.get())
+    .bind(state.shipping_charged.get())
+    .bind(state.shortfall.get())
+    .bind(state.captures as i32)
+    .execute(&mut *tx)
+    .await
+    .ctx("saving the order's progress")?;
+    let ids: Vec<&str> = order.lines().iter().map(|l| l.line_id.as_str()).collect();
+    let to_i32 = |v: &[u32]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
+    sqlx::query(
+        "update order_lines l set shipped_quantity = v.s, cancelled_quantity = v.c,
+             charged_quantity = v.ch
+         from unnest($2::text[], $3::int[], $4::int[], $5::int[]) as v(line_id, s, c, ch)
+         where l.order_id = $1 and l.line_id = v.line_id
+           and (l.shipped_quantity, l.cancelled_quantity, l.charged_quantity) is distinct from (v.s, v.c, v.ch)",
+    )
+    .bind(order.order_id().as_str())
+    .bind(&ids)
+    .bind(to_i32(&state.shipped))
+    .bind(to_i32(&state.cancelled))
+    .bind(to_i32(&state.charged))
+    .execute(tx)
+    .await
+    .ctx("saving line progress")?;
+    Ok(())
+}
+
+pub async fn insert_shipment(
+    tx: &mut PgConnection,
+    order_id: &OrderId,
+    shipment: &Shipment,
+    message_id: &str,
+    shipped_value: MinorUnits,
+    decision: &str,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "insert into shipments (order_id, shipment_id, message_id, items, last_shipment,
+             shipped_at, shipped_value, decision)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(order_id.as_str())
+    .bind(shipment.shipment_id().as_str())
+    .bind(message_id)
+    .bind(items_json(shipment.items()))
+    .bind(shipment.last_shipment())
+    .bind(shipment.shipped_at())
+    .bind(shipped_value.get())
+    .bind(decision)
+    .execute(tx)
+    .await
+    .ctx("storing the shipment")?;
+    Ok(())
+}
+
+pub async fn insert_cancellation(
+    tx: &mut PgConnection,
+    order_id: &OrderId,
+    cancellation: &Cancellation,
+    decision: &str,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "insert into cancellations (order_id, cancellation_id, items, decision) values ($1, $2, $3, $4)",
+    )
+    .bind(order_id.as_str())
+    .bind(cancellation.cancellation_id().as_str())
+    .bind(items_json(cancellation.items()))
+    .bind(decision)
+    .execute(tx)
+    .await
+    .ctx("storing the cancellation")?;
+    Ok(())
+}
+
+/// What a capture row is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureKind {
+    Capture,
+    Release,
+    Void,
+}
+
+impl CaptureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureKind::Capture => "capture",
+            CaptureKind::Release => "release",
+            CaptureKind::Void => "void",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "capture" => Some(CaptureKind::Capture),
+            "release" => Some(CaptureKind::Release),
+            "void" => Some(CaptureKind::Void),
+            _ => None,
+        }
+    }
+}
+
+/// A line carried by a capture, as stored (and sent to providers that take line items).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredCaptureLine {
+    pub line_id: String,
+    pub sku: String,
+    pub name: String,
+    pub units: u32,
+    pub amount: i64,
+}
+
+/// A capture row to insert.
+#[derive(Debug, Clone)]
+pub struct NewCapture<'a> {
+    pub order: &'a Order,
+    pub sequence: u32,
+    pub kind: CaptureKind,
+    /// `shipment`, `cancellation` or `deadline`.
+    pub cause_kind: &'static str,
+    pub cause_id: &'a str,
+    pub amount: MinorUnits,
+    pub is_final: bool,
+    pub release_after: bool,
+    pub lines: Vec<StoredCaptureLine>,
+    pub shipping: MinorUnits,
+    pub shortfall: MinorUnits,
+    pub traceparent: Option<&'a str>,
+}
+
+/// Inserts a queued capture with its generation-0 idempotency key and records the key's terms.
+pub async fn insert_capture(tx: &mut PgConnection, c: &NewCapture<'_>) -> Result<i64, StorageError> {
+    let auth = c.order.authorization();
+    let key = IdempotencyKey::derive(
+        &auth.provider,
+        &auth.authorization_id,
+        &format!("{}:{}:{}", c.kind.as_str(), c.cause_kind, c.cause_id),
+        0,
+    );
+    let lines = serde_json::to_value(&c.lines).map_err(|e| corrupt("encoding capture lines", e))?;
+    let id: i64 = sqlx::query_scalar(
+        "insert into captures (order_id, provider, authorization_id, sequence, kind, cause_kind,
+             cause_id, amount, currency, is_final, release_after, lines, shipping_amount,
+             shortfall_amount, idempotency_key, traceparent)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+         returning capture_id",
+    )
+    .bind(c.order.order_id().as_str())
+    .bind(auth.provider.as_str())
+    .bind(auth.authorization_id.as_str())
+    .bind(c.sequence as i32)
+    .bind(c.kind.as_str())
+    .bind(c.cause_kind)
+    .bind(c.cause_id)
+    .bind(c.amount.get())
+    .bind(c.order.currency().code())
+    .bind(c.is_final)
+    .bind(c.release_after)
+    .bind(lines)
+    .bind(c.shipping.get())
+    .bind(c.shortfall.get())
+    .bind(key.as_str())
+    .bind(c.traceparent)
+    .fetch_one(&mut *tx)
+    .await
+    .ctx("storing the capture")?;
+    sqlx::query(
+        "insert into capture_keys (idempotency_key, capture_id, key_generation, amount, is_final)
+         values ($1, $2, 0, $3, $4)",
+    )
+    .bind(key.as_str())
+    .bind(id)
+    .bind(c.amount.get())
+    .bind(c.is_final)
+    .execute(tx)
+    .await
+    .ctx("recording the capture's key")?;
+    Ok(id)
+}
+
+/// A refused message, as recorded for finance, on-call and the warehouse team.
+#[derive(Debug, Clone)]
+pub struct NewRejection<'a> {
+    pub message_id: Option<&'a str>,
+    pub message_type: Option<&'a str>,
+    pub order_id: Option<&'a str>,
+    pub reason: &'a str,
+    pub detail: &'a str,
+    pub routing_key: Option<&'a str>,
+    /// Body with card-number-like digit runs already masked.
+    pub body: Option<&'a str>,
+    /// sha-256 of the raw body, hex.
+    pub body_hash: &'a str,
+}
+
+/// Records a rejection once per message (by id, else by body hash) and reason.
+pub async fn insert_rejection(tx: &mut PgConnection, r: &NewRejection<'_>) -> Result<(), StorageError> {
+    let key = match r.message_id {
+        Some(id) => format!("{id}:{}", r.reason),
+        None => format!("sha256:{}:{}", r.body_hash, r.reason),
+    };
+    sqlx::query(
+        "insert into rejected_messages (rejection_key, message_id, message_type, order_id, reason,
+             detail, routing_key, body)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)
+         on conflict (rejection_key) do nothing",
+    )
+    .bind(key)
+    .bind(r.message_id)
+    .bind(r.message_type)
+    .bind(r.order_id)
+    .bind(r.reason)
+    .bind(r.detail)
+    .bind(r.routing_key)
+    .bind(r.body)
+    .execute(tx)
+    .await
+    .ctx("recording the rejected message")?;
+    Ok(())
+}
