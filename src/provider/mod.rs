@@ -14,6 +14,8 @@ use crate::domain::{
     AuthorizationId, Capabilities, IdempotencyKey, LineId, MinorUnits, Money, OrderId,
 };
 
+pub mod stripe;
+
 /// One line of a capture, for providers that take line items (Gr4vy `cart_items`, Adyen
 /// `lineItems`). Never card data.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,264 @@
+//! Stripe's wire format: the capture form, the PaymentIntent and error bodies, and their
+//! conversions to and from the provider boundary's types.
+//!
+//! Owns every Stripe field name and the one place minor units become `amount_to_capture`.
+//! Nothing here leaves the `stripe` folder; `mod.rs` decides what an answer means, this file
+//! only reads and writes it. No I/O.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{AuthorizationId, Currency, MinorUnits, Money};
+use crate::provider::{AuthorizationSnapshot, CaptureRequest};
+
+/// Longest provider message copied into an outcome. Stripe allows 40 000 characters; the
+/// attempts table and logs need the gist, not an essay.
+const MESSAGE_LIMIT: usize = 500;
+
+/// The body of `POST /v1/payment_intents/{id}/capture`, form-encoded.
+///
+/// `final_capture` is always sent: Stripe defaults it to `true`, so leaving it out of a
+/// partial capture would release the rest of the hold (DESIGN §3.4).
+#[derive(Debug, Serialize)]
+pub(super) struct CaptureForm<'a> {
+    /// Minor units of the PaymentIntent's currency; Stripe's integer amounts are minor units.
+    amount_to_capture: i64,
+    final_capture: bool,
+    #[serde(rename = "metadata[order_id]")]
+    order_id: &'a str,
+    #[serde(rename = "metadata[capture_cause]")]
+    capture_cause: &'a str,
+    #[serde(rename = "metadata[capture_sequence]")]
+    capture_sequence: u32,
+}
+
+impl<'a> CaptureForm<'a> {
+    pub(super) fn from_request(request: &'a CaptureRequest) -> Self {
+        CaptureForm {
+            amount_to_capture: request.amount.amount().get(),
+            final_capture: request.is_final,
+            order_id: request.order_id.as_str(),
+            capture_cause: &request.cause,
+            capture_sequence: request.sequence,
+        }
+    }
+}
+
+/// The fields of a PaymentIntent this adapter reads. Unknown fields are ignored, so new
+/// Stripe fields never break parsing; amounts are optional here so that a capture's 200 is
+/// judged on its id alone, and a lookup says which field was missing.
+#[derive(Debug, Deserialize)]
+pub(super) struct PaymentIntent {
+    pub(super) id: String,
+    pub(super) status: String,
+    #[serde(default)]
+    amount_capturable: Option<i64>,
+    #[serde(default)]
+    amount_received: Option<i64>,
+    #[serde(default)]
+    currency: Option<String>,
+    /// A charge id, or the charge object when the caller expanded it.
+    #[serde(default)]
+    latest_charge: Option<serde_json::Value>,
+}
+
+impl PaymentIntent {
+    /// The id to record for a capture: the latest charge (what Stripe's dashboard and payouts
+    /// show), else the PaymentIntent itself.
+    pub(super) fn capture_reference(&self) -> String {
+        let charge = match &self.latest_charge {
+            Some(serde_json::Value::String(id)) => Some(id.as_str()),
+            Some(serde_json::Value::Object(charge)) => charge.get("id").and_then(|v| v.as_str()),
+            Some(_) | None => None,
+        };
+        charge.unwrap_or(&self.id).to_owned()
+    }
+
+    /// The snapshot of the authorization `authorization_id`, or why the body cannot be one.
+    pub(super) fn into_snapshot(
+        self,
+        authorization_id: &AuthorizationId,
+    ) -> Result<AuthorizationSnapshot, String> {
+        let code = self
+            .currency
+            .as_deref()
+            .ok_or_else(|| format!("PaymentIntent {} has no currency", self.id))?;
+        // Stripe writes ISO codes in lower case; `Currency::parse` accepts upper case only.
+        let currency = Currency::parse(&code.to_ascii_uppercase())
+            .map_err(|e| format!("PaymentIntent {}: {e}", self.id))?;
+        let amount = |field: &str, value: Option<i64>| {
+            let value = value.ok_or_else(|| format!("PaymentIntent {} has no {field}", self.id))?;
+            MinorUnits::new(value)
+                .map(|units| Money::new(units, currency))
+                .map_err(|e| format!("PaymentIntent {} {field}: {e}", self.id))
+        };
+        Ok(AuthorizationSnapshot {
+            authorization_id: authorization_id.clone(),
+            captured: amount("amount_received", self.amount_received)?,
+            capturable: amount("amount_capturable", self.amount_capturable)?,
+            status: self.status,
+        })
+    }
+}
+
+/// Stripe's error body: `{"error": {...}}`.
+#[derive(Debug, Deserialize)]
+pub(super) struct ErrorEnvelope {
+    pub(super) error: ApiError,
+}
+
+/// The fields of Stripe's `api_errors` object this adapter reads.
+#[derive(Debug, Deserialize)]
+pub(super) struct ApiError {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    decline_code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Stripe's error types (spec3 `api_errors.type`), plus one for a type this adapter does not
+/// know yet, so the routing in `mod.rs` can match exhaustively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ErrorType {
+    Api,
+    Card,
+    Idempotency,
+    InvalidRequest,
+    Unrecognized,
+}
+
+impl ApiError {
+    pub(super) fn error_type(&self) -> ErrorType {
+        match self.kind.as_str() {
+            "api_error" => ErrorType::Api,
+            "card_error" => ErrorType::Card,
+            "idempotency_error" => ErrorType::Idempotency,
+            "invalid_request_error" => ErrorType::InvalidRequest,
+            _ => ErrorType::Unrecognized,
+        }
+    }
+
+    /// `type/code` (or `type/decline_code`, or `type` alone) for the attempts table.
+    pub(super) fn provider_code(&self) -> String {
+        match self.code.as_deref().or(self.decline_code.as_deref()) {
+            Some(code) => format!("{}/{code}", self.kind),
+            None => self.kind.clone(),
+        }
+    }
+
+    /// The most specific reason an issuer gave: the decline code, else the error code.
+    pub(super) fn decline_code(&self) -> String {
+        self.decline_code
+            .as_deref()
+            .or(self.code.as_deref())
+            .unwrap_or("card_declined")
+            .to_owned()
+    }
+
+    /// Stripe's human message, shortened to [`MESSAGE_LIMIT`] characters.
+    pub(super) fn message(&self) -> String {
+        self.message
+            .as_deref()
+            .unwrap_or("")
+            .chars()
+            .take(MESSAGE_LIMIT)
+            .collect()
+    }
+
+    /// `code` if given, else `type`, for reasons.
+    pub(super) fn code_or_type(&self) -> &str {
+        self.code.as_deref().unwrap_or(&self.kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{IdempotencyKey, OrderId, ProviderName};
+
+    #[test]
+    fn capture_form_always_carries_final_capture_and_metadata() {
+        let pi = AuthorizationId::parse("pi_1").unwrap();
+        let request = CaptureRequest {
+            authorization_id: pi.clone(),
+            order_id: OrderId::parse("ORD-1").unwrap(),
+            cause: "S1".to_owned(),
+            sequence: 2,
+            amount: Money::new(
+                MinorUnits::new(1234).unwrap(),
+                Currency::parse("USD").unwrap(),
+            ),
+            is_final: false,
+            idempotency_key: IdempotencyKey::derive(
+                &ProviderName::parse("stripe").unwrap(),
+                &pi,
+                "S1",
+                0,
+            ),
+            lines: Vec::new(),
+        };
+        // Field names and values as serialized; the integration tests check the encoded body.
+        let fields = serde_json::to_value(CaptureForm::from_request(&request)).unwrap();
+        assert_eq!(
+            fields,
+            serde_json::json!({
+                "amount_to_capture": 1234,
+                "final_capture": false,
+                "metadata[order_id]": "ORD-1",
+                "metadata[capture_cause]": "S1",
+                "metadata[capture_sequence]": 2,
+            })
+        );
+    }
+
+    #[test]
+    fn lookup_snapshot_reads_lower_case_currency_and_both_amounts() {
+        let pi: PaymentIntent = serde_json::from_str(
+            r#"{"id":"pi_1","object":"payment_intent","status":"requires_capture",
+                "amount":5000,"amount_capturable":3000,"amount_received":2000,
+                "currency":"usd","latest_charge":{"id":"ch_9","object":"charge"}}"#,
+        )
+        .unwrap();
+        assert_eq!(pi.capture_reference(), "ch_9");
+        let id = AuthorizationId::parse("pi_1").unwrap();
+        let snapshot = pi.into_snapshot(&id).unwrap();
+        let usd = Currency::parse("USD").unwrap();
+        assert_eq!(
+            snapshot.captured,
+            Money::new(MinorUnits::new(2000).unwrap(), usd)
+        );
+        assert_eq!(
+            snapshot.capturable,
+            Money::new(MinorUnits::new(3000).unwrap(), usd)
+        );
+        assert_eq!(snapshot.status, "requires_capture");
+    }
+
+    #[test]
+    fn snapshot_names_the_missing_or_bad_field() {
+        let parse = |json: &str| {
+            let pi: PaymentIntent = serde_json::from_str(json).unwrap();
+            pi.into_snapshot(&AuthorizationId::parse("pi_1").unwrap())
+                .unwrap_err()
+        };
+        assert!(
+            parse(r#"{"id":"pi_1","status":"x","amount_received":1,"amount_capturable":1}"#)
+                .contains("no currency")
+        );
+        assert!(
+            parse(r#"{"id":"pi_1","status":"x","currency":"zzz","amount_received":1,"amount_capturable":1}"#)
+                .contains("ZZZ")
+        );
+        assert!(
+            parse(r#"{"id":"pi_1","status":"x","currency":"usd","amount_capturable":1}"#)
+                .contains("amount_received")
+        );
+        assert!(
+            parse(r#"{"id":"pi_1","status":"x","currency":"usd","amount_received":-1,"amount_capturable":1}"#)
+                .contains("negative")
+        );
+    }
+}
