@@ -176,7 +176,8 @@ pub async fn record(
     insert_attempt(&mut tx, capture, attempt).await?;
     let (reference, next_at, error, needs_lookup, decline_code) = match transition {
         Transition::Succeeded { reference } => (reference.clone(), None, None, false, None),
-        Transition::Pending { reference, next_at } => (reference.clone(), Some(*next_at), None, false, None),
+        // A pending capture is polled by reading the authorization back.
+        Transition::Pending { reference, next_at } => (reference.clone(), Some(*next_at), None, true, None),
         Transition::Declined { code, message } => {
             (None, None, Some(message.clone()), false, Some(code.clone()))
         }

@@ -1,0 +1,629 @@
+//! Intake: one message, one transaction, then the acknowledgement (DESIGN §4, flow step 1).
+//!
+//! Dedupe by message id (same bytes → the first outcome again; different bytes → refused),
+//! serialize per order with an advisory lock, register orders, park shipments that arrive
+//! before their order, plan with the domain, and persist the plan (progress, shipment or
+//! cancellation, capture rows with their keys) — all in one commit. Bad input is recorded with
+//! its reason and dead-lettered; it never reaches the provider.
+
+use std::sync::Arc;
+
+use chrono::{Duration as ChronoDuration, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+
+use crate::domain::{
+    self, Capabilities, Decision, Event, MinorUnits, NothingReason, Order, PlanContext, Rejection,
+    ReleaseMethod, ShippingPolicy,
+};
+use crate::queue::consumer::{Disposition, IncomingMessage};
+use crate::queue::wire::{self, Command, Parsed};
+use crate::redact::mask_card_numbers;
+use crate::storage::ledger::{
+    self, CaptureKind, InboxStatus, NewCapture, NewInbox, NewRejection, StoredCaptureLine,
+};
+use crate::storage::{Store, StorageError};
+
+/// What became of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntakeOutcome {
+    /// Effects committed; these orders have captures to send.
+    Processed { dispatch: Vec<String> },
+    /// Seen before with the same content: nothing to do.
+    Duplicate,
+    /// Waiting for its order.
+    Parked,
+    /// Refused with a reason, recorded in `rejected_messages`.
+    Rejected {
+        reason: String,
+        detail: String,
+        message_id: Option<String>,
+    },
+}
+
+/// Looks up a provider's capabilities by name; `None` for a provider this worker cannot use.
+pub trait CapabilityLookup: Send + Sync {
+    fn capabilities(&self, provider: &str) -> Option<Capabilities>;
+}
+
+/// The intake use case.
+pub struct Intake {
+    store: Store,
+    capabilities: Arc<dyn CapabilityLookup>,
+    shipping: ShippingPolicy,
+    parking: ChronoDuration,
+}
+
+/// A refusal decided inside a transaction.
+struct Refusal {
+    reason: String,
+    detail: String,
+}
+
+impl Intake {
+    pub fn new(
+        store: Store,
+        capabilities: Arc<dyn CapabilityLookup>,
+        shipping: ShippingPolicy,
+        parking_seconds: u64,
+    ) -> Self {
+        Intake {
+            store,
+            capabilities,
+            shipping,
+            parking: ChronoDuration::seconds(i64::try_from(parking_seconds).unwrap_or(i64::MAX / 2_000)),
+        }
+    }
+
+    /// Processes one message, retrying the transaction on conflicts and transient database
+    /// errors a few times before giving up (the caller then returns the message to the queue).
+    pub async fn handle(&self, message: &IncomingMessage) -> Result<IntakeOutcome, StorageError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.handle_once(message).await {
+                Err(e) if attempt < 5 && (e.is_retryable() || matches!(e, StorageError::Conflict { .. })) => {
+                    tracing::debug!(error = %e, attempt, "intake transaction retried");
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn handle_once(&self, message: &IncomingMessage) -> Result<IntakeOutcome, StorageError> {
+        let body_hash = hex::encode(Sha256::digest(&message.body));
+        let parsed = match wire::parse(&message.body, Some(&message.routing_key)) {
+            Ok(p) => p,
+            Err(rej) => {
+                let mut tx = self.store.pool().begin().await.map_err(|e| StorageError::classify("starting intake", e))?;
+                let masked = mask_card_numbers(&String::from_utf8_lossy(&message.body));
+                ledger::insert_rejection(
+                    &mut tx,
+                    &NewRejection {
+                        message_id: rej.message_id.as_deref(),
+                        message_type: rej.message_type.as_deref(),
+                        order_id: None,
+                        reason: rej.reason.as_str(),
+                        detail: &rej.detail,
+                        routing_key: Some(&message.routing_key),
+                        body: Some(&masked),
+                        body_hash: &body_hash,
+                    },
+                )
+                .await?;
+                tx.commit().await.map_err(|e| StorageError::classify("committing intake", e))?;
+                return Ok(IntakeOutcome::Rejected {
+                    reason: rej.reason.as_str().to_owned(),
+                    detail: rej.detail,
+                    message_id: rej.message_id,
+                });
+            }
+        };
+        let message_id = parsed.envelope.message_id.as_str().to_owned();
+        let mut tx = self.store.pool().begin().await.map_err(|e| StorageError::classify("starting intake", e))?;
+        let outcome = self.apply(&mut tx, message, &parsed, &body_hash, false).await?;
+        tx.commit().await.map_err(|e| StorageError::classify("committing intake", e))?;
+        Ok(match outcome {
+            IntakeOutcome::Rejected { reason, detail, .. } => IntakeOutcome::Rejected {
+                reason,
+                detail,
+                message_id: Some(message_id),
+            },
+            other => other,
+        })
+    }
+
+    /// Applies a parsed message inside `tx`. `from_park` is set when a parked message is being
+    /// processed now that its order exists.
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        message: &IncomingMessage,
+        parsed: &Parsed,
+        body_hash: &str,
+        from_park: bool,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let message_id = parsed.envelope.message_id.as_str();
+        let order_id = parsed.command.order_id().clone();
+        ledger::lock_order_key(tx, &order_id).await?;
+
+        if let Some(seen) = ledger::inbox_get(tx, message_id).await? {
+            if seen.payload_hash != body_hash {
+                return self
+                    .refuse(tx, message, parsed, body_hash, Refusal {
+                        reason: "message_conflict".into(),
+                        detail: format!("message_id {message_id} was already received with different content; the first stands. Publish a new message with a new message_id"),
+                    }, false)
+                    .await;
+            }
+            match (seen.status, from_park) {
+                (InboxStatus::Parked, true) => {} // process it now
+                (InboxStatus::Processed, _) => return Ok(IntakeOutcome::Duplicate),
+                (InboxStatus::Parked, false) => return Ok(IntakeOutcome::Parked),
+                (InboxStatus::Rejected, _) => {
+                    return Ok(IntakeOutcome::Rejected {
+                        reason: seen.reject_reason.unwrap_or_else(|| "rejected".into()),
+                        detail: "already refused; see rejected_messages".into(),
+                        message_id: Some(message_id.to_owned()),
+                    });
+                }
+            }
+        }
+
+        let result = match &parsed.command {
+            Command::RegisterOrder(order) => self.register(tx, message, parsed, order, body_hash).await?,
+            Command::Ship { shipment, .. } => {
+                self.plan_event(tx, message, parsed, body_hash, PlanInput::Shipment(shipment)).await?
+            }
+            Command::Cancel { cancellation, .. } => {
+                self.plan_event(tx, message, parsed, body_hash, PlanInput::Cancellation(cancellation)).await?
+            }
+        };
+        Ok(result)
+    }
+
+    async fn register(
+        &self,
+        tx: &mut PgConnection,
+        message: &IncomingMessage,
+        parsed: &Parsed,
+        order: &Order,
+        body_hash: &str,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let auth = order.authorization();
+        let Some(caps) = self.capabilities.capabilities(auth.provider.as_str()) else {
+            return self
+                .refuse(tx, message, parsed, body_hash, Refusal {
+                    reason: "unknown_provider".into(),
+                    detail: format!("payment.provider {:?} is not configured on this worker; configure providers.{}.base_url or correct the provider name", auth.provider.as_str(), auth.provider.as_str()),
+                }, true)
+                .await;
+        };
+        let order_hash = order_fingerprint(order);
+        let mut dispatch = Vec::new();
+        match ledger::order_payload_hash(tx, order.order_id()).await? {
+            Some(h) if h == order_hash => {
+                self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None).await?;
+                return Ok(IntakeOutcome::Duplicate);
+            }
+            Some(_) => {
+                return self
+                    .refuse(tx, message, parsed, body_hash, Refusal {
+                        reason: "order_conflict".into(),
+                        detail: format!("order {} was already registered with different content; the first stands", order.order_id()),
+                    }, true)
+                    .await;
+            }
+            None => {
+                let allowance = caps.over_capture.for_authorized(auth.amount);
+                match ledger::insert_order(tx, order, allowance, parsed.envelope.message_id.as_str(), &order_hash).await {
+                    Ok(()) => {}
+                    Err(StorageError::Conflict { constraint, .. }) if constraint == "orders_authorization_unique" => {
+                        return self
+                            .refuse(tx, message, parsed, body_hash, Refusal {
+                                reason: "authorization_conflict".into(),
+                                detail: format!("authorization {} of provider {} already belongs to another order", auth.authorization_id, auth.provider),
+                            }, true)
+                            .await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None).await?;
+        // Shipments and cancellations that arrived first are processed now, in arrival order,
+        // in this same transaction.
+        for parked in ledger::parked_for_order(tx, order.order_id().as_str()).await? {
+            let incoming = IncomingMessage {
+                body: parked.body.clone(),
+                routing_key: parked.routing_key.clone().unwrap_or_default(),
+                traceparent: parked.traceparent.clone(),
+                tracestate: parked.tracestate.clone(),
+                redelivered: false,
+            };
+            let hash = hex::encode(Sha256::digest(&parked.body));
+            match wire::parse(&parked.body, None) {
+                Ok(p) => {
+                    let out = Box::pin(self.apply(tx, &incoming, &p, &hash, true)).await?;
+                    if let IntakeOutcome::Processed { dispatch: d } = out {
+                        dispatch.extend(d);
+                    }
+                }
+                Err(rej) => {
+                    // Parsed fine when it was parked; only a contract change could get here.
+                    tracing::error!(message_id = %parked.message_id, reason = %rej.reason, "a parked message no longer parses");
+                }
+            }
+        }
+        dispatch.dedup();
+        Ok(IntakeOutcome::Processed { dispatch })
+    }
+
+    async fn plan_event(
+        &self,
+        tx: &mut PgConnection,
+        message: &IncomingMessage,
+        parsed: &Parsed,
+        body_hash: &str,
+        input: PlanInput<'_>,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let order_id = parsed.command.order_id();
+        let Some(mut stored) = ledger::load_order(tx, order_id, true).await? else {
+            self.remember(tx, message, parsed, body_hash, InboxStatus::Parked, None).await?;
+            return Ok(IntakeOutcome::Parked);
+        };
+        let caps = match self.capabilities.capabilities(stored.order.authorization().provider.as_str()) {
+            Some(c) => c,
+            None => {
+                return Err(StorageError::Corrupt {
+                    context: "planning a capture",
+                    detail: format!("provider {} of order {} is no longer configured", stored.order.authorization().provider, order_id),
+                });
+            }
+        };
+        let event = match input {
+            PlanInput::Shipment(s) => {
+                if let Some(prev) = ledger::load_shipment(tx, order_id, s.shipment_id()).await? {
+                    stored.state.shipments.push(prev);
+                }
+                Event::Shipment(s)
+            }
+            PlanInput::Cancellation(c) => {
+                if let Some(prev) = ledger::load_cancellation(tx, order_id, c.cancellation_id()).await? {
+                    stored.state.cancellations.push(prev);
+                }
+                Event::Cancellation(c)
+            }
+        };
+        let ctx = PlanContext {
+            capabilities: caps,
+            shipping: self.shipping,
+            now: Utc::now(),
+        };
+        let plan = match domain::plan(&stored.order, &stored.state, event, &ctx) {
+            Ok(p) => p,
+            Err(Rejection::Duplicate) => {
+                self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None).await?;
+                return Ok(IntakeOutcome::Duplicate);
+            }
+            Err(rej) => {
+                return self
+                    .refuse(tx, message, parsed, body_hash, Refusal {
+                        reason: rej.reason().to_owned(),
+                        detail: format!("order {order_id}: {rej}"),
+                    }, true)
+                    .await;
+            }
+        };
+        let value_before = domain::shipped_value(&stored.order, &stored.state, self.shipping);
+        let value_after = domain::shipped_value(&stored.order, &plan.state, self.shipping);
+        let shipped_value = match (value_before, value_after) {
+            (Ok(b), Ok(a)) => a.saturating_sub(b),
+            _ => {
+                return self
+                    .refuse(tx, message, parsed, body_hash, Refusal {
+                        reason: "amount_overflow".into(),
+                        detail: format!("order {order_id}: the shipped value overflows 64-bit minor units"),
+                    }, true)
+                    .await;
+            }
+        };
+        ledger::save_progress(tx, &stored.order, &plan.state).await?;
+        let order = &stored.order;
+        let (cause_kind, cause_id) = match input {
+            PlanInput::Shipment(s) => ("shipment", s.shipment_id().as_str()),
+            PlanInput::Cancellation(c) => ("cancellation", c.cancellation_id().as_str()),
+        };
+        let traceparent = message.traceparent.as_deref();
+        let mut dispatch = Vec::new();
+        let label = match &plan.decision {
+            Decision::Capture(cp) => {
+                let lines = cp
+                    .lines
+                    .iter()
+                    .map(|l| {
+                        let line = order.line_index(&l.line_id).map(|i| &order.lines()[i]);
+                        StoredCaptureLine {
+                            line_id: l.line_id.as_str().to_owned(),
+                            sku: line.map(|x| x.sku.clone()).unwrap_or_default(),
+                            name: line.map(|x| x.name.clone()).unwrap_or_default(),
+                            units: l.units,
+                            amount: l.amount.get(),
+                        }
+                    })
+                    .collect();
+                ledger::insert_capture(tx, &NewCapture {
+                    order,
+                    sequence: cp.sequence,
+                    kind: CaptureKind::Capture,
+                    cause_kind,
+                    cause_id,
+                    amount: cp.amount,
+                    is_final: cp.is_final,
+                    release_after: cp.release_after,
+                    lines,
+                    shipping: cp.shipping,
+                    shortfall: plan.shortfall,
+                    traceparent,
+                })
+                .await?;
+                if cp.release_after {
+                    ledger::insert_capture(tx, &NewCapture {
+                        order,
+                        sequence: cp.sequence + 1,
+                        kind: CaptureKind::Release,
+                        cause_kind,
+                        cause_id,
+                        amount: MinorUnits::ZERO,
+                        is_final: false,
+                        release_after: false,
+                        lines: Vec::new(),
+                        shipping: MinorUnits::ZERO,
+                        shortfall: MinorUnits::ZERO,
+                        traceparent,
+                    })
+                    .await?;
+                }
+                dispatch.push(order_id.as_str().to_owned());
+                "capture".to_owned()
+            }
+            Decision::ReleaseRemainder { method, sequence } => {
+                let (kind, amount) = match method {
+                    ReleaseMethod::ZeroAmountFinalCapture => (CaptureKind::Capture, MinorUnits::ZERO),
+                    ReleaseMethod::Cancel => (CaptureKind::Release, MinorUnits::ZERO),
+                };
+                ledger::insert_capture(tx, &NewCapture {
+                    order,
+                    sequence: *sequence,
+                    kind,
+                    cause_kind,
+                    cause_id,
+                    amount,
+                    is_final: true,
+                    release_after: false,
+                    lines: Vec::new(),
+                    shipping: MinorUnits::ZERO,
+                    shortfall: plan.shortfall,
+                    traceparent,
+                })
+                .await?;
+                dispatch.push(order_id.as_str().to_owned());
+                "release".to_owned()
+            }
+            Decision::VoidAuthorization => {
+                ledger::insert_capture(tx, &NewCapture {
+                    order,
+                    sequence: plan.state.captures + 1,
+                    kind: CaptureKind::Void,
+                    cause_kind,
+                    cause_id,
+                    amount: MinorUnits::ZERO,
+                    is_final: true,
+                    release_after: false,
+                    lines: Vec::new(),
+                    shipping: MinorUnits::ZERO,
+                    shortfall: plan.shortfall,
+                    traceparent,
+                })
+                .await?;
+                dispatch.push(order_id.as_str().to_owned());
+                "void".to_owned()
+            }
+            Decision::Nothing(reason) => format!("nothing:{}", nothing_label(*reason)),
+        };
+        match input {
+            PlanInput::Shipment(s) => {
+                ledger::insert_shipment(tx, order_id, s, parsed.envelope.message_id.as_str(), shipped_value, &label).await?
+            }
+            PlanInput::Cancellation(c) => ledger::insert_cancellation(tx, order_id, c, &label).await?,
+        }
+        self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None).await?;
+        Ok(IntakeOutcome::Processed { dispatch })
+    }
+
+    /// Records the message in the inbox with its status.
+    async fn remember(
+        &self,
+        tx: &mut PgConnection,
+        message: &IncomingMessage,
+        parsed: &Parsed,
+        body_hash: &str,
+        status: InboxStatus,
+        reason: Option<&str>,
+    ) -> Result<(), StorageError> {
+        let parked = status == InboxStatus::Parked;
+        ledger::inbox_upsert(tx, &NewInbox {
+            message_id: parsed.envelope.message_id.as_str(),
+            message_type: parsed.envelope.message_type.as_str(),
+            order_id: Some(parsed.command.order_id().as_str()),
+            payload_hash: body_hash,
+            status,
+            reject_reason: reason,
+            body: parked.then_some(message.body.as_slice()),
+            routing_key: Some(&message.routing_key),
+            traceparent: message.traceparent.as_deref(),
+            tracestate: message.tracestate.as_deref(),
+            park_expires_at: parked.then(|| Utc::now() + self.parking),
+        })
+        .await
+    }
+
+    /// Records a refusal; `in_inbox` also marks the message id as rejected, so a redelivery
+    /// is refused the same way.
+    async fn refuse(
+        &self,
+        tx: &mut PgConnection,
+        message: &IncomingMessage,
+        parsed: &Parsed,
+        body_hash: &str,
+        refusal: Refusal,
+        in_inbox: bool,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let masked = mask_card_numbers(&String::from_utf8_lossy(&message.body));
+        ledger::insert_rejection(tx, &NewRejection {
+            message_id: Some(parsed.envelope.message_id.as_str()),
+            message_type: Some(parsed.envelope.message_type.as_str()),
+            order_id: Some(parsed.command.order_id().as_str()),
+            reason: &refusal.reason,
+            detail: &refusal.detail,
+            routing_key: Some(&message.routing_key),
+            body: Some(&masked),
+            body_hash,
+        })
+        .await?;
+        if in_inbox {
+            self.remember(tx, message, parsed, body_hash, InboxStatus::Rejected, Some(&refusal.reason)).await?;
+        }
+        tracing::warn!(
+            event = "message_rejected",
+            reason = %refusal.reason,
+            message_id = %parsed.envelope.message_id,
+            order_id = %parsed.command.order_id(),
+            detail = %refusal.detail,
+            "message refused"
+        );
+        Ok(IntakeOutcome::Rejected {
+            reason: refusal.reason,
+            detail: refusal.detail,
+            message_id: Some(parsed.envelope.message_id.as_str().to_owned()),
+        })
+    }
+
+    /// Dead-letters a parked message that waited longer than `capture.parking_seconds`.
+    pub async fn expire_parked(&self, parked: &ledger::ParkedMessage) -> Result<IntakeOutcome, StorageError> {
+        let Ok(parsed) = wire::parse(&parked.body, None) else {
+            return Ok(IntakeOutcome::Duplicate);
+        };
+        let incoming = IncomingMessage {
+            body: parked.body.clone(),
+            routing_key: parked.routing_key.clone().unwrap_or_default(),
+            traceparent: parked.traceparent.clone(),
+            tracestate: parked.tracestate.clone(),
+            redelivered: false,
+        };
+        let hash = hex::encode(Sha256::digest(&parked.body));
+        let mut tx = self.store.pool().begin().await.map_err(|e| StorageError::classify("expiring a parked message", e))?;
+        ledger::lock_order_key(&mut tx, parsed.command.order_id()).await?;
+        // Still parked? (Its order may have arrived since the sweeper looked.)
+        let still = ledger::inbox_get(&mut tx, parsed.envelope.message_id.as_str()).await?;
+        if !matches!(still.map(|s| s.status), Some(InboxStatus::Parked)) {
+            return Ok(IntakeOutcome::Duplicate);
+        }
+        if ledger::load_order(&mut tx, parsed.command.order_id(), false).await?.is_some() {
+            drop(tx);
+            return Ok(IntakeOutcome::Duplicate);
+        }
+        let out = self
+            .refuse(&mut tx, &incoming, &parsed, &hash, Refusal {
+                reason: "unknown_order".into(),
+                detail: format!("order {} was not registered within the parking time; publish order.authorized first, then requeue this message", parsed.command.order_id()),
+            }, true)
+            .await?;
+        tx.commit().await.map_err(|e| StorageError::classify("expiring a parked message", e))?;
+        Ok(out)
+    }
+
+    /// Processes the parked messages of an order that now exists (the sweeper's safety net).
+    pub async fn process_parked(&self, order_id: &str) -> Result<Vec<String>, StorageError> {
+        let mut tx = self.store.pool().begin().await.map_err(|e| StorageError::classify("processing parked messages", e))?;
+        let Ok(oid) = domain::OrderId::parse(order_id) else {
+            return Ok(Vec::new());
+        };
+        ledger::lock_order_key(&mut tx, &oid).await?;
+        let mut dispatch = Vec::new();
+        for parked in ledger::parked_for_order(&mut tx, order_id).await? {
+            let Ok(p) = wire::parse(&parked.body, None) else { continue };
+            let incoming = IncomingMessage {
+                body: parked.body.clone(),
+                routing_key: parked.routing_key.clone().unwrap_or_default(),
+                traceparent: parked.traceparent.clone(),
+                tracestate: parked.tracestate.clone(),
+                redelivered: false,
+            };
+            let hash = hex::encode(Sha256::digest(&parked.body));
+            if let IntakeOutcome::Processed { dispatch: d } = self.apply(&mut tx, &incoming, &p, &hash, true).await? {
+                dispatch.extend(d);
+            }
+        }
+        tx.commit().await.map_err(|e| StorageError::classify("processing parked messages", e))?;
+        Ok(dispatch)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum PlanInput<'a> {
+    Shipment(&'a domain::Shipment),
+    Cancellation(&'a domain::Cancellation),
+}
+
+fn nothing_label(reason: NothingReason) -> &'static str {
+    match reason {
+        NothingReason::ZeroValue => "zero_value",
+        NothingReason::Deferred => "deferred",
+        NothingReason::AuthorizationExhausted => "authorization_exhausted",
+        NothingReason::Latched => "latched",
+        NothingReason::NotOpen => "not_open",
+    }
+}
+
+/// A content hash of an order registration, independent of the message id and of key order.
+fn order_fingerprint(order: &Order) -> String {
+    let auth = order.authorization();
+    let lines: Vec<serde_json::Value> = order
+        .lines()
+        .iter()
+        .map(|l| {
+            serde_json::json!([
+                l.line_id.as_str(), l.sku, l.name, l.quantity.get(),
+                l.unit_amount.get(), l.tax_amount.get(), l.discount_amount.get()
+            ])
+        })
+        .collect();
+    let canonical = serde_json::json!([
+        order.currency().code(),
+        order.shipping_amount().get(),
+        order.order_discount_amount().get(),
+        auth.provider.as_str(),
+        auth.authorization_id.as_str(),
+        auth.amount.get(),
+        auth.authorized_at.to_rfc3339(),
+        auth.expires_at.map(|t| t.to_rfc3339()),
+        lines,
+    ]);
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+/// Turns an intake outcome into what the consumer does with the delivery.
+pub fn disposition(outcome: Result<IntakeOutcome, StorageError>, body: &[u8]) -> Disposition {
+    match outcome {
+        Ok(IntakeOutcome::Processed { .. } | IntakeOutcome::Duplicate | IntakeOutcome::Parked) => Disposition::Ack,
+        Ok(IntakeOutcome::Rejected { reason, detail, message_id }) => Disposition::DeadLetter {
+            reason,
+            detail,
+            message_id,
+            masked_body: mask_card_numbers(&String::from_utf8_lossy(body)).into_bytes(),
+        },
+        Err(e) => Disposition::Retry { why: e.to_string() },
+    }
+}

@@ -1,0 +1,227 @@
+//! The use cases and the composition root: intake, execution, recovery, startup and shutdown.
+//!
+//! `app` is the only module that knows every adapter. [`Application::build`] wires settings
+//! into a store, providers, the executor, the sweeper, the consumer and the health server;
+//! [`Application::run_until_stopped`] runs them until the given shutdown future resolves, then
+//! stops consuming, lets in-flight captures record their outcome, and returns.
+
+pub mod execute;
+pub mod http;
+pub mod intake;
+pub mod providers;
+pub mod recovery;
+pub mod retry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Settings;
+use crate::queue::consumer::{self, ConsumerConfig, ConsumerStatus, DeliveryHandler, Disposition, IncomingMessage};
+use crate::queue::dead_letter::DeadLetterSink;
+use crate::queue::topology::Topology;
+use crate::storage::Store;
+
+use execute::Executor;
+use intake::{Intake, IntakeOutcome};
+use providers::Providers;
+use recovery::Sweeper;
+use retry::RetryPolicy;
+
+/// Options that are not settings: what the command line decided.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Apply migrations at start.
+    pub migrate: bool,
+    /// Create the database when it is missing (needs CREATEDB).
+    pub create_database: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            migrate: true,
+            create_database: true,
+        }
+    }
+}
+
+/// Everything wired, not yet running.
+pub struct Application {
+    settings: Settings,
+    store: Store,
+    providers: Providers,
+    executor: Executor,
+    dispatch_rx: mpsc::UnboundedReceiver<String>,
+    intake: Arc<Intake>,
+    listener: tokio::net::TcpListener,
+    consumer_status: ConsumerStatus,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, options: RunOptions) -> anyhow::Result<Application> {
+        let store = Store::connect(&settings.database, options.create_database)
+            .await
+            .context("connecting to PostgreSQL")?;
+        if options.migrate {
+            store.migrate().await.context("applying migrations")?;
+        }
+        let providers = Providers::from_settings(&settings).context("building provider adapters")?;
+        Application::build_with(settings, store, providers).await
+    }
+
+    /// Builds with a given store and providers (tests use this to inject adapters).
+    pub async fn build_with(settings: Settings, store: Store, providers: Providers) -> anyhow::Result<Application> {
+        let c = &settings.capture;
+        let policy = RetryPolicy {
+            initial: Duration::from_millis(c.retry_initial_ms),
+            max: Duration::from_millis(c.retry_max_ms),
+            max_attempts: c.max_attempts,
+            max_age: Duration::from_secs(c.max_retry_age_seconds),
+            pending_poll: Duration::from_secs(5),
+        };
+        let worker_id = format!(
+            "{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let (executor, dispatch_rx) = Executor::new(
+            store.clone(),
+            providers.clone(),
+            policy,
+            worker_id,
+            c.lease_seconds,
+            c.concurrency,
+        );
+        let intake = Arc::new(Intake::new(
+            store.clone(),
+            Arc::new(providers.clone()),
+            c.shipping_policy.into(),
+            c.parking_seconds,
+        ));
+        let listener = tokio::net::TcpListener::bind(&settings.http.listen)
+            .await
+            .with_context(|| format!("binding http.listen {}", settings.http.listen))?;
+        Ok(Application {
+            settings,
+            store,
+            providers,
+            executor,
+            dispatch_rx,
+            intake,
+            listener,
+            consumer_status: ConsumerStatus::default(),
+        })
+    }
+
+    /// The address the health server listens on (useful with port 0).
+    pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+
+    pub fn consumer_status(&self) -> ConsumerStatus {
+        self.consumer_status.clone()
+    }
+
+    /// Runs until `shutdown` resolves: stops consuming, finishes deliveries and captures in
+    /// progress, and returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let topology = Topology::new(self.settings.amqp.exchange.clone(), self.settings.amqp.queue.clone());
+        let sink = Arc::new(DeadLetterSink::new(
+            self.settings.amqp.url.expose().to_owned(),
+            topology.clone(),
+        ));
+        let handler: Arc<dyn DeliveryHandler> = Arc::new(IntakeHandler {
+            intake: self.intake.clone(),
+            executor: self.executor.clone(),
+        });
+        let consumer_config = ConsumerConfig {
+            url: self.settings.amqp.url.expose().to_owned(),
+            topology,
+            prefetch: self.settings.amqp.prefetch,
+            consumer_tag: format!("capture-worker-{}", self.executor.worker_id()),
+        };
+        let consumer_task = tokio::spawn(consumer::run(
+            consumer_config,
+            handler,
+            self.consumer_status.clone(),
+            stop_rx.clone(),
+        ));
+        let executor = self.executor.clone();
+        let exec_rx = stop_rx.clone();
+        let executor_task = tokio::spawn(async move { executor.run(self.dispatch_rx, exec_rx).await });
+        let sweeper = Sweeper {
+            store: self.store.clone(),
+            executor: self.executor.clone(),
+            intake: self.intake.clone(),
+            dead_letters: Some(sink),
+            interval: Duration::from_millis(self.settings.capture.sweep_interval_ms),
+        };
+        let sweeper_task = tokio::spawn(sweeper.run(stop_rx.clone()));
+        let router = http::router(http::HealthState {
+            store: self.store.clone(),
+            consumer: self.consumer_status.clone(),
+        });
+        let mut http_stop = stop_rx.clone();
+        let http_task = tokio::spawn(async move {
+            axum::serve(self.listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.changed().await;
+                })
+                .await
+        });
+        tracing::info!(event = "worker_started", worker_id = %self.executor.worker_id(), "capture-worker running");
+
+        shutdown.await;
+        tracing::info!(event = "worker_stopping", "stopping: no new deliveries; finishing work in progress");
+        let _ = stop_tx.send(true);
+        let drain = async {
+            let _ = consumer_task.await;
+            let _ = executor_task.await;
+            let _ = sweeper_task.await;
+            let _ = http_task.await;
+        };
+        if tokio::time::timeout(Duration::from_secs(20), drain).await.is_err() {
+            tracing::warn!(event = "shutdown_timeout", "work still in progress after 20 s; leases hand it to the next worker");
+        }
+        tracing::info!(event = "worker_stopped", "capture-worker stopped");
+        Ok(())
+    }
+}
+
+/// Intake behind the consumer: commit, then dispatch the captures it created.
+struct IntakeHandler {
+    intake: Arc<Intake>,
+    executor: Executor,
+}
+
+#[async_trait]
+impl DeliveryHandler for IntakeHandler {
+    async fn handle(&self, message: IncomingMessage) -> Disposition {
+        let outcome = self.intake.handle(&message).await;
+        if let Ok(IntakeOutcome::Processed { dispatch }) = &outcome {
+            for order_id in dispatch {
+                self.executor.dispatch(order_id.clone());
+            }
+        }
+        intake::disposition(outcome, &message.body)
+    }
+}

@@ -1,0 +1,292 @@
+//! The consume loop: one `select!` over shutdown, finished handlers and deliveries.
+//!
+//! Each delivery is handed to a [`DeliveryHandler`] (the app's intake) and acknowledged only
+//! after the handler says its effect is committed. Refused messages are copied to the
+//! dead-letter queue with our reason, confirmed, then acked. A consumer stream that ends is a
+//! failure (STACK trap 1): the loop reconnects with backoff, it never just stops. Deliveries
+//! in progress at shutdown finish; prefetched ones go back to the queue when the channel
+//! closes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::publisher::Publisher;
+use super::topology::Topology;
+use super::trace::header_str;
+
+/// A message as it came off the queue.
+#[derive(Debug, Clone)]
+pub struct IncomingMessage {
+    pub body: Vec<u8>,
+    pub routing_key: String,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    pub redelivered: bool,
+}
+
+/// What the consumer does with a delivery once the handler is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// The effect is committed (or the message was a duplicate): acknowledge.
+    Ack,
+    /// Refused and recorded: copy to the dead-letter queue with the reason, then acknowledge.
+    DeadLetter {
+        reason: String,
+        detail: String,
+        message_id: Option<String>,
+        /// The body to keep, with card-number-like digit runs masked.
+        masked_body: Vec<u8>,
+    },
+    /// Nothing committed (the database is away): return it to the queue.
+    Retry { why: String },
+}
+
+/// The use case that turns a message into committed effects.
+#[async_trait]
+pub trait DeliveryHandler: Send + Sync + 'static {
+    async fn handle(&self, message: IncomingMessage) -> Disposition;
+}
+
+/// Where the consumer connects and what it consumes.
+#[derive(Clone)]
+pub struct ConsumerConfig {
+    /// AMQP URL (a secret; never logged).
+    pub url: String,
+    pub topology: Topology,
+    pub prefetch: u16,
+    pub consumer_tag: String,
+}
+
+impl std::fmt::Debug for ConsumerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerConfig")
+            .field("url", &"[redacted]")
+            .field("topology", &self.topology)
+            .field("prefetch", &self.prefetch)
+            .finish()
+    }
+}
+
+/// Whether the consumer is connected and consuming (for `/readyz`).
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerStatus(Arc<AtomicBool>);
+
+impl ConsumerStatus {
+    pub fn is_consuming(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn set(&self, on: bool) {
+        self.0.store(on, Ordering::Relaxed);
+    }
+}
+
+/// Connects, declares the topology, consumes until `shutdown` turns true, reconnecting after
+/// any failure.
+pub async fn run(
+    config: ConsumerConfig,
+    handler: Arc<dyn DeliveryHandler>,
+    status: ConsumerStatus,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match session(&config, &handler, &status, &mut shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                status.set(false);
+                tracing::warn!(
+                    event = "consumer_disconnected",
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "consuming stopped; reconnecting"
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{context}: {source}")]
+    Amqp {
+        context: &'static str,
+        source: lapin::Error,
+    },
+    #[error("the broker cancelled the consumer (queue deleted or node gone)")]
+    StreamEnded,
+}
+
+fn amqp(context: &'static str) -> impl FnOnce(lapin::Error) -> SessionError {
+    move |source| SessionError::Amqp { context, source }
+}
+
+async fn session(
+    config: &ConsumerConfig,
+    handler: &Arc<dyn DeliveryHandler>,
+    status: &ConsumerStatus,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let conn = Connection::connect(
+        &config.url,
+        ConnectionProperties::default().with_connection_name("capture-worker".into()),
+    )
+    .await
+    .map_err(amqp("connecting to RabbitMQ (amqp.url)"))?;
+    let channel = conn.create_channel().await.map_err(amqp("opening a channel"))?;
+    config
+        .topology
+        .declare(&channel)
+        .await
+        .map_err(amqp("declaring the topology"))?;
+    // Per-consumer prefetch: global QoS on a quorum queue closes the connection (trap 3).
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions { global: false })
+        .await
+        .map_err(amqp("setting the prefetch"))?;
+    let publisher = Publisher::open(&conn)
+        .await
+        .map_err(amqp("opening the publisher channel"))?;
+    let mut consumer = channel
+        .basic_consume(
+            config.topology.queue.as_str().into(),
+            config.consumer_tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("starting to consume"))?;
+    status.set(true);
+    tracing::info!(event = "consumer_connected", queue = %config.topology.queue, prefetch = config.prefetch, "consuming");
+
+    let permits = Arc::new(Semaphore::new(usize::from(config.prefetch.max(1))));
+    let mut tasks = JoinSet::new();
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.changed() => break Ok(()),
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = joined {
+                    tracing::error!(event = "handler_panicked", error = %e, "a message handler panicked; its delivery will be redelivered");
+                }
+            }
+            next = consumer.next() => match next {
+                None => break Err(SessionError::StreamEnded),
+                Some(Err(e)) => break Err(SessionError::Amqp { context: "receiving a delivery", source: e }),
+                Some(Ok(delivery)) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break Ok(());
+                    };
+                    let handler = handler.clone();
+                    let publisher = publisher.clone();
+                    let topology = config.topology.clone();
+                    tasks.spawn(async move {
+                        process(delivery, handler, publisher, topology).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    };
+    status.set(false);
+    // Stop receiving, let handlers in progress finish, then close: unacked prefetched
+    // deliveries return to the queue.
+    let _ = channel
+        .basic_cancel(config.consumer_tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined {
+            tracing::error!(event = "handler_panicked", error = %e, "a message handler panicked");
+        }
+    }
+    let _ = conn.close(200, "capture-worker stopping".into()).await;
+    result
+}
+
+async fn process(
+    delivery: Delivery,
+    handler: Arc<dyn DeliveryHandler>,
+    publisher: Publisher,
+    topology: Topology,
+) {
+    let headers = delivery.properties.headers().as_ref();
+    let message = IncomingMessage {
+        body: delivery.data.clone(),
+        routing_key: delivery.routing_key.to_string(),
+        traceparent: header_str(headers, "traceparent"),
+        tracestate: header_str(headers, "tracestate"),
+        redelivered: delivery.redelivered,
+    };
+    let traceparent = message.traceparent.clone();
+    let routing_key = message.routing_key.clone();
+    match handler.handle(message).await {
+        Disposition::Ack => ack(&delivery).await,
+        Disposition::DeadLetter {
+            reason,
+            detail,
+            message_id,
+            masked_body,
+        } => {
+            match publisher
+                .dead_letter(
+                    &topology,
+                    &masked_body,
+                    &routing_key,
+                    &reason,
+                    &detail,
+                    message_id.as_deref(),
+                    traceparent.as_deref(),
+                )
+                .await
+            {
+                Ok(()) => ack(&delivery).await,
+                Err(e) => {
+                    tracing::error!(event = "dead_letter_failed", reason = %reason, error = %e, "could not copy a refused message to the dead-letter queue; returning it to the queue");
+                    requeue(&delivery).await;
+                }
+            }
+        }
+        Disposition::Retry { why } => {
+            tracing::warn!(event = "intake_retry", why = %why, "message returned to the queue");
+            // Give the database a moment before the broker hands the message out again.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            requeue(&delivery).await;
+        }
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    match delivery.ack(BasicAckOptions::default()).await {
+        Ok(true) => {}
+        // After a connection recovery the ack of an older delivery is not delivered (trap 2);
+        // the broker redelivers it and intake recognises it as a duplicate.
+        Ok(false) => tracing::warn!(event = "ack_lost", "ack not delivered; the message will be redelivered and deduplicated"),
+        Err(e) => tracing::warn!(event = "ack_lost", error = %e, "ack failed; the message will be redelivered and deduplicated"),
+    }
+}
+
+async fn requeue(delivery: &Delivery) {
+    let options = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    if let Err(e) = delivery.nack(options).await {
+        tracing::warn!(event = "nack_failed", error = %e, "nack failed; the broker redelivers after the channel closes");
+    }
+}

@@ -1,0 +1,135 @@
+//! Publishing with publisher confirms and `mandatory`: a publish succeeds only when the broker
+//! acked it and did not return it as unroutable (STACK trap 6). Used for the dead-letter copies
+//! of refused messages and by the `publish` and `demo` commands.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection};
+use thiserror::Error;
+
+use super::topology::Topology;
+
+#[derive(Debug, Error)]
+pub enum PublishError {
+    #[error("publishing to exchange {exchange:?} with routing key {routing_key:?} failed: {source}")]
+    Broker {
+        exchange: String,
+        routing_key: String,
+        source: lapin::Error,
+    },
+    #[error("the broker refused the message for exchange {exchange:?} (routing key {routing_key:?}): nack; the queue may be full (x-overflow=reject-publish)")]
+    Nacked {
+        exchange: String,
+        routing_key: String,
+    },
+    #[error("no queue is bound to exchange {exchange:?} for routing key {routing_key:?}: {reply}")]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+        reply: String,
+    },
+}
+
+/// Header carrying our machine-readable rejection reason on dead-letter copies.
+pub const REASON_HEADER: &str = "x-capture-reject-reason";
+/// Header carrying the human-readable detail (truncated).
+pub const DETAIL_HEADER: &str = "x-capture-reject-detail";
+/// Header carrying the routing key the message was first published with.
+pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-original-routing-key";
+
+/// A channel in confirm mode.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    pub async fn open(connection: &Connection) -> Result<Publisher, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher { channel })
+    }
+
+    /// Publishes one persistent JSON message and waits for the broker's confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: FieldTable,
+        message_id: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let broker = |source| PublishError::Broker {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            source,
+        };
+        let mut props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        if let Some(id) = message_id {
+            props = props.with_message_id(id.into());
+        }
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                props,
+            )
+            .await
+            .map_err(broker)?
+            .await
+            .map_err(broker)?;
+        if confirm.is_nack() {
+            return Err(PublishError::Nacked {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            });
+        }
+        if let Some(returned) = confirm.take_message() {
+            return Err(PublishError::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+                reply: returned.reply_text.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends a refused message to the dead-letter queue with our reason in its headers. The
+    /// body must already be masked (P9).
+    pub async fn dead_letter(
+        &self,
+        topology: &Topology,
+        body: &[u8],
+        routing_key: &str,
+        reason: &str,
+        detail: &str,
+        message_id: Option<&str>,
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let mut headers = FieldTable::default();
+        headers.insert(REASON_HEADER.into(), text(reason));
+        let detail: String = detail.chars().take(512).collect();
+        headers.insert(DETAIL_HEADER.into(), text(&detail));
+        headers.insert(ORIGINAL_ROUTING_KEY_HEADER.into(), text(routing_key));
+        if let Some(tp) = traceparent {
+            headers.insert("traceparent".into(), text(tp));
+        }
+        self.publish(&topology.dead_letter(), routing_key, body, headers, message_id)
+            .await
+    }
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
