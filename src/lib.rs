@@ -21,4 +21,5 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod provider;
+pub mod queue;
 pub mod telemetry;

@@ -7,3 +7,4 @@ mod config;
 mod domain_examples;
 mod domain_properties;
 mod support;
+mod wire;
