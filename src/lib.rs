@@ -14,15 +14,22 @@
 //! - `telemetry` — the tracing subscriber (JSON or text logs).
 //! - `provider`  — the payment-provider trait and outcome, one adapter per provider, and the
 //!   sandbox provider server. Imports `domain` only.
-//!
 //! - `storage`   — PostgreSQL via sqlx: migrations, the ledger, the capture queue. Imports
 //!   `domain` only.
+//! - `queue`     — RabbitMQ via lapin: topology, the message contract (wire), consumer,
+//!   publisher, trace headers. Imports `domain` only.
+//! - `redact`    — masks card numbers in text we keep or forward.
+//! - `app`       — the use cases (intake, execution, recovery) and the composition root; the
+//!   only module that knows every adapter.
 //!
 //! Dependencies point inward: adapters depend on `domain`, never on each other.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod provider;
+pub mod queue;
+pub mod redact;
 pub mod storage;
 pub mod telemetry;

@@ -8,3 +8,4 @@ mod domain_examples;
 mod domain_properties;
 mod provider_stripe;
 mod support;
+mod wire;
