@@ -6,4 +6,5 @@ mod architecture;
 mod config;
 mod domain_examples;
 mod domain_properties;
+mod sandbox;
 mod support;
