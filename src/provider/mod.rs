@@ -6,6 +6,8 @@
 //! folder. Declines are outcomes, not errors (DESIGN §3.4). Adapters import `domain`, never
 //! `storage`, `queue` or `app`, and never each other.
 
+pub mod sandbox;
+
 use std::time::Duration;
 
 use async_trait::async_trait;

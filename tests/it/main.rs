@@ -7,5 +7,6 @@ mod config;
 mod domain_examples;
 mod domain_properties;
 mod provider_stripe;
+mod sandbox;
 mod support;
 mod wire;
