@@ -62,6 +62,8 @@ pub struct Settings {
     pub http: HttpSettings,
     pub telemetry: TelemetrySettings,
     pub capture: CaptureSettings,
+    /// The built-in sandbox provider.
+    pub sandbox: SandboxSettings,
     /// Per provider, by name (`stripe`, `sandbox`, …).
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
@@ -165,6 +167,20 @@ impl From<ShippingPolicySetting> for crate::domain::ShippingPolicy {
             ShippingPolicySetting::Prorated => crate::domain::ShippingPolicy::Prorated,
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// `run` serves the sandbox provider in-process, so the worker runs with no provider
+    /// credentials. Off in production.
+    pub embedded: bool,
+    /// Where the sandbox listens, e.g. `127.0.0.1:8081`; `providers.sandbox.base_url` points
+    /// here.
+    pub listen: String,
+    /// Latency added to every sandbox call, in milliseconds (realistic provider latency for
+    /// demos and benchmarks). Example: 0.
+    pub latency_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

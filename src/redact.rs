@@ -77,7 +77,10 @@ mod tests {
             mask_card_numbers("pan 4111-1111-1111-1111 end"),
             "pan [card-number-masked] end"
         );
-        assert_eq!(mask_card_numbers("5555 5555 5555 4444"), "[card-number-masked]");
+        assert_eq!(
+            mask_card_numbers("5555 5555 5555 4444"),
+            "[card-number-masked]"
+        );
     }
 
     #[test]

@@ -15,11 +15,15 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::domain::{AuthorizationId, Currency, IdempotencyKey, LineId, MinorUnits, Money, OrderId};
-use crate::provider::{CallResult, CaptureLine, CaptureRequest, Outcome, PaymentProvider, ReleaseRequest};
+use crate::domain::{
+    AuthorizationId, Currency, IdempotencyKey, LineId, MinorUnits, Money, OrderId,
+};
+use crate::provider::{
+    CallResult, CaptureLine, CaptureRequest, Outcome, PaymentProvider, ReleaseRequest,
+};
 use crate::storage::captures::{self, AttemptRecord, ClaimedCapture, Transition};
 use crate::storage::ledger::CaptureKind;
-use crate::storage::{Store, StorageError};
+use crate::storage::{StorageError, Store};
 
 use super::providers::Providers;
 use super::retry::RetryPolicy;
@@ -137,17 +141,39 @@ impl Executor {
     /// capture may be due), Ok(false) when nothing was due.
     pub async fn step(&self, order_id: &str) -> Result<bool, StorageError> {
         let inner = &self.inner;
-        let Some(mut capture) =
-            captures::claim_next(inner.store.pool(), order_id, &inner.worker_id, inner.lease_seconds).await?
+        let Some(mut capture) = captures::claim_next(
+            inner.store.pool(),
+            order_id,
+            &inner.worker_id,
+            inner.lease_seconds,
+        )
+        .await?
         else {
             return Ok(false);
         };
         if capture.taken_over {
-            tracing::warn!(event = "lease_taken_over", capture_id = capture.capture_id, order_id, "a capture's lease expired; sending it again with the same key");
+            tracing::warn!(
+                event = "lease_taken_over",
+                capture_id = capture.capture_id,
+                order_id,
+                "a capture's lease expired; sending it again with the same key"
+            );
         }
         let Some(provider) = inner.providers.get(&capture.provider) else {
-            let error = format!("provider {:?} is not configured on this worker", capture.provider);
-            self.finish(&capture, "capture", None, &error_call(&error), Transition::Attention { error: error.clone() }).await?;
+            let error = format!(
+                "provider {:?} is not configured on this worker",
+                capture.provider
+            );
+            self.finish(
+                &capture,
+                "capture",
+                None,
+                &error_call(&error),
+                Transition::Attention {
+                    error: error.clone(),
+                },
+            )
+            .await?;
             return Ok(true);
         };
         if capture.needs_lookup {
@@ -168,9 +194,14 @@ impl Executor {
             },
         };
         let transition = self.transition_for(&capture, &call.outcome);
-        let op = if capture.kind == CaptureKind::Capture { "capture" } else { "release" };
+        let op = if capture.kind == CaptureKind::Capture {
+            "capture"
+        } else {
+            "release"
+        };
         let key = capture.idempotency_key.clone();
-        self.record(&capture, op, Some(&key), &call, started, transition).await?;
+        self.record(&capture, op, Some(&key), &call, started, transition)
+            .await?;
         Ok(true)
     }
 
@@ -183,7 +214,9 @@ impl Executor {
                 .unwrap_or_else(|_| chrono::Duration::seconds(60))
         };
         match outcome {
-            Outcome::Succeeded { reference } => Transition::Succeeded { reference: reference.clone() },
+            Outcome::Succeeded { reference } => Transition::Succeeded {
+                reference: reference.clone(),
+            },
             Outcome::Pending { reference } => Transition::Pending {
                 reference: reference.clone(),
                 next_at: next(Some(policy.pending_poll)),
@@ -205,7 +238,9 @@ impl Executor {
                     }
                 }
             }
-            Outcome::Failed { reason } => Transition::Attention { error: reason.clone() },
+            Outcome::Failed { reason } => Transition::Attention {
+                error: reason.clone(),
+            },
             // An unknown outcome never ends in attention by itself: it is resolved by reading
             // the authorization back, which moves it to succeeded, a new key, or attention.
             Outcome::Unknown { reason, key_spent } => Transition::Retry {
@@ -228,9 +263,9 @@ impl Executor {
         let (error, code) = match &call.outcome {
             Outcome::Succeeded { .. } | Outcome::Pending { .. } => (None, None),
             Outcome::Declined { code, message } => (Some(message.clone()), Some(code.clone())),
-            Outcome::Retryable { reason, .. } | Outcome::Failed { reason } | Outcome::Unknown { reason, .. } => {
-                (Some(reason.clone()), None)
-            }
+            Outcome::Retryable { reason, .. }
+            | Outcome::Failed { reason }
+            | Outcome::Unknown { reason, .. } => (Some(reason.clone()), None),
         };
         let provider_code = call.provider_code.clone().or(code);
         let attempt = AttemptRecord {
@@ -247,7 +282,14 @@ impl Executor {
             started_at: started,
         };
         self.log_outcome(c, &call.outcome, &transition);
-        let held = captures::record(self.inner.store.pool(), c, &self.inner.worker_id, &attempt, &transition).await?;
+        let held = captures::record(
+            self.inner.store.pool(),
+            c,
+            &self.inner.worker_id,
+            &attempt,
+            &transition,
+        )
+        .await?;
         if !held {
             tracing::warn!(event = "lease_lost", capture_id = c.capture_id, order_id = %c.order_id, "the capture's lease was taken over while the call was in progress; its new holder records the outcome");
         }
@@ -262,7 +304,8 @@ impl Executor {
         call: &CallResult,
         transition: Transition,
     ) -> Result<(), StorageError> {
-        self.record(c, operation, key, call, Utc::now(), transition).await
+        self.record(c, operation, key, call, Utc::now(), transition)
+            .await
     }
 
     fn log_outcome(&self, c: &ClaimedCapture, outcome: &Outcome, transition: &Transition) {
@@ -317,7 +360,16 @@ impl Executor {
         let auth = match AuthorizationId::parse(c.authorization_id.clone()) {
             Ok(a) => a,
             Err(e) => {
-                self.finish(c, "lookup", None, &error_call(&e.to_string()), Transition::Attention { error: e.to_string() }).await?;
+                self.finish(
+                    c,
+                    "lookup",
+                    None,
+                    &error_call(&e.to_string()),
+                    Transition::Attention {
+                        error: e.to_string(),
+                    },
+                )
+                .await?;
                 return Ok(Resolution::Settled);
             }
         };
@@ -333,12 +385,41 @@ impl Executor {
         let snapshot = match snapshot {
             Ok(s) => s,
             Err(crate::provider::LookupError::Retryable { reason, .. }) => {
-                let next_at = Utc::now() + chrono::Duration::from_std(self.inner.policy.delay(c.attempts)).unwrap_or_else(|_| chrono::Duration::seconds(60));
-                self.record(c, "lookup", None, &lookup_call(Outcome::Retryable { after: None, reason: reason.clone() }), started, Transition::Retry { next_at, error: reason, needs_lookup: true }).await?;
+                let next_at = Utc::now()
+                    + chrono::Duration::from_std(self.inner.policy.delay(c.attempts))
+                        .unwrap_or_else(|_| chrono::Duration::seconds(60));
+                self.record(
+                    c,
+                    "lookup",
+                    None,
+                    &lookup_call(Outcome::Retryable {
+                        after: None,
+                        reason: reason.clone(),
+                    }),
+                    started,
+                    Transition::Retry {
+                        next_at,
+                        error: reason,
+                        needs_lookup: true,
+                    },
+                )
+                .await?;
                 return Ok(Resolution::Settled);
             }
             Err(crate::provider::LookupError::Permanent { reason, .. }) => {
-                self.record(c, "lookup", None, &lookup_call(Outcome::Failed { reason: reason.clone() }), started, Transition::Attention { error: format!("cannot read the authorization back: {reason}") }).await?;
+                self.record(
+                    c,
+                    "lookup",
+                    None,
+                    &lookup_call(Outcome::Failed {
+                        reason: reason.clone(),
+                    }),
+                    started,
+                    Transition::Attention {
+                        error: format!("cannot read the authorization back: {reason}"),
+                    },
+                )
+                .await?;
                 return Ok(Resolution::Settled);
             }
         };
@@ -358,23 +439,52 @@ impl Executor {
         match c.kind {
             CaptureKind::Release | CaptureKind::Void => {
                 if snapshot.status == "canceled" || snapshot.capturable.amount().is_zero() {
-                    self.record(c, "lookup", None, &lookup_call(Outcome::Succeeded { reference: None }), started, Transition::Succeeded { reference: None }).await?;
+                    self.record(
+                        c,
+                        "lookup",
+                        None,
+                        &lookup_call(Outcome::Succeeded { reference: None }),
+                        started,
+                        Transition::Succeeded { reference: None },
+                    )
+                    .await?;
                     return Ok(Resolution::Settled);
                 }
-                captures::record_lookup(self.inner.store.pool(), c, &attempt_ok("not_released")).await?;
+                captures::record_lookup(self.inner.store.pool(), c, &attempt_ok("not_released"))
+                    .await?;
                 Ok(Resolution::Send)
             }
             CaptureKind::Capture => {
-                let ours = captures::succeeded_total(self.inner.store.pool(), &c.provider, &c.authorization_id, c.capture_id).await?;
+                let ours = captures::succeeded_total(
+                    self.inner.store.pool(),
+                    &c.provider,
+                    &c.authorization_id,
+                    c.capture_id,
+                )
+                .await?;
                 let theirs = snapshot.captured.amount().get();
                 if theirs == ours + c.amount && c.amount > 0 {
                     tracing::info!(event = "capture_resolved_by_lookup", capture_id = c.capture_id, order_id = %c.order_id, "the provider shows this capture happened");
-                    self.record(c, "lookup", None, &lookup_call(Outcome::Succeeded { reference: None }), started, Transition::Succeeded { reference: None }).await?;
+                    self.record(
+                        c,
+                        "lookup",
+                        None,
+                        &lookup_call(Outcome::Succeeded { reference: None }),
+                        started,
+                        Transition::Succeeded { reference: None },
+                    )
+                    .await?;
                     Ok(Resolution::Settled)
                 } else if theirs == ours {
                     // Nothing was captured under the old key: safe to send under a new one.
-                    captures::record_lookup(self.inner.store.pool(), c, &attempt_ok("not_captured")).await?;
-                    captures::new_key_generation(self.inner.store.pool(), c, &self.inner.worker_id).await?;
+                    captures::record_lookup(
+                        self.inner.store.pool(),
+                        c,
+                        &attempt_ok("not_captured"),
+                    )
+                    .await?;
+                    captures::new_key_generation(self.inner.store.pool(), c, &self.inner.worker_id)
+                        .await?;
                     tracing::info!(event = "capture_rekeyed", capture_id = c.capture_id, order_id = %c.order_id, generation = c.key_generation, "the provider shows nothing captured under the old key; sending under a new key");
                     Ok(Resolution::Send)
                 } else {
@@ -383,7 +493,17 @@ impl Executor {
                         c.authorization_id,
                         ours + c.amount
                     );
-                    self.record(c, "lookup", None, &lookup_call(Outcome::Failed { reason: error.clone() }), started, Transition::Attention { error }).await?;
+                    self.record(
+                        c,
+                        "lookup",
+                        None,
+                        &lookup_call(Outcome::Failed {
+                            reason: error.clone(),
+                        }),
+                        started,
+                        Transition::Attention { error },
+                    )
+                    .await?;
                     Ok(Resolution::Settled)
                 }
             }
@@ -414,13 +534,15 @@ fn capture_request(c: &ClaimedCapture) -> Result<CaptureRequest, String> {
     let currency = Currency::parse(&c.currency).map_err(|e| e.to_string())?;
     let amount = MinorUnits::new(c.amount).map_err(|e| e.to_string())?;
     Ok(CaptureRequest {
-        authorization_id: AuthorizationId::parse(c.authorization_id.clone()).map_err(|e| e.to_string())?,
+        authorization_id: AuthorizationId::parse(c.authorization_id.clone())
+            .map_err(|e| e.to_string())?,
         order_id: OrderId::parse(c.order_id.clone()).map_err(|e| e.to_string())?,
         cause: c.cause_id.clone(),
         sequence: u32::try_from(c.sequence).unwrap_or(0),
         amount: Money::new(amount, currency),
         is_final: c.is_final,
-        idempotency_key: IdempotencyKey::from_stored(&c.idempotency_key).map_err(|e| e.to_string())?,
+        idempotency_key: IdempotencyKey::from_stored(&c.idempotency_key)
+            .map_err(|e| e.to_string())?,
         lines: c
             .lines
             .iter()
@@ -439,8 +561,10 @@ fn capture_request(c: &ClaimedCapture) -> Result<CaptureRequest, String> {
 
 fn release_request(c: &ClaimedCapture) -> Result<ReleaseRequest, String> {
     Ok(ReleaseRequest {
-        authorization_id: AuthorizationId::parse(c.authorization_id.clone()).map_err(|e| e.to_string())?,
+        authorization_id: AuthorizationId::parse(c.authorization_id.clone())
+            .map_err(|e| e.to_string())?,
         order_id: OrderId::parse(c.order_id.clone()).map_err(|e| e.to_string())?,
-        idempotency_key: IdempotencyKey::from_stored(&c.idempotency_key).map_err(|e| e.to_string())?,
+        idempotency_key: IdempotencyKey::from_stored(&c.idempotency_key)
+            .map_err(|e| e.to_string())?,
     })
 }

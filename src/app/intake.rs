@@ -22,7 +22,7 @@ use crate::redact::mask_card_numbers;
 use crate::storage::ledger::{
     self, CaptureKind, InboxStatus, NewCapture, NewInbox, NewRejection, StoredCaptureLine,
 };
-use crate::storage::{Store, StorageError};
+use crate::storage::{StorageError, Store};
 
 /// What became of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +71,9 @@ impl Intake {
             store,
             capabilities,
             shipping,
-            parking: ChronoDuration::seconds(i64::try_from(parking_seconds).unwrap_or(i64::MAX / 2_000)),
+            parking: ChronoDuration::seconds(
+                i64::try_from(parking_seconds).unwrap_or(i64::MAX / 2_000),
+            ),
         }
     }
 
@@ -82,7 +84,10 @@ impl Intake {
         loop {
             attempt += 1;
             match self.handle_once(message).await {
-                Err(e) if attempt < 5 && (e.is_retryable() || matches!(e, StorageError::Conflict { .. })) => {
+                Err(e)
+                    if attempt < 5
+                        && (e.is_retryable() || matches!(e, StorageError::Conflict { .. })) =>
+                {
                     tracing::debug!(error = %e, attempt, "intake transaction retried");
                     tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
                 }
@@ -96,7 +101,12 @@ impl Intake {
         let parsed = match wire::parse(&message.body, Some(&message.routing_key)) {
             Ok(p) => p,
             Err(rej) => {
-                let mut tx = self.store.pool().begin().await.map_err(|e| StorageError::classify("starting intake", e))?;
+                let mut tx = self
+                    .store
+                    .pool()
+                    .begin()
+                    .await
+                    .map_err(|e| StorageError::classify("starting intake", e))?;
                 let masked = mask_card_numbers(&String::from_utf8_lossy(&message.body));
                 ledger::insert_rejection(
                     &mut tx,
@@ -112,7 +122,9 @@ impl Intake {
                     },
                 )
                 .await?;
-                tx.commit().await.map_err(|e| StorageError::classify("committing intake", e))?;
+                tx.commit()
+                    .await
+                    .map_err(|e| StorageError::classify("committing intake", e))?;
                 return Ok(IntakeOutcome::Rejected {
                     reason: rej.reason.as_str().to_owned(),
                     detail: rej.detail,
@@ -121,9 +133,18 @@ impl Intake {
             }
         };
         let message_id = parsed.envelope.message_id.as_str().to_owned();
-        let mut tx = self.store.pool().begin().await.map_err(|e| StorageError::classify("starting intake", e))?;
-        let outcome = self.apply(&mut tx, message, &parsed, &body_hash, false).await?;
-        tx.commit().await.map_err(|e| StorageError::classify("committing intake", e))?;
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| StorageError::classify("starting intake", e))?;
+        let outcome = self
+            .apply(&mut tx, message, &parsed, &body_hash, false)
+            .await?;
+        tx.commit()
+            .await
+            .map_err(|e| StorageError::classify("committing intake", e))?;
         Ok(match outcome {
             IntakeOutcome::Rejected { reason, detail, .. } => IntakeOutcome::Rejected {
                 reason,
@@ -172,12 +193,28 @@ impl Intake {
         }
 
         let result = match &parsed.command {
-            Command::RegisterOrder(order) => self.register(tx, message, parsed, order, body_hash).await?,
+            Command::RegisterOrder(order) => {
+                self.register(tx, message, parsed, order, body_hash).await?
+            }
             Command::Ship { shipment, .. } => {
-                self.plan_event(tx, message, parsed, body_hash, PlanInput::Shipment(shipment)).await?
+                self.plan_event(
+                    tx,
+                    message,
+                    parsed,
+                    body_hash,
+                    PlanInput::Shipment(shipment),
+                )
+                .await?
             }
             Command::Cancel { cancellation, .. } => {
-                self.plan_event(tx, message, parsed, body_hash, PlanInput::Cancellation(cancellation)).await?
+                self.plan_event(
+                    tx,
+                    message,
+                    parsed,
+                    body_hash,
+                    PlanInput::Cancellation(cancellation),
+                )
+                .await?
             }
         };
         Ok(result)
@@ -204,7 +241,8 @@ impl Intake {
         let mut dispatch = Vec::new();
         match ledger::order_payload_hash(tx, order.order_id()).await? {
             Some(h) if h == order_hash => {
-                self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None).await?;
+                self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
+                    .await?;
                 return Ok(IntakeOutcome::Duplicate);
             }
             Some(_) => {
@@ -217,9 +255,19 @@ impl Intake {
             }
             None => {
                 let allowance = caps.over_capture.for_authorized(auth.amount);
-                match ledger::insert_order(tx, order, allowance, parsed.envelope.message_id.as_str(), &order_hash).await {
+                match ledger::insert_order(
+                    tx,
+                    order,
+                    allowance,
+                    parsed.envelope.message_id.as_str(),
+                    &order_hash,
+                )
+                .await
+                {
                     Ok(()) => {}
-                    Err(StorageError::Conflict { constraint, .. }) if constraint == "orders_authorization_unique" => {
+                    Err(StorageError::Conflict { constraint, .. })
+                        if constraint == "orders_authorization_unique" =>
+                    {
                         return self
                             .refuse(tx, message, parsed, body_hash, Refusal {
                                 reason: "authorization_conflict".into(),
@@ -231,7 +279,8 @@ impl Intake {
                 }
             }
         }
-        self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None).await?;
+        self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
+            .await?;
         // Shipments and cancellations that arrived first are processed now, in arrival order,
         // in this same transaction.
         for parked in ledger::parked_for_order(tx, order.order_id().as_str()).await? {
@@ -270,15 +319,23 @@ impl Intake {
     ) -> Result<IntakeOutcome, StorageError> {
         let order_id = parsed.command.order_id();
         let Some(mut stored) = ledger::load_order(tx, order_id, true).await? else {
-            self.remember(tx, message, parsed, body_hash, InboxStatus::Parked, None).await?;
+            self.remember(tx, message, parsed, body_hash, InboxStatus::Parked, None)
+                .await?;
             return Ok(IntakeOutcome::Parked);
         };
-        let caps = match self.capabilities.capabilities(stored.order.authorization().provider.as_str()) {
+        let caps = match self
+            .capabilities
+            .capabilities(stored.order.authorization().provider.as_str())
+        {
             Some(c) => c,
             None => {
                 return Err(StorageError::Corrupt {
                     context: "planning a capture",
-                    detail: format!("provider {} of order {} is no longer configured", stored.order.authorization().provider, order_id),
+                    detail: format!(
+                        "provider {} of order {} is no longer configured",
+                        stored.order.authorization().provider,
+                        order_id
+                    ),
                 });
             }
         };
@@ -290,7 +347,9 @@ impl Intake {
                 Event::Shipment(s)
             }
             PlanInput::Cancellation(c) => {
-                if let Some(prev) = ledger::load_cancellation(tx, order_id, c.cancellation_id()).await? {
+                if let Some(prev) =
+                    ledger::load_cancellation(tx, order_id, c.cancellation_id()).await?
+                {
                     stored.state.cancellations.push(prev);
                 }
                 Event::Cancellation(c)
@@ -304,15 +363,23 @@ impl Intake {
         let plan = match domain::plan(&stored.order, &stored.state, event, &ctx) {
             Ok(p) => p,
             Err(Rejection::Duplicate) => {
-                self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None).await?;
+                self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
+                    .await?;
                 return Ok(IntakeOutcome::Duplicate);
             }
             Err(rej) => {
                 return self
-                    .refuse(tx, message, parsed, body_hash, Refusal {
-                        reason: rej.reason().to_owned(),
-                        detail: format!("order {order_id}: {rej}"),
-                    }, true)
+                    .refuse(
+                        tx,
+                        message,
+                        parsed,
+                        body_hash,
+                        Refusal {
+                            reason: rej.reason().to_owned(),
+                            detail: format!("order {order_id}: {rej}"),
+                        },
+                        true,
+                    )
                     .await;
             }
         };
@@ -322,10 +389,19 @@ impl Intake {
             (Ok(b), Ok(a)) => a.saturating_sub(b),
             _ => {
                 return self
-                    .refuse(tx, message, parsed, body_hash, Refusal {
-                        reason: "amount_overflow".into(),
-                        detail: format!("order {order_id}: the shipped value overflows 64-bit minor units"),
-                    }, true)
+                    .refuse(
+                        tx,
+                        message,
+                        parsed,
+                        body_hash,
+                        Refusal {
+                            reason: "amount_overflow".into(),
+                            detail: format!(
+                                "order {order_id}: the shipped value overflows 64-bit minor units"
+                            ),
+                        },
+                        true,
+                    )
                     .await;
             }
         };
@@ -353,36 +429,42 @@ impl Intake {
                         }
                     })
                     .collect();
-                ledger::insert_capture(tx, &NewCapture {
-                    order,
-                    sequence: cp.sequence,
-                    kind: CaptureKind::Capture,
-                    cause_kind,
-                    cause_id,
-                    amount: cp.amount,
-                    is_final: cp.is_final,
-                    release_after: cp.release_after,
-                    lines,
-                    shipping: cp.shipping,
-                    shortfall: plan.shortfall,
-                    traceparent,
-                })
-                .await?;
-                if cp.release_after {
-                    ledger::insert_capture(tx, &NewCapture {
+                ledger::insert_capture(
+                    tx,
+                    &NewCapture {
                         order,
-                        sequence: cp.sequence + 1,
-                        kind: CaptureKind::Release,
+                        sequence: cp.sequence,
+                        kind: CaptureKind::Capture,
                         cause_kind,
                         cause_id,
-                        amount: MinorUnits::ZERO,
-                        is_final: false,
-                        release_after: false,
-                        lines: Vec::new(),
-                        shipping: MinorUnits::ZERO,
-                        shortfall: MinorUnits::ZERO,
+                        amount: cp.amount,
+                        is_final: cp.is_final,
+                        release_after: cp.release_after,
+                        lines,
+                        shipping: cp.shipping,
+                        shortfall: plan.shortfall,
                         traceparent,
-                    })
+                    },
+                )
+                .await?;
+                if cp.release_after {
+                    ledger::insert_capture(
+                        tx,
+                        &NewCapture {
+                            order,
+                            sequence: cp.sequence + 1,
+                            kind: CaptureKind::Release,
+                            cause_kind,
+                            cause_id,
+                            amount: MinorUnits::ZERO,
+                            is_final: false,
+                            release_after: false,
+                            lines: Vec::new(),
+                            shipping: MinorUnits::ZERO,
+                            shortfall: MinorUnits::ZERO,
+                            traceparent,
+                        },
+                    )
                     .await?;
                 }
                 dispatch.push(order_id.as_str().to_owned());
@@ -390,42 +472,50 @@ impl Intake {
             }
             Decision::ReleaseRemainder { method, sequence } => {
                 let (kind, amount) = match method {
-                    ReleaseMethod::ZeroAmountFinalCapture => (CaptureKind::Capture, MinorUnits::ZERO),
+                    ReleaseMethod::ZeroAmountFinalCapture => {
+                        (CaptureKind::Capture, MinorUnits::ZERO)
+                    }
                     ReleaseMethod::Cancel => (CaptureKind::Release, MinorUnits::ZERO),
                 };
-                ledger::insert_capture(tx, &NewCapture {
-                    order,
-                    sequence: *sequence,
-                    kind,
-                    cause_kind,
-                    cause_id,
-                    amount,
-                    is_final: true,
-                    release_after: false,
-                    lines: Vec::new(),
-                    shipping: MinorUnits::ZERO,
-                    shortfall: plan.shortfall,
-                    traceparent,
-                })
+                ledger::insert_capture(
+                    tx,
+                    &NewCapture {
+                        order,
+                        sequence: *sequence,
+                        kind,
+                        cause_kind,
+                        cause_id,
+                        amount,
+                        is_final: true,
+                        release_after: false,
+                        lines: Vec::new(),
+                        shipping: MinorUnits::ZERO,
+                        shortfall: plan.shortfall,
+                        traceparent,
+                    },
+                )
                 .await?;
                 dispatch.push(order_id.as_str().to_owned());
                 "release".to_owned()
             }
             Decision::VoidAuthorization => {
-                ledger::insert_capture(tx, &NewCapture {
-                    order,
-                    sequence: plan.state.captures + 1,
-                    kind: CaptureKind::Void,
-                    cause_kind,
-                    cause_id,
-                    amount: MinorUnits::ZERO,
-                    is_final: true,
-                    release_after: false,
-                    lines: Vec::new(),
-                    shipping: MinorUnits::ZERO,
-                    shortfall: plan.shortfall,
-                    traceparent,
-                })
+                ledger::insert_capture(
+                    tx,
+                    &NewCapture {
+                        order,
+                        sequence: plan.state.captures + 1,
+                        kind: CaptureKind::Void,
+                        cause_kind,
+                        cause_id,
+                        amount: MinorUnits::ZERO,
+                        is_final: true,
+                        release_after: false,
+                        lines: Vec::new(),
+                        shipping: MinorUnits::ZERO,
+                        shortfall: plan.shortfall,
+                        traceparent,
+                    },
+                )
                 .await?;
                 dispatch.push(order_id.as_str().to_owned());
                 "void".to_owned()
@@ -434,11 +524,22 @@ impl Intake {
         };
         match input {
             PlanInput::Shipment(s) => {
-                ledger::insert_shipment(tx, order_id, s, parsed.envelope.message_id.as_str(), shipped_value, &label).await?
+                ledger::insert_shipment(
+                    tx,
+                    order_id,
+                    s,
+                    parsed.envelope.message_id.as_str(),
+                    shipped_value,
+                    &label,
+                )
+                .await?
             }
-            PlanInput::Cancellation(c) => ledger::insert_cancellation(tx, order_id, c, &label).await?,
+            PlanInput::Cancellation(c) => {
+                ledger::insert_cancellation(tx, order_id, c, &label).await?
+            }
         }
-        self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None).await?;
+        self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
+            .await?;
         Ok(IntakeOutcome::Processed { dispatch })
     }
 
@@ -453,19 +554,22 @@ impl Intake {
         reason: Option<&str>,
     ) -> Result<(), StorageError> {
         let parked = status == InboxStatus::Parked;
-        ledger::inbox_upsert(tx, &NewInbox {
-            message_id: parsed.envelope.message_id.as_str(),
-            message_type: parsed.envelope.message_type.as_str(),
-            order_id: Some(parsed.command.order_id().as_str()),
-            payload_hash: body_hash,
-            status,
-            reject_reason: reason,
-            body: parked.then_some(message.body.as_slice()),
-            routing_key: Some(&message.routing_key),
-            traceparent: message.traceparent.as_deref(),
-            tracestate: message.tracestate.as_deref(),
-            park_expires_at: parked.then(|| Utc::now() + self.parking),
-        })
+        ledger::inbox_upsert(
+            tx,
+            &NewInbox {
+                message_id: parsed.envelope.message_id.as_str(),
+                message_type: parsed.envelope.message_type.as_str(),
+                order_id: Some(parsed.command.order_id().as_str()),
+                payload_hash: body_hash,
+                status,
+                reject_reason: reason,
+                body: parked.then_some(message.body.as_slice()),
+                routing_key: Some(&message.routing_key),
+                traceparent: message.traceparent.as_deref(),
+                tracestate: message.tracestate.as_deref(),
+                park_expires_at: parked.then(|| Utc::now() + self.parking),
+            },
+        )
         .await
     }
 
@@ -481,19 +585,30 @@ impl Intake {
         in_inbox: bool,
     ) -> Result<IntakeOutcome, StorageError> {
         let masked = mask_card_numbers(&String::from_utf8_lossy(&message.body));
-        ledger::insert_rejection(tx, &NewRejection {
-            message_id: Some(parsed.envelope.message_id.as_str()),
-            message_type: Some(parsed.envelope.message_type.as_str()),
-            order_id: Some(parsed.command.order_id().as_str()),
-            reason: &refusal.reason,
-            detail: &refusal.detail,
-            routing_key: Some(&message.routing_key),
-            body: Some(&masked),
-            body_hash,
-        })
+        ledger::insert_rejection(
+            tx,
+            &NewRejection {
+                message_id: Some(parsed.envelope.message_id.as_str()),
+                message_type: Some(parsed.envelope.message_type.as_str()),
+                order_id: Some(parsed.command.order_id().as_str()),
+                reason: &refusal.reason,
+                detail: &refusal.detail,
+                routing_key: Some(&message.routing_key),
+                body: Some(&masked),
+                body_hash,
+            },
+        )
         .await?;
         if in_inbox {
-            self.remember(tx, message, parsed, body_hash, InboxStatus::Rejected, Some(&refusal.reason)).await?;
+            self.remember(
+                tx,
+                message,
+                parsed,
+                body_hash,
+                InboxStatus::Rejected,
+                Some(&refusal.reason),
+            )
+            .await?;
         }
         tracing::warn!(
             event = "message_rejected",
@@ -511,7 +626,10 @@ impl Intake {
     }
 
     /// Dead-letters a parked message that waited longer than `capture.parking_seconds`.
-    pub async fn expire_parked(&self, parked: &ledger::ParkedMessage) -> Result<IntakeOutcome, StorageError> {
+    pub async fn expire_parked(
+        &self,
+        parked: &ledger::ParkedMessage,
+    ) -> Result<IntakeOutcome, StorageError> {
         let Ok(parsed) = wire::parse(&parked.body, None) else {
             return Ok(IntakeOutcome::Duplicate);
         };
@@ -523,14 +641,22 @@ impl Intake {
             redelivered: false,
         };
         let hash = hex::encode(Sha256::digest(&parked.body));
-        let mut tx = self.store.pool().begin().await.map_err(|e| StorageError::classify("expiring a parked message", e))?;
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| StorageError::classify("expiring a parked message", e))?;
         ledger::lock_order_key(&mut tx, parsed.command.order_id()).await?;
         // Still parked? (Its order may have arrived since the sweeper looked.)
         let still = ledger::inbox_get(&mut tx, parsed.envelope.message_id.as_str()).await?;
         if !matches!(still.map(|s| s.status), Some(InboxStatus::Parked)) {
             return Ok(IntakeOutcome::Duplicate);
         }
-        if ledger::load_order(&mut tx, parsed.command.order_id(), false).await?.is_some() {
+        if ledger::load_order(&mut tx, parsed.command.order_id(), false)
+            .await?
+            .is_some()
+        {
             drop(tx);
             return Ok(IntakeOutcome::Duplicate);
         }
@@ -540,20 +666,29 @@ impl Intake {
                 detail: format!("order {} was not registered within the parking time; publish order.authorized first, then requeue this message", parsed.command.order_id()),
             }, true)
             .await?;
-        tx.commit().await.map_err(|e| StorageError::classify("expiring a parked message", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| StorageError::classify("expiring a parked message", e))?;
         Ok(out)
     }
 
     /// Processes the parked messages of an order that now exists (the sweeper's safety net).
     pub async fn process_parked(&self, order_id: &str) -> Result<Vec<String>, StorageError> {
-        let mut tx = self.store.pool().begin().await.map_err(|e| StorageError::classify("processing parked messages", e))?;
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| StorageError::classify("processing parked messages", e))?;
         let Ok(oid) = domain::OrderId::parse(order_id) else {
             return Ok(Vec::new());
         };
         ledger::lock_order_key(&mut tx, &oid).await?;
         let mut dispatch = Vec::new();
         for parked in ledger::parked_for_order(&mut tx, order_id).await? {
-            let Ok(p) = wire::parse(&parked.body, None) else { continue };
+            let Ok(p) = wire::parse(&parked.body, None) else {
+                continue;
+            };
             let incoming = IncomingMessage {
                 body: parked.body.clone(),
                 routing_key: parked.routing_key.clone().unwrap_or_default(),
@@ -562,11 +697,15 @@ impl Intake {
                 redelivered: false,
             };
             let hash = hex::encode(Sha256::digest(&parked.body));
-            if let IntakeOutcome::Processed { dispatch: d } = self.apply(&mut tx, &incoming, &p, &hash, true).await? {
+            if let IntakeOutcome::Processed { dispatch: d } =
+                self.apply(&mut tx, &incoming, &p, &hash, true).await?
+            {
                 dispatch.extend(d);
             }
         }
-        tx.commit().await.map_err(|e| StorageError::classify("processing parked messages", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| StorageError::classify("processing parked messages", e))?;
         Ok(dispatch)
     }
 }
@@ -595,8 +734,13 @@ fn order_fingerprint(order: &Order) -> String {
         .iter()
         .map(|l| {
             serde_json::json!([
-                l.line_id.as_str(), l.sku, l.name, l.quantity.get(),
-                l.unit_amount.get(), l.tax_amount.get(), l.discount_amount.get()
+                l.line_id.as_str(),
+                l.sku,
+                l.name,
+                l.quantity.get(),
+                l.unit_amount.get(),
+                l.tax_amount.get(),
+                l.discount_amount.get()
             ])
         })
         .collect();
@@ -617,8 +761,14 @@ fn order_fingerprint(order: &Order) -> String {
 /// Turns an intake outcome into what the consumer does with the delivery.
 pub fn disposition(outcome: Result<IntakeOutcome, StorageError>, body: &[u8]) -> Disposition {
     match outcome {
-        Ok(IntakeOutcome::Processed { .. } | IntakeOutcome::Duplicate | IntakeOutcome::Parked) => Disposition::Ack,
-        Ok(IntakeOutcome::Rejected { reason, detail, message_id }) => Disposition::DeadLetter {
+        Ok(IntakeOutcome::Processed { .. } | IntakeOutcome::Duplicate | IntakeOutcome::Parked) => {
+            Disposition::Ack
+        }
+        Ok(IntakeOutcome::Rejected {
+            reason,
+            detail,
+            message_id,
+        }) => Disposition::DeadLetter {
             reason,
             detail,
             message_id,

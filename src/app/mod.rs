@@ -5,6 +5,7 @@
 //! [`Application::run_until_stopped`] runs them until the given shutdown future resolves, then
 //! stops consuming, lets in-flight captures record their outcome, and returns.
 
+pub mod commands;
 pub mod execute;
 pub mod http;
 pub mod intake;
@@ -22,7 +23,9 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Settings;
-use crate::queue::consumer::{self, ConsumerConfig, ConsumerStatus, DeliveryHandler, Disposition, IncomingMessage};
+use crate::queue::consumer::{
+    self, ConsumerConfig, ConsumerStatus, DeliveryHandler, Disposition, IncomingMessage,
+};
 use crate::queue::dead_letter::DeadLetterSink;
 use crate::queue::topology::Topology;
 use crate::storage::Store;
@@ -71,12 +74,17 @@ impl Application {
         if options.migrate {
             store.migrate().await.context("applying migrations")?;
         }
-        let providers = Providers::from_settings(&settings).context("building provider adapters")?;
+        let providers =
+            Providers::from_settings(&settings).context("building provider adapters")?;
         Application::build_with(settings, store, providers).await
     }
 
     /// Builds with a given store and providers (tests use this to inject adapters).
-    pub async fn build_with(settings: Settings, store: Store, providers: Providers) -> anyhow::Result<Application> {
+    pub async fn build_with(
+        settings: Settings,
+        store: Store,
+        providers: Providers,
+    ) -> anyhow::Result<Application> {
         let c = &settings.capture;
         let policy = RetryPolicy {
             initial: Duration::from_millis(c.retry_initial_ms),
@@ -142,9 +150,15 @@ impl Application {
 
     /// Runs until `shutdown` resolves: stops consuming, finishes deliveries and captures in
     /// progress, and returns.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let topology = Topology::new(self.settings.amqp.exchange.clone(), self.settings.amqp.queue.clone());
+        let topology = Topology::new(
+            self.settings.amqp.exchange.clone(),
+            self.settings.amqp.queue.clone(),
+        );
         let sink = Arc::new(DeadLetterSink::new(
             self.settings.amqp.url.expose().to_owned(),
             topology.clone(),
@@ -167,7 +181,8 @@ impl Application {
         ));
         let executor = self.executor.clone();
         let exec_rx = stop_rx.clone();
-        let executor_task = tokio::spawn(async move { executor.run(self.dispatch_rx, exec_rx).await });
+        let executor_task =
+            tokio::spawn(async move { executor.run(self.dispatch_rx, exec_rx).await });
         let sweeper = Sweeper {
             store: self.store.clone(),
             executor: self.executor.clone(),
@@ -191,7 +206,10 @@ impl Application {
         tracing::info!(event = "worker_started", worker_id = %self.executor.worker_id(), "capture-worker running");
 
         shutdown.await;
-        tracing::info!(event = "worker_stopping", "stopping: no new deliveries; finishing work in progress");
+        tracing::info!(
+            event = "worker_stopping",
+            "stopping: no new deliveries; finishing work in progress"
+        );
         let _ = stop_tx.send(true);
         let drain = async {
             let _ = consumer_task.await;
@@ -199,8 +217,14 @@ impl Application {
             let _ = sweeper_task.await;
             let _ = http_task.await;
         };
-        if tokio::time::timeout(Duration::from_secs(20), drain).await.is_err() {
-            tracing::warn!(event = "shutdown_timeout", "work still in progress after 20 s; leases hand it to the next worker");
+        if tokio::time::timeout(Duration::from_secs(20), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                event = "shutdown_timeout",
+                "work still in progress after 20 s; leases hand it to the next worker"
+            );
         }
         tracing::info!(event = "worker_stopped", "capture-worker stopped");
         Ok(())

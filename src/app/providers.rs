@@ -28,8 +28,13 @@ impl Providers {
                 .map_err(|e| anyhow::anyhow!("providers.{name}: {e}"))?;
             let adapter: Arc<dyn PaymentProvider> = match name.as_str() {
                 "stripe" | "sandbox" => Arc::new(
-                    StripeProvider::new(provider_name, p.base_url.clone(), p.resolve_api_key()?, timeout)
-                        .map_err(|e| anyhow::anyhow!("providers.{name}: {e}"))?,
+                    StripeProvider::new(
+                        provider_name,
+                        p.base_url.clone(),
+                        p.resolve_api_key()?,
+                        timeout,
+                    )
+                    .map_err(|e| anyhow::anyhow!("providers.{name}: {e}"))?,
                 ),
                 other => anyhow::bail!(
                     "providers.{other}: no adapter for this provider; known providers are stripe and sandbox"
@@ -45,7 +50,12 @@ impl Providers {
     /// A registry of the given adapters (tests, embedding).
     pub fn from_adapters(adapters: Vec<Arc<dyn PaymentProvider>>) -> Providers {
         Providers {
-            by_name: Arc::new(adapters.into_iter().map(|a| (a.name().to_owned(), a)).collect()),
+            by_name: Arc::new(
+                adapters
+                    .into_iter()
+                    .map(|a| (a.name().to_owned(), a))
+                    .collect(),
+            ),
         }
     }
 

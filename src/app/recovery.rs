@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::queue::dead_letter::DeadLetterSink;
 use crate::redact::mask_card_numbers;
-use crate::storage::{Store, StorageError, captures, ledger};
+use crate::storage::{StorageError, Store, captures, ledger};
 
 use super::execute::Executor;
 use super::intake::{Intake, IntakeOutcome};
@@ -52,7 +52,11 @@ impl Sweeper {
             }
         }
         for parked in expired {
-            if let IntakeOutcome::Rejected { reason, detail, message_id } = self.intake.expire_parked(&parked).await?
+            if let IntakeOutcome::Rejected {
+                reason,
+                detail,
+                message_id,
+            } = self.intake.expire_parked(&parked).await?
                 && let Some(sink) = &self.dead_letters
             {
                 let masked = mask_card_numbers(&String::from_utf8_lossy(&parked.body));

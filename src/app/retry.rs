@@ -38,7 +38,12 @@ impl RetryPolicy {
     }
 
     /// Whether a capture has used up its attempts or its time.
-    pub fn exhausted(&self, attempts: i32, first_attempt_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    pub fn exhausted(
+        &self,
+        attempts: i32,
+        first_attempt_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> bool {
         let age = (now - first_attempt_at).to_std().unwrap_or(Duration::ZERO);
         attempts >= i32::try_from(self.max_attempts).unwrap_or(i32::MAX) || age >= self.max_age
     }
@@ -58,9 +63,15 @@ mod tests {
             pending_poll: Duration::from_secs(1),
         };
         let d1 = p.delay(1);
-        assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(150), "{d1:?}");
+        assert!(
+            d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(150),
+            "{d1:?}"
+        );
         let d4 = p.delay(4);
-        assert!(d4 >= Duration::from_millis(400) && d4 <= Duration::from_millis(1200), "{d4:?}");
+        assert!(
+            d4 >= Duration::from_millis(400) && d4 <= Duration::from_millis(1200),
+            "{d4:?}"
+        );
         assert!(p.delay(30) <= Duration::from_secs(2));
         let now = Utc::now();
         assert!(p.exhausted(5, now, now));

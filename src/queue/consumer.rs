@@ -14,7 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use tokio::sync::{Semaphore, watch};
@@ -150,7 +152,10 @@ async fn session(
     )
     .await
     .map_err(amqp("connecting to RabbitMQ (amqp.url)"))?;
-    let channel = conn.create_channel().await.map_err(amqp("opening a channel"))?;
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(amqp("opening a channel"))?;
     config
         .topology
         .declare(&channel)
@@ -208,7 +213,10 @@ async fn session(
     // Stop receiving, let handlers in progress finish, then close: unacked prefetched
     // deliveries return to the queue.
     let _ = channel
-        .basic_cancel(config.consumer_tag.as_str().into(), BasicCancelOptions::default())
+        .basic_cancel(
+            config.consumer_tag.as_str().into(),
+            BasicCancelOptions::default(),
+        )
         .await;
     while let Some(joined) = tasks.join_next().await {
         if let Err(e) = joined {
@@ -276,8 +284,13 @@ async fn ack(delivery: &Delivery) {
         Ok(true) => {}
         // After a connection recovery the ack of an older delivery is not delivered (trap 2);
         // the broker redelivers it and intake recognises it as a duplicate.
-        Ok(false) => tracing::warn!(event = "ack_lost", "ack not delivered; the message will be redelivered and deduplicated"),
-        Err(e) => tracing::warn!(event = "ack_lost", error = %e, "ack failed; the message will be redelivered and deduplicated"),
+        Ok(false) => tracing::warn!(
+            event = "ack_lost",
+            "ack not delivered; the message will be redelivered and deduplicated"
+        ),
+        Err(e) => {
+            tracing::warn!(event = "ack_lost", error = %e, "ack failed; the message will be redelivered and deduplicated")
+        }
     }
 }
 

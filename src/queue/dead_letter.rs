@@ -56,7 +56,15 @@ impl DeadLetterSink {
     ) -> Result<(), SinkError> {
         let p = self.publisher().await?;
         let result = p
-            .dead_letter(&self.topology, body, routing_key, reason, detail, message_id, traceparent)
+            .dead_letter(
+                &self.topology,
+                body,
+                routing_key,
+                reason,
+                detail,
+                message_id,
+                traceparent,
+            )
             .await;
         if result.is_err() {
             // Reconnect next time.

@@ -6,9 +6,9 @@
 //! The message contract it reads is published as files in `contract/v1/` and explained to
 //! publishers in `docs/publishers.md`.
 
-pub mod wire;
 pub mod consumer;
 pub mod dead_letter;
 pub mod publisher;
 pub mod topology;
 pub mod trace;
+pub mod wire;

@@ -11,13 +11,17 @@ use super::topology::Topology;
 
 #[derive(Debug, Error)]
 pub enum PublishError {
-    #[error("publishing to exchange {exchange:?} with routing key {routing_key:?} failed: {source}")]
+    #[error(
+        "publishing to exchange {exchange:?} with routing key {routing_key:?} failed: {source}"
+    )]
     Broker {
         exchange: String,
         routing_key: String,
         source: lapin::Error,
     },
-    #[error("the broker refused the message for exchange {exchange:?} (routing key {routing_key:?}): nack; the queue may be full (x-overflow=reject-publish)")]
+    #[error(
+        "the broker refused the message for exchange {exchange:?} (routing key {routing_key:?}): nack; the queue may be full (x-overflow=reject-publish)"
+    )]
     Nacked {
         exchange: String,
         routing_key: String,
@@ -127,8 +131,14 @@ impl Publisher {
         if let Some(tp) = traceparent {
             headers.insert("traceparent".into(), text(tp));
         }
-        self.publish(&topology.dead_letter(), routing_key, body, headers, message_id)
-            .await
+        self.publish(
+            &topology.dead_letter(),
+            routing_key,
+            body,
+            headers,
+            message_id,
+        )
+        .await
     }
 }
 

@@ -66,6 +66,8 @@ pub async fn claim_next(
              updated_at = now()
          from head
          where c.capture_id = head.capture_id
+           -- the decline latch (P4): nothing is sent for a declined order
+           and not exists (select 1 from orders o where o.order_id = c.order_id and o.phase = 'declined')
            and ((head.status in ('queued', 'retrying', 'pending')
                  and coalesce(c.next_attempt_at, '-infinity') <= now())
                 or (head.status = 'in_flight' and head.lease_expires_at < now()))
@@ -105,7 +107,9 @@ pub async fn claim_next(
         key_generation: r.get("key_generation"),
         attempts: r.get("attempts"),
         needs_lookup: r.get("needs_lookup"),
-        first_attempt_at: r.get::<Option<DateTime<Utc>>, _>("first_attempt_at").unwrap_or_else(Utc::now),
+        first_attempt_at: r
+            .get::<Option<DateTime<Utc>>, _>("first_attempt_at")
+            .unwrap_or_else(Utc::now),
         created_at: r.get("created_at"),
         traceparent: r.get("traceparent"),
         taken_over: r.get("taken_over"),
@@ -131,14 +135,19 @@ pub struct AttemptRecord<'a> {
 /// What to do with the capture after a call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transition {
-    Succeeded { reference: Option<String> },
+    Succeeded {
+        reference: Option<String>,
+    },
     /// The provider accepted; poll at `next_at`.
     Pending {
         reference: Option<String>,
         next_at: DateTime<Utc>,
     },
     /// Latch the order: this capture declined, later ones are blocked.
-    Declined { code: String, message: String },
+    Declined {
+        code: String,
+        message: String,
+    },
     /// Try again at `next_at`; `needs_lookup` reads the authorization back first.
     Retry {
         next_at: DateTime<Utc>,
@@ -146,7 +155,9 @@ pub enum Transition {
         needs_lookup: bool,
     },
     /// Stop and wait for an operator.
-    Attention { error: String },
+    Attention {
+        error: String,
+    },
 }
 
 impl Transition {
@@ -173,11 +184,22 @@ pub async fn record(
 ) -> Result<bool, StorageError> {
     const CTX: &str = "recording the capture's outcome";
     let mut tx = pool.begin().await.ctx(CTX)?;
+    if matches!(transition, Transition::Declined { .. }) {
+        // Take the order row first: intake holds it while it plans and inserts captures, so
+        // the latch below sees every capture committed before it and none can slip in after.
+        sqlx::query("select 1 from orders where order_id = $1 for update")
+            .bind(&capture.order_id)
+            .execute(&mut *tx)
+            .await
+            .ctx("locking the order to latch it")?;
+    }
     insert_attempt(&mut tx, capture, attempt).await?;
     let (reference, next_at, error, needs_lookup, decline_code) = match transition {
         Transition::Succeeded { reference } => (reference.clone(), None, None, false, None),
         // A pending capture is polled by reading the authorization back.
-        Transition::Pending { reference, next_at } => (reference.clone(), Some(*next_at), None, true, None),
+        Transition::Pending { reference, next_at } => {
+            (reference.clone(), Some(*next_at), None, true, None)
+        }
         Transition::Declined { code, message } => {
             (None, None, Some(message.clone()), false, Some(code.clone()))
         }
@@ -185,7 +207,13 @@ pub async fn record(
             next_at,
             error,
             needs_lookup,
-        } => (None, Some(*next_at), Some(error.clone()), *needs_lookup, None),
+        } => (
+            None,
+            Some(*next_at),
+            Some(error.clone()),
+            *needs_lookup,
+            None,
+        ),
         Transition::Attention { error } => (None, None, Some(error.clone()), false, None),
     };
     let terminal = matches!(
@@ -309,12 +337,13 @@ pub async fn new_key_generation(
             detail: e.to_string(),
         }
     })?;
-    let auth = crate::domain::AuthorizationId::parse(capture.authorization_id.clone()).map_err(
-        |e| StorageError::Corrupt {
-            context: CTX,
-            detail: e.to_string(),
-        },
-    )?;
+    let auth =
+        crate::domain::AuthorizationId::parse(capture.authorization_id.clone()).map_err(|e| {
+            StorageError::Corrupt {
+                context: CTX,
+                detail: e.to_string(),
+            }
+        })?;
     let key = IdempotencyKey::derive(&provider, &auth, &cause, generation as u32);
     let mut tx = pool.begin().await.ctx(CTX)?;
     sqlx::query(

@@ -326,7 +326,8 @@ pub async fn load_order(
         cancelled.push(q("cancelled_quantity")?);
         charged.push(q("charged_quantity")?);
     }
-    let currency = Currency::parse(o.get::<String, _>("currency").trim()).map_err(|e| corrupt(CTX, e))?;
+    let currency =
+        Currency::parse(o.get::<String, _>("currency").trim()).map_err(|e| corrupt(CTX, e))?;
     let order = Order::new(OrderDraft {
         order_id: order_id.clone(),
         currency,
@@ -334,7 +335,8 @@ pub async fn load_order(
         shipping_amount: m(o.get("shipping_amount"))?,
         order_discount_amount: m(o.get("order_discount_amount"))?,
         authorization: Authorization {
-            provider: ProviderName::parse(o.get::<String, _>("provider")).map_err(|e| corrupt(CTX, e))?,
+            provider: ProviderName::parse(o.get::<String, _>("provider"))
+                .map_err(|e| corrupt(CTX, e))?,
             authorization_id: AuthorizationId::parse(o.get::<String, _>("authorization_id"))
                 .map_err(|e| corrupt(CTX, e))?,
             amount: m(o.get("authorized_amount"))?,
@@ -428,15 +430,19 @@ pub async fn load_cancellation(
     cancellation_id: &EventId,
 ) -> Result<Option<Cancellation>, StorageError> {
     const CTX: &str = "loading an earlier cancellation";
-    let row = sqlx::query("select items from cancellations where order_id = $1 and cancellation_id = $2")
-        .bind(order_id.as_str())
-        .bind(cancellation_id.as_str())
-        .fetch_optional(tx)
-        .await
-        .ctx(CTX)?;
+    let row =
+        sqlx::query("select items from cancellations where order_id = $1 and cancellation_id = $2")
+            .bind(order_id.as_str())
+            .bind(cancellation_id.as_str())
+            .fetch_optional(tx)
+            .await
+            .ctx(CTX)?;
     row.map(|r| {
-        Cancellation::new(cancellation_id.clone(), items_from_json(r.get("items"), CTX)?)
-            .map_err(|e| corrupt(CTX, e))
+        Cancellation::new(
+            cancellation_id.clone(),
+            items_from_json(r.get("items"), CTX)?,
+        )
+        .map_err(|e| corrupt(CTX, e))
     })
     .transpose()
 }
@@ -587,7 +593,10 @@ pub struct NewCapture<'a> {
 }
 
 /// Inserts a queued capture with its generation-0 idempotency key and records the key's terms.
-pub async fn insert_capture(tx: &mut PgConnection, c: &NewCapture<'_>) -> Result<i64, StorageError> {
+pub async fn insert_capture(
+    tx: &mut PgConnection,
+    c: &NewCapture<'_>,
+) -> Result<i64, StorageError> {
     let auth = c.order.authorization();
     let key = IdempotencyKey::derive(
         &auth.provider,
@@ -652,7 +661,10 @@ pub struct NewRejection<'a> {
 }
 
 /// Records a rejection once per message (by id, else by body hash) and reason.
-pub async fn insert_rejection(tx: &mut PgConnection, r: &NewRejection<'_>) -> Result<(), StorageError> {
+pub async fn insert_rejection(
+    tx: &mut PgConnection,
+    r: &NewRejection<'_>,
+) -> Result<(), StorageError> {
     let key = match r.message_id {
         Some(id) => format!("{id}:{}", r.reason),
         None => format!("sha256:{}:{}", r.body_hash, r.reason),

@@ -150,18 +150,15 @@ impl Store {
     /// Applies pending migrations. Safe to run from several processes at once (sqlx takes an
     /// advisory lock).
     pub async fn migrate(&self) -> Result<(), StorageError> {
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(|e| match e {
-                sqlx::migrate::MigrateError::Execute(source) => {
-                    StorageError::classify("applying migrations", source)
-                }
-                other => StorageError::Corrupt {
-                    context: "applying migrations",
-                    detail: other.to_string(),
-                },
-            })
+        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(source) => {
+                StorageError::classify("applying migrations", source)
+            }
+            other => StorageError::Corrupt {
+                context: "applying migrations",
+                detail: other.to_string(),
+            },
+        })
     }
 
     /// Whether the database answers.
@@ -181,15 +178,19 @@ async fn ensure_database(options: &PgConnectOptions) -> Result<(), StorageError>
         // connection report a clear error if it does not.
         Err(_) => return Ok(()),
     };
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut conn)
-        .await
-        .ctx("checking whether the database exists")?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await
+            .ctx("checking whether the database exists")?;
     if !exists {
         let quoted = name.replace('"', "\"\"");
         let sql = format!("create database \"{quoted}\"");
-        match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+        match sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+        {
             Ok(_) => tracing::info!(database = %name, "created the database"),
             // Another process created it at the same moment.
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
