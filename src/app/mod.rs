@@ -248,4 +248,8 @@ impl DeliveryHandler for IntakeHandler {
         }
         intake::disposition(outcome, &message.body)
     }
+
+    fn ordering_key(&self, body: &[u8]) -> Option<String> {
+        crate::queue::wire::peek_order_id(body)
+    }
 }

@@ -7,6 +7,7 @@
 //! in progress at shutdown finish; prefetched ones go back to the queue when the channel
 //! closes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::publisher::Publisher;
@@ -57,6 +58,37 @@ pub enum Disposition {
 #[async_trait]
 pub trait DeliveryHandler: Send + Sync + 'static {
     async fn handle(&self, message: IncomingMessage) -> Disposition;
+
+    /// Deliveries with the same key are handled one after another, in delivery order;
+    /// different keys run concurrently. Intake keys by order id so that a warehouse's
+    /// parcels are planned in the order it published them.
+    fn ordering_key(&self, _body: &[u8]) -> Option<String> {
+        None
+    }
+}
+
+/// Per-key chains of deliveries: each waits for the previous one with the same key.
+#[derive(Default)]
+struct OrderingChains {
+    tails: HashMap<String, oneshot::Receiver<()>>,
+}
+
+impl OrderingChains {
+    /// Returns what the new delivery must wait for and the sender it completes.
+    fn enqueue(
+        &mut self,
+        key: Option<String>,
+    ) -> (Option<oneshot::Receiver<()>>, Option<oneshot::Sender<()>>) {
+        let Some(key) = key else { return (None, None) };
+        if self.tails.len() > 10_000 {
+            // Forget chains whose last delivery is done.
+            self.tails
+                .retain(|_, rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        }
+        let (tx, rx) = oneshot::channel();
+        let prev = self.tails.insert(key, rx);
+        (prev, Some(tx))
+    }
 }
 
 /// Where the consumer connects and what it consumes.
@@ -183,6 +215,7 @@ async fn session(
 
     let permits = Arc::new(Semaphore::new(usize::from(config.prefetch.max(1))));
     let mut tasks = JoinSet::new();
+    let mut chains = OrderingChains::default();
     let result = loop {
         tokio::select! {
             _ = shutdown.changed() => break Ok(()),
@@ -198,11 +231,19 @@ async fn session(
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         break Ok(());
                     };
+                    let (wait_for, done) = chains.enqueue(handler.ordering_key(&delivery.data));
                     let handler = handler.clone();
                     let publisher = publisher.clone();
                     let topology = config.topology.clone();
                     tasks.spawn(async move {
+                        if let Some(prev) = wait_for {
+                            // Err means the previous handler is gone (it panicked): go on.
+                            let _ = prev.await;
+                        }
                         process(delivery, handler, publisher, topology).await;
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
                         drop(permit);
                     });
                 }

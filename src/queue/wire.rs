@@ -216,6 +216,26 @@ pub struct WireRejection {
     pub message_type: Option<String>,
 }
 
+/// The `data.order_id` of a body, read cheaply and without validation, for ordering
+/// deliveries of one order; `None` when the body has none.
+pub fn peek_order_id(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        data: PeekData,
+    }
+    #[derive(serde::Deserialize)]
+    struct PeekData {
+        order_id: String,
+    }
+    if body.len() > MAX_MESSAGE_BYTES {
+        return None;
+    }
+    serde_json::from_slice::<Peek>(body)
+        .ok()
+        .map(|p| p.data.order_id)
+        .filter(|id| id.len() <= 64)
+}
+
 /// Reads one message body. `routing_key`, when given, must equal the body's `type`.
 ///
 /// Pure and total: never panics, whatever the bytes.

@@ -6,6 +6,8 @@ mod architecture;
 mod config;
 mod domain_examples;
 mod domain_properties;
+mod harness;
+mod pipeline;
 mod provider_stripe;
 mod sandbox;
 mod support;
