@@ -328,14 +328,7 @@ impl TestApp {
             let _ = conn.close(200, "done".into()).await;
         }
         self.store.pool().close().await;
-        if let Ok(mut admin) = PgConnection::connect(PG_ADMIN).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "drop database if exists {} with (force)",
-                self.db
-            )))
-            .execute(&mut admin)
-            .await;
-        }
+        drop_database(&self.db).await;
     }
 }
 
@@ -381,4 +374,15 @@ pub fn with_id(msg: &Value, id: &str) -> Value {
     let mut m = msg.clone();
     m["message_id"] = Value::String(id.into());
     m
+}
+
+/// Drops a test database, best effort.
+pub async fn drop_database(name: &str) {
+    if let Ok(mut admin) = PgConnection::connect(PG_ADMIN).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "drop database if exists {name} with (force)"
+        )))
+        .execute(&mut admin)
+        .await;
+    }
 }
