@@ -9,7 +9,16 @@ use capture_worker::provider::sandbox::{
 
 use crate::harness::*;
 
-fn spawn_worker(settings: &capture_worker::config::Settings, sandbox_url: &str) -> Child {
+fn spawn_worker(
+    settings: &capture_worker::config::Settings,
+    sandbox_url: &str,
+    log: &std::path::Path,
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     Command::new(env!("CARGO_BIN_EXE_capture-worker"))
         .arg("run")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -22,9 +31,10 @@ fn spawn_worker(settings: &capture_worker::config::Settings, sandbox_url: &str) 
         .env("CAPTURE__CAPTURE__PROVIDER_TIMEOUT_MS", "10000")
         .env("CAPTURE__CAPTURE__LEASE_SECONDS", "2")
         .env("CAPTURE__CAPTURE__SWEEP_INTERVAL_MS", "200")
-        .env("CAPTURE__TELEMETRY__LOG_LEVEL", "warn")
+        .env("CAPTURE__PROVIDERS__SANDBOX__API_KEY", "sk_test_canary_key")
+        .env("CAPTURE__TELEMETRY__LOG_LEVEL", "debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log))
         .spawn()
         .unwrap()
 }
@@ -33,7 +43,14 @@ fn spawn_worker(settings: &capture_worker::config::Settings, sandbox_url: &str) 
 async fn a_worker_killed_with_sigkill_after_the_providers_success_does_not_capture_twice_after_restart()
  {
     // Arrange: a database, a queue, and a sandbox that captures, then holds its answer 5 s.
-    let (url, sb, _server) = sandbox::spawn(SandboxOptions::default()).await.unwrap();
+    let (url, sb, _server) = sandbox::spawn(SandboxOptions {
+        latency: Duration::ZERO,
+        api_key: Some("sk_test_canary_key".into()),
+    })
+    .await
+    .unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("worker.log");
     let mut auth = NewAuthorization::new("pi_example_1", 12455, "USD");
     auth.scenario = Some(Scenario {
         faults: vec![Fault::LostResponse { delay_ms: 5_000 }],
@@ -43,7 +60,7 @@ async fn a_worker_killed_with_sigkill_after_the_providers_success_does_not_captu
     let (db, store) = fresh_database().await;
     let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let settings = test_settings(&db, &tag, &url);
-    let mut worker = spawn_worker(&settings, &url);
+    let mut worker = spawn_worker(&settings, &url, &log);
 
     // Act: publish the order and one shipment; kill -9 once the provider has captured.
     let (order, s1, _, _) = usd_order();
@@ -79,7 +96,7 @@ async fn a_worker_killed_with_sigkill_after_the_providers_success_does_not_captu
     );
 
     // A new process takes the capture over when the lease expires.
-    let mut worker = spawn_worker(&settings, &url);
+    let mut worker = spawn_worker(&settings, &url, &log);
     let pool = store.pool().clone();
     eventually(Duration::from_secs(30), || {
         let pool = pool.clone();
@@ -106,6 +123,14 @@ async fn a_worker_killed_with_sigkill_after_the_providers_success_does_not_captu
         .filter_map(|e| e.idempotency_key.clone())
         .collect();
     assert_eq!(keys.len(), 1);
+
+    // The API key never reaches the logs (P9), though the logs tell the story.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("lease_taken_over"), "the takeover is logged");
+    assert!(
+        !text.contains("sk_test_canary_key"),
+        "the API key leaked into the logs"
+    );
 
     // Clean up the broker objects and the database.
     let app_like = capture_worker::queue::topology::Topology::new(
