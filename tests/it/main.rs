@@ -13,4 +13,5 @@ mod process;
 mod provider_stripe;
 mod sandbox;
 mod support;
+mod telemetry;
 mod wire;
