@@ -218,6 +218,17 @@ struct WorkerProcess {
 
 impl WorkerProcess {
     async fn start(settings: &Settings, sandbox_url: &str, otlp: &str, log: &Path) -> Self {
+        // The SDK's standard knob: export every 100 ms instead of every 5 s.
+        Self::start_with_export_delay(settings, sandbox_url, otlp, log, 100).await
+    }
+
+    async fn start_with_export_delay(
+        settings: &Settings,
+        sandbox_url: &str,
+        otlp: &str,
+        log: &Path,
+        export_delay_ms: u64,
+    ) -> Self {
         let port = free_port();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -241,8 +252,7 @@ impl WorkerProcess {
             .env("CAPTURE__TELEMETRY__OTLP_ENDPOINT", otlp)
             .env("CAPTURE__TELEMETRY__LOG_FORMAT", "json")
             .env("CAPTURE__TELEMETRY__LOG_LEVEL", "info")
-            // The SDK's standard knob: export every 100 ms instead of every 5 s.
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("OTEL_BSP_SCHEDULE_DELAY", export_delay_ms.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -268,6 +278,30 @@ impl WorkerProcess {
     fn kill(mut self) {
         self.child.0.kill().unwrap(); // SIGKILL
         self.child.0.wait().unwrap();
+    }
+
+    /// SIGTERM, as an orchestrator stops it; waits for a clean exit.
+    async fn stop(mut self) {
+        let pid = self.child.0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                assert!(status.success(), "the worker exits cleanly: {status}");
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the worker did not stop"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -628,6 +662,64 @@ async fn a_capture_retried_after_a_worker_crash_runs_in_a_trace_linked_to_the_on
     assert!(!logs.contains(CANARY) && !sink.text().contains(CANARY));
 
     second.kill();
+    cleanup(&settings, &db, store).await;
+}
+
+#[tokio::test]
+async fn spans_still_waiting_for_their_batch_reach_the_collector_when_the_worker_stops() {
+    python_tools_present();
+    // Arrange: a worker that would export only once a minute.
+    let (url, sb, _server) = sandbox::spawn(SandboxOptions {
+        latency: Duration::ZERO,
+        api_key: Some(CANARY.into()),
+    })
+    .await
+    .unwrap();
+    sb.create_authorization(NewAuthorization::new(AUTH, 12455, "USD"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("worker.log");
+    let sink = Sink::start(dir.path()).await;
+    let (db, store) = fresh_database().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let settings = test_settings(&db, &tag, &url);
+    let worker =
+        WorkerProcess::start_with_export_delay(&settings, &url, &sink.endpoint(), &log, 60_000)
+            .await;
+    let (traceparent, trace_id, _) = new_traceparent();
+    publish_with_pika(
+        &settings,
+        &traceparent,
+        &["order-authorized-usd.json", "shipment-shipped-usd-s1.json"],
+    );
+    let pool = store.pool().clone();
+    eventually(Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select count(*) from captures where status = 'succeeded'")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                == 1
+        }
+    })
+    .await;
+    assert!(
+        sink.spans().is_empty(),
+        "nothing exported before the batch is due"
+    );
+
+    // Act: SIGTERM.
+    worker.stop().await;
+
+    // Assert: the telemetry guard flushed the batch on the way out.
+    sink.wait_for("the flushed provider call span", |spans| {
+        spans
+            .iter()
+            .any(|s| s["trace_id"] == trace_id.as_str() && s["name"] == "sandbox capture")
+            .then_some(())
+    })
+    .await;
     cleanup(&settings, &db, store).await;
 }
 
