@@ -32,7 +32,8 @@ impl Emit for MessageRejected<'_> {
             reason = %reason,
             message_id = %self.message_id,
             order_id = %self.order_id,
-            detail = %self.detail,
+            // The detail may quote the message; card-number-like digit runs never leave here.
+            detail = %crate::redact::mask_card_numbers(self.detail),
             "message refused"
         );
         counter!(m::MESSAGES_REJECTED, "reason" => reason).increment(1);
