@@ -11,7 +11,9 @@
 //! - `config`    — typed settings: `config/default.toml` → `config/{CAPTURE_ENV}.toml` →
 //!   `CAPTURE__SECTION__KEY` environment variables. Secrets are redacted types.
 //! - `cli`       — clap definitions only.
-//! - `telemetry` — the tracing subscriber (JSON or text logs).
+//! - `telemetry` — the tracing subscriber (JSON logs with trace ids), OpenTelemetry traces
+//!   over OTLP, Prometheus metrics and the named events we alert on. Process-global; any layer
+//!   but `domain` may use it. Imports no adapter.
 //! - `provider`  — the payment-provider trait and outcome, one adapter per provider, and the
 //!   sandbox provider server. Imports `domain` only.
 //! - `storage`   — PostgreSQL via sqlx: migrations, the ledger, the capture queue. Imports

@@ -7,6 +7,12 @@
 //! key; a new key is taken only after a lookup showed the provider captured nothing under the
 //! old one (P3). A decline latches the order (P4). After a success the next capture of the
 //! same order goes at once.
+//!
+//! Each step runs in a `capture` span. The first attempt continues the trace that created the
+//! capture (the `traceparent` stored on its row, written by intake); a later one — after a
+//! backoff, a crash or to poll a pending answer — starts a trace of its own linked to that
+//! one. Each provider call is a child span of kind client, and the attempt row records the
+//! trace id.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -14,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::{Semaphore, mpsc};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::domain::{
     AuthorizationId, Currency, IdempotencyKey, LineId, MinorUnits, Money, OrderId,
@@ -24,6 +32,8 @@ use crate::provider::{
 use crate::storage::captures::{self, AttemptRecord, ClaimedCapture, Transition};
 use crate::storage::ledger::CaptureKind;
 use crate::storage::{StorageError, Store};
+use crate::telemetry::events::{self, Emit};
+use crate::telemetry::{metrics, trace};
 
 use super::providers::Providers;
 use super::retry::RetryPolicy;
@@ -130,7 +140,11 @@ impl Executor {
                 Ok(true) => continue,
                 Ok(false) => return,
                 Err(e) => {
-                    tracing::warn!(event = "capture_step_failed", order_id, error = %e, "capture step failed; the sweeper retries");
+                    events::CaptureStepFailed {
+                        order_id,
+                        error: &e,
+                    }
+                    .emit();
                     return;
                 }
             }
@@ -141,7 +155,7 @@ impl Executor {
     /// capture may be due), Ok(false) when nothing was due.
     pub async fn step(&self, order_id: &str) -> Result<bool, StorageError> {
         let inner = &self.inner;
-        let Some(mut capture) = captures::claim_next(
+        let Some(capture) = captures::claim_next(
             inner.store.pool(),
             order_id,
             &inner.worker_id,
@@ -151,13 +165,20 @@ impl Executor {
         else {
             return Ok(false);
         };
+        let span = capture_span(&capture);
+        self.execute(capture).instrument(span).await
+    }
+
+    /// Sends one claimed capture and records the outcome, inside its `capture` span.
+    async fn execute(&self, mut capture: ClaimedCapture) -> Result<bool, StorageError> {
+        let inner = &self.inner;
         if capture.taken_over {
-            tracing::warn!(
-                event = "lease_taken_over",
-                capture_id = capture.capture_id,
-                order_id,
-                "a capture's lease expired; sending it again with the same key"
-            );
+            events::LeaseTakenOver {
+                provider: &capture.provider,
+                order_id: &capture.order_id,
+                capture_id: capture.capture_id,
+            }
+            .emit();
         }
         let Some(provider) = inner.providers.get(&capture.provider) else {
             let error = format!(
@@ -183,22 +204,30 @@ impl Executor {
             }
         }
         let started = Utc::now();
-        let call = match capture.kind {
-            CaptureKind::Capture => match capture_request(&capture) {
-                Ok(req) => provider.capture(&req).await,
-                Err(e) => error_call(&e),
-            },
-            CaptureKind::Release | CaptureKind::Void => match release_request(&capture) {
-                Ok(req) => provider.release(&req).await,
-                Err(e) => error_call(&e),
-            },
-        };
-        let transition = self.transition_for(&capture, &call.outcome);
         let op = if capture.kind == CaptureKind::Capture {
             "capture"
         } else {
             "release"
         };
+        let call_span = provider_span(&capture, op);
+        let call = async {
+            let _in_flight = metrics::InFlight::start();
+            match capture.kind {
+                CaptureKind::Capture => match capture_request(&capture) {
+                    Ok(req) => provider.capture(&req).await,
+                    Err(e) => error_call(&e),
+                },
+                CaptureKind::Release | CaptureKind::Void => match release_request(&capture) {
+                    Ok(req) => provider.release(&req).await,
+                    Err(e) => error_call(&e),
+                },
+            }
+        }
+        .instrument(call_span.clone())
+        .await;
+        record_call(&call_span, &call);
+        metrics::provider_call(&capture.provider, op, call.outcome.label(), call.latency);
+        let transition = self.transition_for(&capture, &call.outcome);
         let key = capture.idempotency_key.clone();
         self.record(&capture, op, Some(&key), &call, started, transition)
             .await?;
@@ -268,6 +297,7 @@ impl Executor {
             | Outcome::Unknown { reason, .. } => (Some(reason.clone()), None),
         };
         let provider_code = call.provider_code.clone().or(code);
+        let trace_id = trace::current_trace_id();
         let attempt = AttemptRecord {
             operation,
             idempotency_key: key,
@@ -277,11 +307,12 @@ impl Executor {
             provider_request_id: call.provider_request_id.as_deref(),
             error: error.as_deref(),
             latency_ms: call.latency.as_millis() as u64,
-            trace_id: None,
+            trace_id: trace_id.as_deref(),
             worker_id: &self.inner.worker_id,
             started_at: started,
         };
         self.log_outcome(c, &call.outcome, &transition);
+        tracing::Span::current().record("status", transition_status(&transition));
         let held = captures::record(
             self.inner.store.pool(),
             c,
@@ -290,7 +321,9 @@ impl Executor {
             &transition,
         )
         .await?;
-        if !held {
+        if held {
+            count_transition(c, operation, &call.outcome, &transition);
+        } else {
             tracing::warn!(event = "lease_lost", capture_id = c.capture_id, order_id = %c.order_id, "the capture's lease was taken over while the call was in progress; its new holder records the outcome");
         }
         Ok(())
@@ -310,26 +343,26 @@ impl Executor {
 
     fn log_outcome(&self, c: &ClaimedCapture, outcome: &Outcome, transition: &Transition) {
         match outcome {
-            Outcome::Declined { code, .. } => tracing::error!(
-                event = "capture_declined",
-                order_id = %c.order_id,
-                capture_id = c.capture_id,
-                authorization_id = %c.authorization_id,
-                provider = %c.provider,
-                decline_code = %code,
-                amount = c.amount,
-                currency = %c.currency,
-                "capture declined: the order is latched and no further capture will be sent until an operator resumes it"
-            ),
-            _ if matches!(transition, Transition::Attention { .. }) => tracing::error!(
-                event = "capture_needs_attention",
-                order_id = %c.order_id,
-                capture_id = c.capture_id,
-                provider = %c.provider,
-                outcome = outcome.label(),
-                "capture needs attention: run `capture-worker capture retry {}` after fixing the cause",
-                c.capture_id
-            ),
+            Outcome::Declined { code, .. } => events::CaptureDeclined {
+                provider: &c.provider,
+                decline_code: code,
+                order_id: &c.order_id,
+                capture_id: c.capture_id,
+                authorization_id: &c.authorization_id,
+                amount: c.amount,
+                currency: &c.currency,
+            }
+            .emit(),
+            _ if let Transition::Attention { error } = transition => {
+                events::CaptureNeedsAttention {
+                    provider: &c.provider,
+                    outcome: outcome.label(),
+                    order_id: &c.order_id,
+                    capture_id: c.capture_id,
+                    error,
+                }
+                .emit()
+            }
             _ => tracing::info!(
                 event = "capture_attempt",
                 order_id = %c.order_id,
@@ -373,8 +406,26 @@ impl Executor {
                 return Ok(Resolution::Settled);
             }
         };
-        let snapshot = provider.lookup(&auth).await;
+        let call_span = provider_span(c, "lookup");
+        let snapshot = async {
+            let _in_flight = metrics::InFlight::start();
+            provider.lookup(&auth).await
+        }
+        .instrument(call_span.clone())
+        .await;
         let latency = t0.elapsed();
+        let lookup_outcome = match &snapshot {
+            Ok(_) => "succeeded",
+            Err(crate::provider::LookupError::Retryable { .. }) => "retryable",
+            Err(crate::provider::LookupError::Permanent { .. }) => "failed",
+        };
+        call_span.record("payment.outcome", lookup_outcome);
+        if let Ok(s) = &snapshot {
+            call_span.record("payment.provider_status", s.status.as_str());
+        } else {
+            call_span.record("otel.status_code", "ERROR");
+        }
+        metrics::provider_call(&c.provider, "lookup", lookup_outcome, latency);
         let lookup_call = |outcome: Outcome| CallResult {
             outcome,
             http_status: None,
@@ -423,6 +474,7 @@ impl Executor {
                 return Ok(Resolution::Settled);
             }
         };
+        let trace_id = trace::current_trace_id();
         let attempt_ok = |outcome: &'static str| AttemptRecord {
             operation: "lookup",
             idempotency_key: None,
@@ -432,7 +484,7 @@ impl Executor {
             provider_request_id: None,
             error: None,
             latency_ms: latency.as_millis() as u64,
-            trace_id: None,
+            trace_id: trace_id.as_deref(),
             worker_id: &self.inner.worker_id,
             started_at: started,
         };
@@ -508,6 +560,121 @@ impl Executor {
                 }
             }
         }
+    }
+}
+
+/// The span of one step of a capture. The first attempt continues the trace that created the
+/// capture; a later one is a new trace linked to it, so a retry hours later does not stretch
+/// the original trace but can still be followed from it.
+fn capture_span(c: &ClaimedCapture) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "capture",
+        otel.name = %format!("execute {}", c.kind.as_str()),
+        otel.status_code = Empty,
+        capture_id = c.capture_id,
+        order_id = %c.order_id,
+        sequence = c.sequence,
+        kind = c.kind.as_str(),
+        payment.provider = %c.provider,
+        payment.attempt = c.attempts,
+        taken_over = c.taken_over,
+        needs_lookup = c.needs_lookup,
+        status = Empty,
+    );
+    if c.attempts <= 1 && !c.taken_over {
+        trace::set_remote_parent(&span, trace::remote_context(c.traceparent.as_deref(), None));
+    } else {
+        trace::link_to(&span, c.traceparent.as_deref());
+    }
+    span
+}
+
+/// The span of one provider call (kind client). Only what identifies the call and its terms:
+/// never the API key, never card data.
+fn provider_span(c: &ClaimedCapture, operation: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "provider call",
+        otel.name = %format!("{} {operation}", c.provider),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        payment.provider = %c.provider,
+        payment.operation = operation,
+        payment.capture_id = c.capture_id,
+        payment.amount = c.amount,
+        payment.currency = %c.currency,
+        payment.final = c.is_final,
+        payment.attempt = c.attempts,
+        payment.key_generation = c.key_generation,
+        payment.outcome = Empty,
+        payment.decline_code = Empty,
+        payment.provider_code = Empty,
+        payment.provider_status = Empty,
+        payment.provider_request_id = Empty,
+        http.response.status_code = Empty,
+    )
+}
+
+/// Writes what the provider answered onto the call's span.
+fn record_call(span: &tracing::Span, call: &CallResult) {
+    span.record("payment.outcome", call.outcome.label());
+    if let Some(status) = call.http_status {
+        span.record("http.response.status_code", i64::from(status));
+    }
+    if let Some(code) = &call.provider_code {
+        span.record("payment.provider_code", code.as_str());
+    }
+    if let Some(id) = &call.provider_request_id {
+        span.record("payment.provider_request_id", id.as_str());
+    }
+    match &call.outcome {
+        Outcome::Declined { code, .. } => {
+            span.record("payment.decline_code", code.as_str());
+        }
+        Outcome::Succeeded { .. } | Outcome::Pending { .. } => {}
+        Outcome::Retryable { .. } | Outcome::Failed { .. } | Outcome::Unknown { .. } => {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+}
+
+/// The capture's status after a transition (for its span).
+fn transition_status(t: &Transition) -> &'static str {
+    match t {
+        Transition::Succeeded { .. } => "succeeded",
+        Transition::Pending { .. } => "pending",
+        Transition::Declined { .. } => "declined",
+        Transition::Retry { .. } => "retrying",
+        Transition::Attention { .. } => "attention",
+    }
+}
+
+/// Metrics for a recorded transition: outcomes, money captured, retries.
+fn count_transition(
+    c: &ClaimedCapture,
+    operation: &'static str,
+    outcome: &Outcome,
+    transition: &Transition,
+) {
+    let kind = c.kind.as_str();
+    match transition {
+        Transition::Succeeded { .. } => {
+            metrics::capture_outcome(&c.provider, kind, "succeeded");
+            if c.kind == CaptureKind::Capture {
+                metrics::captured(&c.provider, &c.currency, c.amount);
+            }
+        }
+        Transition::Declined { .. } => metrics::capture_outcome(&c.provider, kind, "declined"),
+        Transition::Attention { .. } => metrics::capture_outcome(&c.provider, kind, "attention"),
+        Transition::Retry { .. } => {
+            let reason = if operation == "lookup" {
+                "lookup"
+            } else {
+                outcome.label()
+            };
+            metrics::retry_scheduled(&c.provider, reason);
+        }
+        Transition::Pending { .. } => {}
     }
 }
 

@@ -5,12 +5,18 @@
 //! before their order, plan with the domain, and persist the plan (progress, shipment or
 //! cancellation, capture rows with their keys) — all in one commit. Bad input is recorded with
 //! its reason and dead-lettered; it never reaches the provider.
+//!
+//! Each message is handled in an `intake` span (a child of the consumer's span). A capture row
+//! stores that span's `traceparent`, so its execution joins the same trace, and a retry made
+//! long after links back to it.
 
 use std::sync::Arc;
 
 use chrono::{Duration as ChronoDuration, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::domain::{
     self, Capabilities, Decision, Event, MinorUnits, NothingReason, Order, PlanContext, Rejection,
@@ -23,6 +29,7 @@ use crate::storage::ledger::{
     self, CaptureKind, InboxStatus, NewCapture, NewInbox, NewRejection, StoredCaptureLine,
 };
 use crate::storage::{StorageError, Store};
+use crate::telemetry::events::{self, Emit};
 
 /// What became of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,8 +87,45 @@ impl Intake {
     /// Processes one message, retrying the transaction on conflicts and transient database
     /// errors a few times before giving up (the caller then returns the message to the queue).
     pub async fn handle(&self, message: &IncomingMessage) -> Result<IntakeOutcome, StorageError> {
+        let span = tracing::info_span!(
+            "intake",
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            db.system.name = "postgresql",
+            messaging.message.id = Empty,
+            message_type = Empty,
+            order_id = Empty,
+            outcome = Empty,
+            reject_reason = Empty,
+            transaction_attempts = Empty,
+        );
+        let outcome = self
+            .handle_with_retries(message)
+            .instrument(span.clone())
+            .await;
+        match &outcome {
+            Ok(o) => {
+                span.record("outcome", outcome_label(o));
+                if let IntakeOutcome::Rejected { reason, .. } = o {
+                    span.record("reject_reason", reason.as_str());
+                }
+            }
+            Err(e) => {
+                span.record("outcome", "retry");
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", e.to_string().as_str());
+            }
+        }
+        outcome
+    }
+
+    async fn handle_with_retries(
+        &self,
+        message: &IncomingMessage,
+    ) -> Result<IntakeOutcome, StorageError> {
         let mut attempt = 0;
         loop {
+            tracing::Span::current().record("transaction_attempts", (attempt + 1) as i64);
             attempt += 1;
             match self.handle_once(message).await {
                 Err(e)
@@ -125,6 +169,13 @@ impl Intake {
                 tx.commit()
                     .await
                     .map_err(|e| StorageError::classify("committing intake", e))?;
+                events::MessageRejected {
+                    reason: rej.reason.as_str(),
+                    message_id: rej.message_id.as_deref().unwrap_or_default(),
+                    order_id: "",
+                    detail: &rej.detail,
+                }
+                .emit();
                 return Ok(IntakeOutcome::Rejected {
                     reason: rej.reason.as_str().to_owned(),
                     detail: rej.detail,
@@ -133,6 +184,10 @@ impl Intake {
             }
         };
         let message_id = parsed.envelope.message_id.as_str().to_owned();
+        let span = tracing::Span::current();
+        span.record("messaging.message.id", message_id.as_str());
+        span.record("message_type", parsed.envelope.message_type.as_str());
+        span.record("order_id", parsed.command.order_id().as_str());
         let mut tx = self
             .store
             .pool()
@@ -294,7 +349,9 @@ impl Intake {
             let hash = hex::encode(Sha256::digest(&parked.body));
             match wire::parse(&parked.body, None) {
                 Ok(p) => {
-                    let out = Box::pin(self.apply(tx, &incoming, &p, &hash, true)).await?;
+                    let out = Box::pin(self.apply(tx, &incoming, &p, &hash, true))
+                        .instrument(parked_span(&parked))
+                        .await?;
                     if let IntakeOutcome::Processed { dispatch: d } = out {
                         dispatch.extend(d);
                     }
@@ -411,7 +468,11 @@ impl Intake {
             PlanInput::Shipment(s) => ("shipment", s.shipment_id().as_str()),
             PlanInput::Cancellation(c) => ("cancellation", c.cancellation_id().as_str()),
         };
-        let traceparent = message.traceparent.as_deref();
+        // The capture's execution joins this span's trace (or links to it when it runs later);
+        // without tracing installed, the publisher's context is the best we have.
+        let traceparent =
+            crate::telemetry::trace::current_traceparent().or_else(|| message.traceparent.clone());
+        let traceparent = traceparent.as_deref();
         let mut dispatch = Vec::new();
         let label = match &plan.decision {
             Decision::Capture(cp) => {
@@ -610,14 +671,13 @@ impl Intake {
             )
             .await?;
         }
-        tracing::warn!(
-            event = "message_rejected",
-            reason = %refusal.reason,
-            message_id = %parsed.envelope.message_id,
-            order_id = %parsed.command.order_id(),
-            detail = %refusal.detail,
-            "message refused"
-        );
+        events::MessageRejected {
+            reason: &refusal.reason,
+            message_id: parsed.envelope.message_id.as_str(),
+            order_id: parsed.command.order_id().as_str(),
+            detail: &refusal.detail,
+        }
+        .emit();
         Ok(IntakeOutcome::Rejected {
             reason: refusal.reason,
             detail: refusal.detail,
@@ -697,8 +757,10 @@ impl Intake {
                 redelivered: false,
             };
             let hash = hex::encode(Sha256::digest(&parked.body));
-            if let IntakeOutcome::Processed { dispatch: d } =
-                self.apply(&mut tx, &incoming, &p, &hash, true).await?
+            if let IntakeOutcome::Processed { dispatch: d } = self
+                .apply(&mut tx, &incoming, &p, &hash, true)
+                .instrument(parked_span(&parked))
+                .await?
             {
                 dispatch.extend(d);
             }
@@ -707,6 +769,28 @@ impl Intake {
             .await
             .map_err(|e| StorageError::classify("processing parked messages", e))?;
         Ok(dispatch)
+    }
+}
+
+/// The span of a parked message processed now that its order exists: part of the current
+/// trace (the order's message, or the sweeper's pass), linked to the trace that published it.
+fn parked_span(parked: &ledger::ParkedMessage) -> tracing::Span {
+    let span = tracing::info_span!(
+        "intake parked message",
+        messaging.message.id = %parked.message_id,
+        order_id = parked.order_id.as_deref().unwrap_or_default(),
+    );
+    crate::telemetry::trace::link_to(&span, parked.traceparent.as_deref());
+    span
+}
+
+/// The outcome's name in metrics and spans.
+pub fn outcome_label(outcome: &IntakeOutcome) -> &'static str {
+    match outcome {
+        IntakeOutcome::Processed { .. } => "processed",
+        IntakeOutcome::Duplicate => "duplicate",
+        IntakeOutcome::Parked => "parked",
+        IntakeOutcome::Rejected { .. } => "rejected",
     }
 }
 

@@ -85,6 +85,9 @@ impl Application {
         store: Store,
         providers: Providers,
     ) -> anyhow::Result<Application> {
+        // Metrics are process-wide; installing here covers programs that build an application
+        // without `telemetry::init` (tests, embedding).
+        crate::telemetry::metrics::install();
         let c = &settings.capture;
         let policy = RetryPolicy {
             initial: Duration::from_millis(c.retry_initial_ms),
@@ -241,6 +244,10 @@ struct IntakeHandler {
 impl DeliveryHandler for IntakeHandler {
     async fn handle(&self, message: IncomingMessage) -> Disposition {
         let outcome = self.intake.handle(&message).await;
+        crate::telemetry::metrics::message_handled(
+            &message.routing_key,
+            outcome.as_ref().map_or("retry", intake::outcome_label),
+        );
         if let Ok(IntakeOutcome::Processed { dispatch }) = &outcome {
             for order_id in dispatch {
                 self.executor.dispatch(order_id.clone());

@@ -4,15 +4,22 @@
 //! worker's capture is taken over with the same key), processes parked messages whose order
 //! has arrived, and dead-letters parked messages that waited too long. Every query is safe to
 //! run from several workers at once: claims go through row locks and leases.
+//!
+//! A pass that finds work runs in a `recovery sweep` span (an idle pass makes no span, so the
+//! trace backend is not flooded once a second). Parked messages handled late link to the
+//! trace that published them; the captures it dispatches run in spans of their own, linked to
+//! the trace that created them (see `execute`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::queue::dead_letter::DeadLetterSink;
 use crate::redact::mask_card_numbers;
 use crate::storage::{StorageError, Store, captures, ledger};
+use crate::telemetry::events::{self, Emit};
 
 use super::execute::Executor;
 use super::intake::{Intake, IntakeOutcome};
@@ -29,7 +36,7 @@ impl Sweeper {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         loop {
             if let Err(e) = self.tick().await {
-                tracing::warn!(event = "sweep_failed", error = %e, "sweep failed; trying again next tick");
+                events::SweepFailed { error: &e }.emit();
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
@@ -42,41 +49,78 @@ impl Sweeper {
     pub async fn tick(&self) -> Result<usize, StorageError> {
         let due = captures::due_orders(self.store.pool(), 500).await?;
         let n = due.len();
-        for order_id in due {
-            self.executor.dispatch(order_id);
-        }
         let (ready, expired) = ledger::parked_work(self.store.pool(), 200).await?;
-        for order_id in ready {
-            for o in self.intake.process_parked(&order_id).await? {
-                self.executor.dispatch(o);
-            }
+        if n == 0 && ready.is_empty() && expired.is_empty() {
+            return Ok(0);
         }
-        for parked in expired {
-            if let IntakeOutcome::Rejected {
-                reason,
-                detail,
-                message_id,
-            } = self.intake.expire_parked(&parked).await?
-                && let Some(sink) = &self.dead_letters
-            {
-                let masked = mask_card_numbers(&String::from_utf8_lossy(&parked.body));
-                if let Err(e) = sink
-                    .dead_letter(
-                        masked.as_bytes(),
-                        parked.routing_key.as_deref().unwrap_or(""),
-                        &reason,
-                        &detail,
-                        message_id.as_deref(),
-                        parked.traceparent.as_deref(),
-                    )
-                    .await
+        let span = tracing::info_span!(
+            "recovery sweep",
+            // Integers, not usize: OpenTelemetry attributes are i64.
+            due_orders = n as i64,
+            parked_ready = ready.len() as i64,
+            parked_expired = expired.len() as i64,
+        );
+        async {
+            for order_id in due {
+                self.executor.dispatch(order_id);
+            }
+            for order_id in ready {
+                let span = tracing::info_span!("recovery process parked", order_id = %order_id);
+                for o in self
+                    .intake
+                    .process_parked(&order_id)
+                    .instrument(span)
+                    .await?
                 {
-                    // The rejection is recorded in PostgreSQL either way; the queue copy is a
-                    // convenience for the publisher's team.
-                    tracing::warn!(event = "dead_letter_failed", reason = %reason, error = %e, "could not copy an expired parked message to the dead-letter queue");
+                    self.executor.dispatch(o);
                 }
             }
+            for parked in expired {
+                let span = tracing::info_span!(
+                    "recovery expire parked",
+                    messaging.message.id = %parked.message_id,
+                );
+                crate::telemetry::trace::link_to(&span, parked.traceparent.as_deref());
+                self.expire(parked).instrument(span).await?;
+            }
+            Ok::<(), StorageError>(())
         }
+        .instrument(span)
+        .await?;
         Ok(n)
+    }
+
+    /// Dead-letters a parked message whose order never came.
+    async fn expire(&self, parked: ledger::ParkedMessage) -> Result<(), StorageError> {
+        if let IntakeOutcome::Rejected {
+            reason,
+            detail,
+            message_id,
+        } = self.intake.expire_parked(&parked).await?
+            && let Some(sink) = &self.dead_letters
+        {
+            let masked = mask_card_numbers(&String::from_utf8_lossy(&parked.body));
+            if let Err(e) = sink
+                .dead_letter(
+                    masked.as_bytes(),
+                    parked.routing_key.as_deref().unwrap_or(""),
+                    &reason,
+                    &detail,
+                    message_id.as_deref(),
+                    parked.traceparent.as_deref(),
+                )
+                .await
+            {
+                // The rejection is recorded in PostgreSQL either way; the queue copy is a
+                // convenience for the publisher's team.
+                events::DeadLetterFailed {
+                    reason: &reason,
+                    error: &e,
+                    then: "recorded in rejected_messages only",
+                }
+                .emit();
+            }
+        }
+        Ok(())
     }
 }

@@ -6,6 +6,10 @@
 //! failure (STACK trap 1): the loop reconnects with backoff, it never just stops. Deliveries
 //! in progress at shutdown finish; prefetched ones go back to the queue when the channel
 //! closes.
+//!
+//! Each delivery is processed in a span of kind consumer (OpenTelemetry messaging conventions)
+//! whose parent is the publisher's context from the message's `traceparent`/`tracestate`
+//! headers, so the worker's spans join the warehouse's trace.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,10 +26,14 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::publisher::Publisher;
 use super::topology::Topology;
-use super::trace::header_str;
+use super::trace::{HeaderExtractor, header_str};
+use crate::telemetry::events::{self, Emit};
+use crate::telemetry::metrics;
 
 /// A message as it came off the queue.
 #[derive(Debug, Clone)]
@@ -121,6 +129,7 @@ impl ConsumerStatus {
     }
     fn set(&self, on: bool) {
         self.0.store(on, Ordering::Relaxed);
+        metrics::consumer_connected(on);
     }
 }
 
@@ -141,12 +150,11 @@ pub async fn run(
             Ok(()) => return,
             Err(e) => {
                 status.set(false);
-                tracing::warn!(
-                    event = "consumer_disconnected",
-                    error = %e,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "consuming stopped; reconnecting"
-                );
+                events::ConsumerDisconnected {
+                    error: &e,
+                    retry_in_ms: delay.as_millis() as u64,
+                }
+                .emit();
             }
         }
         tokio::select! {
@@ -268,7 +276,75 @@ async fn session(
     result
 }
 
+/// Handles one delivery in its consumer span.
 async fn process(
+    delivery: Delivery,
+    handler: Arc<dyn DeliveryHandler>,
+    publisher: Publisher,
+    topology: Topology,
+) {
+    let span = delivery_span(&delivery);
+    process_in_span(delivery, handler, publisher, topology)
+        .instrument(span)
+        .await
+}
+
+/// The span of one delivery: kind consumer, named `process <message type>`, with the
+/// messaging attributes of the OpenTelemetry conventions for RabbitMQ, parented by the
+/// publisher's trace context.
+fn delivery_span(delivery: &Delivery) -> tracing::Span {
+    let headers = delivery.properties.headers().as_ref();
+    let routing_key = delivery.routing_key.as_str();
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned())
+        .or_else(|| peek_message_id(&delivery.data));
+    let span = tracing::info_span!(
+        parent: None,
+        "process",
+        otel.name = %format!("process {}", metrics::message_type(routing_key)),
+        otel.kind = "consumer",
+        otel.status_code = Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %delivery.exchange,
+        messaging.rabbitmq.destination.routing_key = %routing_key,
+        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag as i64,
+        messaging.message.id = Empty,
+        messaging.message.body.size = delivery.data.len() as i64,
+        messaging.message.redelivered = delivery.redelivered,
+        disposition = Empty,
+    );
+    if let Some(id) = &message_id {
+        span.record("messaging.message.id", id.as_str());
+    }
+    crate::telemetry::trace::set_remote_parent(
+        &span,
+        HeaderExtractor::new(headers).parent_context(),
+    );
+    span
+}
+
+/// The contract's `message_id`, for the span, when the publisher did not set the AMQP
+/// `message_id` property. Intake parses the body properly; this only reads one field.
+fn peek_message_id(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        message_id: String,
+    }
+    if body.len() > 1024 * 1024 {
+        return None;
+    }
+    serde_json::from_slice::<Peek>(body)
+        .ok()
+        .map(|p| p.message_id)
+        .filter(|id| id.len() <= 128)
+}
+
+async fn process_in_span(
     delivery: Delivery,
     handler: Arc<dyn DeliveryHandler>,
     publisher: Publisher,
@@ -284,7 +360,17 @@ async fn process(
     };
     let traceparent = message.traceparent.clone();
     let routing_key = message.routing_key.clone();
-    match handler.handle(message).await {
+    let disposition = handler.handle(message).await;
+    let span = tracing::Span::current();
+    span.record(
+        "disposition",
+        match &disposition {
+            Disposition::Ack => "ack",
+            Disposition::DeadLetter { .. } => "dead_letter",
+            Disposition::Retry { .. } => "retry",
+        },
+    );
+    match disposition {
         Disposition::Ack => ack(&delivery).await,
         Disposition::DeadLetter {
             reason,
@@ -306,12 +392,19 @@ async fn process(
             {
                 Ok(()) => ack(&delivery).await,
                 Err(e) => {
-                    tracing::error!(event = "dead_letter_failed", reason = %reason, error = %e, "could not copy a refused message to the dead-letter queue; returning it to the queue");
+                    span.record("otel.status_code", "ERROR");
+                    events::DeadLetterFailed {
+                        reason: &reason,
+                        error: &e,
+                        then: "returned to the queue",
+                    }
+                    .emit();
                     requeue(&delivery).await;
                 }
             }
         }
         Disposition::Retry { why } => {
+            span.record("otel.status_code", "ERROR");
             tracing::warn!(event = "intake_retry", why = %why, "message returned to the queue");
             // Give the database a moment before the broker hands the message out again.
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -325,13 +418,8 @@ async fn ack(delivery: &Delivery) {
         Ok(true) => {}
         // After a connection recovery the ack of an older delivery is not delivered (trap 2);
         // the broker redelivers it and intake recognises it as a duplicate.
-        Ok(false) => tracing::warn!(
-            event = "ack_lost",
-            "ack not delivered; the message will be redelivered and deduplicated"
-        ),
-        Err(e) => {
-            tracing::warn!(event = "ack_lost", error = %e, "ack failed; the message will be redelivered and deduplicated")
-        }
+        Ok(false) => events::AckLost { error: None }.emit(),
+        Err(e) => events::AckLost { error: Some(&e) }.emit(),
     }
 }
 

@@ -13,5 +13,6 @@ mod process;
 mod provider_stripe;
 mod sandbox;
 mod support;
+mod telemetry;
 mod tls;
 mod wire;

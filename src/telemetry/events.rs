@@ -1,0 +1,216 @@
+//! Named events we alert on: each `emit()` writes one log line with a fixed `event` key and
+//! bumps one counter whose labels are fields of that same line, so a graph, an alert and the
+//! log lines behind it always agree.
+//!
+//! The log line carries the ids (order, capture, message) that let on-call find the case; the
+//! counter carries only bounded labels. The line is written inside the caller's span, so it
+//! also carries that span's `trace_id`. Event names and their fields are a contract with
+//! `docs/runbook.md` and `deploy/prometheus/alerts.yaml`.
+
+use metrics::counter;
+
+use super::metrics::{self as m, label};
+
+/// A named event: one log line and one counter, same labels.
+pub trait Emit {
+    fn emit(self);
+}
+
+/// A message was refused and recorded in `rejected_messages` (then dead-lettered).
+pub struct MessageRejected<'a> {
+    pub reason: &'a str,
+    pub message_id: &'a str,
+    pub order_id: &'a str,
+    pub detail: &'a str,
+}
+
+impl Emit for MessageRejected<'_> {
+    fn emit(self) {
+        let reason = label(self.reason);
+        tracing::warn!(
+            event = "message_rejected",
+            reason = %reason,
+            message_id = %self.message_id,
+            order_id = %self.order_id,
+            // The detail may quote the message; card-number-like digit runs never leave here.
+            detail = %crate::redact::mask_card_numbers(self.detail),
+            "message refused"
+        );
+        counter!(m::MESSAGES_REJECTED, "reason" => reason).increment(1);
+    }
+}
+
+/// The provider declined a capture; the order is latched (P4).
+pub struct CaptureDeclined<'a> {
+    pub provider: &'a str,
+    pub decline_code: &'a str,
+    pub order_id: &'a str,
+    pub capture_id: i64,
+    pub authorization_id: &'a str,
+    pub amount: i64,
+    pub currency: &'a str,
+}
+
+impl Emit for CaptureDeclined<'_> {
+    fn emit(self) {
+        let provider = label(self.provider);
+        let decline_code = label(self.decline_code);
+        tracing::error!(
+            event = "capture_declined",
+            provider = %provider,
+            decline_code = %decline_code,
+            provider_decline_code = %self.decline_code,
+            order_id = %self.order_id,
+            capture_id = self.capture_id,
+            authorization_id = %self.authorization_id,
+            amount = self.amount,
+            currency = %self.currency,
+            "capture declined: the order is latched and no further capture will be sent until an operator resumes it"
+        );
+        counter!(m::DECLINES, "provider" => provider, "decline_code" => decline_code).increment(1);
+    }
+}
+
+/// A capture stopped and waits for an operator.
+pub struct CaptureNeedsAttention<'a> {
+    pub provider: &'a str,
+    /// The provider outcome that stopped it (`failed`, `retryable` after the last attempt…).
+    pub outcome: &'static str,
+    pub order_id: &'a str,
+    pub capture_id: i64,
+    pub error: &'a str,
+}
+
+impl Emit for CaptureNeedsAttention<'_> {
+    fn emit(self) {
+        let provider = label(self.provider);
+        tracing::error!(
+            event = "capture_needs_attention",
+            provider = %provider,
+            outcome = self.outcome,
+            order_id = %self.order_id,
+            capture_id = self.capture_id,
+            error = %self.error,
+            "capture needs attention: fix the cause, then put it back in the queue (docs/runbook.md)"
+        );
+        counter!(m::ATTENTION, "provider" => provider, "outcome" => self.outcome).increment(1);
+    }
+}
+
+/// A capture's lease expired in another worker's hands; this worker sends it again with the
+/// same key.
+pub struct LeaseTakenOver<'a> {
+    pub provider: &'a str,
+    pub order_id: &'a str,
+    pub capture_id: i64,
+}
+
+impl Emit for LeaseTakenOver<'_> {
+    fn emit(self) {
+        let provider = label(self.provider);
+        tracing::warn!(
+            event = "lease_taken_over",
+            provider = %provider,
+            order_id = %self.order_id,
+            capture_id = self.capture_id,
+            "a capture's lease expired; sending it again with the same key"
+        );
+        counter!(m::LEASE_TAKEOVERS, "provider" => provider).increment(1);
+    }
+}
+
+/// The RabbitMQ connection or consumer was lost; the consumer reconnects.
+pub struct ConsumerDisconnected<'a> {
+    pub error: &'a dyn std::fmt::Display,
+    pub retry_in_ms: u64,
+}
+
+impl Emit for ConsumerDisconnected<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            event = "consumer_disconnected",
+            error = %self.error,
+            retry_in_ms = self.retry_in_ms,
+            "consuming stopped; reconnecting"
+        );
+        counter!(m::CONSUMER_DISCONNECTS).increment(1);
+    }
+}
+
+/// A refused message could not be copied to the dead-letter queue.
+pub struct DeadLetterFailed<'a> {
+    pub reason: &'a str,
+    pub error: &'a dyn std::fmt::Display,
+    /// What happens to the message now.
+    pub then: &'static str,
+}
+
+impl Emit for DeadLetterFailed<'_> {
+    fn emit(self) {
+        let reason = label(self.reason);
+        tracing::error!(
+            event = "dead_letter_failed",
+            reason = %reason,
+            error = %self.error,
+            then = self.then,
+            "could not copy a refused message to the dead-letter queue"
+        );
+        counter!(m::DEAD_LETTER_FAILURES, "reason" => reason).increment(1);
+    }
+}
+
+/// An ack did not reach the broker; the message comes back and is deduplicated.
+pub struct AckLost<'a> {
+    pub error: Option<&'a dyn std::fmt::Display>,
+}
+
+impl Emit for AckLost<'_> {
+    fn emit(self) {
+        match self.error {
+            Some(error) => tracing::warn!(
+                event = "ack_lost",
+                error = %error,
+                "ack failed; the message will be redelivered and deduplicated"
+            ),
+            None => tracing::warn!(
+                event = "ack_lost",
+                "ack not delivered; the message will be redelivered and deduplicated"
+            ),
+        }
+        counter!(m::ACKS_LOST).increment(1);
+    }
+}
+
+/// A capture step failed on the database; the sweeper tries again.
+pub struct CaptureStepFailed<'a> {
+    pub order_id: &'a str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl Emit for CaptureStepFailed<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            event = "capture_step_failed",
+            order_id = %self.order_id,
+            error = %self.error,
+            "capture step failed; the sweeper retries"
+        );
+        counter!(m::STEP_FAILURES).increment(1);
+    }
+}
+
+/// A sweeper pass failed; the next tick tries again.
+pub struct SweepFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl Emit for SweepFailed<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            event = "sweep_failed",
+            error = %self.error,
+            "sweep failed; trying again next tick"
+        );
+        counter!(m::SWEEP_FAILURES).increment(1);
+    }
+}
