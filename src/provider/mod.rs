@@ -6,7 +6,13 @@
 //! folder. Declines are outcomes, not errors (DESIGN §3.4). Adapters import `domain`, never
 //! `storage`, `queue` or `app`, and never each other.
 
+pub mod gr4vy;
+pub mod hellgate;
+pub(crate) mod http;
+mod items;
 pub mod sandbox;
+
+pub use http::ProviderSetupError;
 
 use std::time::Duration;
 
