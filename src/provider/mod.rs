@@ -6,6 +6,7 @@
 //! folder. Declines are outcomes, not errors (DESIGN §3.4). Adapters import `domain`, never
 //! `storage`, `queue` or `app`, and never each other.
 
+pub mod adyen;
 pub mod gr4vy;
 pub mod hellgate;
 pub(crate) mod http;

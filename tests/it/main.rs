@@ -10,6 +10,7 @@ mod harness;
 mod ledger_guards;
 mod pipeline;
 mod process;
+mod provider_adyen;
 mod provider_gr4vy;
 mod provider_hellgate;
 mod provider_stripe;
