@@ -7,6 +7,7 @@
 //! `storage`, `queue` or `app`, and never each other.
 
 pub mod adyen;
+pub mod checkout;
 pub mod gr4vy;
 pub mod hellgate;
 pub(crate) mod http;

@@ -11,6 +11,7 @@ mod ledger_guards;
 mod pipeline;
 mod process;
 mod provider_adyen;
+mod provider_checkout;
 mod provider_gr4vy;
 mod provider_hellgate;
 mod provider_stripe;
