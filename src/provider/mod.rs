@@ -12,6 +12,7 @@ pub mod gr4vy;
 pub mod hellgate;
 pub(crate) mod http;
 mod items;
+pub mod orchestrator;
 pub mod paypal;
 pub mod sandbox;
 

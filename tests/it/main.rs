@@ -14,6 +14,7 @@ mod provider_adyen;
 mod provider_checkout;
 mod provider_gr4vy;
 mod provider_hellgate;
+mod provider_orchestrator;
 mod provider_paypal;
 mod provider_stripe;
 mod sandbox;
