@@ -16,6 +16,7 @@ mod provider_gr4vy;
 mod provider_hellgate;
 mod provider_orchestrator;
 mod provider_paypal;
+mod provider_registry;
 mod provider_stripe;
 mod sandbox;
 mod support;
