@@ -183,17 +183,44 @@ pub struct SandboxSettings {
     pub latency_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// One provider account, under `providers.<name>`. The name is what orders carry in
+/// `payment.provider`; `kind` picks the adapter, so one worker can serve several accounts of
+/// the same provider (`[providers.acme_adyen] kind = "adyen"`). `Default` leaves every
+/// optional setting unset (and `base_url` empty), for building settings in code.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSettings {
-    /// Base URL of the provider's API, e.g. `https://api.stripe.com`.
+    /// Which adapter serves this entry: `stripe`, `sandbox` (the built-in sandbox, Stripe's
+    /// dialect), `gr4vy`, `adyen`, `checkout` (Checkout.com), `paypal`, `hellgate` or
+    /// `orchestrator`. Unset: the entry's name, so `[providers.adyen]` needs no `kind`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Base URL of the provider's API, e.g. `https://api.stripe.com`,
+    /// `https://checkout-test.adyen.com/v71` (Adyen: with the API version),
+    /// `https://api.sandbox.acme.gr4vy.app`, `https://api-m.paypal.com`.
     pub base_url: String,
-    /// API key, from the environment (`CAPTURE__PROVIDERS__STRIPE__API_KEY`).
+    /// The provider's secret, from the environment (`CAPTURE__PROVIDERS__STRIPE__API_KEY`):
+    /// Stripe secret key, Gr4vy bearer JWT, Adyen API key, Checkout.com secret key, PayPal
+    /// client secret, Hellgate API key, orchestrator API key.
     #[serde(default)]
     pub api_key: Option<Secret>,
-    /// A file holding the API key (a mounted secret); used when `api_key` is unset.
+    /// A file holding the secret (a mounted secret); used when `api_key` is unset.
     #[serde(default)]
     pub api_key_file: Option<PathBuf>,
+    /// The merchant account: Adyen's merchant account name (required for `adyen`, e.g.
+    /// `AcmeShopEU`), or Gr4vy's merchant account id (sent as
+    /// `x-gr4vy-merchant-account-id`, e.g. `default`). Not a secret.
+    #[serde(default)]
+    pub merchant_account: Option<String>,
+    /// PayPal's REST app client id (required for `paypal` with `api_key`, the client
+    /// secret). Not a secret.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// `orchestrator` only: captures the merchant's processor connection allows on one
+    /// authorization. Unset or 1: a single capture, sent when the order completes; e.g. 10
+    /// for a connection with follow-on captures.
+    #[serde(default)]
+    pub max_captures: Option<u32>,
 }
 
 impl ProviderSettings {

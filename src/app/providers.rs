@@ -1,15 +1,71 @@
 //! The providers this worker can call, built from `providers.<name>` settings.
+//!
+//! Each entry's `kind` (default: its name) picks the adapter, so one worker serves orders of
+//! many providers and accounts at once, chosen by the order's `payment.provider`. Settings
+//! that do not apply to an entry's kind are refused rather than ignored.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Settings;
+use crate::config::{ProviderSettings, Settings};
 use crate::domain::{Capabilities, ProviderName};
 use crate::provider::PaymentProvider;
+use crate::provider::adyen::AdyenProvider;
+use crate::provider::checkout::CheckoutProvider;
+use crate::provider::gr4vy::Gr4vyProvider;
+use crate::provider::hellgate::HellgateProvider;
+use crate::provider::orchestrator::OrchestratorProvider;
+use crate::provider::paypal::PayPalProvider;
 use crate::provider::stripe::StripeProvider;
 
 use super::intake::CapabilityLookup;
+
+/// The adapters a `providers.<name>.kind` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterKind {
+    /// Stripe, or the built-in sandbox (which speaks Stripe's dialect).
+    Stripe,
+    Gr4vy,
+    Adyen,
+    Checkout,
+    PayPal,
+    Hellgate,
+    Orchestrator,
+}
+
+impl AdapterKind {
+    pub const KNOWN: &'static str =
+        "stripe, sandbox, gr4vy, adyen, checkout, paypal, hellgate, orchestrator";
+
+    pub fn parse(kind: &str) -> Option<AdapterKind> {
+        match kind {
+            "stripe" | "sandbox" => Some(AdapterKind::Stripe),
+            "gr4vy" => Some(AdapterKind::Gr4vy),
+            "adyen" => Some(AdapterKind::Adyen),
+            "checkout" => Some(AdapterKind::Checkout),
+            "paypal" => Some(AdapterKind::PayPal),
+            "hellgate" => Some(AdapterKind::Hellgate),
+            "orchestrator" => Some(AdapterKind::Orchestrator),
+            _ => None,
+        }
+    }
+
+    /// The kind of the entry `providers.<name>`: its `kind`, else its name.
+    pub fn of(name: &str, settings: &ProviderSettings) -> anyhow::Result<AdapterKind> {
+        let kind = settings.kind.as_deref().unwrap_or(name);
+        AdapterKind::parse(kind).ok_or_else(|| match &settings.kind {
+            Some(kind) => anyhow::anyhow!(
+                "providers.{name}.kind = {kind:?} is not an adapter; known kinds are {}",
+                AdapterKind::KNOWN
+            ),
+            None => anyhow::anyhow!(
+                "providers.{name}: no adapter is called {name:?}; set kind to one of {}",
+                AdapterKind::KNOWN
+            ),
+        })
+    }
+}
 
 /// Provider adapters by configured name.
 #[derive(Clone, Default)]
@@ -18,28 +74,12 @@ pub struct Providers {
 }
 
 impl Providers {
-    /// Builds one adapter per configured provider. `stripe` and `sandbox` (the built-in
-    /// sandbox server, which speaks Stripe's dialect) use the Stripe adapter.
+    /// Builds one adapter per configured provider.
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Providers> {
         let timeout = Duration::from_millis(settings.capture.provider_timeout_ms);
         let mut by_name: HashMap<String, Arc<dyn PaymentProvider>> = HashMap::new();
         for (name, p) in &settings.providers {
-            let provider_name = ProviderName::parse(name.clone())
-                .map_err(|e| anyhow::anyhow!("providers.{name}: {e}"))?;
-            let adapter: Arc<dyn PaymentProvider> = match name.as_str() {
-                "stripe" | "sandbox" => Arc::new(
-                    StripeProvider::new(
-                        provider_name,
-                        p.base_url.clone(),
-                        p.resolve_api_key()?,
-                        timeout,
-                    )
-                    .map_err(|e| anyhow::anyhow!("providers.{name}: {e}"))?,
-                ),
-                other => anyhow::bail!(
-                    "providers.{other}: no adapter for this provider; known providers are stripe and sandbox"
-                ),
-            };
+            let adapter = build(name, p, timeout)?;
             by_name.insert(name.clone(), adapter);
         }
         Ok(Providers {
@@ -74,4 +114,79 @@ impl CapabilityLookup for Providers {
     fn capabilities(&self, provider: &str) -> Option<Capabilities> {
         self.by_name.get(provider).map(|p| p.capabilities())
     }
+}
+
+/// The adapter for `providers.<name>`.
+fn build(
+    name: &str,
+    p: &ProviderSettings,
+    timeout: Duration,
+) -> anyhow::Result<Arc<dyn PaymentProvider>> {
+    let provider_name = ProviderName::parse(name.to_owned())
+        .map_err(|e| anyhow::anyhow!("providers.{name}: {e}"))?;
+    let kind = AdapterKind::of(name, p)?;
+    let not_for = |setting: &str, applies: &str| {
+        anyhow::anyhow!(
+            "providers.{name}.{setting} does not apply to kind {kind:?}; it is for {applies}"
+        )
+    };
+    if p.merchant_account.is_some() && !matches!(kind, AdapterKind::Adyen | AdapterKind::Gr4vy) {
+        return Err(not_for("merchant_account", "adyen and gr4vy"));
+    }
+    if p.client_id.is_some() && kind != AdapterKind::PayPal {
+        return Err(not_for("client_id", "paypal"));
+    }
+    if p.max_captures.is_some() && kind != AdapterKind::Orchestrator {
+        return Err(not_for("max_captures", "orchestrator"));
+    }
+    let secret = p.resolve_api_key()?;
+    let base_url = p.base_url.clone();
+    let context = |e: crate::provider::ProviderSetupError| anyhow::anyhow!("providers.{name}: {e}");
+    let adapter: Arc<dyn PaymentProvider> = match kind {
+        AdapterKind::Stripe => Arc::new(
+            StripeProvider::new(provider_name, base_url, secret, timeout)
+                .map_err(|e| anyhow::anyhow!("providers.{name}: {e}"))?,
+        ),
+        AdapterKind::Gr4vy => Arc::new(
+            Gr4vyProvider::new(
+                provider_name,
+                base_url,
+                secret,
+                p.merchant_account.clone(),
+                timeout,
+            )
+            .map_err(context)?,
+        ),
+        AdapterKind::Adyen => Arc::new(
+            AdyenProvider::new(
+                provider_name,
+                base_url,
+                secret,
+                p.merchant_account.clone(),
+                timeout,
+            )
+            .map_err(context)?,
+        ),
+        AdapterKind::Checkout => Arc::new(
+            CheckoutProvider::new(provider_name, base_url, secret, timeout).map_err(context)?,
+        ),
+        AdapterKind::PayPal => Arc::new(
+            PayPalProvider::new(
+                provider_name,
+                base_url,
+                p.client_id.clone(),
+                secret,
+                timeout,
+            )
+            .map_err(context)?,
+        ),
+        AdapterKind::Hellgate => Arc::new(
+            HellgateProvider::new(provider_name, base_url, secret, timeout).map_err(context)?,
+        ),
+        AdapterKind::Orchestrator => Arc::new(
+            OrchestratorProvider::new(provider_name, base_url, secret, p.max_captures, timeout)
+                .map_err(context)?,
+        ),
+    };
+    Ok(adapter)
 }

@@ -82,6 +82,104 @@ impl Capabilities {
         }
     }
 
+    /// Gr4vy multi-capture: no documented count limit, `final` explicit (Gr4vy defaults it to
+    /// `true`), and the remainder after non-final captures released by a final capture of
+    /// amount 0 (the capture schema allows 0; an order with nothing captured is voided
+    /// instead). The authorization window depends on the connection; seven days is the
+    /// common card-not-present hold.
+    pub fn gr4vy() -> Self {
+        Capabilities {
+            mode: CaptureMode::Multiple { max_captures: None },
+            final_flag: FinalFlag::Explicit,
+            release: ReleaseMethod::ZeroAmountFinalCapture,
+            over_capture: OverCaptureAllowance::NONE,
+            authorization_window: Some(Duration::days(7)),
+            capture_ahead: Duration::hours(12),
+        }
+    }
+
+    /// Adyen multiple partial captures (enabled on the merchant account): no final flag, so the
+    /// remainder is released with Adyen's cancel call after the last capture.
+    pub fn adyen() -> Self {
+        Capabilities {
+            mode: CaptureMode::Multiple { max_captures: None },
+            final_flag: FinalFlag::Absent,
+            release: ReleaseMethod::Cancel,
+            over_capture: OverCaptureAllowance::NONE,
+            authorization_window: Some(Duration::days(7)),
+            capture_ahead: Duration::hours(12),
+        }
+    }
+
+    /// Checkout.com: at most 150 partial actions per payment (the worker makes no refunds,
+    /// so all 150 are captures), `capture_type` `Final`/`NonFinal` explicit, the remainder
+    /// released by a void, and the payment voided by Checkout.com after seven days.
+    pub fn checkout() -> Self {
+        Capabilities {
+            mode: CaptureMode::Multiple {
+                max_captures: Some(150),
+            },
+            final_flag: FinalFlag::Explicit,
+            release: ReleaseMethod::Cancel,
+            over_capture: OverCaptureAllowance::NONE,
+            authorization_window: Some(Duration::days(7)),
+            capture_ahead: Duration::hours(12),
+        }
+    }
+
+    /// PayPal authorizations: `final_capture` explicit (PayPal defaults it to `false`), the
+    /// remainder released by voiding the authorization, valid for 29 days. The count limit is
+    /// per account (`MAX_CAPTURE_COUNT_EXCEEDED`), so none is assumed here; over-capture
+    /// (up to 115 % or +75 USD) needs account eligibility and is not planned for.
+    pub fn paypal() -> Self {
+        Capabilities {
+            mode: CaptureMode::Multiple { max_captures: None },
+            final_flag: FinalFlag::Explicit,
+            release: ReleaseMethod::Cancel,
+            over_capture: OverCaptureAllowance::NONE,
+            authorization_window: Some(Duration::days(29)),
+            capture_ahead: Duration::hours(12),
+        }
+    }
+
+    /// Hellgate: one capture per payment, sent when the order completes (or the deadline
+    /// nears). The single capture closes the payment, so no cancel follows it; the final flag
+    /// is recorded as explicit for that reason (no release after the capture), although
+    /// Hellgate's request carries none. An order with nothing captured is voided.
+    pub fn hellgate() -> Self {
+        Capabilities {
+            mode: CaptureMode::Single,
+            final_flag: FinalFlag::Explicit,
+            release: ReleaseMethod::Cancel,
+            over_capture: OverCaptureAllowance::NONE,
+            authorization_window: Some(Duration::days(7)),
+            capture_ahead: Duration::hours(12),
+        }
+    }
+
+    /// The orchestrator's transactions API: whether a follow-on capture is allowed depends on
+    /// the merchant's processor connection, so `max_captures` comes from the merchant's
+    /// settings — `None` or `Some(1)` is a single capture (the default), `Some(n)` allows up
+    /// to `n`. There is no final flag and no documented void, so no release call follows a
+    /// capture (the flag is recorded as explicit for that reason); what is left lapses with
+    /// the authorization.
+    pub fn orchestrator(max_captures: Option<u32>) -> Self {
+        let mode = match max_captures {
+            None | Some(0 | 1) => CaptureMode::Single,
+            Some(n) => CaptureMode::Multiple {
+                max_captures: Some(n),
+            },
+        };
+        Capabilities {
+            mode,
+            final_flag: FinalFlag::Explicit,
+            release: ReleaseMethod::Cancel,
+            over_capture: OverCaptureAllowance::NONE,
+            authorization_window: Some(Duration::days(7)),
+            capture_ahead: Duration::hours(12),
+        }
+    }
+
     /// One capture per authorization (Hellgate, or a processor connection without follow-ons).
     pub fn single_capture() -> Self {
         Capabilities {

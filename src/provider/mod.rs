@@ -6,7 +6,17 @@
 //! folder. Declines are outcomes, not errors (DESIGN §3.4). Adapters import `domain`, never
 //! `storage`, `queue` or `app`, and never each other.
 
+pub mod adyen;
+pub mod checkout;
+pub mod gr4vy;
+pub mod hellgate;
+pub(crate) mod http;
+mod items;
+pub mod orchestrator;
+pub mod paypal;
 pub mod sandbox;
+
+pub use http::ProviderSetupError;
 
 use std::time::Duration;
 

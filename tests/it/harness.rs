@@ -46,6 +46,7 @@ pub fn test_settings(db: &str, tag: &str, sandbox_url: &str) -> Settings {
             base_url: sandbox_url.to_owned(),
             api_key: Some(Secret::new("sk_test_canary_key")),
             api_key_file: None,
+            ..ProviderSettings::default()
         },
     );
     s

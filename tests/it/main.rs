@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod architecture;
+mod capture_limits;
 mod config;
 mod domain_examples;
 mod domain_properties;
@@ -10,6 +11,13 @@ mod harness;
 mod ledger_guards;
 mod pipeline;
 mod process;
+mod provider_adyen;
+mod provider_checkout;
+mod provider_gr4vy;
+mod provider_hellgate;
+mod provider_orchestrator;
+mod provider_paypal;
+mod provider_registry;
 mod provider_stripe;
 mod sandbox;
 mod support;

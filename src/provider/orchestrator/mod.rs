@@ -1,0 +1,327 @@
+//! The orchestrator adapter: captures through a payment-orchestration transactions API
+//! (`POST /v1/transactions`, ids like `txn_…`) that routes them to the merchant's processor.
+//!
+//! Owns the HTTP shape of that API: bearer API-key auth, the capture transaction request and
+//! the routing of every answer to one [`Outcome`]. The wire structs live in `wire.rs` and
+//! never leave this folder. Imports `domain` and the provider boundary only. The API key is
+//! held as a sensitive header value and never reaches a log field, an error or a `Debug`
+//! string.
+//!
+//! Rules this adapter encodes: the answer is the new capture transaction, synchronous;
+//! `authorization.status` `A` is approved, and the transaction must be a `capture` of our
+//! authorization for our amount, or the outcome is unknown. Whether a follow-on capture is
+//! allowed depends on the merchant's processor connection, so the capture count comes from
+//! the merchant's settings (single capture by default). No idempotency header and no void or
+//! read-back are documented: a capture whose answer was lost is never resent blindly (the
+//! outcome is `Unknown` with the key marked spent, and the read-back that would settle it
+//! reports that it does not exist, so the capture goes to an operator), and the release call
+//! sends nothing and asks for an operator.
+
+mod wire;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Client, StatusCode, Url};
+use tracing::field::Empty;
+
+use crate::config::Secret;
+use crate::domain::{AuthorizationId, Capabilities, ProviderName};
+use crate::provider::http::{self, ProviderSetupError, Replay};
+use crate::provider::{
+    AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider,
+    ReleaseRequest,
+};
+
+use self::wire::{ApiError, ApprovalStatus, CaptureBody, Transaction};
+
+const EXAMPLE_URL: &str = "https://api.orchestrator.example";
+const REQUEST_ID: &str = "x-request-id";
+
+/// One merchant on the orchestrator, reached over HTTPS.
+pub struct OrchestratorProvider {
+    name: ProviderName,
+    base_url: Url,
+    authorization: Option<HeaderValue>,
+    max_captures: Option<u32>,
+    timeout: Duration,
+    client: Client,
+}
+
+impl fmt::Debug for OrchestratorProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OrchestratorProvider")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url.as_str())
+            .field(
+                "api_key",
+                &self.authorization.as_ref().map(|_| "[redacted]"),
+            )
+            .field("max_captures", &self.max_captures)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OrchestratorProvider {
+    /// Builds the adapter. `api_key` is sent as `Authorization: Bearer <key>`.
+    /// `max_captures` is what the merchant's processor connection allows: `None` or 1 is a
+    /// single capture, `n` allows up to `n`.
+    pub fn new(
+        name: ProviderName,
+        base_url: String,
+        api_key: Option<Secret>,
+        max_captures: Option<u32>,
+        timeout: Duration,
+    ) -> Result<Self, ProviderSetupError> {
+        let base_url = http::parse_base_url(&name, base_url, EXAMPLE_URL)?;
+        let client = http::client(&name, timeout)?;
+        let authorization = match api_key {
+            None => None,
+            Some(key) => Some(
+                http::sensitive(key.expose(), format!("Bearer {}", key.expose())).ok_or_else(
+                    || ProviderSetupError::Credential {
+                        name: name.clone(),
+                        what: "API key",
+                    },
+                )?,
+            ),
+        };
+        Ok(OrchestratorProvider {
+            name,
+            base_url,
+            authorization,
+            max_captures,
+            timeout,
+            client,
+        })
+    }
+
+    #[tracing::instrument(
+        name = "orchestrator.capture",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            provider = %self.name,
+            authorization_id = %request.authorization_id,
+            order_id = %request.order_id,
+            amount = request.amount.amount().get(),
+            currency = %request.amount.currency(),
+            is_final = request.is_final,
+            capture_sequence = request.sequence,
+            http_status = Empty,
+            provider_request_id = Empty,
+            provider_code = Empty,
+            outcome = Empty,
+        )
+    )]
+    async fn send_capture(&self, request: &CaptureRequest) -> CallResult {
+        let what = format!("capture of transaction {}", request.authorization_id);
+        let url = match http::url_with(&self.base_url, &["v1", "transactions"]) {
+            Ok(url) => url,
+            Err(problem) => return http::unsendable(&what, problem),
+        };
+        let mut builder = self
+            .client
+            .post(url)
+            .json(&CaptureBody::from_request(request));
+        if let Some(value) = &self.authorization {
+            builder = builder.header(reqwest::header::AUTHORIZATION, value.clone());
+        }
+        let exchange = http::exchange(builder).await;
+        http::finish(
+            exchange,
+            &what,
+            self.timeout,
+            Replay::Unprotected,
+            REQUEST_ID,
+            |status, headers, body| answered(&what, request, status, headers, body),
+        )
+    }
+}
+
+#[async_trait]
+impl PaymentProvider for OrchestratorProvider {
+    fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::orchestrator(self.max_captures)
+    }
+
+    async fn capture(&self, request: &CaptureRequest) -> CallResult {
+        self.send_capture(request).await
+    }
+
+    /// Sends nothing: the transactions API documents no void. The authorization lapses at its
+    /// deadline, or an operator releases it in the orchestrator's dashboard.
+    async fn release(&self, request: &ReleaseRequest) -> CallResult {
+        let result = CallResult {
+            outcome: Outcome::Failed {
+                reason: format!(
+                    "release of transaction {}: the orchestrator's transactions API documents no void; release it in the orchestrator's dashboard (or let it lapse)",
+                    request.authorization_id
+                ),
+            },
+            http_status: None,
+            provider_code: None,
+            provider_request_id: None,
+            latency: Duration::ZERO,
+        };
+        tracing::warn!(
+            event = "release_not_supported",
+            provider = %self.name,
+            authorization_id = %request.authorization_id,
+            order_id = %request.order_id,
+            "the orchestrator has no documented void; the release needs an operator"
+        );
+        result
+    }
+
+    /// Reports that no read-back is documented, so an unknown capture goes to an operator
+    /// rather than being sent again without an idempotency key.
+    async fn lookup(
+        &self,
+        authorization_id: &AuthorizationId,
+    ) -> Result<AuthorizationSnapshot, LookupError> {
+        Err(LookupError::Permanent {
+            authorization_id: authorization_id.to_string(),
+            reason: "the orchestrator's transactions API documents no read-back of an authorization's captures; check the transaction in the orchestrator's dashboard before any resend".to_owned(),
+        })
+    }
+}
+
+/// Routes an answer to a capture.
+fn answered(
+    what: &str,
+    request: &CaptureRequest,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (Outcome, Option<String>) {
+    if !status.is_success() {
+        return refused(what, status, headers, body);
+    }
+    let transaction: Transaction = match serde_json::from_slice(body) {
+        Ok(t) => t,
+        Err(error) => {
+            return (
+                Outcome::Unknown {
+                    reason: format!(
+                        "{what}: HTTP {} body is not a transaction ({error}); the capture may have happened",
+                        status.as_u16()
+                    ),
+                    key_spent: true,
+                },
+                None,
+            );
+        }
+    };
+    let code = transaction.processor_code();
+    let currency = request.amount.currency();
+    let expected_currency = currency.code();
+    // Anything but a capture of our authorization for our amount would corrupt the ledger if
+    // taken as success: let a person look.
+    let mismatch = if transaction.kind != "capture" {
+        Some(format!("a {:?} transaction", transaction.kind))
+    } else if transaction.original_transaction_id.as_deref()
+        != Some(request.authorization_id.as_str())
+    {
+        Some(format!(
+            "a capture of {:?}",
+            transaction.original_transaction_id
+        ))
+    } else if transaction.amount != Some(request.amount.amount().get()) {
+        Some(format!("a capture of amount {:?}", transaction.amount))
+    } else if transaction
+        .currency
+        .as_deref()
+        .is_some_and(|c| !c.eq_ignore_ascii_case(expected_currency))
+    {
+        Some(format!("a capture in {:?}", transaction.currency))
+    } else {
+        None
+    };
+    if let Some(got) = mismatch {
+        return (
+            Outcome::Unknown {
+                reason: format!(
+                    "{what}: asked for a capture of {} {} but the answer is {got} (transaction {}); reconcile by hand",
+                    request.amount.amount(),
+                    expected_currency,
+                    transaction.id
+                ),
+                key_spent: true,
+            },
+            code,
+        );
+    }
+    let outcome = match transaction.approval() {
+        ApprovalStatus::Approved => Outcome::Succeeded {
+            reference: Some(transaction.id),
+        },
+        ApprovalStatus::Unrecognized => Outcome::Failed {
+            reason: format!(
+                "{what}: capture transaction {} was not approved: {}",
+                transaction.id,
+                transaction.describe()
+            ),
+        },
+    };
+    (outcome, code)
+}
+
+/// Routes a non-2xx answer. No idempotency key protects a resend, so a server error is
+/// `Unknown` (read back first), never a plain retry.
+fn refused(
+    what: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (Outcome, Option<String>) {
+    let error = wire::parse_error(body);
+    let code = error.as_ref().and_then(|e| e.code.clone());
+    let detail = describe(status, error.as_ref());
+    let failed = |why: &str| Outcome::Failed {
+        reason: format!("{what}: {why}: {detail}"),
+    };
+    let outcome = match status.as_u16() {
+        429 => Outcome::Retryable {
+            after: http::retry_after(headers),
+            reason: format!("{what}: rate limited: {detail}"),
+        },
+        500..=599 => Outcome::Unknown {
+            reason: format!(
+                "{what}: server error; without an idempotency key the capture may have been applied: {detail}"
+            ),
+            key_spent: true,
+        },
+        400 | 422 => failed(
+            "the orchestrator refused the capture (a follow-on capture the connection does not allow, or more than authorized)",
+        ),
+        401 => failed("the orchestrator refused the API key (authentication)"),
+        403 => failed("the API key may not do this (permission)"),
+        404 => failed("no such transaction for this merchant"),
+        409 => failed("the transaction is not in a state that allows a capture"),
+        _ => failed("unexpected HTTP status"),
+    };
+    (outcome, code)
+}
+
+fn describe(status: StatusCode, error: Option<&ApiError>) -> String {
+    match error {
+        Some(error) => {
+            let code = error.code.as_deref().unwrap_or("error");
+            let message = error.message();
+            if message.is_empty() {
+                format!("HTTP {} {code}", status.as_u16())
+            } else {
+                format!("HTTP {} {code}: {message}", status.as_u16())
+            }
+        }
+        None => format!("HTTP {} without an error body", status.as_u16()),
+    }
+}

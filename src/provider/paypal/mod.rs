@@ -1,0 +1,779 @@
+//! The PayPal adapter: capture and void of an authorization (Payments v2) and its read-back,
+//! with the OAuth 2.0 client-credentials token it needs.
+//!
+//! Owns the HTTP shape of PayPal's API (reference/providers.md §5.2): the access token
+//! (fetched with the client id and secret, kept until shortly before it expires, dropped when
+//! PayPal refuses it), the `PayPal-Request-Id` header (kept 45 days), `Prefer:
+//! return=representation` so every answer carries the resource, and the routing of every
+//! answer to one [`Outcome`]. The wire structs live in `wire.rs` and never leave this folder.
+//! Imports `domain` and the provider boundary only. The client secret and the access token
+//! are sensitive header values and never reach a log field, an error or a `Debug` string.
+//!
+//! PayPal rules this adapter encodes: `final_capture` defaults to `false`, so it is always
+//! sent and is `true` on the last capture; amounts are decimal strings in major units built
+//! from minor units with the currency's exponent; a capture may come back `PENDING`; 422
+//! issues are terminal (declines for the payer's side, failures for expired, voided or
+//! over-limit authorizations and request errors), except `PREVIOUS_REQUEST_IN_PROGRESS`.
+
+mod wire;
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Client, RequestBuilder, StatusCode, Url};
+use tokio::sync::Mutex;
+use tracing::field::Empty;
+
+use crate::config::Secret;
+use crate::domain::{AuthorizationId, Capabilities, MinorUnits, ProviderName};
+use crate::provider::http::{self, ProviderSetupError, Replay};
+use crate::provider::{
+    AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider,
+    ReleaseRequest,
+};
+
+use self::wire::{
+    ApiError, Authorization, AuthorizationStatus, Capture, CaptureBody, CaptureStatus,
+    CapturedTotal, Order, Token,
+};
+
+const EXAMPLE_URL: &str = "https://api-m.sandbox.paypal.com";
+const REQUEST_ID: &str = "paypal-debug-id";
+/// A token is renewed this long before PayPal says it expires.
+const TOKEN_MARGIN: Duration = Duration::from_secs(120);
+/// Used when PayPal's token answer gives no lifetime.
+const TOKEN_DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
+
+/// A PayPal REST app (client id and secret) reached over HTTPS.
+pub struct PayPalProvider {
+    name: ProviderName,
+    base_url: Url,
+    /// `Basic base64(client_id:secret)` for the token call, sensitive; `None` sends no
+    /// credentials at all (a sandbox dialect that needs none).
+    basic: Option<HeaderValue>,
+    token: Mutex<Option<CachedToken>>,
+    timeout: Duration,
+    client: Client,
+}
+
+struct CachedToken {
+    bearer: HeaderValue,
+    renew_at: Instant,
+}
+
+impl fmt::Debug for PayPalProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PayPalProvider")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url.as_str())
+            .field("credentials", &self.basic.as_ref().map(|_| "[redacted]"))
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why no token could be had; the call is not sent.
+enum TokenProblem {
+    Outcome(Outcome, Option<u16>),
+}
+
+impl PayPalProvider {
+    /// Builds the adapter. `client_id` (plain) and `client_secret` (a secret) are the REST
+    /// app's credentials; both or neither must be given (neither: no `Authorization` header).
+    pub fn new(
+        name: ProviderName,
+        base_url: String,
+        client_id: Option<String>,
+        client_secret: Option<Secret>,
+        timeout: Duration,
+    ) -> Result<Self, ProviderSetupError> {
+        let base_url = http::parse_base_url(&name, base_url, EXAMPLE_URL)?;
+        let client = http::client(&name, timeout)?;
+        let basic = match (client_id, client_secret) {
+            (None, None) => None,
+            (Some(id), Some(secret)) => {
+                let credential = format!("{id}:{}", secret.expose());
+                let token = if id.is_empty() || secret.expose().is_empty() {
+                    ""
+                } else {
+                    credential.as_str()
+                };
+                Some(
+                    http::sensitive(token, format!("Basic {}", BASE64.encode(&credential)))
+                        .ok_or_else(|| ProviderSetupError::Credential {
+                            name: name.clone(),
+                            what: "client id and secret",
+                        })?,
+                )
+            }
+            (None, Some(_)) => {
+                return Err(ProviderSetupError::MissingSetting {
+                    name,
+                    setting: "client_id",
+                    hint: "PayPal needs the REST app's client id next to its secret (api_key)",
+                });
+            }
+            (Some(_), None) => {
+                return Err(ProviderSetupError::MissingSetting {
+                    name,
+                    setting: "api_key",
+                    hint: "PayPal needs the REST app's secret next to its client id",
+                });
+            }
+        };
+        Ok(PayPalProvider {
+            name,
+            base_url,
+            basic,
+            token: Mutex::new(None),
+            timeout,
+            client,
+        })
+    }
+
+    /// The `Authorization` header for an API call: a cached token, or a new one.
+    async fn bearer(&self) -> Result<Option<HeaderValue>, TokenProblem> {
+        let Some(basic) = &self.basic else {
+            return Ok(None);
+        };
+        let mut cached = self.token.lock().await;
+        if let Some(token) = cached.as_ref()
+            && Instant::now() < token.renew_at
+        {
+            return Ok(Some(token.bearer.clone()));
+        }
+        let what = "fetching a PayPal access token";
+        let url = http::url_with(&self.base_url, &["v1", "oauth2", "token"]).map_err(|p| {
+            TokenProblem::Outcome(
+                Outcome::Failed {
+                    reason: format!("{what}: {p}"),
+                },
+                None,
+            )
+        })?;
+        let exchange = http::exchange(
+            self.client
+                .post(url)
+                .header(reqwest::header::AUTHORIZATION, basic.clone())
+                .header(reqwest::header::ACCEPT, "application/json")
+                .form(&[("grant_type", "client_credentials")]),
+        )
+        .await;
+        let answer = exchange.result.map_err(|error| {
+            // Fetching a token changes nothing: any transport failure may be retried.
+            TokenProblem::Outcome(
+                Outcome::Retryable {
+                    after: None,
+                    reason: format!("{what} failed in transport: {}", http::error_chain(&error)),
+                },
+                None,
+            )
+        })?;
+        let status = answer.status;
+        let body = answer.body.unwrap_or_default();
+        if !status.is_success() {
+            let detail = match serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            {
+                Some(error) => format!("HTTP {} {error}", status.as_u16()),
+                None => format!("HTTP {}", status.as_u16()),
+            };
+            let outcome = match status.as_u16() {
+                429 | 500..=599 => Outcome::Retryable {
+                    after: http::retry_after(&answer.headers),
+                    reason: format!("{what}: {detail}"),
+                },
+                _ => Outcome::Failed {
+                    reason: format!(
+                        "{what}: PayPal refused the client id and secret (authentication): {detail}"
+                    ),
+                },
+            };
+            return Err(TokenProblem::Outcome(outcome, Some(status.as_u16())));
+        }
+        let token: Token = serde_json::from_slice(&body).map_err(|error| {
+            TokenProblem::Outcome(
+                Outcome::Retryable {
+                    after: None,
+                    reason: format!("{what}: the answer is not a token: {error}"),
+                },
+                Some(status.as_u16()),
+            )
+        })?;
+        let bearer = http::sensitive(
+            &token.access_token,
+            format!("Bearer {}", token.access_token),
+        )
+        .ok_or_else(|| {
+            TokenProblem::Outcome(
+                Outcome::Retryable {
+                    after: None,
+                    reason: format!("{what}: the access token cannot be sent as a header"),
+                },
+                Some(status.as_u16()),
+            )
+        })?;
+        let lifetime = token
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(TOKEN_DEFAULT_LIFETIME);
+        *cached = Some(CachedToken {
+            bearer: bearer.clone(),
+            renew_at: Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN),
+        });
+        Ok(Some(bearer))
+    }
+
+    /// Forgets the token after PayPal refused it, so the next call fetches a new one.
+    async fn forget_token(&self) {
+        *self.token.lock().await = None;
+    }
+
+    fn authorized(builder: RequestBuilder, bearer: Option<HeaderValue>) -> RequestBuilder {
+        match bearer {
+            Some(value) => builder.header(reqwest::header::AUTHORIZATION, value),
+            None => builder,
+        }
+    }
+
+    /// Sends one call that needs a token, then routes the answer with `route`.
+    async fn call(
+        &self,
+        what: &str,
+        url: Result<Url, String>,
+        build: impl FnOnce(Url) -> RequestBuilder,
+        route: impl FnOnce(StatusCode, &HeaderMap, &[u8]) -> (Outcome, Option<String>),
+    ) -> CallResult {
+        let url = match url {
+            Ok(url) => url,
+            Err(problem) => return http::unsendable(what, problem),
+        };
+        let bearer = match self.bearer().await {
+            Ok(bearer) => bearer,
+            Err(TokenProblem::Outcome(outcome, http_status)) => {
+                let result = CallResult {
+                    outcome,
+                    http_status,
+                    provider_code: Some("oauth2_token".to_owned()),
+                    provider_request_id: None,
+                    latency: Duration::ZERO,
+                };
+                http::record(&result);
+                return result;
+            }
+        };
+        let exchange = http::exchange(Self::authorized(build(url), bearer)).await;
+        let result = http::finish(
+            exchange,
+            what,
+            self.timeout,
+            Replay::Idempotent,
+            REQUEST_ID,
+            route,
+        );
+        if result.http_status == Some(401) {
+            self.forget_token().await;
+        }
+        result
+    }
+
+    #[tracing::instrument(
+        name = "paypal.capture",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            provider = %self.name,
+            authorization_id = %request.authorization_id,
+            order_id = %request.order_id,
+            amount = request.amount.amount().get(),
+            currency = %request.amount.currency(),
+            is_final = request.is_final,
+            capture_sequence = request.sequence,
+            idempotency_key = %request.idempotency_key,
+            http_status = Empty,
+            provider_request_id = Empty,
+            provider_code = Empty,
+            outcome = Empty,
+        )
+    )]
+    async fn send_capture(&self, request: &CaptureRequest) -> CallResult {
+        let what = format!(
+            "capture of PayPal authorization {}",
+            request.authorization_id
+        );
+        let url = http::url_with(
+            &self.base_url,
+            &[
+                "v2",
+                "payments",
+                "authorizations",
+                request.authorization_id.as_str(),
+                "capture",
+            ],
+        );
+        let body = CaptureBody::from_request(request);
+        self.call(
+            &what,
+            url,
+            |url| {
+                self.client
+                    .post(url)
+                    .header("PayPal-Request-Id", request.idempotency_key.as_str())
+                    .header("Prefer", "return=representation")
+                    .json(&body)
+            },
+            |status, headers, body| capture_answer(&what, status, headers, body),
+        )
+        .await
+    }
+
+    #[tracing::instrument(
+        name = "paypal.release",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            provider = %self.name,
+            authorization_id = %request.authorization_id,
+            order_id = %request.order_id,
+            idempotency_key = %request.idempotency_key,
+            http_status = Empty,
+            provider_request_id = Empty,
+            provider_code = Empty,
+            outcome = Empty,
+        )
+    )]
+    async fn send_void(&self, request: &ReleaseRequest) -> CallResult {
+        let what = format!("void of PayPal authorization {}", request.authorization_id);
+        let url = http::url_with(
+            &self.base_url,
+            &[
+                "v2",
+                "payments",
+                "authorizations",
+                request.authorization_id.as_str(),
+                "void",
+            ],
+        );
+        let id = request.authorization_id.to_string();
+        self.call(
+            &what,
+            url,
+            |url| {
+                self.client
+                    .post(url)
+                    .header("PayPal-Request-Id", request.idempotency_key.as_str())
+                    .header("Prefer", "return=representation")
+            },
+            |status, headers, body| void_answer(&what, &id, status, headers, body),
+        )
+        .await
+    }
+
+    /// GETs `segments` with a token and parses the 2xx body as `T`.
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        authorization_id: &AuthorizationId,
+        segments: &[&str],
+        noun: &str,
+    ) -> Result<T, LookupError> {
+        let retryable = |reason: String| LookupError::Retryable {
+            authorization_id: authorization_id.to_string(),
+            reason,
+        };
+        let permanent = |reason: String| LookupError::Permanent {
+            authorization_id: authorization_id.to_string(),
+            reason,
+        };
+        let url = http::url_with(&self.base_url, segments).map_err(permanent)?;
+        let bearer = match self.bearer().await {
+            Ok(bearer) => bearer,
+            Err(TokenProblem::Outcome(outcome, _)) => {
+                return Err(match outcome {
+                    Outcome::Retryable { reason, .. } => retryable(reason),
+                    Outcome::Succeeded { .. }
+                    | Outcome::Pending { .. }
+                    | Outcome::Declined { .. }
+                    | Outcome::Failed { .. }
+                    | Outcome::Unknown { .. } => permanent(format!(
+                        "no PayPal access token: {}",
+                        outcome_reason(&outcome)
+                    )),
+                });
+            }
+        };
+        let exchange = http::exchange(Self::authorized(self.client.get(url), bearer)).await;
+        let answer = exchange.result.map_err(|error| {
+            retryable(format!(
+                "reading the {noun} failed in transport: {}",
+                http::error_chain(&error)
+            ))
+        })?;
+        let status = answer.status;
+        tracing::Span::current().record("http_status", status.as_u16());
+        let body = answer.body.map_err(|error| {
+            retryable(format!(
+                "reading the body of the HTTP {} answer failed: {}",
+                status.as_u16(),
+                http::error_chain(&error)
+            ))
+        })?;
+        if !status.is_success() {
+            let detail = describe(status, wire::parse_error(&body).as_ref());
+            if status.as_u16() == 401 {
+                self.forget_token().await;
+            }
+            return match status.as_u16() {
+                401 | 409 | 429 | 500..=599 => Err(retryable(detail)),
+                _ => Err(permanent(detail)),
+            };
+        }
+        serde_json::from_slice(&body).map_err(|error| {
+            permanent(format!(
+                "HTTP {} body is not a {noun}: {error}",
+                status.as_u16()
+            ))
+        })
+    }
+
+    #[tracing::instrument(
+        name = "paypal.lookup",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            provider = %self.name,
+            authorization_id = %authorization_id,
+            http_status = Empty,
+        ),
+        err(Display, level = "warn")
+    )]
+    async fn read_authorization(
+        &self,
+        authorization_id: &AuthorizationId,
+    ) -> Result<AuthorizationSnapshot, LookupError> {
+        let retryable = |reason: String| LookupError::Retryable {
+            authorization_id: authorization_id.to_string(),
+            reason,
+        };
+        let permanent = |reason: String| LookupError::Permanent {
+            authorization_id: authorization_id.to_string(),
+            reason,
+        };
+        let authorization: Authorization = self
+            .read(
+                authorization_id,
+                &[
+                    "v2",
+                    "payments",
+                    "authorizations",
+                    authorization_id.as_str(),
+                ],
+                "authorization",
+            )
+            .await?;
+        let open = match authorization.status() {
+            AuthorizationStatus::Pending => {
+                return Err(retryable(format!(
+                    "authorization {} is PENDING; waiting for it to settle",
+                    authorization.id
+                )));
+            }
+            // Nothing has been captured yet: no need to read the order.
+            AuthorizationStatus::Created => {
+                return authorization
+                    .into_snapshot(authorization_id, MinorUnits::ZERO, true)
+                    .map_err(permanent);
+            }
+            AuthorizationStatus::PartiallyCaptured => true,
+            AuthorizationStatus::Captured
+            | AuthorizationStatus::Denied
+            | AuthorizationStatus::Expired
+            | AuthorizationStatus::Voided => false,
+            AuthorizationStatus::Unrecognized => {
+                return Err(permanent(format!(
+                    "authorization {} has a status this worker does not know: {:?}",
+                    authorization.id, authorization.status
+                )));
+            }
+        };
+        // The authorization does not list its captures; its checkout order does.
+        let Some(order_id) = authorization.order_id().map(str::to_owned) else {
+            return Err(permanent(format!(
+                "authorization {} is {} but names no checkout order to read its captures from",
+                authorization.id, authorization.status
+            )));
+        };
+        let order: Order = self
+            .read(
+                authorization_id,
+                &["v2", "checkout", "orders", &order_id],
+                "checkout order",
+            )
+            .await?;
+        let currency = authorization.currency().map_err(permanent)?;
+        match order
+            .captured_total(authorization_id.as_str(), currency)
+            .map_err(permanent)?
+        {
+            CapturedTotal::Settled(captured) => authorization
+                .into_snapshot(authorization_id, captured, open)
+                .map_err(permanent),
+            CapturedTotal::Unsettled => Err(retryable(format!(
+                "a capture of authorization {} is still pending",
+                authorization.id
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl PaymentProvider for PayPalProvider {
+    fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::paypal()
+    }
+
+    async fn capture(&self, request: &CaptureRequest) -> CallResult {
+        self.send_capture(request).await
+    }
+
+    /// Voids the authorization: what was not captured is released.
+    async fn release(&self, request: &ReleaseRequest) -> CallResult {
+        self.send_void(request).await
+    }
+
+    /// Reads the authorization, and its checkout order for the captures made against it.
+    async fn lookup(
+        &self,
+        authorization_id: &AuthorizationId,
+    ) -> Result<AuthorizationSnapshot, LookupError> {
+        self.read_authorization(authorization_id).await
+    }
+}
+
+/// Routes a capture answer (reference/providers.md §5.2).
+fn capture_answer(
+    what: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (Outcome, Option<String>) {
+    if !status.is_success() {
+        return refused(what, status, headers, body);
+    }
+    let capture: Capture = match serde_json::from_slice(body) {
+        Ok(capture) => capture,
+        Err(error) => {
+            return (
+                Outcome::Unknown {
+                    reason: format!(
+                        "{what}: HTTP {} body is not a capture ({error}); it may have happened",
+                        status.as_u16()
+                    ),
+                    key_spent: false,
+                },
+                None,
+            );
+        }
+    };
+    let label = capture.status.clone();
+    let outcome = match capture.status() {
+        CaptureStatus::Completed => Outcome::Succeeded {
+            reference: Some(capture.id),
+        },
+        CaptureStatus::Pending => Outcome::Pending {
+            reference: Some(capture.id),
+        },
+        CaptureStatus::Declined => Outcome::Declined {
+            code: capture.reason().unwrap_or("DECLINED").to_owned(),
+            message: format!("PayPal declined capture {}", capture.id),
+        },
+        CaptureStatus::Failed => Outcome::Failed {
+            reason: format!(
+                "{what}: PayPal reports capture {} FAILED ({})",
+                capture.id,
+                capture.reason().unwrap_or("no reason given")
+            ),
+        },
+        // Only on a replay of a capture that was later refunded: it did capture.
+        CaptureStatus::PartiallyRefunded | CaptureStatus::Refunded => Outcome::Succeeded {
+            reference: Some(capture.id),
+        },
+        CaptureStatus::Unrecognized => Outcome::Unknown {
+            reason: format!(
+                "{what}: PayPal answered with a capture status this worker does not know: {label:?}"
+            ),
+            key_spent: true,
+        },
+    };
+    (outcome, Some(label))
+}
+
+/// Routes a void answer: `204 No Content`, or the voided authorization.
+fn void_answer(
+    what: &str,
+    authorization_id: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (Outcome, Option<String>) {
+    if !status.is_success() {
+        return refused(what, status, headers, body);
+    }
+    if body.is_empty() {
+        return (
+            Outcome::Succeeded {
+                reference: Some(authorization_id.to_owned()),
+            },
+            None,
+        );
+    }
+    let outcome = match serde_json::from_slice::<Authorization>(body) {
+        Ok(auth) => match auth.status() {
+            AuthorizationStatus::Voided => Outcome::Succeeded {
+                reference: Some(auth.id),
+            },
+            AuthorizationStatus::Pending => Outcome::Pending {
+                reference: Some(auth.id),
+            },
+            AuthorizationStatus::Created
+            | AuthorizationStatus::Captured
+            | AuthorizationStatus::Denied
+            | AuthorizationStatus::Expired
+            | AuthorizationStatus::PartiallyCaptured
+            | AuthorizationStatus::Unrecognized => Outcome::Unknown {
+                reason: format!(
+                    "{what}: after the void the authorization is {:?}",
+                    auth.status
+                ),
+                key_spent: true,
+            },
+        },
+        Err(error) => Outcome::Unknown {
+            reason: format!(
+                "{what}: HTTP {} body is not an authorization ({error})",
+                status.as_u16()
+            ),
+            key_spent: false,
+        },
+    };
+    (outcome, None)
+}
+
+/// PayPal's 422 issues on capture (reference/providers.md §5.2), plus one for an issue this
+/// adapter does not know yet.
+enum Issue {
+    /// The payer's side said no: latch the order.
+    PayerRefused,
+    /// The authorization cannot be captured any more (expired, voided, fully captured).
+    AuthorizationClosed,
+    /// The merchant's account cannot receive the money.
+    PayeeAccount,
+    /// The request breaks a rule or limit: a bug or a setting to fix.
+    Request,
+    /// The same `PayPal-Request-Id` is still being processed.
+    InProgress,
+    Unrecognized,
+}
+
+fn issue(code: &str) -> Issue {
+    match code {
+        "AUTHORIZATION_DENIED"
+        | "PAYER_CANNOT_PAY"
+        | "TRANSACTION_REFUSED"
+        | "PAYER_ACCOUNT_LOCKED_OR_CLOSED" => Issue::PayerRefused,
+        "AUTHORIZATION_EXPIRED" | "AUTHORIZATION_VOIDED" | "AUTHORIZATION_ALREADY_CAPTURED" => {
+            Issue::AuthorizationClosed
+        }
+        "PAYEE_ACCOUNT_LOCKED_OR_CLOSED" | "PAYEE_ACCOUNT_RESTRICTED" => Issue::PayeeAccount,
+        "MAX_CAPTURE_COUNT_EXCEEDED"
+        | "MAX_CAPTURE_AMOUNT_EXCEEDED"
+        | "AUTH_CAPTURE_CURRENCY_MISMATCH"
+        | "DUPLICATE_INVOICE_ID"
+        | "DECIMAL_PRECISION"
+        | "CANNOT_BE_ZERO_OR_NEGATIVE"
+        | "INVALID_CURRENCY_CODE"
+        | "DECIMALS_NOT_SUPPORTED" => Issue::Request,
+        "PREVIOUS_REQUEST_IN_PROGRESS" => Issue::InProgress,
+        _ => Issue::Unrecognized,
+    }
+}
+
+/// Routes a non-2xx answer.
+fn refused(
+    what: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (Outcome, Option<String>) {
+    let error = wire::parse_error(body);
+    let code = error.as_ref().and_then(ApiError::provider_code);
+    let detail = describe(status, error.as_ref());
+    let retry = |why: &str| Outcome::Retryable {
+        after: http::retry_after(headers),
+        reason: format!("{what}: {why}: {detail}"),
+    };
+    let failed = |why: &str| Outcome::Failed {
+        reason: format!("{what}: {why}: {detail}"),
+    };
+    let issue_code = error.as_ref().and_then(ApiError::issue).unwrap_or("");
+    let outcome = match status.as_u16() {
+        422 => match issue(issue_code) {
+            Issue::PayerRefused => Outcome::Declined {
+                code: issue_code.to_owned(),
+                message: error.as_ref().map(ApiError::message).unwrap_or_default(),
+            },
+            Issue::AuthorizationClosed => failed("the authorization can no longer be captured"),
+            Issue::PayeeAccount => failed("the merchant's PayPal account cannot receive it"),
+            Issue::Request => failed("PayPal refused the request (a rule or limit)"),
+            Issue::InProgress => retry("the same request is still in progress"),
+            Issue::Unrecognized => {
+                failed("PayPal refused the request with an issue this worker does not know")
+            }
+        },
+        // RESOURCE_CONFLICT / PREVIOUS_REQUEST_IN_PROGRESS: the same request id in flight.
+        409 => retry("the same request is still in progress"),
+        // The token expired or was revoked: it is dropped and the next attempt fetches one.
+        401 => retry("PayPal refused the access token; a new one is fetched"),
+        429 => retry("rate limited"),
+        // PayPal keeps the request id 45 days: resending it cannot capture twice.
+        500..=599 => retry("PayPal server error"),
+        400 => failed("PayPal refused the request"),
+        403 => failed("the REST app may not do this (permission)"),
+        404 => failed("no such authorization for this account"),
+        _ => failed("unexpected HTTP status"),
+    };
+    (outcome, code)
+}
+
+fn describe(status: StatusCode, error: Option<&ApiError>) -> String {
+    match error {
+        Some(error) => {
+            let code = error.provider_code().unwrap_or_else(|| "error".to_owned());
+            let message = error.message();
+            if message.is_empty() {
+                format!("HTTP {} {code}", status.as_u16())
+            } else {
+                format!("HTTP {} {code}: {message}", status.as_u16())
+            }
+        }
+        None => format!("HTTP {} without a PayPal error body", status.as_u16()),
+    }
+}
+
+fn outcome_reason(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Retryable { reason, .. }
+        | Outcome::Failed { reason }
+        | Outcome::Unknown { reason, .. } => reason.clone(),
+        Outcome::Declined { code, message } => format!("{code}: {message}"),
+        Outcome::Succeeded { .. } | Outcome::Pending { .. } => outcome.label().to_owned(),
+    }
+}
