@@ -264,6 +264,7 @@ impl Executor {
                         next_at: next(*after),
                         error: reason.clone(),
                         needs_lookup: false,
+                        key_spent: false,
                     }
                 }
             }
@@ -276,6 +277,7 @@ impl Executor {
                 next_at: next(None),
                 error: reason.clone(),
                 needs_lookup: *key_spent || exhausted,
+                key_spent: *key_spent,
             },
         }
     }
@@ -452,6 +454,7 @@ impl Executor {
                         next_at,
                         error: reason,
                         needs_lookup: true,
+                        key_spent: false,
                     },
                 )
                 .await?;
@@ -527,8 +530,20 @@ impl Executor {
                     )
                     .await?;
                     Ok(Resolution::Settled)
+                } else if theirs == ours && !c.key_spent {
+                    // Nothing captured yet, but the key's request may still be running at the
+                    // provider (its answer was lost, not refused): resend under the same key,
+                    // which the provider either executes once or answers from its store.
+                    captures::record_lookup(
+                        self.inner.store.pool(),
+                        c,
+                        &attempt_ok("not_captured_yet"),
+                    )
+                    .await?;
+                    Ok(Resolution::Send)
                 } else if theirs == ours {
-                    // Nothing was captured under the old key: safe to send under a new one.
+                    // The provider saved an error under the old key and will only replay it,
+                    // and it shows nothing captured: safe to send under a new key.
                     captures::record_lookup(
                         self.inner.store.pool(),
                         c,

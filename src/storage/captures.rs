@@ -31,6 +31,8 @@ pub struct ClaimedCapture {
     /// Calls already made, including this one.
     pub attempts: i32,
     pub needs_lookup: bool,
+    /// The provider will only replay a saved error under the current key.
+    pub key_spent: bool,
     pub first_attempt_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub traceparent: Option<String>,
@@ -107,6 +109,7 @@ pub async fn claim_next(
         key_generation: r.get("key_generation"),
         attempts: r.get("attempts"),
         needs_lookup: r.get("needs_lookup"),
+        key_spent: r.get("key_spent"),
         first_attempt_at: r
             .get::<Option<DateTime<Utc>>, _>("first_attempt_at")
             .unwrap_or_else(Utc::now),
@@ -153,6 +156,8 @@ pub enum Transition {
         next_at: DateTime<Utc>,
         error: String,
         needs_lookup: bool,
+        /// The provider saved an error under the key and will only replay it.
+        key_spent: bool,
     },
     /// Stop and wait for an operator.
     Attention {
@@ -194,6 +199,13 @@ pub async fn record(
             .ctx("locking the order to latch it")?;
     }
     insert_attempt(&mut tx, capture, attempt).await?;
+    let key_spent = matches!(
+        transition,
+        Transition::Retry {
+            key_spent: true,
+            ..
+        }
+    );
     let (reference, next_at, error, needs_lookup, decline_code) = match transition {
         Transition::Succeeded { reference } => (reference.clone(), None, None, false, None),
         // A pending capture is polled by reading the authorization back.
@@ -207,6 +219,7 @@ pub async fn record(
             next_at,
             error,
             needs_lookup,
+            ..
         } => (
             None,
             Some(*next_at),
@@ -229,6 +242,8 @@ pub async fn record(
              decline_code = coalesce($8, decline_code),
              lease_owner = null, lease_expires_at = null,
              completed_at = case when $9 then now() else completed_at end,
+             -- once spent, a key stays spent until a new generation replaces it
+             key_spent = key_spent or $10,
              updated_at = now()
          where capture_id = $1 and lease_owner = $2 and status = 'in_flight'",
     )
@@ -241,6 +256,7 @@ pub async fn record(
     .bind(needs_lookup)
     .bind(decline_code.clone())
     .bind(terminal)
+    .bind(key_spent)
     .execute(&mut *tx)
     .await
     .ctx(CTX)?
@@ -360,6 +376,7 @@ pub async fn new_key_generation(
     .ctx(CTX)?;
     let n = sqlx::query(
         "update captures set idempotency_key = $2, key_generation = $3, needs_lookup = false,
+             key_spent = false,
              updated_at = now()
          where capture_id = $1 and lease_owner = $4 and status = 'in_flight'",
     )
@@ -381,6 +398,7 @@ pub async fn new_key_generation(
     capture.idempotency_key = key.as_str().to_owned();
     capture.key_generation = generation;
     capture.needs_lookup = false;
+    capture.key_spent = false;
     Ok(())
 }
 

@@ -725,3 +725,39 @@ async fn readiness_reports_consuming_and_the_api_key_never_reaches_the_logs_or_l
     assert!(!format!("{:?}", app.settings).contains("sk_test_canary_key"));
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn unanswered_requests_are_never_resent_under_a_new_key_even_after_the_retries_run_out() {
+    // The provider may still be working on a request whose answer never came; only a saved
+    // error (a spent key) allows a new key.
+    let app = TestApp::spawn_with(|s| s.capture.max_attempts = 2).await;
+    app.authorize(
+        AUTH,
+        12455,
+        "USD",
+        Some(Scenario {
+            faults: vec![
+                Fault::Timeout { delay_ms: 900 },
+                Fault::Timeout { delay_ms: 900 },
+                Fault::Timeout { delay_ms: 900 },
+            ],
+            ..Scenario::default()
+        }),
+    );
+    let (order, s1, _, _) = usd_order();
+    app.publish(&[order, s1]).await;
+    app.wait_settled(ORDER, 1).await;
+    assert_captured_exactly_once(&app, 5182).await;
+    let (generation, lookups): (i32, i64) = sqlx::query_as(
+        "select key_generation, (select count(*) from capture_attempts where operation = 'lookup') from captures",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(generation, 0, "the key was kept");
+    assert!(
+        lookups >= 1,
+        "the payment was read back once the retries ran out"
+    );
+    app.cleanup().await;
+}
