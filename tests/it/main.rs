@@ -6,6 +6,7 @@ mod architecture;
 mod config;
 mod domain_examples;
 mod domain_properties;
+mod finance;
 mod harness;
 mod ledger_guards;
 mod pipeline;
