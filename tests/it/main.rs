@@ -9,6 +9,7 @@ mod domain_properties;
 mod finance;
 mod harness;
 mod ledger_guards;
+mod operator;
 mod pipeline;
 mod process;
 mod provider_stripe;
