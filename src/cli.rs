@@ -103,6 +103,7 @@ pub enum OrderCommand {
     /// Lines, shipments, captures, every provider call with its outcome and trace id, and
     /// refused messages, in time order.
     Show {
+        /// The order id, as in the messages.
         order_id: String,
         #[arg(long, value_enum, default_value_t = StoryFormat::Text)]
         format: StoryFormat,
@@ -110,6 +111,7 @@ pub enum OrderCommand {
     /// Lift a decline latch with a new authorization: the declined and blocked captures'
     /// value is captured again under it, with new keys. Nothing else lifts the latch.
     Resume {
+        /// The declined order.
         order_id: String,
         /// The new authorization's id at the order's provider.
         #[arg(long)]
@@ -128,6 +130,7 @@ pub enum CaptureCommand {
     /// Put a capture that needs attention back in the queue, due now, attempts reset. Its key,
     /// amount and final flag do not change.
     Retry {
+        /// The capture id, as `order show` and reconciliation_captures show it.
         capture_id: i64,
         /// Read the payment back before sending: a capture the provider shows as done is
         /// recorded as succeeded; one it shows nothing for is sent under a new key.
@@ -163,8 +166,10 @@ pub enum DeadLetterCommand {
         /// Every refused message not yet requeued (narrow with --reason and --order).
         #[arg(long)]
         all: bool,
+        /// With --all: only this rejection reason.
         #[arg(long, requires = "all")]
         reason: Option<String>,
+        /// With --all: only this order's messages.
         #[arg(long, requires = "all")]
         order: Option<String>,
     },
