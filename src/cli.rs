@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Captures card payments as orders ship.
 #[derive(Debug, Parser)]
@@ -49,4 +50,144 @@ pub enum Command {
     },
     /// Print the effective settings as JSON, secrets redacted.
     Config,
+    /// Reconciliation per UTC day, currency and provider for a date range: authorized,
+    /// captured, released and declined amounts (minor units), provider calls by outcome, and
+    /// the open exceptions.
+    Report(ReportArgs),
+    /// One order: its whole story, or resume it after a decline.
+    #[command(subcommand)]
+    Order(OrderCommand),
+    /// One capture: put it back in the queue after fixing why it needs attention.
+    #[command(subcommand)]
+    Capture(CaptureCommand),
+    /// Refused messages: list them, or send them back to the exchange once the cause is fixed.
+    #[command(subcommand)]
+    DeadLetter(DeadLetterCommand),
+    /// The payment provider's view of our authorizations.
+    #[command(subcommand)]
+    Provider(ProviderCommand),
+}
+
+/// How a report or a list is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for a terminal.
+    Table,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+    /// One JSON document.
+    Json,
+}
+
+/// How one order's story is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoryFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// First day, UTC (YYYY-MM-DD).
+    #[arg(long)]
+    pub from: NaiveDate,
+    /// Last day, UTC, included; defaults to today.
+    #[arg(long)]
+    pub to: Option<NaiveDate>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrderCommand {
+    /// Lines, shipments, captures, every provider call with its outcome and trace id, and
+    /// refused messages, in time order.
+    Show {
+        /// The order id, as in the messages.
+        order_id: String,
+        #[arg(long, value_enum, default_value_t = StoryFormat::Text)]
+        format: StoryFormat,
+    },
+    /// Lift a decline latch with a new authorization: the declined and blocked captures'
+    /// value is captured again under it, with new keys. Nothing else lifts the latch.
+    Resume {
+        /// The declined order.
+        order_id: String,
+        /// The new authorization's id at the order's provider.
+        #[arg(long)]
+        authorization: String,
+        /// The new authorization's amount, in minor units of the order's currency.
+        #[arg(long)]
+        amount: i64,
+        /// When the provider voids the new authorization (RFC 3339), if known.
+        #[arg(long)]
+        expires_at: Option<DateTime<Utc>>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaptureCommand {
+    /// Put a capture that needs attention back in the queue, due now, attempts reset. Its key,
+    /// amount and final flag do not change.
+    Retry {
+        /// The capture id, as `order show` and reconciliation_captures show it.
+        capture_id: i64,
+        /// Read the payment back before sending: a capture the provider shows as done is
+        /// recorded as succeeded; one it shows nothing for is sent under a new key.
+        #[arg(long)]
+        read_back: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// Refused messages not yet requeued, oldest first.
+    List {
+        /// Include messages already requeued.
+        #[arg(long)]
+        all: bool,
+        /// Only this rejection reason (e.g. `order_declined`, `unknown_order`).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only this order's messages.
+        #[arg(long)]
+        order: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Publish refused messages again to the exchange with their routing key, so that the
+    /// worker processes them afresh. Only messages whose body we kept unmasked.
+    Requeue {
+        /// Rejection ids, as `dead-letter list` shows them.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<i64>,
+        /// Every refused message not yet requeued (narrow with --reason and --order).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this rejection reason.
+        #[arg(long, requires = "all")]
+        reason: Option<String>,
+        /// With --all: only this order's messages.
+        #[arg(long, requires = "all")]
+        order: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProviderCommand {
+    /// Compare the ledger with what the provider reports per authorization (captured,
+    /// capturable, status) and list the differences. Reads only; never moves money.
+    Reconcile {
+        /// Only this order's authorizations.
+        #[arg(long, conflicts_with = "since")]
+        order: Option<String>,
+        /// Authorizations authorized, replaced, closed or with capture activity since this
+        /// time (RFC 3339); defaults to the last 24 hours.
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
 }

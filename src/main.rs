@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-use capture_worker::app::commands;
+use capture_worker::app::{commands, operator};
 use capture_worker::cli::{Cli, Command};
 use capture_worker::config::Settings;
 
@@ -26,6 +26,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo { wait_seconds } => {
             commands::demo(settings, Duration::from_secs(wait_seconds)).await
         }
+        Command::Report(args) => operator::report(settings, args).await,
+        Command::Order(cmd) => operator::order(settings, cmd).await,
+        Command::Capture(cmd) => operator::capture(settings, cmd).await,
+        Command::DeadLetter(cmd) => operator::dead_letter(settings, cmd).await,
+        Command::Provider(cmd) => operator::provider(settings, cmd).await,
         Command::Config => {
             println!(
                 "{}",

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod execute;
 pub mod http;
 pub mod intake;
+pub mod operator;
 pub mod providers;
 pub mod recovery;
 pub mod retry;

@@ -13,7 +13,7 @@ use super::allocation::{self, ShippingPolicy};
 use super::capability::{Capabilities, CaptureMode, FinalFlag, ReleaseMethod};
 use super::ids::LineId;
 use super::money::{MinorUnits, MoneyError};
-use super::order::{Cancellation, Order, Shipment};
+use super::order::{Authorization, Cancellation, Order, OrderError, Shipment};
 
 /// Where an order stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +85,113 @@ impl OrderState {
         self.claimed = self.claimed.saturating_sub(amount);
         self.phase = Phase::Declined;
     }
+
+    /// Lifts the decline latch with a new authorization (P4: the only way it lifts).
+    ///
+    /// Returns the order drawing on `authorization` and the state to plan from: the units,
+    /// shipping and shortfall that the declined and blocked captures carried (`carried`) are
+    /// no longer charged, so the next plan captures their value again, under the new
+    /// authorization and with new keys; nothing is claimed on the new authorization yet. The
+    /// captures that succeeded before the decline stay on the old authorization. The capture
+    /// counter is not reset: it numbers the order's captures across authorizations.
+    pub fn resume(
+        &self,
+        order: &Order,
+        authorization: Authorization,
+        carried: &[Carried],
+    ) -> Result<(Order, OrderState), ResumeError> {
+        if self.phase != Phase::Declined {
+            return Err(ResumeError::NotDeclined);
+        }
+        let current = order.authorization();
+        if authorization.provider == current.provider
+            && authorization.authorization_id == current.authorization_id
+        {
+            return Err(ResumeError::SameAuthorization);
+        }
+        let mut draft = order.draft().clone();
+        draft.authorization = authorization;
+        let resumed = Order::new(draft)?;
+        let mut next = self.clone();
+        for capture in carried {
+            for charge in &capture.lines {
+                let i = order.line_index(&charge.line_id).ok_or_else(|| {
+                    ResumeError::CarriedMismatch(format!(
+                        "line {} is not a line of this order",
+                        charge.line_id
+                    ))
+                })?;
+                next.charged[i] = next.charged[i].checked_sub(charge.units).ok_or_else(|| {
+                    ResumeError::CarriedMismatch(format!(
+                        "line {}: {} units carried but only {} charged",
+                        charge.line_id, charge.units, next.charged[i]
+                    ))
+                })?;
+            }
+            next.shipping_charged = next
+                .shipping_charged
+                .checked_sub(capture.shipping)
+                .map_err(|_| {
+                    ResumeError::CarriedMismatch("more shipping carried than charged".into())
+                })?;
+            next.shortfall = next.shortfall.checked_sub(capture.shortfall).map_err(|_| {
+                ResumeError::CarriedMismatch("more shortfall carried than recorded".into())
+            })?;
+        }
+        next.claimed = MinorUnits::ZERO;
+        next.phase = Phase::Open;
+        Ok((resumed, next))
+    }
+}
+
+/// What one declined or blocked capture carried, as stored with it: its lines (units and
+/// value before the cap), its shipping, and the value the cap cut from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carried {
+    pub lines: Vec<LineCharge>,
+    pub shipping: MinorUnits,
+    pub shortfall: MinorUnits,
+}
+
+/// Why an order cannot be resumed. Nothing changes.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ResumeError {
+    #[error("the order is not stopped by a decline; only a declined order is resumed")]
+    NotDeclined,
+    #[error("the new authorization is the order's current one; resume needs a new authorization")]
+    SameAuthorization,
+    #[error("the new authorization is not valid for this order: {0}")]
+    Authorization(#[from] OrderError),
+    #[error("the declined and blocked captures do not match the order's progress: {0}")]
+    CarriedMismatch(String),
+    #[error("planning the capture under the new authorization failed: {0}")]
+    Plan(#[from] Rejection),
+}
+
+/// The order on its new authorization and the plan for the value the decline left uncaptured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    pub order: Order,
+    pub plan: Plan,
+}
+
+/// Resumes a declined order with a new authorization and plans its uncaptured value
+/// ([`OrderState::resume`], then the same rules as a shipment: one capture of the carried value,
+/// capped by the new authorization (the rest is shortfall), final when nothing is left to ship;
+/// a void of the new authorization when there is nothing to capture and nothing left to ship;
+/// deferred where the provider captures once and units are still to ship). P2–P5 hold as for
+/// any plan: the claim starts from zero on the new authorization, the capture gets a new key
+/// (its cause is the resume), and at most one final capture is planned per authorization.
+pub fn resume(
+    order: &Order,
+    state: &OrderState,
+    authorization: Authorization,
+    carried: &[Carried],
+    ctx: &PlanContext,
+) -> Result<Resumed, ResumeError> {
+    let (order, next) = state.resume(order, authorization, carried)?;
+    let plan = decide(&order, next, ctx, Trigger::Resume)?;
+    Ok(Resumed { order, plan })
 }
 
 /// What happened to the order.
@@ -385,6 +492,7 @@ enum Trigger {
     Shipment,
     Cancellation,
     Deadline,
+    Resume,
 }
 
 fn line_index(order: &Order, line_id: &LineId) -> Result<usize, Rejection> {
@@ -520,7 +628,8 @@ fn decide(
             });
         }
         next.phase = Phase::Completed;
-        let decision = if next.captures == 0 {
+        // After a resume nothing has been captured on the new authorization yet: void it.
+        let decision = if next.captures == 0 || trigger == Trigger::Resume {
             Decision::VoidAuthorization
         } else {
             let method = match caps.final_flag {
@@ -560,4 +669,245 @@ fn decide(
         shortfall,
         state: next,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The resume rules; the rest of the plan is exercised by `tests/it/domain_*`.
+
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::domain::{
+        AuthorizationId, Currency, OrderDraft, OrderId, OrderLine, ProviderName, Quantity,
+    };
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 21, 10, 0, 0).unwrap()
+    }
+
+    fn m(v: i64) -> MinorUnits {
+        MinorUnits::new(v).unwrap()
+    }
+
+    fn auth(id: &str, amount: i64) -> Authorization {
+        Authorization {
+            provider: ProviderName::parse("sandbox").unwrap(),
+            authorization_id: AuthorizationId::parse(id).unwrap(),
+            amount: m(amount),
+            authorized_at: t0(),
+            expires_at: None,
+        }
+    }
+
+    /// One line of `qty` units at `unit`, shipping 500, authorized `authorized`.
+    fn order(qty: i64, unit: i64, authorized: i64) -> Order {
+        Order::new(OrderDraft {
+            order_id: OrderId::parse("ORD-R").unwrap(),
+            currency: Currency::parse("USD").unwrap(),
+            lines: vec![OrderLine {
+                line_id: LineId::parse("L1").unwrap(),
+                sku: "SKU-1".into(),
+                name: "Item".into(),
+                quantity: Quantity::new(qty).unwrap(),
+                unit_amount: m(unit),
+                tax_amount: m(0),
+                discount_amount: m(0),
+            }],
+            shipping_amount: m(500),
+            order_discount_amount: m(0),
+            authorization: auth("pi_old", authorized),
+            payment_currency: None,
+        })
+        .unwrap()
+    }
+
+    fn ctx() -> PlanContext {
+        PlanContext {
+            capabilities: Capabilities::multi_capture(),
+            shipping: ShippingPolicy::FirstCapture,
+            now: t0(),
+        }
+    }
+
+    fn ship(id: &str, units: i64) -> Shipment {
+        Shipment::new(
+            crate::domain::ShipmentId::parse(id).unwrap(),
+            vec![crate::domain::Item {
+                line_id: LineId::parse("L1").unwrap(),
+                quantity: Quantity::new(units).unwrap(),
+            }],
+            false,
+            t0(),
+        )
+        .unwrap()
+    }
+
+    fn captured(p: &Plan) -> CapturePlan {
+        match &p.decision {
+            Decision::Capture(c) => c.clone(),
+            other => panic!("expected a capture, got {other:?}"),
+        }
+    }
+
+    fn carried(c: &CapturePlan, shortfall: i64) -> Carried {
+        Carried {
+            lines: c.lines.clone(),
+            shipping: c.shipping,
+            shortfall: m(shortfall),
+        }
+    }
+
+    /// Ships `parcels` one after another; returns the captures and the state after them.
+    fn shipped(order: &Order, parcels: &[i64]) -> (Vec<CapturePlan>, OrderState) {
+        let mut state = OrderState::new(order);
+        let mut caps = Vec::new();
+        for (i, units) in parcels.iter().enumerate() {
+            let s = ship(&format!("S{}", i + 1), *units);
+            let p = plan(order, &state, Event::Shipment(&s), &ctx()).unwrap();
+            caps.push(captured(&p));
+            state = p.state;
+        }
+        (caps, state)
+    }
+
+    #[test]
+    fn resume_plans_the_declined_and_blocked_value_as_one_final_capture_on_the_new_authorization() {
+        // 3 × 1000 + shipping 500: captures 1500, 1000, 1000 (final). The second is declined
+        // while the third is queued behind it (blocked).
+        let order = order(3, 1000, 3500);
+        let (caps, mut state) = shipped(&order, &[1, 1, 1]);
+        assert_eq!(
+            caps.iter().map(|c| c.amount.get()).collect::<Vec<_>>(),
+            vec![1500, 1000, 1000]
+        );
+        state.on_declined(m(2000));
+        assert_eq!(state.claimed, m(1500));
+
+        let resumed = resume(
+            &order,
+            &state,
+            auth("pi_new", 2000),
+            &[carried(&caps[1], 0), carried(&caps[2], 0)],
+            &ctx(),
+        )
+        .unwrap();
+
+        let cap = captured(&resumed.plan);
+        assert_eq!((cap.amount, cap.is_final, cap.sequence), (m(2000), true, 4));
+        assert_eq!(
+            cap.shipping,
+            MinorUnits::ZERO,
+            "shipping was captured before"
+        );
+        assert_eq!(
+            resumed.order.authorization().authorization_id.as_str(),
+            "pi_new"
+        );
+        assert_eq!(
+            resumed.plan.state.claimed,
+            m(2000),
+            "claims start from zero"
+        );
+        assert_eq!(resumed.plan.state.phase, Phase::Completed);
+        // Everything shipped is captured exactly once across the two authorizations (P1, P6).
+        assert_eq!(1500 + cap.amount.get(), order.total().amount().get());
+    }
+
+    #[test]
+    fn resume_caps_the_capture_at_the_new_authorization_and_records_the_rest_as_shortfall() {
+        let order = order(2, 1000, 2500);
+        let (caps, mut state) = shipped(&order, &[1, 1]);
+        state.on_declined(caps[1].amount);
+        let resumed = resume(
+            &order,
+            &state,
+            auth("pi_small", 600),
+            &[carried(&caps[1], 0)],
+            &ctx(),
+        )
+        .unwrap();
+        let cap = captured(&resumed.plan);
+        assert_eq!((cap.amount, cap.is_final), (m(600), true));
+        assert_eq!(resumed.plan.shortfall, m(400));
+        assert_eq!(resumed.plan.state.shortfall, m(400));
+    }
+
+    #[test]
+    fn resume_with_units_still_to_ship_captures_non_final_and_later_shipments_finish_the_order() {
+        // 4 × 1000: the first parcel (1 unit + shipping) is declined; two units remain.
+        let order = order(4, 1000, 4500);
+        let (caps, mut state) = shipped(&order, &[1, 1]);
+        state.on_declined(m(1000));
+        let resumed = resume(
+            &order,
+            &state,
+            auth("pi_new", 4500),
+            &[carried(&caps[1], 0)],
+            &ctx(),
+        )
+        .unwrap();
+        let cap = captured(&resumed.plan);
+        assert_eq!((cap.amount, cap.is_final), (m(1000), false));
+        assert_eq!(resumed.plan.state.phase, Phase::Open);
+
+        let rest = ship("S3", 2);
+        let last = plan(
+            &resumed.order,
+            &resumed.plan.state,
+            Event::Shipment(&rest),
+            &ctx(),
+        )
+        .unwrap();
+        let fin = captured(&last);
+        assert_eq!((fin.amount, fin.is_final), (m(2000), true));
+        assert_eq!(
+            caps[0].amount.get() + cap.amount.get() + fin.amount.get(),
+            order.total().amount().get()
+        );
+        assert_eq!(
+            last.state.claimed,
+            m(3000),
+            "only the new authorization's claims"
+        );
+    }
+
+    #[test]
+    fn resume_with_nothing_left_to_capture_voids_the_new_authorization() {
+        let order = order(1, 1000, 1500);
+        let (caps, mut state) = shipped(&order, &[1]);
+        state.on_declined(caps[0].amount);
+        // Nothing carried (the declined value was written off elsewhere): nothing to capture.
+        let resumed = resume(&order, &state, auth("pi_new", 1500), &[], &ctx()).unwrap();
+        assert_eq!(resumed.plan.decision, Decision::VoidAuthorization);
+    }
+
+    #[test]
+    fn only_a_declined_order_is_resumed_and_only_with_another_authorization() {
+        let order = order(2, 1000, 2500);
+        let (caps, state) = shipped(&order, &[1]);
+        assert_eq!(
+            resume(&order, &state, auth("pi_new", 2500), &[], &ctx()),
+            Err(ResumeError::NotDeclined)
+        );
+        let mut latched = state.clone();
+        latched.on_declined(caps[0].amount);
+        assert_eq!(
+            resume(&order, &latched, auth("pi_old", 2500), &[], &ctx()),
+            Err(ResumeError::SameAuthorization)
+        );
+        let too_much = Carried {
+            lines: vec![LineCharge {
+                line_id: LineId::parse("L1").unwrap(),
+                units: 2,
+                amount: m(2000),
+            }],
+            shipping: MinorUnits::ZERO,
+            shortfall: MinorUnits::ZERO,
+        };
+        assert!(matches!(
+            resume(&order, &latched, auth("pi_new", 2500), &[too_much], &ctx()),
+            Err(ResumeError::CarriedMismatch(_))
+        ));
+    }
 }

@@ -7,6 +7,7 @@
 
 pub mod captures;
 pub mod ledger;
+pub mod operator;
 
 use std::str::FromStr;
 use std::time::Duration;
