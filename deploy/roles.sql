@@ -6,7 +6,7 @@
 --   psql "postgres://admin@db.example/capture_worker" -v ON_ERROR_STOP=1 -f deploy/roles.sql
 --
 -- Safe to run again. The roles and their privileges are described in
--- migrations/20261125000002_database_roles.sql and docs/finance.md. Then give people and
+-- migrations/20261122000003_database_roles.sql and docs/finance.md. Then give people and
 -- services their own login users, for example:
 --
 --   create role finance_alice login password '…' in role capture_finance;
