@@ -6,7 +6,9 @@
 //! or trigger that guards a promise refused the write) or permanent. Imports `domain` only.
 
 pub mod captures;
+pub mod deadlines;
 pub mod ledger;
+pub mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;
