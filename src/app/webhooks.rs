@@ -196,7 +196,10 @@ fn effect_of(event: &WebhookEvent) -> Effect {
 
 /// Logs, counts and raises the alert events of one recorded event.
 fn report(provider: &str, event: &WebhookEvent, effect: &Effect, recorded: &Recorded) {
-    metrics::notification(provider, recorded.disposition.as_str());
+    // A conflict is counted by its alert event.
+    if recorded.disposition != Disposition::Conflict {
+        metrics::notification(provider, recorded.disposition.as_str());
+    }
     let capture = recorded.capture.as_ref();
     match (recorded.disposition, effect, capture) {
         (Disposition::Applied, Effect::Settle(settlement), Some(c)) => {

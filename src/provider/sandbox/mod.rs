@@ -1,8 +1,12 @@
 //! The sandbox provider: a built-in payment-provider server with real capture semantics.
 //!
-//! Speaks Stripe's dialect (`/v1/payment_intents/...`, form bodies, `Idempotency-Key`,
-//! Stripe's error JSON and headers) over one core model (`model.rs`), so the worker reaches it
-//! through the same HTTP adapter as production. Scenarios inject declines, 5xx, 429, timeouts,
+//! Speaks Stripe's dialect at the root (`/v1/payment_intents/...`, form bodies,
+//! `Idempotency-Key`, Stripe's error JSON and headers) and each other provider's under its
+//! prefix — `/gr4vy`, `/adyen/v71`, `/checkout`, `/paypal`, `/hellgate`, `/orchestrator`
+//! (`gr4vy.rs`, `adyen.rs`… over the shared pipeline in `dialect.rs`) — all over one core
+//! model (`model.rs`), so the worker reaches it through the same HTTP adapters as production.
+//! Asynchronous dialects accept a capture, hold its amount, settle it later and post the
+//! provider's signed notification to a configured target (`notify.rs`). Scenarios inject declines, 5xx, 429, timeouts,
 //! lost responses and latency per authorization; the ledger records every provider-dialect
 //! request so tests can prove that nothing was captured twice. Admin endpoints live under
 //! `/sandbox`. Imports `domain` only, never another adapter.
