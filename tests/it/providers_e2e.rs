@@ -1019,3 +1019,39 @@ async fn every_notification_is_answered_and_unknown_or_unsigned_ones_change_noth
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_notification_that_cannot_be_recorded_gets_an_error_and_settles_the_capture_when_sent_again()
+ {
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let auth = "ADYENPSP000000E";
+    let (order, s1, _, _) = order_on("adyen", "ORD-AD-E", auth, 12455);
+    app.authorize_with(authorization(
+        auth,
+        12455,
+        Scenario {
+            silent: true,
+            ..Scenario::default()
+        },
+    ));
+    app.publish(&[order, s1]).await;
+    let psp = pending_reference(&app, "ORD-AD-E").await;
+    let genuine = adyen_capture_notification(&psp, auth, "ORD-AD-E/S1", 5182, ADYEN_HMAC_KEY);
+
+    // The ledger cannot take the event: the provider is told so, and nothing changes.
+    sqlx::query("alter table webhook_events rename to webhook_events_away")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(post_webhook(&app, "adyen", genuine.clone()).await, 500);
+    assert_unsettled(&app, "ORD-AD-E").await;
+
+    // The provider sends it again once the ledger is back.
+    sqlx::query("alter table webhook_events_away rename to webhook_events")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(post_webhook(&app, "adyen", genuine).await, 200);
+    assert_eq!(capture_status(&app, "ORD-AD-E").await, "succeeded");
+    app.cleanup().await;
+}
