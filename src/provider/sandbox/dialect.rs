@@ -168,6 +168,11 @@ impl Sandbox {
         call.amount_to_capture = request.amount;
         call.final_capture = request.is_final;
         let id = request.authorization_id.clone();
+        // Each provider has its own key space: the same key at two dialects is two keys.
+        let store_key = request
+            .key
+            .as_ref()
+            .map(|k| format!("{}\u{1f}{k}", D::NAME));
         let (latency, admitted) = {
             let mut guard = self.read();
             let state = &mut *guard;
@@ -176,7 +181,7 @@ impl Sandbox {
                 Err((D::unauthorized(), LedgerOutcome::Error))
             } else if !state.model.contains(&id) {
                 Err((D::not_found(&id), LedgerOutcome::Error))
-            } else if let Some(key) = &request.key {
+            } else if let Some(key) = &store_key {
                 let fingerprint = Fingerprint::new(
                     call.path.clone(),
                     vec![("body".into(), request.body.clone())],
@@ -203,7 +208,7 @@ impl Sandbox {
             });
             (latency, admitted)
         };
-        let _claim = match (&admitted, &request.key) {
+        let _claim = match (&admitted, &store_key) {
             (Ok(epoch), Some(key)) => Some(ClaimGuard {
                 sandbox: self.clone(),
                 epoch: *epoch,
@@ -247,7 +252,7 @@ impl Sandbox {
             };
             match executed {
                 Some(done) => {
-                    if let Some(key) = &request.key
+                    if let Some(key) = &store_key
                         && D::saves(done.reply.status)
                     {
                         state.keys.save(
