@@ -197,7 +197,9 @@ impl Executor {
             .await?;
             return Ok(true);
         };
-        if capture.needs_lookup {
+        // A capture the provider accepted is only ever read back, never sent again — also
+        // after an operator put it back in the queue.
+        if capture.needs_lookup || capture.accepted_at.is_some() {
             match self.resolve_by_lookup(&provider, &mut capture).await? {
                 Resolution::Settled => return Ok(true),
                 Resolution::Send => {}

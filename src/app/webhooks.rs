@@ -51,6 +51,11 @@ pub fn router(state: WebhookState) -> Router {
         .with_state(state)
 }
 
+#[tracing::instrument(
+    name = "webhook",
+    skip_all,
+    fields(otel.kind = "server", provider = %name, events = tracing::field::Empty)
+)]
 async fn receive(
     State(state): State<WebhookState>,
     Path(name): Path<String>,
@@ -85,6 +90,7 @@ async fn receive(
             return refuse(&state, &name, reason, &e.to_string(), &masked).await;
         }
     };
+    tracing::Span::current().record("events", events.len() as i64);
     let mut dispatch = Vec::new();
     for event in &events {
         let effect = effect_of(event);
