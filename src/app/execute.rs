@@ -467,11 +467,19 @@ impl Executor {
                         reason: reason.clone(),
                     }),
                     started,
-                    Transition::Retry {
-                        next_at,
-                        error: reason,
-                        needs_lookup: true,
-                        key_spent: false,
+                    if c.accepted_at.is_some() {
+                        // Still in progress at the provider: it stays pending.
+                        Transition::Pending {
+                            reference: None,
+                            next_at,
+                        }
+                    } else {
+                        Transition::Retry {
+                            next_at,
+                            error: reason,
+                            needs_lookup: true,
+                            key_spent: false,
+                        }
                     },
                 )
                 .await?;
