@@ -23,7 +23,8 @@ pub enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
-    /// Serve the sandbox provider (Stripe's dialect) until SIGTERM or Ctrl-C.
+    /// Serve the sandbox provider (Stripe's dialect at the root; Gr4vy, Adyen, Checkout.com,
+    /// PayPal, Hellgate and the orchestrator under their prefixes) until SIGTERM or Ctrl-C.
     Sandbox {
         /// Address to listen on; defaults to `sandbox.listen`.
         #[arg(long)]

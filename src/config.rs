@@ -151,6 +151,25 @@ pub struct CaptureSettings {
     /// Orders whose captures are sent at the same time (one capture in flight per order).
     /// Example: 64.
     pub concurrency: usize,
+    /// How long a capture the provider accepted (a pending answer) waits for the provider's
+    /// notification before the worker reads the authorization back, in milliseconds; later
+    /// read-backs back off like retries. A pending capture still unsettled after
+    /// `max_retry_age_seconds` needs attention. Example: 30000.
+    #[serde(default = "default_notification_wait_ms")]
+    pub notification_wait_ms: u64,
+    /// How often the sweeper looks for open orders whose authorization expires within the
+    /// provider's `capture_ahead` (12 h), captures what has shipped for them, and lists the
+    /// orders at risk, in milliseconds. Example: 60000.
+    #[serde(default = "default_expiry_sweep_ms")]
+    pub expiry_sweep_ms: u64,
+}
+
+fn default_notification_wait_ms() -> u64 {
+    30_000
+}
+
+fn default_expiry_sweep_ms() -> u64 {
+    60_000
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -181,6 +200,25 @@ pub struct SandboxSettings {
     /// Latency added to every sandbox call, in milliseconds (realistic provider latency for
     /// demos and benchmarks). Example: 0.
     pub latency_ms: u64,
+    /// Where the sandbox posts the notifications of its asynchronous dialects, by dialect
+    /// (`adyen`, `checkout`, `gr4vy`, `paypal`), e.g. `[sandbox.notifications.adyen]
+    /// url = "http://127.0.0.1:8080/webhooks/adyen"` with `secret` the key it signs with (the
+    /// worker's `providers.adyen.webhook_secret`). Unset: the sandbox sends none.
+    #[serde(default)]
+    pub notifications: BTreeMap<String, SandboxNotificationSettings>,
+}
+
+/// One notification target of the sandbox.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxNotificationSettings {
+    /// The worker's webhook URL for this dialect's provider, e.g.
+    /// `http://127.0.0.1:8080/webhooks/adyen`.
+    pub url: String,
+    /// The key the sandbox signs with: Adyen's HMAC key in hex, Gr4vy's subscription secret,
+    /// Checkout.com's signature key. PayPal's notifications are not signed by the sandbox.
+    #[serde(default)]
+    pub secret: Option<Secret>,
 }
 
 /// One provider account, under `providers.<name>`. The name is what orders carry in
@@ -221,6 +259,17 @@ pub struct ProviderSettings {
     /// for a connection with follow-on captures.
     #[serde(default)]
     pub max_captures: Option<u32>,
+    /// The key the provider signs its notifications with (`adyen`, `gr4vy`, `checkout` only):
+    /// Adyen's HMAC key in hex as the Customer Area shows it, Gr4vy's webhook subscription
+    /// secret, Checkout.com's webhook signature key. From the environment
+    /// (`CAPTURE__PROVIDERS__ADYEN__WEBHOOK_SECRET`). Unset: notifications to
+    /// `/webhooks/<name>` are refused with 401, and pending captures are settled by reading
+    /// the provider back.
+    #[serde(default)]
+    pub webhook_secret: Option<Secret>,
+    /// A file holding the webhook secret; used when `webhook_secret` is unset.
+    #[serde(default)]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 impl ProviderSettings {
@@ -230,6 +279,25 @@ impl ProviderSettings {
             return Ok(Some(key.clone()));
         }
         match &self.api_key_file {
+            None => Ok(None),
+            Some(path) => std::fs::read_to_string(path)
+                .map(|s| Some(Secret::new(s.trim_end_matches(['\r', '\n']))))
+                .map_err(|source| ConfigError::SecretFile {
+                    path: path.clone(),
+                    source,
+                }),
+        }
+    }
+}
+
+impl ProviderSettings {
+    /// The webhook secret from `webhook_secret`, else from `webhook_secret_file` (trailing
+    /// newline trimmed).
+    pub fn resolve_webhook_secret(&self) -> Result<Option<Secret>, ConfigError> {
+        if let Some(secret) = &self.webhook_secret {
+            return Ok(Some(secret.clone()));
+        }
+        match &self.webhook_secret_file {
             None => Ok(None),
             Some(path) => std::fs::read_to_string(path)
                 .map(|s| Some(Secret::new(s.trim_end_matches(['\r', '\n']))))
@@ -251,7 +319,7 @@ pub enum ConfigError {
         env: Option<String>,
         source: Box<::config::ConfigError>,
     },
-    #[error("reading the API key file {path} failed: {source}")]
+    #[error("reading the secret file {path} failed: {source}")]
     SecretFile {
         path: PathBuf,
         source: std::io::Error,

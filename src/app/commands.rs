@@ -53,6 +53,7 @@ pub async fn run(settings: Settings, migrate: bool) -> anyhow::Result<()> {
             latency: Duration::from_millis(settings.sandbox.latency_ms),
             api_key: None,
         });
+        route_sandbox_notifications(&sb, &settings);
         Some(tokio::spawn(sandbox::serve(listener, sb, async move {
             let _ = stop_rx.await;
         })))
@@ -83,13 +84,24 @@ pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Points the sandbox's notifications at the targets in `sandbox.notifications`.
+fn route_sandbox_notifications(sb: &sandbox::Sandbox, settings: &Settings) {
+    for (dialect, target) in &settings.sandbox.notifications {
+        sb.set_notification_target(
+            dialect,
+            &target.url,
+            target.secret.as_ref().map(|s| s.expose()),
+        );
+    }
+}
+
 /// `capture-worker sandbox`.
 pub async fn serve_sandbox(
     settings: Settings,
     listen: Option<String>,
     latency_ms: Option<u64>,
 ) -> anyhow::Result<()> {
-    let listen = listen.unwrap_or(settings.sandbox.listen);
+    let listen = listen.unwrap_or_else(|| settings.sandbox.listen.clone());
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("binding the sandbox on {listen}"))?;
@@ -104,6 +116,7 @@ pub async fn serve_sandbox(
         latency: Duration::from_millis(latency_ms.unwrap_or(settings.sandbox.latency_ms)),
         api_key,
     });
+    route_sandbox_notifications(&sb, &settings);
     println!("sandbox provider listening on http://{listen}");
     sandbox::serve(listener, sb, shutdown_signal()).await?;
     Ok(())

@@ -197,7 +197,9 @@ impl Executor {
             .await?;
             return Ok(true);
         };
-        if capture.needs_lookup {
+        // A capture the provider accepted is only ever read back, never sent again — also
+        // after an operator put it back in the queue.
+        if capture.needs_lookup || capture.accepted_at.is_some() {
             match self.resolve_by_lookup(&provider, &mut capture).await? {
                 Resolution::Settled => return Ok(true),
                 Resolution::Send => {}
@@ -326,7 +328,7 @@ impl Executor {
         if held {
             count_transition(c, operation, &call.outcome, &transition);
         } else {
-            tracing::warn!(event = "lease_lost", capture_id = c.capture_id, order_id = %c.order_id, "the capture's lease was taken over while the call was in progress; its new holder records the outcome");
+            tracing::warn!(event = "lease_lost", capture_id = c.capture_id, order_id = %c.order_id, "the capture was settled or taken over while the call was in progress (a provider notification, or a worker that took the lease over); the ledger keeps that outcome");
         }
         Ok(())
     }
@@ -438,6 +440,21 @@ impl Executor {
         let snapshot = match snapshot {
             Ok(s) => s,
             Err(crate::provider::LookupError::Retryable { reason, .. }) => {
+                if let Some(error) = self.waited_too_long(c, &reason) {
+                    self.record(
+                        c,
+                        "lookup",
+                        None,
+                        &lookup_call(Outcome::Retryable {
+                            after: None,
+                            reason: reason.clone(),
+                        }),
+                        started,
+                        Transition::Attention { error },
+                    )
+                    .await?;
+                    return Ok(Resolution::Settled);
+                }
                 let next_at = Utc::now()
                     + chrono::Duration::from_std(self.inner.policy.delay(c.attempts))
                         .unwrap_or_else(|_| chrono::Duration::seconds(60));
@@ -450,12 +467,45 @@ impl Executor {
                         reason: reason.clone(),
                     }),
                     started,
-                    Transition::Retry {
-                        next_at,
-                        error: reason,
-                        needs_lookup: true,
-                        key_spent: false,
+                    if c.accepted_at.is_some() {
+                        // Still in progress at the provider: it stays pending.
+                        Transition::Pending {
+                            reference: None,
+                            next_at,
+                        }
+                    } else {
+                        Transition::Retry {
+                            next_at,
+                            error: reason,
+                            needs_lookup: true,
+                            key_spent: false,
+                        }
                     },
+                )
+                .await?;
+                return Ok(Resolution::Settled);
+            }
+            Err(crate::provider::LookupError::Permanent { reason, .. })
+                if c.accepted_at.is_some() =>
+            {
+                // The provider has the request and cannot be read back (Adyen): only its
+                // notification settles it. Wait for it, within the retry age.
+                let transition = match self.waited_too_long(c, &reason) {
+                    Some(error) => Transition::Attention { error },
+                    None => Transition::Pending {
+                        reference: None,
+                        next_at: self.next_poll(c),
+                    },
+                };
+                self.record(
+                    c,
+                    "lookup",
+                    None,
+                    &lookup_call(Outcome::Failed {
+                        reason: reason.clone(),
+                    }),
+                    started,
+                    transition,
                 )
                 .await?;
                 return Ok(Resolution::Settled);
@@ -505,6 +555,12 @@ impl Executor {
                     .await?;
                     return Ok(Resolution::Settled);
                 }
+                if c.accepted_at.is_some() {
+                    // The provider accepted the release; it is never sent again.
+                    self.still_pending(provider, c, &snapshot, started, latency)
+                        .await?;
+                    return Ok(Resolution::Settled);
+                }
                 captures::record_lookup(self.inner.store.pool(), c, &attempt_ok("not_released"))
                     .await?;
                 Ok(Resolution::Send)
@@ -529,6 +585,12 @@ impl Executor {
                         Transition::Succeeded { reference: None },
                     )
                     .await?;
+                    Ok(Resolution::Settled)
+                } else if theirs == ours && c.accepted_at.is_some() {
+                    // Accepted but not shown as captured: still processing, or refused after
+                    // the fact. Never "nothing captured": it is not sent again.
+                    self.still_pending(provider, c, &snapshot, started, latency)
+                        .await?;
                     Ok(Resolution::Settled)
                 } else if theirs == ours && !c.key_spent {
                     // Nothing captured yet, but the key's request may still be running at the
@@ -575,6 +637,92 @@ impl Executor {
                 }
             }
         }
+    }
+}
+
+impl Executor {
+    /// When the next read-back of a pending capture is due: backing off like retries.
+    fn next_poll(&self, c: &ClaimedCapture) -> chrono::DateTime<Utc> {
+        Utc::now()
+            + chrono::Duration::from_std(self.inner.policy.delay(c.attempts))
+                .unwrap_or_else(|_| chrono::Duration::seconds(60))
+    }
+
+    /// For a capture the provider accepted: the attention reason once it has waited
+    /// `capture.max_retry_age_seconds` for its outcome, else `None`.
+    fn waited_too_long(&self, c: &ClaimedCapture, why: &str) -> Option<String> {
+        let accepted = c.accepted_at?;
+        let waited = (Utc::now() - accepted).to_std().unwrap_or(Duration::ZERO);
+        (waited >= self.inner.policy.max_age).then(|| {
+            format!(
+                "the provider accepted this {} at {accepted} but has not settled it after {}s (no notification, and the read-back shows nothing final: {why}); check it in the provider's dashboard",
+                c.kind.as_str(),
+                waited.as_secs()
+            )
+        })
+    }
+
+    /// A capture the provider accepted whose read-back does not show it yet: declined when
+    /// the provider says it refused it, attention once it waited too long, else still
+    /// pending (read back again later).
+    async fn still_pending(
+        &self,
+        provider: &Arc<dyn PaymentProvider>,
+        c: &ClaimedCapture,
+        snapshot: &crate::provider::AuthorizationSnapshot,
+        started: chrono::DateTime<Utc>,
+        latency: Duration,
+    ) -> Result<(), StorageError> {
+        let call = |outcome: Outcome| CallResult {
+            outcome,
+            http_status: None,
+            provider_code: Some(snapshot.status.clone()),
+            provider_request_id: None,
+            latency,
+        };
+        if c.kind == CaptureKind::Capture
+            && let Some(code) = provider.refused_capture(snapshot)
+        {
+            let message = format!(
+                "the provider refused the capture it had accepted (read back as {:?})",
+                snapshot.status
+            );
+            let outcome = Outcome::Declined {
+                code: code.clone(),
+                message: message.clone(),
+            };
+            return self
+                .record(
+                    c,
+                    "lookup",
+                    None,
+                    &call(outcome),
+                    started,
+                    Transition::Declined { code, message },
+                )
+                .await;
+        }
+        let why = format!(
+            "the read-back shows {} captured, status {:?}",
+            snapshot.captured.amount(),
+            snapshot.status
+        );
+        let transition = match self.waited_too_long(c, &why) {
+            Some(error) => Transition::Attention { error },
+            None => Transition::Pending {
+                reference: None,
+                next_at: self.next_poll(c),
+            },
+        };
+        self.record(
+            c,
+            "lookup",
+            None,
+            &call(Outcome::Pending { reference: None }),
+            started,
+            transition,
+        )
+        .await
     }
 }
 

@@ -1,5 +1,6 @@
 //! The operations endpoints on `http.listen`: `/healthz` (the process answers), `/readyz`
 //! (consuming from the broker and the database reachable) and `/metrics` (Prometheus text).
+//! The provider webhooks on the same listener are `app::webhooks`.
 //!
 //! `/metrics` also refreshes the gauges that describe the ledger rather than this process (the
 //! oldest unsettled capture per status, authorizations about to expire) with two small
@@ -15,6 +16,9 @@ use axum::routing::get;
 use sqlx::PgPool;
 
 use crate::queue::consumer::ConsumerStatus;
+
+use super::intake::CapabilityLookup;
+use super::providers::Providers;
 use crate::storage::Store;
 use crate::telemetry::metrics::{self, LedgerSnapshot};
 
@@ -25,6 +29,8 @@ const LEDGER_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct HealthState {
     pub store: Store,
     pub consumer: ConsumerStatus,
+    /// For each provider's authorization window (orders without `expires_at`).
+    pub providers: Providers,
 }
 
 pub fn router(state: HealthState) -> Router {
@@ -48,16 +54,19 @@ async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(state): State<HealthState>) -> impl IntoResponse {
-    let snapshot =
-        match tokio::time::timeout(LEDGER_QUERY_TIMEOUT, ledger_snapshot(state.store.pool())).await
-        {
-            Ok(Ok(s)) => Some(s),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "ledger gauges not refreshed");
-                None
-            }
-            Err(_) => None,
-        };
+    let snapshot = match tokio::time::timeout(
+        LEDGER_QUERY_TIMEOUT,
+        ledger_snapshot(state.store.pool(), &state.providers),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "ledger gauges not refreshed");
+            None
+        }
+        Err(_) => None,
+    };
     metrics::ledger_snapshot(snapshot.as_ref());
     match metrics::render() {
         Some(text) => (
@@ -74,9 +83,12 @@ async fn metrics_text(State(state): State<HealthState>) -> impl IntoResponse {
 }
 
 /// Unsettled captures per status with the age of the oldest, and open orders whose
-/// authorization expires within a day. Read-only; the partial index on unsettled captures
-/// keeps it cheap.
-async fn ledger_snapshot(pool: &PgPool) -> Result<LedgerSnapshot, sqlx::Error> {
+/// authorization (its `expires_at`, else its provider's window) expires within a day.
+/// Read-only; the partial indexes on unsettled captures and open orders keep it cheap.
+async fn ledger_snapshot(
+    pool: &PgPool,
+    providers: &Providers,
+) -> Result<LedgerSnapshot, sqlx::Error> {
     let captures: Vec<(String, i64, i64)> = sqlx::query_as(
         "select status, count(*)::bigint,
                 coalesce(extract(epoch from now() - min(created_at)), 0)::bigint
@@ -86,10 +98,27 @@ async fn ledger_snapshot(pool: &PgPool) -> Result<LedgerSnapshot, sqlx::Error> {
     )
     .fetch_all(pool)
     .await?;
+    let names = providers.names();
+    let windows: Vec<Option<i64>> = names
+        .iter()
+        .map(|n| {
+            providers
+                .capabilities(n)
+                .and_then(|c| c.authorization_window)
+                .map(|w| w.num_seconds())
+        })
+        .collect();
     let authorizations_expiring: i64 = sqlx::query_scalar(
-        "select count(*)::bigint from orders
-         where phase = 'open' and authorization_expires_at < now() + interval '24 hours'",
+        "select count(*)::bigint from orders o
+         left join unnest($1::text[], $2::bigint[]) as w(provider, window_seconds)
+             on w.provider = o.provider
+         where o.phase = 'open'
+           and coalesce(o.authorization_expires_at,
+                        o.authorized_at + make_interval(secs => w.window_seconds))
+               < now() + interval '24 hours'",
     )
+    .bind(&names)
+    .bind(&windows)
     .fetch_one(pool)
     .await?;
     Ok(LedgerSnapshot {

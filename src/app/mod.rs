@@ -1,18 +1,21 @@
 //! The use cases and the composition root: intake, execution, recovery, startup and shutdown.
 //!
 //! `app` is the only module that knows every adapter. [`Application::build`] wires settings
-//! into a store, providers, the executor, the sweeper, the consumer and the health server;
+//! into a store, providers, the executor, the sweeper, the consumer and the HTTP server
+//! (health, metrics and provider webhooks);
 //! [`Application::run_until_stopped`] runs them until the given shutdown future resolves, then
 //! stops consuming, lets in-flight captures record their outcome, and returns.
 
 pub mod commands;
 pub mod execute;
+pub mod expiry;
 pub mod http;
 pub mod intake;
 pub mod operator;
 pub mod providers;
 pub mod recovery;
 pub mod retry;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -95,7 +98,7 @@ impl Application {
             max: Duration::from_millis(c.retry_max_ms),
             max_attempts: c.max_attempts,
             max_age: Duration::from_secs(c.max_retry_age_seconds),
-            pending_poll: Duration::from_secs(5),
+            pending_poll: Duration::from_millis(c.notification_wait_ms),
         };
         let worker_id = format!(
             "{}-{}",
@@ -193,12 +196,27 @@ impl Application {
             intake: self.intake.clone(),
             dead_letters: Some(sink),
             interval: Duration::from_millis(self.settings.capture.sweep_interval_ms),
+            expiry: Some((
+                expiry::ExpirySweep {
+                    store: self.store.clone(),
+                    providers: self.providers.clone(),
+                    executor: self.executor.clone(),
+                    shipping: self.settings.capture.shipping_policy.into(),
+                },
+                Duration::from_millis(self.settings.capture.expiry_sweep_ms.max(1)),
+            )),
         };
         let sweeper_task = tokio::spawn(sweeper.run(stop_rx.clone()));
         let router = http::router(http::HealthState {
             store: self.store.clone(),
             consumer: self.consumer_status.clone(),
-        });
+            providers: self.providers.clone(),
+        })
+        .merge(webhooks::router(webhooks::WebhookState {
+            store: self.store.clone(),
+            providers: self.providers.clone(),
+            executor: self.executor.clone(),
+        }));
         let mut http_stop = stop_rx.clone();
         let http_task = tokio::spawn(async move {
             axum::serve(self.listener, router)

@@ -139,6 +139,18 @@ fn build(
     if p.max_captures.is_some() && kind != AdapterKind::Orchestrator {
         return Err(not_for("max_captures", "orchestrator"));
     }
+    let webhook_secret = p.resolve_webhook_secret()?;
+    if webhook_secret.is_some()
+        && !matches!(
+            kind,
+            AdapterKind::Adyen | AdapterKind::Gr4vy | AdapterKind::Checkout
+        )
+    {
+        return Err(not_for(
+            "webhook_secret",
+            "adyen, gr4vy and checkout (the providers whose notifications are signed with a shared key)",
+        ));
+    }
     let secret = p.resolve_api_key()?;
     let base_url = p.base_url.clone();
     let context = |e: crate::provider::ProviderSetupError| anyhow::anyhow!("providers.{name}: {e}");
@@ -147,29 +159,42 @@ fn build(
             StripeProvider::new(provider_name, base_url, secret, timeout)
                 .map_err(|e| anyhow::anyhow!("providers.{name}: {e}"))?,
         ),
-        AdapterKind::Gr4vy => Arc::new(
-            Gr4vyProvider::new(
+        AdapterKind::Gr4vy => {
+            let adapter = Gr4vyProvider::new(
                 provider_name,
                 base_url,
                 secret,
                 p.merchant_account.clone(),
                 timeout,
             )
-            .map_err(context)?,
-        ),
-        AdapterKind::Adyen => Arc::new(
-            AdyenProvider::new(
+            .map_err(context)?;
+            Arc::new(match webhook_secret {
+                Some(w) => adapter.with_webhook_secret(w),
+                None => adapter,
+            })
+        }
+        AdapterKind::Adyen => {
+            let adapter = AdyenProvider::new(
                 provider_name,
                 base_url,
                 secret,
                 p.merchant_account.clone(),
                 timeout,
             )
-            .map_err(context)?,
-        ),
-        AdapterKind::Checkout => Arc::new(
-            CheckoutProvider::new(provider_name, base_url, secret, timeout).map_err(context)?,
-        ),
+            .map_err(context)?;
+            Arc::new(match webhook_secret {
+                Some(w) => adapter.with_webhook_secret(w).map_err(context)?,
+                None => adapter,
+            })
+        }
+        AdapterKind::Checkout => {
+            let adapter =
+                CheckoutProvider::new(provider_name, base_url, secret, timeout).map_err(context)?;
+            Arc::new(match webhook_secret {
+                Some(w) => adapter.with_webhook_secret(w),
+                None => adapter,
+            })
+        }
         AdapterKind::PayPal => Arc::new(
             PayPalProvider::new(
                 provider_name,

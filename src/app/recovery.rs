@@ -1,9 +1,11 @@
 //! Recovery: the sweeper (DESIGN §4, flow step 3).
 //!
 //! On every tick it dispatches captures whose retry is due or whose lease expired (a crashed
-//! worker's capture is taken over with the same key), processes parked messages whose order
-//! has arrived, and dead-letters parked messages that waited too long. Every query is safe to
-//! run from several workers at once: claims go through row locks and leases.
+//! worker's capture is taken over with the same key) — pending captures whose notification is
+//! late among them, resolved by reading the provider back — processes parked messages whose
+//! order has arrived, and dead-letters parked messages that waited too long. Every
+//! `capture.expiry_sweep_ms` it also runs the authorization-expiry sweep (`expiry`). Every
+//! query is safe to run from several workers at once: claims go through row locks and leases.
 //!
 //! A pass that finds work runs in a `recovery sweep` span (an idle pass makes no span, so the
 //! trace backend is not flooded once a second). Parked messages handled late link to the
@@ -22,6 +24,7 @@ use crate::storage::{StorageError, Store, captures, ledger};
 use crate::telemetry::events::{self, Emit};
 
 use super::execute::Executor;
+use super::expiry::ExpirySweep;
 use super::intake::{Intake, IntakeOutcome};
 
 pub struct Sweeper {
@@ -30,13 +33,24 @@ pub struct Sweeper {
     pub intake: Arc<Intake>,
     pub dead_letters: Option<Arc<DeadLetterSink>>,
     pub interval: Duration,
+    /// The authorization-expiry sweep and how often it runs.
+    pub expiry: Option<(ExpirySweep, Duration)>,
 }
 
 impl Sweeper {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut expiry_due = tokio::time::Instant::now();
         loop {
             if let Err(e) = self.tick().await {
                 events::SweepFailed { error: &e }.emit();
+            }
+            if let Some((expiry, every)) = &self.expiry
+                && tokio::time::Instant::now() >= expiry_due
+            {
+                expiry_due = tokio::time::Instant::now() + *every;
+                if let Err(e) = expiry.run_once().await {
+                    events::SweepFailed { error: &e }.emit();
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}

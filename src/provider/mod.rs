@@ -144,6 +144,64 @@ pub enum LookupError {
     },
 }
 
+/// What a notification is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotificationSubject {
+    /// A capture the worker sent.
+    Capture,
+    /// The release (cancel / void) of an authorization's remainder.
+    Release,
+    /// Anything else (refunds, authorisations, disputes…).
+    Other,
+}
+
+/// What the worker should do about one notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotificationEffect {
+    /// Settle the call it answers with this outcome (`Succeeded`, `Declined` or `Failed`).
+    Settle(Outcome),
+    /// Read the authorization back now: the event says something happened but is not trusted
+    /// (PayPal's, whose signature cannot be checked offline) or is not final.
+    ReadBack,
+    /// Nothing for the worker to do.
+    Ignore,
+}
+
+/// One event of a provider notification, verified and translated. Never card data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEvent {
+    /// The provider's event type, as recorded (`CAPTURE:true`, `payment_captured`,
+    /// `capture.succeeded`, `PAYMENT.CAPTURE.COMPLETED`). With `reference`, the dedupe key.
+    pub event_type: String,
+    /// The provider's reference of what the event is about: the reference its pending answer
+    /// gave (Adyen's modification pspReference, Checkout.com's action id, Gr4vy's capture id,
+    /// PayPal's capture id).
+    pub reference: String,
+    /// The authorization the event belongs to, when the event names it.
+    pub authorization_id: Option<String>,
+    /// Our reference as the provider echoes it (`order/cause`, or `order/release`).
+    pub merchant_reference: Option<String>,
+    pub subject: NotificationSubject,
+    pub effect: NotificationEffect,
+}
+
+/// Why a notification was refused. Never contains a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    /// This provider sends no notifications the worker reads.
+    #[error("this provider sends no notifications the worker reads")]
+    NotSupported,
+    /// The provider signs its notifications, but no webhook secret is configured.
+    #[error("no webhook secret is configured for this provider (providers.<name>.webhook_secret)")]
+    NotConfigured,
+    /// The signature is missing or does not match: not from the provider, or altered.
+    #[error("signature refused: {0}")]
+    Unauthenticated(String),
+    /// Not the provider's notification shape.
+    #[error("not a notification of this provider: {0}")]
+    Malformed(String),
+}
+
 /// A payment provider's capture API.
 ///
 /// Implementations never panic on a provider answer and never log the API key. Every call
@@ -167,4 +225,25 @@ pub trait PaymentProvider: Send + Sync {
         &self,
         authorization_id: &AuthorizationId,
     ) -> Result<AuthorizationSnapshot, LookupError>;
+
+    /// Verifies and reads a notification the provider posted to the worker's webhook
+    /// endpoint. `now` bounds the age of timestamped signatures. Default: the provider sends
+    /// none the worker reads.
+    fn read_notification(
+        &self,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<WebhookEvent>, WebhookError> {
+        let _ = (headers, body, now);
+        Err(WebhookError::NotSupported)
+    }
+
+    /// For a capture the provider accepted and whose amount the read-back does not show: the
+    /// provider's decline code when the read-back says the capture was refused (Hellgate's
+    /// `failed` payment). Default: a read-back cannot tell, so the capture keeps waiting.
+    fn refused_capture(&self, snapshot: &AuthorizationSnapshot) -> Option<String> {
+        let _ = snapshot;
+        None
+    }
 }

@@ -38,6 +38,9 @@ pub struct ClaimedCapture {
     pub traceparent: Option<String>,
     /// The lease was taken over from a worker that stopped mid-call.
     pub taken_over: bool,
+    /// When the provider accepted this request with a pending answer: from then on it is
+    /// never sent again, only awaited.
+    pub accepted_at: Option<DateTime<Utc>>,
 }
 
 /// Takes the order's next capture, if it is due and nobody else holds it.
@@ -116,6 +119,7 @@ pub async fn claim_next(
         created_at: r.get("created_at"),
         traceparent: r.get("traceparent"),
         taken_over: r.get("taken_over"),
+        accepted_at: r.get("accepted_at"),
     }))
 }
 
@@ -244,6 +248,8 @@ pub async fn record(
              completed_at = case when $9 then now() else completed_at end,
              -- once spent, a key stays spent until a new generation replaces it
              key_spent = key_spent or $10,
+             -- a pending answer: the provider has the request; it is never sent again
+             accepted_at = case when $11 then coalesce(accepted_at, now()) else accepted_at end,
              updated_at = now()
          where capture_id = $1 and lease_owner = $2 and status = 'in_flight'",
     )
@@ -257,42 +263,62 @@ pub async fn record(
     .bind(decline_code.clone())
     .bind(terminal)
     .bind(key_spent)
+    .bind(matches!(transition, Transition::Pending { .. }))
     .execute(&mut *tx)
     .await
     .ctx(CTX)?
     .rows_affected()
         == 1;
     if updated && let Transition::Declined { code, .. } = transition {
-        // The latch (P4): the order stops, every later capture is blocked, and their claims
-        // on the authorization are dropped along with the declined one.
-        let blocked: i64 = sqlx::query_scalar(
-            "with b as (
-                 update captures set status = 'blocked', updated_at = now(),
-                     last_error = 'an earlier capture of this order was declined'
-                 where order_id = $1 and sequence > $2
-                   and status in ('queued', 'retrying', 'pending', 'attention')
-                 returning amount
-             ) select coalesce(sum(amount), 0)::bigint from b",
+        latch(
+            &mut tx,
+            &capture.order_id,
+            capture.sequence,
+            capture.amount,
+            code,
         )
-        .bind(&capture.order_id)
-        .bind(capture.sequence)
-        .fetch_one(&mut *tx)
-        .await
-        .ctx("blocking later captures after a decline")?;
-        sqlx::query(
-            "update orders set phase = 'declined', declined_code = $2, declined_at = now(),
-                 claimed_amount = greatest(claimed_amount - $3, 0), updated_at = now()
-             where order_id = $1",
-        )
-        .bind(&capture.order_id)
-        .bind(code)
-        .bind(capture.amount + blocked)
-        .execute(&mut *tx)
-        .await
-        .ctx("latching the order after a decline")?;
+        .await?;
     }
     tx.commit().await.ctx(CTX)?;
     Ok(updated)
+}
+
+/// The decline latch (P4), inside the caller's transaction, which holds the order row: the
+/// order stops, every later capture is blocked, and their claims on the authorization are
+/// dropped along with the declined one's `amount`.
+pub(super) async fn latch(
+    tx: &mut sqlx::PgConnection,
+    order_id: &str,
+    sequence: i32,
+    amount: i64,
+    code: &str,
+) -> Result<(), StorageError> {
+    let blocked: i64 = sqlx::query_scalar(
+        "with b as (
+             update captures set status = 'blocked', updated_at = now(),
+                 last_error = 'an earlier capture of this order was declined'
+             where order_id = $1 and sequence > $2
+               and status in ('queued', 'retrying', 'pending', 'attention')
+             returning amount
+         ) select coalesce(sum(amount), 0)::bigint from b",
+    )
+    .bind(order_id)
+    .bind(sequence)
+    .fetch_one(&mut *tx)
+    .await
+    .ctx("blocking later captures after a decline")?;
+    sqlx::query(
+        "update orders set phase = 'declined', declined_code = $2, declined_at = now(),
+             claimed_amount = greatest(claimed_amount - $3, 0), updated_at = now()
+         where order_id = $1",
+    )
+    .bind(order_id)
+    .bind(code)
+    .bind(amount + blocked)
+    .execute(&mut *tx)
+    .await
+    .ctx("latching the order after a decline")?;
+    Ok(())
 }
 
 async fn insert_attempt(

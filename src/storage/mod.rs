@@ -6,8 +6,10 @@
 //! or trigger that guards a promise refused the write) or permanent. Imports `domain` only.
 
 pub mod captures;
+pub mod deadlines;
 pub mod ledger;
 pub mod operator;
+pub mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;

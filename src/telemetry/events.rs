@@ -214,3 +214,88 @@ impl Emit for SweepFailed<'_> {
         counter!(m::SWEEP_FAILURES).increment(1);
     }
 }
+
+/// A provider notification was refused (bad or missing signature, no webhook secret, not the
+/// provider's shape, unknown provider) and recorded in `webhook_rejections`; nothing changed.
+pub struct NotificationRejected<'a> {
+    pub provider: &'a str,
+    /// `bad_signature`, `not_configured`, `malformed`, `unknown_provider`, `not_supported`.
+    pub reason: &'static str,
+    pub detail: &'a str,
+}
+
+impl Emit for NotificationRejected<'_> {
+    fn emit(self) {
+        let provider = label(self.provider);
+        tracing::warn!(
+            event = "notification_rejected",
+            provider = %provider,
+            reason = self.reason,
+            detail = %self.detail,
+            "provider notification refused and recorded in webhook_rejections; nothing changed"
+        );
+        counter!(m::NOTIFICATIONS, "provider" => provider, "result" => self.reason).increment(1);
+    }
+}
+
+/// A provider notification contradicts a capture the ledger already settled the other way
+/// (Adyen's `CAPTURE_FAILED` after a successful `CAPTURE`, or a re-capture after a decline).
+/// Recorded; the capture is left as it is for an operator.
+pub struct NotificationConflict<'a> {
+    pub provider: &'a str,
+    pub event_type: &'a str,
+    pub provider_reference: &'a str,
+    pub order_id: &'a str,
+    pub capture_id: i64,
+    pub detail: &'a str,
+}
+
+impl Emit for NotificationConflict<'_> {
+    fn emit(self) {
+        let provider = label(self.provider);
+        tracing::error!(
+            event = "notification_conflict",
+            provider = %provider,
+            event_type = %self.event_type,
+            provider_reference = %self.provider_reference,
+            order_id = %self.order_id,
+            capture_id = self.capture_id,
+            detail = %self.detail,
+            "a provider notification contradicts a settled capture: reconcile it by hand (docs/runbook.md)"
+        );
+        counter!(m::NOTIFICATIONS, "provider" => provider, "result" => "conflict").increment(1);
+    }
+}
+
+/// An open order's authorization expires within its provider's `capture_ahead`: what had
+/// shipped was captured (`captured`), or nothing could be done (`at_risk`: nothing waiting,
+/// so the unshipped value is lost at the deadline unless the order ships or is
+/// re-authorized).
+pub struct AuthorizationAtRisk<'a> {
+    pub provider: &'a str,
+    pub order_id: &'a str,
+    pub authorization_id: &'a str,
+    pub deadline: chrono::DateTime<chrono::Utc>,
+    /// Value the order still expects, minor units.
+    pub unclaimed: i64,
+    /// `captured` or `at_risk`.
+    pub action: &'static str,
+}
+
+impl Emit for AuthorizationAtRisk<'_> {
+    fn emit(self) {
+        let provider = label(self.provider);
+        tracing::warn!(
+            event = "authorization_at_risk",
+            provider = %provider,
+            order_id = %self.order_id,
+            authorization_id = %self.authorization_id,
+            deadline = %self.deadline.to_rfc3339(),
+            unclaimed = self.unclaimed,
+            action = self.action,
+            "an open order's authorization is about to expire"
+        );
+        counter!(m::AUTHORIZATION_DEADLINES, "provider" => provider, "action" => self.action)
+            .increment(1);
+    }
+}

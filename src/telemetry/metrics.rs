@@ -60,10 +60,21 @@ pub const SWEEP_FAILURES: &str = "capture_worker_sweep_failures_total";
 pub const OLDEST_CAPTURE_AGE: &str = "capture_worker_oldest_capture_age_seconds";
 /// Captures in each unsettled `status`, read from the ledger on scrape.
 pub const OPEN_CAPTURES: &str = "capture_worker_captures_open";
-/// Open orders whose authorization expires within 24 hours or already has; read on scrape.
+/// Open orders whose authorization (its `expires_at`, else the provider's window) expires
+/// within 24 hours or already has; read on scrape.
 pub const AUTHORIZATIONS_EXPIRING: &str = "capture_worker_authorizations_expiring_soon";
 /// 1 when the last scrape could read the ledger gauges, else 0 (their values are then stale).
 pub const LEDGER_SCRAPE_OK: &str = "capture_worker_ledger_scrape_ok";
+/// Provider notifications (webhooks), by `provider` and `result`: what became of an event
+/// (`applied`, `read_back`, `unmatched`, `ignored`, `conflict`, `duplicate`, `error`) or why
+/// the delivery was refused (`bad_signature`, `not_configured`, `malformed`,
+/// `unknown_provider`, `not_supported`; events `notification_rejected`,
+/// `notification_conflict`).
+pub const NOTIFICATIONS: &str = "capture_worker_notifications_total";
+/// Open orders found with their authorization about to expire, by `provider` and `action`
+/// (`captured`: what had shipped was captured; `at_risk`: nothing could be done; event
+/// `authorization_at_risk`).
+pub const AUTHORIZATION_DEADLINES: &str = "capture_worker_authorization_deadlines_total";
 
 /// Every metric this service exports (deploy/ files are checked against it).
 pub const ALL: &[&str] = &[
@@ -88,6 +99,8 @@ pub const ALL: &[&str] = &[
     OPEN_CAPTURES,
     AUTHORIZATIONS_EXPIRING,
     LEDGER_SCRAPE_OK,
+    NOTIFICATIONS,
+    AUTHORIZATION_DEADLINES,
 ];
 
 /// The statuses of a capture that still needs something to happen.
@@ -189,6 +202,14 @@ fn describe() {
         "Age of the oldest capture in each unsettled status (0: none)."
     );
     describe_gauge!(OPEN_CAPTURES, "Captures in each unsettled status.");
+    describe_counter!(
+        NOTIFICATIONS,
+        "Provider notifications, by provider and what became of them (or why they were refused)."
+    );
+    describe_counter!(
+        AUTHORIZATION_DEADLINES,
+        "Open orders found with their authorization about to expire, by provider and action."
+    );
     describe_gauge!(
         AUTHORIZATIONS_EXPIRING,
         "Open orders whose authorization expires within 24 hours or already has."
@@ -265,6 +286,11 @@ pub fn captured(provider: &str, currency: &str, minor_units: i64) {
 /// A retry was scheduled.
 pub fn retry_scheduled(provider: &str, reason: &'static str) {
     counter!(RETRIES, "provider" => label(provider), "reason" => reason).increment(1);
+}
+
+/// One provider notification event, or one refused delivery.
+pub fn notification(provider: &str, result: &'static str) {
+    counter!(NOTIFICATIONS, "provider" => label(provider), "result" => result).increment(1);
 }
 
 /// Whether the consumer is consuming.

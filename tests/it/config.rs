@@ -180,3 +180,28 @@ fn api_key_can_come_from_a_file() {
     let key = s.providers["stripe"].resolve_api_key().unwrap().unwrap();
     assert_eq!(key.expose(), "sk_test_fromfile");
 }
+
+#[test]
+fn async_outcome_settings_default_and_the_sandbox_notification_targets_parse() {
+    let dir = defaults_dir();
+    // An overlay written before these settings existed still loads, with their defaults.
+    let mut default = std::fs::read_to_string(dir.path().join("default.toml")).unwrap();
+    default = default
+        .lines()
+        .filter(|l| !l.starts_with("notification_wait_ms") && !l.starts_with("expiry_sweep_ms"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    write(dir.path(), "default.toml", &default);
+    write(
+        dir.path(),
+        "local.toml",
+        "[sandbox.notifications.adyen]\nurl = \"http://127.0.0.1:8080/webhooks/adyen\"\nsecret = \"44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056\"\n",
+    );
+    let s = Settings::load_from(dir.path(), Some("local"), vec![]).unwrap();
+    assert_eq!(s.capture.notification_wait_ms, 30_000);
+    assert_eq!(s.capture.expiry_sweep_ms, 60_000);
+    let adyen = &s.sandbox.notifications["adyen"];
+    assert_eq!(adyen.url, "http://127.0.0.1:8080/webhooks/adyen");
+    assert!(adyen.secret.is_some());
+    assert!(!format!("{s:?}").contains("44782DEF"));
+}

@@ -39,6 +39,8 @@ pub fn test_settings(db: &str, tag: &str, sandbox_url: &str) -> Settings {
     s.capture.sweep_interval_ms = 150;
     s.capture.provider_timeout_ms = 400;
     s.capture.parking_seconds = 3600;
+    s.capture.notification_wait_ms = 300;
+    s.capture.expiry_sweep_ms = 200;
     s.sandbox.embedded = false;
     s.providers.insert(
         "sandbox".into(),
@@ -50,6 +52,72 @@ pub fn test_settings(db: &str, tag: &str, sandbox_url: &str) -> Settings {
         },
     );
     s
+}
+
+/// The sandbox's API key in tests.
+pub const API_KEY: &str = "sk_test_canary_key";
+/// Adyen's HMAC key in tests (Adyen's published sample key).
+pub const ADYEN_HMAC_KEY: &str = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056";
+/// Gr4vy's webhook subscription secret in tests.
+pub const GR4VY_WEBHOOK_SECRET: &str = "gr4vy-webhook-secret";
+/// Checkout.com's webhook signature key in tests.
+pub const CHECKOUT_WEBHOOK_SECRET: &str = "cko-webhook-secret";
+/// The Adyen merchant account in tests.
+pub const ADYEN_MERCHANT: &str = "SandboxMerchantEU";
+
+/// Adds one provider per sandbox dialect, each named after its kind (`gr4vy`, `adyen`,
+/// `checkout`, `paypal`, `hellgate`, `orchestrator`), next to the Stripe-dialect `sandbox`,
+/// and `orchestrator_multi`, an orchestrator merchant whose connection allows 10 captures.
+pub fn with_dialects(s: &mut Settings) {
+    let base = s.providers["sandbox"].base_url.clone();
+    let entry = |kind: &str, path: &str| ProviderSettings {
+        kind: Some(kind.to_owned()),
+        base_url: format!("{base}{path}"),
+        api_key: Some(Secret::new(API_KEY)),
+        ..ProviderSettings::default()
+    };
+    s.providers.insert(
+        "gr4vy".into(),
+        ProviderSettings {
+            webhook_secret: Some(Secret::new(GR4VY_WEBHOOK_SECRET)),
+            ..entry("gr4vy", "/gr4vy")
+        },
+    );
+    s.providers.insert(
+        "adyen".into(),
+        ProviderSettings {
+            merchant_account: Some(ADYEN_MERCHANT.into()),
+            webhook_secret: Some(Secret::new(ADYEN_HMAC_KEY)),
+            ..entry("adyen", "/adyen/v71")
+        },
+    );
+    s.providers.insert(
+        "checkout".into(),
+        ProviderSettings {
+            webhook_secret: Some(Secret::new(CHECKOUT_WEBHOOK_SECRET)),
+            ..entry("checkout", "/checkout")
+        },
+    );
+    s.providers.insert(
+        "paypal".into(),
+        ProviderSettings {
+            client_id: Some("sandbox-client".into()),
+            ..entry("paypal", "/paypal")
+        },
+    );
+    s.providers
+        .insert("hellgate".into(), entry("hellgate", "/hellgate"));
+    s.providers.insert(
+        "orchestrator".into(),
+        entry("orchestrator", "/orchestrator"),
+    );
+    s.providers.insert(
+        "orchestrator_multi".into(),
+        ProviderSettings {
+            max_captures: Some(10),
+            ..entry("orchestrator", "/orchestrator")
+        },
+    );
 }
 
 /// A fresh, migrated database.
@@ -133,6 +201,41 @@ impl TestApp {
 
     pub fn worker_http(&self, i: usize) -> std::net::SocketAddr {
         self.workers[i].http
+    }
+
+    /// A running worker serving every sandbox dialect (see [`with_dialects`]), with the
+    /// sandbox posting its notifications to the worker's webhook endpoint.
+    pub async fn spawn_with_dialects(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        let app = TestApp::spawn_with(|s| {
+            with_dialects(s);
+            tweak(s);
+        })
+        .await;
+        app.route_notifications();
+        app
+    }
+
+    /// Points the sandbox's notifications of every dialect at worker 0's webhook endpoint,
+    /// signed with the keys the worker is configured with.
+    pub fn route_notifications(&self) {
+        let http = self.worker_http(0);
+        for (dialect, secret) in [
+            ("adyen", Some(ADYEN_HMAC_KEY)),
+            ("gr4vy", Some(GR4VY_WEBHOOK_SECRET)),
+            ("checkout", Some(CHECKOUT_WEBHOOK_SECRET)),
+            ("paypal", None),
+        ] {
+            self.sandbox.set_notification_target(
+                dialect,
+                &format!("http://{http}/webhooks/{dialect}"),
+                secret,
+            );
+        }
+    }
+
+    /// Registers an authorization in the sandbox, as given.
+    pub fn authorize_with(&self, authorization: NewAuthorization) {
+        self.sandbox.create_authorization(authorization).unwrap();
     }
 
     /// Stops every worker gracefully and waits for them.

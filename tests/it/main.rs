@@ -21,6 +21,7 @@ mod provider_orchestrator;
 mod provider_paypal;
 mod provider_registry;
 mod provider_stripe;
+mod providers_e2e;
 mod sandbox;
 mod support;
 mod telemetry;

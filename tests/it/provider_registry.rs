@@ -197,3 +197,77 @@ fn a_providers_secret_can_come_from_a_file_and_never_prints() {
     );
     assert!(!format!("{s:?}").contains("canary"));
 }
+
+#[test]
+fn a_webhook_secret_is_taken_only_where_notifications_are_signed_with_one() {
+    for (extra, ok) in [
+        (
+            "[providers.adyen]\nbase_url = \"https://checkout-test.adyen.com/v71\"\nmerchant_account = \"m\"\nwebhook_secret = \"44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056\"\n",
+            true,
+        ),
+        (
+            "[providers.gr4vy]\nbase_url = \"https://x.example\"\nwebhook_secret = \"s\"\n",
+            true,
+        ),
+        (
+            "[providers.checkout]\nbase_url = \"https://x.example\"\nwebhook_secret = \"s\"\n",
+            true,
+        ),
+        (
+            "[providers.stripe]\nbase_url = \"https://x.example\"\nwebhook_secret = \"s\"\n",
+            false,
+        ),
+        (
+            "[providers.paypal]\nbase_url = \"https://x.example\"\nwebhook_secret = \"s\"\n",
+            false,
+        ),
+        // Adyen's HMAC key is hex.
+        (
+            "[providers.adyen]\nbase_url = \"https://checkout-test.adyen.com/v71\"\nmerchant_account = \"m\"\nwebhook_secret = \"not hex\"\n",
+            false,
+        ),
+    ] {
+        let s = settings(extra, &[]).unwrap();
+
+        let built = Providers::from_settings(&s);
+
+        match built {
+            Ok(_) => assert!(ok, "{extra}"),
+            Err(e) => {
+                assert!(!ok, "{extra}: {e}");
+                assert!(e.to_string().contains("webhook_secret"), "{e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_webhook_secret_comes_from_the_environment_or_a_file_and_never_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gr4vy_webhook");
+    std::fs::write(&file, "whsec_from_file_canary\n").unwrap();
+    let s = settings(
+        "[providers.gr4vy]\nbase_url = \"https://x.example\"\n[providers.checkout]\nbase_url = \"https://y.example\"\n",
+        &[
+            ("CAPTURE__PROVIDERS__GR4VY__WEBHOOK_SECRET_FILE", file.to_str().unwrap()),
+            ("CAPTURE__PROVIDERS__CHECKOUT__WEBHOOK_SECRET", "cko_env_canary"),
+        ],
+    )
+    .unwrap();
+
+    let gr4vy = s.providers["gr4vy"]
+        .resolve_webhook_secret()
+        .unwrap()
+        .unwrap();
+    let checkout = s.providers["checkout"]
+        .resolve_webhook_secret()
+        .unwrap()
+        .unwrap();
+    let providers = Providers::from_settings(&s).unwrap();
+
+    assert_eq!(gr4vy.expose(), "whsec_from_file_canary");
+    assert_eq!(checkout.expose(), "cko_env_canary");
+    assert!(!format!("{s:?}").contains("canary"));
+    assert!(!serde_json::to_string(&s).unwrap().contains("canary"));
+    assert!(!format!("{:?}", providers.names()).contains("canary"));
+}

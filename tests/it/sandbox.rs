@@ -1,5 +1,6 @@
-//! The sandbox provider over real HTTP, in Stripe's dialect: balances, idempotency, scenarios,
-//! the ledger. Delays appear only where the delay is the thing under test.
+//! The sandbox provider over real HTTP, in Stripe's dialect and the others: balances,
+//! idempotency, scenarios, the ledger. Delays appear only where the delay is the thing under
+//! test.
 
 use std::time::Duration;
 
@@ -835,4 +836,156 @@ async fn scenarios_set_from_rust_take_effect_on_the_next_capture() {
             .set_scenario("pi_missing", Scenario::default())
             .is_err()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The other dialects, over the same model.
+
+/// POSTs a JSON body to a dialect path with the headers given; returns (status, body).
+async fn post_json(
+    p: &Provider,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Value,
+) -> (StatusCode, Value) {
+    let mut request = p.http.post(format!("{}{path}", p.base)).json(&body);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let r = request.send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn each_dialect_replays_an_idempotent_request_and_moves_the_money_once() {
+    let p = start().await;
+    for id in ["gr-1", "ad-1", "ck-1", "pp-1"] {
+        p.authorize(id, 10_000, None).await;
+    }
+    let cases: [(&str, &str, &str, Value); 4] = [
+        (
+            "gr-1",
+            "/gr4vy/transactions/gr-1/capture",
+            "idempotency-key",
+            json!({"amount": 2500, "final": false}),
+        ),
+        (
+            "ad-1",
+            "/adyen/v71/payments/ad-1/captures",
+            "idempotency-key",
+            json!({"merchantAccount": "M", "amount": {"currency": "USD", "value": 2500}, "reference": "O/S1"}),
+        ),
+        (
+            "ck-1",
+            "/checkout/payments/ck-1/captures",
+            "cko-idempotency-key",
+            json!({"amount": 2500, "capture_type": "NonFinal", "reference": "O/S1"}),
+        ),
+        (
+            "pp-1",
+            "/paypal/v2/payments/authorizations/pp-1/capture",
+            "paypal-request-id",
+            json!({"amount": {"currency_code": "USD", "value": "25.00"}, "invoice_id": "O/S1", "final_capture": false}),
+        ),
+    ];
+    for (id, path, header, body) in cases {
+        let first = post_json(&p, path, &[(header, "key-1")], body.clone()).await;
+        let again = post_json(&p, path, &[(header, "key-1")], body.clone()).await;
+        assert!(first.0.is_success(), "{id}: {first:?}");
+        assert_eq!(first, again, "{id}: the same key replays the same answer");
+        let other = post_json(&p, path, &[(header, "key-1")], json!({"amount": 1})).await;
+        assert!(
+            other.0.is_client_error(),
+            "{id}: the key with other parameters is refused: {other:?}"
+        );
+        // Asynchronous dialects settle at once by default; reading settles what is due.
+        let a = p.sandbox.authorization(id).unwrap();
+        assert_eq!(
+            (a.amount_received, a.captures.len()),
+            (2500, 1),
+            "{id}: money moved once"
+        );
+        assert!(p.sandbox.ledger_for(id).iter().any(|e| e.replayed), "{id}");
+    }
+}
+
+#[tokio::test]
+async fn hellgate_takes_one_capture_and_the_orchestrator_follow_ons_only_where_allowed() {
+    let p = start().await;
+    p.authorize("hg-1", 10_000, None).await;
+    let capture = json!({"amount": 4000, "currency_code": "USD", "reference": "O/S1"});
+    let (status, payment) =
+        post_json(&p, "/hellgate/payments/hg-1/capture", &[], capture.clone()).await;
+    assert_eq!(
+        (status.as_u16(), payment["status"].as_str()),
+        (200, Some("capturing"))
+    );
+    let (status, _) = post_json(&p, "/hellgate/payments/hg-1/capture", &[], capture).await;
+    assert_eq!(
+        status.as_u16(),
+        409,
+        "Hellgate does not support multiple captures"
+    );
+    let read: Value = p
+        .http
+        .get(format!("{}/hellgate/payments/hg-1", p.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["status"], "captured");
+    assert_eq!(read["amount"]["captured"], 4000);
+
+    let mut single = NewAuthorization::new("txn_one", 10_000, "USD");
+    single.max_captures = Some(1);
+    p.sandbox.create_authorization(single).unwrap();
+    let body = json!({"type": "capture", "transactionId": "txn_one", "amount": 3000});
+    let (status, txn) = post_json(&p, "/orchestrator/v1/transactions", &[], body.clone()).await;
+    assert_eq!(status.as_u16(), 201);
+    assert_eq!(
+        (
+            txn["type"].as_str(),
+            txn["originalTransactionId"].as_str(),
+            txn["authorization"]["status"].as_str()
+        ),
+        (Some("capture"), Some("txn_one"), Some("A"))
+    );
+    let (status, _) = post_json(&p, "/orchestrator/v1/transactions", &[], body).await;
+    assert_eq!(
+        status.as_u16(),
+        422,
+        "no follow-on capture on this connection"
+    );
+}
+
+#[tokio::test]
+async fn a_dialect_refuses_requests_without_its_credentials() {
+    let p = start_with(SandboxOptions {
+        latency: Duration::ZERO,
+        api_key: Some("sk_dialects".into()),
+    })
+    .await;
+    p.authorize("any", 10_000, None).await;
+    for (path, body) in [
+        ("/gr4vy/transactions/any/capture", json!({"amount": 1})),
+        (
+            "/adyen/v71/payments/any/captures",
+            json!({"merchantAccount": "M", "amount": {"currency": "USD", "value": 1}}),
+        ),
+        ("/checkout/payments/any/captures", json!({"amount": 1})),
+        ("/paypal/v2/payments/authorizations/any/capture", json!({})),
+        ("/hellgate/payments/any/capture", json!({})),
+        (
+            "/orchestrator/v1/transactions",
+            json!({"type": "capture", "transactionId": "any"}),
+        ),
+    ] {
+        let (status, _) = post_json(&p, path, &[], body).await;
+        assert_eq!(status.as_u16(), 401, "{path}");
+    }
+    assert_eq!(p.sandbox.authorization("any").unwrap().amount_received, 0);
 }

@@ -13,6 +13,7 @@
 //! webhook; at most 150 partial actions per payment (the capability record's limit, honoured
 //! by the capture plan); the remainder is released with a void.
 
+mod webhook;
 mod wire;
 
 use std::fmt;
@@ -28,8 +29,10 @@ use crate::domain::{AuthorizationId, Capabilities, ProviderName};
 use crate::provider::http::{self, ProviderSetupError, Replay};
 use crate::provider::{
     AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider,
-    ReleaseRequest,
+    ReleaseRequest, WebhookError, WebhookEvent,
 };
+
+pub use self::webhook::sign as sign_webhook;
 
 use self::wire::{Accepted, ApiError, CaptureBody, PaymentDetails, PaymentStatus, VoidBody};
 
@@ -42,6 +45,8 @@ pub struct CheckoutProvider {
     base_url: Url,
     /// `Bearer <secret key>`, sensitive.
     authorization: Option<HeaderValue>,
+    /// The webhook's signature key.
+    webhook_secret: Option<Secret>,
     timeout: Duration,
     client: Client,
 }
@@ -54,6 +59,10 @@ impl fmt::Debug for CheckoutProvider {
             .field(
                 "secret_key",
                 &self.authorization.as_ref().map(|_| "[redacted]"),
+            )
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "[redacted]"),
             )
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
@@ -86,9 +95,16 @@ impl CheckoutProvider {
             name,
             base_url,
             authorization,
+            webhook_secret: None,
             timeout,
             client,
         })
+    }
+
+    /// Verifies webhook deliveries with the webhook's signature `key`.
+    pub fn with_webhook_secret(mut self, key: Secret) -> Self {
+        self.webhook_secret = Some(key);
+        self
     }
 
     fn authorized(&self, builder: RequestBuilder) -> RequestBuilder {
@@ -294,6 +310,19 @@ impl PaymentProvider for CheckoutProvider {
         authorization_id: &AuthorizationId,
     ) -> Result<AuthorizationSnapshot, LookupError> {
         self.read_payment(authorization_id).await
+    }
+
+    /// Webhooks signed with `Cko-Signature`; capture and void events settle what they name.
+    fn read_notification(
+        &self,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+        _now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<WebhookEvent>, WebhookError> {
+        match &self.webhook_secret {
+            Some(key) => webhook::read(headers, body, key),
+            None => Err(WebhookError::NotConfigured),
+        }
     }
 }
 

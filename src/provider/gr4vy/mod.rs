@@ -14,6 +14,7 @@
 //! may be attempted once someone has looked); a pending capture is `Pending` and keeps its
 //! claim; 409 `concurrent_request` (the same key still in progress) is retried.
 
+mod webhook;
 mod wire;
 
 use std::fmt;
@@ -29,8 +30,10 @@ use crate::domain::{AuthorizationId, Capabilities, ProviderName};
 use crate::provider::http::{self, ProviderSetupError, Replay};
 use crate::provider::{
     AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider,
-    ReleaseRequest,
+    ReleaseRequest, WebhookError, WebhookEvent,
 };
+
+pub use self::webhook::sign as sign_webhook;
 
 use self::wire::{
     ApiError, CaptureBody, CaptureStatus, Transaction, TransactionCapture, TransactionStatus,
@@ -45,6 +48,8 @@ pub struct Gr4vyProvider {
     /// `Bearer <jwt>`, sensitive.
     authorization: Option<HeaderValue>,
     merchant_account_id: Option<HeaderValue>,
+    /// The webhook subscription's secret.
+    webhook_secret: Option<Secret>,
     timeout: Duration,
     client: Client,
 }
@@ -56,6 +61,10 @@ impl fmt::Debug for Gr4vyProvider {
             .field("base_url", &self.base_url.as_str())
             .field("token", &self.authorization.as_ref().map(|_| "[redacted]"))
             .field("merchant_account_id", &self.merchant_account_id)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "[redacted]"),
+            )
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -100,9 +109,16 @@ impl Gr4vyProvider {
             base_url,
             authorization,
             merchant_account_id,
+            webhook_secret: None,
             timeout,
             client,
         })
+    }
+
+    /// Verifies webhook deliveries with the subscription's `secret`.
+    pub fn with_webhook_secret(mut self, secret: Secret) -> Self {
+        self.webhook_secret = Some(secret);
+        self
     }
 
     fn headers(&self, builder: RequestBuilder) -> RequestBuilder {
@@ -311,6 +327,20 @@ impl PaymentProvider for Gr4vyProvider {
         authorization_id: &AuthorizationId,
     ) -> Result<AuthorizationSnapshot, LookupError> {
         self.read_transaction(authorization_id).await
+    }
+
+    /// Signed webhook deliveries (`X-Gr4vy-Webhook-Signatures`); per-capture events settle
+    /// the capture they name.
+    fn read_notification(
+        &self,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<WebhookEvent>, WebhookError> {
+        match &self.webhook_secret {
+            Some(secret) => webhook::read(headers, body, secret, now),
+            None => Err(WebhookError::NotConfigured),
+        }
     }
 }
 

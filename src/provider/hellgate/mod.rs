@@ -286,6 +286,11 @@ impl PaymentProvider for HellgateProvider {
     ) -> Result<AuthorizationSnapshot, LookupError> {
         self.read_payment(authorization_id).await
     }
+
+    /// A payment that went from `capturing` to `failed`: the capture was refused.
+    fn refused_capture(&self, snapshot: &AuthorizationSnapshot) -> Option<String> {
+        (snapshot.status == "failed").then(|| "failed".to_owned())
+    }
 }
 
 /// Routes an answer: a 2xx payment through `on_payment`, anything else by status.

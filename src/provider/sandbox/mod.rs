@@ -1,8 +1,12 @@
 //! The sandbox provider: a built-in payment-provider server with real capture semantics.
 //!
-//! Speaks Stripe's dialect (`/v1/payment_intents/...`, form bodies, `Idempotency-Key`,
-//! Stripe's error JSON and headers) over one core model (`model.rs`), so the worker reaches it
-//! through the same HTTP adapter as production. Scenarios inject declines, 5xx, 429, timeouts,
+//! Speaks Stripe's dialect at the root (`/v1/payment_intents/...`, form bodies,
+//! `Idempotency-Key`, Stripe's error JSON and headers) and each other provider's under its
+//! prefix — `/gr4vy`, `/adyen/v71`, `/checkout`, `/paypal`, `/hellgate`, `/orchestrator`
+//! (`gr4vy.rs`, `adyen.rs`… over the shared pipeline in `dialect.rs`) — all over one core
+//! model (`model.rs`), so the worker reaches it through the same HTTP adapters as production.
+//! Asynchronous dialects accept a capture, hold its amount, settle it later and post the
+//! provider's signed notification to a configured target (`notify.rs`). Scenarios inject declines, 5xx, 429, timeouts,
 //! lost responses and latency per authorization; the ledger records every provider-dialect
 //! request so tests can prove that nothing was captured twice. Admin endpoints live under
 //! `/sandbox`. Imports `domain` only, never another adapter.
@@ -12,7 +16,15 @@
 //! executes under the lock, so a concurrent duplicate sees `idempotency_key_in_use` as on
 //! Stripe.
 
+mod adyen;
+mod checkout;
+mod dialect;
+mod gr4vy;
+mod hellgate;
 pub mod model;
+mod notify;
+mod orchestrator;
+mod paypal;
 pub mod wire;
 
 use std::future::Future;
@@ -35,9 +47,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use model::{
-    AuthorizationView, CancellationReason, CaptureRecord, Fault, FaultRates, LedgerEntry,
-    LedgerOutcome, ModelError, NewAuthorization, Scenario, Status,
+    AuthorizationView, CancellationReason, CaptureRecord, DeclinedCapture, Fault, FaultRates,
+    LedgerEntry, LedgerOutcome, ModelError, NewAuthorization, PendingCapture, Scenario, Status,
 };
+pub use notify::Delivery;
 
 use model::{CaptureCommand, Claim, Created, Fingerprint, IdempotencyStore, Model};
 use wire::{AdminAuthorization, ApiError, CaptureForm, ErrorType, PaymentIntent};
@@ -93,6 +106,14 @@ struct Shared {
     state: Mutex<SandboxState>,
     next_seq: AtomicU64,
     next_request: AtomicU64,
+    /// Where each dialect's notifications go.
+    targets: Mutex<std::collections::HashMap<String, notify::Target>>,
+    /// Every notification sent or attempted.
+    deliveries: Mutex<Vec<notify::Delivery>>,
+    /// Posts notifications; `None` if no HTTP client could be built.
+    client: Option<reqwest::Client>,
+    /// PayPal access tokens handed out.
+    tokens: Mutex<std::collections::HashSet<String>>,
 }
 
 struct SandboxState {
@@ -129,6 +150,13 @@ impl Sandbox {
                 }),
                 next_seq: AtomicU64::new(0),
                 next_request: AtomicU64::new(0),
+                targets: Mutex::new(std::collections::HashMap::new()),
+                deliveries: Mutex::new(Vec::new()),
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .ok(),
+                tokens: Mutex::new(std::collections::HashSet::new()),
             }),
         }
     }
@@ -517,6 +545,7 @@ impl Sandbox {
             is_final: form.is_final(),
             idempotency_key: target.key.clone(),
             metadata: form.metadata,
+            reference: None,
         };
         let (reply, outcome, moved) = match state.model.capture(&target.id, &command, now) {
             Ok(captured) => (
@@ -885,9 +914,17 @@ fn base64(bytes: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
-/// The sandbox's routes: Stripe's PaymentIntent endpoints and the `/sandbox` admin API.
+/// The sandbox's routes: Stripe's PaymentIntent endpoints at the root, the other dialects
+/// under their prefix (`/gr4vy`, `/adyen/v71`, `/checkout`, `/paypal`, `/hellgate`,
+/// `/orchestrator`: each provider's base URL), and the `/sandbox` admin API.
 pub fn router(sandbox: Sandbox) -> Router {
     Router::new()
+        .nest("/gr4vy", gr4vy::routes())
+        .nest("/adyen/v71", adyen::routes())
+        .nest("/checkout", checkout::routes())
+        .nest("/paypal", paypal::routes())
+        .nest("/hellgate", hellgate::routes())
+        .nest("/orchestrator", orchestrator::routes())
         .route("/v1/payment_intents/{id}", get(retrieve_handler))
         .route("/v1/payment_intents/{id}/capture", post(capture_handler))
         .route("/v1/payment_intents/{id}/cancel", post(cancel_handler))

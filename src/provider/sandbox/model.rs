@@ -143,6 +143,13 @@ pub struct Scenario {
     pub rates: Option<FaultRates>,
     /// Added to the global latency on every call about this authorization, in milliseconds.
     pub latency_ms: u64,
+    /// Captures are accepted and settle this long after, in milliseconds (the capture is
+    /// pending until then). The asynchronous dialects (Adyen, Checkout.com, Hellgate) settle
+    /// at once when unset; the others (Gr4vy, PayPal) answer synchronously unless it is set.
+    pub settle_after_ms: Option<u64>,
+    /// The provider's notifications for this authorization are lost: none is sent, so only a
+    /// read-back settles its pending captures.
+    pub silent: bool,
 }
 
 impl Scenario {
@@ -174,6 +181,7 @@ impl Scenario {
             .chain([
                 self.latency_ms,
                 self.rates.as_ref().map_or(0, |r| r.timeout_ms),
+                self.settle_after_ms.unwrap_or(0),
             ]);
         if delays.into_iter().any(|d| d > MAX_DELAY_MS) {
             return Err(ModelError::Invalid(format!(
@@ -237,6 +245,74 @@ pub struct CaptureRecord {
     pub is_final: bool,
     pub idempotency_key: Option<String>,
     pub at: DateTime<Utc>,
+    /// The dialect's id for this capture (asynchronous and dialect captures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+/// A capture accepted by an asynchronous dialect and not settled yet. Its amount is held:
+/// no longer capturable, not yet received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCapture {
+    /// The dialect's id for the capture (Adyen's modification pspReference, Checkout.com's
+    /// action id, Gr4vy's capture id, PayPal's capture id).
+    pub reference: String,
+    /// The dialect that accepted it, which formats its notification.
+    pub channel: String,
+    pub amount: i64,
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    pub idempotency_key: Option<String>,
+    /// The client's reference as sent (`order/cause`).
+    pub merchant_reference: Option<String>,
+    /// The merchant account the request named (Adyen), echoed in its notification.
+    pub account: Option<String>,
+    pub accepted_at: DateTime<Utc>,
+    pub settles_at: DateTime<Utc>,
+    /// Decided when accepted (the scenario's decline): the code it settles declined with.
+    pub decline: Option<String>,
+    /// The ledger entry of the request that was accepted.
+    pub ledger_seq: u64,
+}
+
+/// A capture that settled declined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeclinedCapture {
+    pub reference: String,
+    pub amount: i64,
+    pub decline_code: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A pending capture that settled, for the dialect that accepted it to notify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub authorization_id: String,
+    pub channel: String,
+    pub reference: String,
+    pub merchant_reference: Option<String>,
+    pub account: Option<String>,
+    pub amount: i64,
+    pub currency: Currency,
+    pub is_final: bool,
+    /// `None`: captured; `Some(code)`: declined.
+    pub decline: Option<String>,
+    /// The notification for this authorization is lost (the scenario's `silent`).
+    pub silent: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// An asynchronous capture to accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acceptance {
+    pub command: CaptureCommand,
+    pub reference: String,
+    pub channel: String,
+    pub merchant_reference: Option<String>,
+    pub account: Option<String>,
+    /// When it settles.
+    pub settles_at: DateTime<Utc>,
+    pub ledger_seq: u64,
 }
 
 /// A copy of one authorization's state.
@@ -256,6 +332,10 @@ pub struct AuthorizationView {
     pub latest_charge: String,
     pub metadata: BTreeMap<String, String>,
     pub captures: Vec<CaptureRecord>,
+    /// Accepted captures not settled yet.
+    pub pending: Vec<PendingCapture>,
+    /// Accepted captures that settled declined.
+    pub declined: Vec<DeclinedCapture>,
     /// Capture requests that reached normal processing (what `decline_on_capture` counts).
     pub capture_requests: u32,
     pub scenario: Scenario,
@@ -277,6 +357,8 @@ pub struct CaptureCommand {
     pub is_final: bool,
     pub idempotency_key: Option<String>,
     pub metadata: MetadataUpdate,
+    /// The dialect's id for the capture it records, when it has one.
+    pub reference: Option<String>,
 }
 
 /// A capture that moved money.
@@ -332,6 +414,9 @@ pub enum LedgerOutcome {
     Released,
     /// A read.
     Read,
+    /// An asynchronous capture was accepted; the entry becomes `captured` or `declined` when
+    /// it settles.
+    Accepted,
 }
 
 /// One request received on a provider-dialect endpoint, as it arrived and as it was answered.
@@ -403,6 +488,8 @@ struct Authorization {
     latest_charge: String,
     metadata: BTreeMap<String, String>,
     captures: Vec<CaptureRecord>,
+    pending: Vec<PendingCapture>,
+    declined: Vec<DeclinedCapture>,
     capture_requests: u32,
     scenario: Scenario,
     rng: Prng,
@@ -454,6 +541,8 @@ impl Authorization {
             latest_charge: self.latest_charge.clone(),
             metadata: self.metadata.clone(),
             captures: self.captures.clone(),
+            pending: self.pending.clone(),
+            declined: self.declined.clone(),
             capture_requests: self.capture_requests,
             scenario: self.scenario.clone(),
         }
@@ -473,6 +562,8 @@ pub struct Model {
     authorizations: BTreeMap<String, Authorization>,
     ledger: Vec<LedgerEntry>,
     charges: u64,
+    /// Settled pending captures not yet handed to the dialects for notification.
+    outbox: Vec<Settled>,
 }
 
 impl Model {
@@ -511,13 +602,14 @@ impl Model {
         scenario.validate()?;
         let mut spec = new;
         spec.currency = currency.code().to_owned();
-        if let Some(existing) = self.authorizations.get_mut(&spec.id) {
-            return if existing.spec == spec {
-                existing.refresh(now);
-                Ok((existing.view(), Created::AlreadyExisted))
-            } else {
-                Err(ModelError::Conflict { id: spec.id })
-            };
+        if let Some(same) = self.authorizations.get(&spec.id).map(|e| e.spec == spec) {
+            if !same {
+                return Err(ModelError::Conflict { id: spec.id });
+            }
+            self.settle(&spec.id, now);
+            let existing = self.get_mut(&spec.id)?;
+            existing.refresh(now);
+            return Ok((existing.view(), Created::AlreadyExisted));
         }
         let expires_at = match spec.expires_at {
             Some(at) => at,
@@ -541,6 +633,8 @@ impl Model {
             latest_charge: format!("ch_sbx{:016x}", mix(self.charges)),
             metadata: BTreeMap::new(),
             captures: Vec::new(),
+            pending: Vec::new(),
+            declined: Vec::new(),
             capture_requests: 0,
             scenario: Scenario::default(),
             rng: Prng::new(0),
@@ -567,6 +661,7 @@ impl Model {
 
     /// The authorization as of `now` (expiry applied).
     pub fn view(&mut self, id: &str, now: DateTime<Utc>) -> Option<AuthorizationView> {
+        self.settle(id, now);
         let auth = self.authorizations.get_mut(id)?;
         auth.refresh(now);
         Some(auth.view())
@@ -626,6 +721,7 @@ impl Model {
         command: &CaptureCommand,
         now: DateTime<Utc>,
     ) -> Result<Captured, ModelError> {
+        self.settle(id, now);
         let auth = self.get_mut(id)?;
         auth.refresh(now);
         auth.capture_requests = auth
@@ -641,7 +737,14 @@ impl Model {
                 action: "captured",
             });
         }
-        let done = u32::try_from(auth.captures.len()).map_err(|_| ModelError::Overflow)?;
+        let done = u32::try_from(auth.captures.len() + auth.pending.len())
+            .map_err(|_| ModelError::Overflow)?;
+        if auth.pending.iter().any(|p| p.is_final) {
+            return Err(ModelError::UnexpectedState {
+                status: auth.status,
+                action: "captured again (a final capture is pending)",
+            });
+        }
         if done >= auth.max_captures {
             return Err(ModelError::LimitReached {
                 limit: auth.max_captures,
@@ -686,6 +789,7 @@ impl Model {
             is_final: command.is_final,
             idempotency_key: command.idempotency_key.clone(),
             at: now,
+            reference: command.reference.clone(),
         });
         Ok(Captured {
             amount,
@@ -700,6 +804,7 @@ impl Model {
         reason: Option<CancellationReason>,
         now: DateTime<Utc>,
     ) -> Result<AuthorizationView, ModelError> {
+        self.settle(id, now);
         let auth = self.get_mut(id)?;
         auth.refresh(now);
         if auth.status != Status::RequiresCapture {
@@ -713,6 +818,187 @@ impl Model {
         auth.canceled_at = Some(now);
         auth.amount_capturable = 0;
         Ok(auth.view())
+    }
+
+    /// Accepts an asynchronous capture: the same checks as [`Model::capture`] (the scenario's
+    /// decline is decided now and applied when it settles), then its amount is held until
+    /// `settles_at`.
+    pub fn accept(
+        &mut self,
+        id: &str,
+        acceptance: Acceptance,
+        now: DateTime<Utc>,
+    ) -> Result<AuthorizationView, ModelError> {
+        self.settle(id, now);
+        let auth = self.get_mut(id)?;
+        auth.refresh(now);
+        auth.capture_requests = auth
+            .capture_requests
+            .checked_add(1)
+            .ok_or(ModelError::Overflow)?;
+        if auth.cancellation_reason == Some(CancellationReason::Expired) {
+            return Err(ModelError::Expired);
+        }
+        if auth.status != Status::RequiresCapture || auth.pending.iter().any(|p| p.is_final) {
+            return Err(ModelError::UnexpectedState {
+                status: auth.status,
+                action: "captured",
+            });
+        }
+        let done = u32::try_from(auth.captures.len() + auth.pending.len())
+            .map_err(|_| ModelError::Overflow)?;
+        if done >= auth.max_captures {
+            return Err(ModelError::LimitReached {
+                limit: auth.max_captures,
+            });
+        }
+        let command = acceptance.command;
+        let amount = command.amount.unwrap_or(auth.amount_capturable);
+        if amount < 1 {
+            return Err(ModelError::AmountTooSmall { requested: amount });
+        }
+        if amount > auth.amount_capturable {
+            return Err(ModelError::AmountTooLarge {
+                requested: amount,
+                capturable: auth.amount_capturable,
+            });
+        }
+        let decline =
+            (auth.scenario.decline_on_capture == Some(auth.capture_requests)).then(|| {
+                auth.scenario
+                    .decline_code
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_DECLINE_CODE.to_owned())
+            });
+        auth.amount_capturable = auth
+            .amount_capturable
+            .checked_sub(amount)
+            .ok_or(ModelError::Overflow)?;
+        auth.apply_metadata(&command.metadata);
+        auth.pending.push(PendingCapture {
+            reference: acceptance.reference,
+            channel: acceptance.channel,
+            amount,
+            is_final: command.is_final,
+            idempotency_key: command.idempotency_key,
+            merchant_reference: acceptance.merchant_reference,
+            account: acceptance.account,
+            accepted_at: now,
+            settles_at: acceptance.settles_at,
+            decline,
+            ledger_seq: acceptance.ledger_seq,
+        });
+        Ok(auth.view())
+    }
+
+    /// Releases what is left of a capturable authorization without a capture (a final
+    /// capture of nothing): `succeeded` when something was captured, else `canceled`.
+    pub fn close(&mut self, id: &str, now: DateTime<Utc>) -> Result<AuthorizationView, ModelError> {
+        self.settle(id, now);
+        let auth = self.get_mut(id)?;
+        auth.refresh(now);
+        if auth.status != Status::RequiresCapture || !auth.pending.is_empty() {
+            return Err(ModelError::UnexpectedState {
+                status: auth.status,
+                action: "closed",
+            });
+        }
+        auth.amount_capturable = 0;
+        if auth.amount_received > 0 {
+            auth.status = Status::Succeeded;
+        } else {
+            auth.status = Status::Canceled;
+            auth.canceled_at = Some(now);
+        }
+        Ok(auth.view())
+    }
+
+    /// Settles the authorization's pending captures that are due at `now`: their money moves
+    /// (or their hold is released, when declined), their ledger entries say so, and each is
+    /// queued for notification.
+    pub fn settle(&mut self, id: &str, now: DateTime<Utc>) {
+        let Some(auth) = self.authorizations.get_mut(id) else {
+            return;
+        };
+        if auth.pending.iter().all(|p| p.settles_at > now) {
+            return;
+        }
+        let (due, waiting): (Vec<PendingCapture>, Vec<PendingCapture>) =
+            std::mem::take(&mut auth.pending)
+                .into_iter()
+                .partition(|p| p.settles_at <= now);
+        auth.pending = waiting;
+        let mut entries = Vec::new();
+        for p in due {
+            match &p.decline {
+                Some(code) => {
+                    if auth.status == Status::RequiresCapture {
+                        auth.amount_capturable = auth.amount_capturable.saturating_add(p.amount);
+                    }
+                    auth.declined.push(DeclinedCapture {
+                        reference: p.reference.clone(),
+                        amount: p.amount,
+                        decline_code: code.clone(),
+                        at: p.settles_at,
+                    });
+                    entries.push((p.ledger_seq, LedgerOutcome::Declined, 0));
+                }
+                None => {
+                    auth.amount_received = auth.amount_received.saturating_add(p.amount);
+                    if p.is_final && auth.status == Status::RequiresCapture {
+                        auth.amount_capturable = 0;
+                        auth.status = Status::Succeeded;
+                    }
+                    auth.captures.push(CaptureRecord {
+                        amount: p.amount,
+                        is_final: p.is_final,
+                        idempotency_key: p.idempotency_key.clone(),
+                        at: p.settles_at,
+                        reference: Some(p.reference.clone()),
+                    });
+                    entries.push((p.ledger_seq, LedgerOutcome::Captured, p.amount));
+                }
+            }
+            self.outbox.push(Settled {
+                authorization_id: auth.id.clone(),
+                channel: p.channel,
+                reference: p.reference,
+                merchant_reference: p.merchant_reference,
+                account: p.account,
+                amount: p.amount,
+                currency: auth.currency,
+                is_final: p.is_final,
+                decline: p.decline,
+                silent: auth.scenario.silent,
+                at: p.settles_at,
+            });
+        }
+        auth.refresh(now);
+        for (seq, outcome, moved) in entries {
+            if let Some(entry) = self.ledger.iter_mut().find(|e| e.seq == seq) {
+                entry.outcome = outcome;
+                entry.captured_amount = moved;
+            }
+        }
+    }
+
+    /// The settled captures not yet handed out for notification.
+    pub fn take_outbox(&mut self) -> Vec<Settled> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Whether the authorization's scenario loses its notifications.
+    pub fn silent(&self, id: &str) -> bool {
+        self.authorizations
+            .get(id)
+            .is_some_and(|a| a.scenario.silent)
+    }
+
+    /// The scenario's settle delay for an authorization.
+    pub fn settle_after_ms(&self, id: &str) -> Option<u64> {
+        self.authorizations
+            .get(id)
+            .and_then(|a| a.scenario.settle_after_ms)
     }
 
     /// Adds a ledger entry; entries are kept in arrival (`seq`) order whatever order they are
@@ -855,6 +1141,7 @@ mod tests {
             is_final,
             idempotency_key: None,
             metadata: MetadataUpdate::default(),
+            reference: None,
         }
     }
 

@@ -1,0 +1,266 @@
+//! The webhook endpoint on `http.listen`: `POST /webhooks/{provider}` for the providers that
+//! notify (Adyen, Gr4vy, Checkout.com; PayPal's notifications only prompt a read-back).
+//!
+//! The adapter of `providers.<provider>` verifies the signature and translates the body into
+//! events; each event is recorded once and applied in one transaction (`storage::webhooks`):
+//! the capture it answers moves from pending to its outcome with the same effects as a
+//! provider answer (the decline latch included), and the order's next capture is dispatched.
+//! Answers: 200 (`[accepted]`, which Adyen expects) once every event is recorded, duplicates
+//! included; 401 for a missing or bad signature (recorded in `webhook_rejections`, nothing
+//! changed); 400 for a body that is not the provider's shape; 404 for a provider that is not
+//! configured or sends nothing the worker reads; 500 when the event could not be recorded —
+//! never a 200, so the provider sends it again.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chrono::Utc;
+
+use crate::provider::{
+    NotificationEffect, NotificationSubject, Outcome, WebhookError, WebhookEvent,
+};
+use crate::redact::mask_card_numbers;
+use crate::storage::Store;
+use crate::storage::ledger::CaptureKind;
+use crate::storage::webhooks::{
+    self, Disposition, Effect, NewEvent, Recorded, RejectionReason, Settlement, Subject,
+};
+use crate::telemetry::events::{self, Emit};
+use crate::telemetry::metrics;
+
+use super::execute::Executor;
+use super::providers::Providers;
+
+/// Longest body kept in the ledger, in characters.
+const BODY_LIMIT: usize = 16_000;
+
+/// What the webhook routes need.
+#[derive(Clone)]
+pub struct WebhookState {
+    pub store: Store,
+    pub providers: Providers,
+    pub executor: Executor,
+}
+
+pub fn router(state: WebhookState) -> Router {
+    Router::new()
+        .route("/webhooks/{provider}", post(receive))
+        .with_state(state)
+}
+
+#[tracing::instrument(
+    name = "webhook",
+    skip_all,
+    fields(otel.kind = "server", provider = %name, events = tracing::field::Empty)
+)]
+async fn receive(
+    State(state): State<WebhookState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let masked: String = mask_card_numbers(&String::from_utf8_lossy(&body))
+        .chars()
+        .take(BODY_LIMIT)
+        .collect();
+    let Some(provider) = state.providers.get(&name) else {
+        let shown: String = name.chars().take(64).collect();
+        return refuse(
+            &state,
+            "unknown",
+            RejectionReason::UnknownProvider,
+            &format!("no provider {shown:?} is configured on this worker"),
+            &masked,
+        )
+        .await;
+    };
+    let read = provider.read_notification(&headers, &body, Utc::now());
+    let events = match read {
+        Ok(events) => events,
+        Err(e) => {
+            let reason = match &e {
+                WebhookError::NotSupported => RejectionReason::NotSupported,
+                WebhookError::NotConfigured => RejectionReason::NotConfigured,
+                WebhookError::Unauthenticated(_) => RejectionReason::BadSignature,
+                WebhookError::Malformed(_) => RejectionReason::Malformed,
+            };
+            return refuse(&state, &name, reason, &e.to_string(), &masked).await;
+        }
+    };
+    tracing::Span::current().record("events", events.len() as i64);
+    let mut dispatch = Vec::new();
+    for event in &events {
+        let effect = effect_of(event);
+        let new = NewEvent {
+            provider: &name,
+            reference: &event.reference,
+            event_type: &event.event_type,
+            authorization_id: event.authorization_id.as_deref(),
+            merchant_reference: event.merchant_reference.as_deref(),
+            subject: match event.subject {
+                NotificationSubject::Capture => Subject::Capture,
+                NotificationSubject::Release => Subject::Release,
+                NotificationSubject::Other => Subject::Other,
+            },
+            effect: &effect,
+            body: &masked,
+        };
+        match webhooks::record_event(state.store.pool(), &new).await {
+            Ok(recorded) => {
+                report(&name, event, &effect, &recorded);
+                if let Some(c) = &recorded.capture
+                    && matches!(
+                        recorded.disposition,
+                        Disposition::Applied | Disposition::ReadBack
+                    )
+                {
+                    dispatch.push(c.order_id.clone());
+                }
+            }
+            Err(e) => {
+                // Not recorded: the provider must send it again. Events already recorded
+                // from this delivery are duplicates then.
+                tracing::error!(event = "notification_not_recorded", provider = %name, provider_reference = %event.reference, event_type = %event.event_type, error = %e, "a provider notification could not be recorded; answering 500 so the provider sends it again");
+                metrics::notification(&name, "error");
+                for order_id in dispatch {
+                    state.executor.dispatch(order_id);
+                }
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the notification could not be recorded; send it again\n",
+                )
+                    .into_response();
+            }
+        }
+    }
+    dispatch.dedup();
+    for order_id in dispatch {
+        state.executor.dispatch(order_id);
+    }
+    (StatusCode::OK, "[accepted]").into_response()
+}
+
+/// Records a refused notification and answers with the matching status; 500 if even the
+/// refusal could not be recorded.
+async fn refuse(
+    state: &WebhookState,
+    provider: &str,
+    reason: RejectionReason,
+    detail: &str,
+    body: &str,
+) -> Response {
+    events::NotificationRejected {
+        provider,
+        reason: reason.as_str(),
+        detail,
+    }
+    .emit();
+    if let Err(e) =
+        webhooks::record_rejection(state.store.pool(), provider, reason, detail, body).await
+    {
+        tracing::error!(event = "notification_not_recorded", provider = %provider, error = %e, "a refused notification could not be recorded");
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the notification could not be recorded\n",
+        )
+            .into_response();
+    }
+    let status = match reason {
+        RejectionReason::BadSignature | RejectionReason::NotConfigured => StatusCode::UNAUTHORIZED,
+        RejectionReason::Malformed => StatusCode::BAD_REQUEST,
+        RejectionReason::UnknownProvider | RejectionReason::NotSupported => StatusCode::NOT_FOUND,
+    };
+    (status, format!("{}\n", reason.as_str())).into_response()
+}
+
+/// The storage effect of an event.
+fn effect_of(event: &WebhookEvent) -> Effect {
+    match &event.effect {
+        NotificationEffect::Settle(outcome) => match outcome {
+            Outcome::Succeeded { reference } => Effect::Settle(Settlement::Succeeded {
+                reference: reference.clone().or_else(|| Some(event.reference.clone())),
+            }),
+            Outcome::Declined { code, message } => Effect::Settle(Settlement::Declined {
+                code: code.clone(),
+                message: message.clone(),
+            }),
+            Outcome::Failed { reason } => Effect::Settle(Settlement::Failed {
+                reason: reason.clone(),
+            }),
+            // Not final: treat as a prompt to read the authorization back.
+            Outcome::Pending { .. } | Outcome::Retryable { .. } | Outcome::Unknown { .. } => {
+                Effect::ReadBack
+            }
+        },
+        NotificationEffect::ReadBack => Effect::ReadBack,
+        NotificationEffect::Ignore => Effect::Ignore,
+    }
+}
+
+/// Logs, counts and raises the alert events of one recorded event.
+fn report(provider: &str, event: &WebhookEvent, effect: &Effect, recorded: &Recorded) {
+    // A conflict is counted by its alert event.
+    if recorded.disposition != Disposition::Conflict {
+        metrics::notification(provider, recorded.disposition.as_str());
+    }
+    let capture = recorded.capture.as_ref();
+    match (recorded.disposition, effect, capture) {
+        (Disposition::Applied, Effect::Settle(settlement), Some(c)) => {
+            let kind = c.kind.as_str();
+            match settlement {
+                Settlement::Succeeded { .. } => {
+                    metrics::capture_outcome(provider, kind, "succeeded");
+                    if c.kind == CaptureKind::Capture {
+                        metrics::captured(provider, &c.currency, c.amount);
+                    }
+                    tracing::info!(event = "capture_settled_by_notification", provider = %provider, order_id = %c.order_id, capture_id = c.capture_id, kind, provider_reference = %event.reference, event_type = %event.event_type, "the provider's notification settled the capture");
+                }
+                Settlement::Declined { code, .. } => {
+                    metrics::capture_outcome(provider, kind, "declined");
+                    events::CaptureDeclined {
+                        provider,
+                        decline_code: code,
+                        order_id: &c.order_id,
+                        capture_id: c.capture_id,
+                        authorization_id: &c.authorization_id,
+                        amount: c.amount,
+                        currency: &c.currency,
+                    }
+                    .emit();
+                }
+                Settlement::Failed { reason } => {
+                    metrics::capture_outcome(provider, kind, "attention");
+                    events::CaptureNeedsAttention {
+                        provider,
+                        outcome: "failed",
+                        order_id: &c.order_id,
+                        capture_id: c.capture_id,
+                        error: reason,
+                    }
+                    .emit();
+                }
+            }
+        }
+        (Disposition::Conflict, _, Some(c)) => events::NotificationConflict {
+            provider,
+            event_type: &event.event_type,
+            provider_reference: &event.reference,
+            order_id: &c.order_id,
+            capture_id: c.capture_id,
+            detail: recorded.detail.as_deref().unwrap_or(""),
+        }
+        .emit(),
+        (disposition, _, _) => tracing::info!(
+            event = "notification_recorded",
+            provider = %provider,
+            disposition = disposition.as_str(),
+            provider_reference = %event.reference,
+            event_type = %event.event_type,
+            order_id = capture.map(|c| c.order_id.as_str()).unwrap_or(""),
+            "provider notification recorded"
+        ),
+    }
+}
