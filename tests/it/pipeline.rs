@@ -98,6 +98,8 @@ async fn the_same_shipment_published_twice_or_redelivered_after_commit_is_captur
     // Published twice: the same message id, and the same shipment under a new message id.
     app.publish(&[s1.clone(), s1.clone(), with_id(&s1, "wh-resent-0001")])
         .await;
+    // S1 is planned before S2 is committed below, so the amounts are S1's then S2's.
+    app.wait_settled(ORDER, 1).await;
 
     // Redelivery after a crash between commit and ack: intake commits S2 without any ack,
     // then the broker delivers the same message.
