@@ -27,6 +27,20 @@ fn captures_requests(app: &TestApp) -> Vec<(Option<i64>, Option<bool>, String)> 
         .collect()
 }
 
+/// Takes dead-letter copies until `n` have arrived (a copy is published just after the
+/// rejection commits), or 10 s have passed.
+async fn dead_letters(app: &TestApp, n: usize) -> Vec<(String, Value)> {
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        dead.extend(app.drain_dead_letters().await);
+        if dead.len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    dead
+}
+
 #[tokio::test]
 async fn an_order_shipped_in_three_parcels_becomes_three_captures_the_last_final() {
     let app = TestApp::spawn().await;
@@ -144,7 +158,7 @@ async fn the_same_shipment_id_with_different_content_is_refused_and_the_first_st
 
     assert_eq!(app.captures(ORDER).await.len(), 1);
     assert_eq!(captures_requests(&app).len(), 1);
-    let dead = app.drain_dead_letters().await;
+    let dead = dead_letters(&app, 1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].0, "shipment_conflict");
     assert_eq!(dead[0].1["message_id"], "wh-changed-0001");
@@ -190,7 +204,7 @@ async fn a_shipment_whose_order_never_comes_is_dead_lettered_as_unknown_order() 
         1,
     )
     .await;
-    let dead = app.drain_dead_letters().await;
+    let dead = dead_letters(&app, 1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].0, "unknown_order");
     app.cleanup().await;
@@ -614,8 +628,7 @@ async fn every_rejection_reason_dead_letters_records_and_never_reaches_the_provi
     expected.sort();
     recorded.sort();
     assert_eq!(recorded, expected);
-    let mut dead: Vec<String> = app
-        .drain_dead_letters()
+    let mut dead: Vec<String> = dead_letters(&app, expected.len())
         .await
         .into_iter()
         .map(|d| d.0)
