@@ -669,6 +669,10 @@ pub async fn insert_rejection(
         Some(id) => format!("{id}:{}", r.reason),
         None => format!("sha256:{}:{}", r.body_hash, r.reason),
     };
+    // PostgreSQL text cannot hold NUL: a body with a 0x00 byte would make the rejection
+    // impossible to record, and the message would be redelivered until the broker gives up.
+    let detail = without_nul(r.detail);
+    let body = r.body.map(without_nul);
     sqlx::query(
         "insert into rejected_messages (rejection_key, message_id, message_type, order_id, reason,
              detail, routing_key, body)
@@ -680,11 +684,20 @@ pub async fn insert_rejection(
     .bind(r.message_type)
     .bind(r.order_id)
     .bind(r.reason)
-    .bind(r.detail)
+    .bind(detail.as_ref())
     .bind(r.routing_key)
-    .bind(r.body)
+    .bind(body.as_deref())
     .execute(tx)
     .await
     .ctx("recording the rejected message")?;
     Ok(())
+}
+
+/// `text` with NUL characters replaced by U+FFFD, which PostgreSQL text columns can store.
+fn without_nul(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }
