@@ -676,6 +676,60 @@ async fn card_numbers_in_free_text_are_masked_wherever_a_message_is_kept() {
     app.cleanup().await;
 }
 
+/// Regression: a parcel parked before its order and refused when the order arrived was
+/// recorded in PostgreSQL but never copied to the dead-letter queue (its delivery had been
+/// acknowledged when it was parked), so the warehouse never saw the refusal.
+#[tokio::test]
+async fn a_parked_parcel_refused_when_its_order_arrives_is_dead_lettered_with_its_reason() {
+    let app = TestApp::spawn().await;
+    app.authorize(AUTH, 12455, "USD", None);
+    let (order, s1, _, _) = usd_order();
+    let unknown_line = edited(&s1, |m| {
+        m["data"]["shipment_id"] = json!("SX-1");
+        m["data"]["items"][0]["line_id"] = json!("L9");
+    });
+    let too_many = edited(&s1, |m| {
+        m["data"]["shipment_id"] = json!("SX-2");
+        m["data"]["items"] = json!([{"line_id": "L3", "quantity": 2}]);
+    });
+    app.publish(&[unknown_line, too_many]).await;
+    app.wait_count(
+        "select count(*) from inbox_messages where status = 'parked'",
+        2,
+    )
+    .await;
+    app.publish(&[order, s1]).await;
+    app.wait_settled(ORDER, 1).await;
+    app.wait_count(
+        "select count(*) from inbox_messages where status = 'rejected'",
+        2,
+    )
+    .await;
+    let dead = dead_letters(&app, 2).await;
+    let reasons = sorted(dead.iter().map(|d| d.0.clone()).collect());
+    assert_eq!(
+        reasons,
+        vec!["over_shipment".to_owned(), "unknown_line".to_owned()]
+    );
+    assert!(
+        dead.iter()
+            .all(|d| d.1["data"]["shipment_id"].as_str().is_some()),
+        "the copies carry the messages"
+    );
+    // Sent once: the body kept for the copy is gone.
+    app.wait_count(
+        "select count(*) from inbox_messages where body is not null",
+        0,
+    )
+    .await;
+    assert_eq!(
+        app.sandbox.ledger().len(),
+        1,
+        "only the good parcel was sent"
+    );
+    app.cleanup().await;
+}
+
 /// An authorization that lapsed before the parcel shipped: the worker does not know it has
 /// lapsed until the provider says so. Nothing is captured and the capture visibly needs
 /// attention (P7); the order shows `attention` to finance.
