@@ -727,12 +727,19 @@ fn contains_pan(text: &str) -> bool {
 }
 
 /// A Luhn-valid run of 13–19 digits (single spaces or dashes allowed between digits), not
-/// glued to letters (hex keys and request ids are not card numbers).
+/// glued to letters (hex keys and request ids are not card numbers) and not part of a decimal
+/// number.
 pub fn find_card_number(text: &str) -> Option<String> {
     let chars: Vec<char> = text.chars().collect();
     let mut i = 0;
     while i < chars.len() {
-        if !chars[i].is_ascii_digit() || (i > 0 && chars[i - 1].is_ascii_alphanumeric()) {
+        // Not glued to letters (hex keys, request ids) and not the fraction of a decimal
+        // number (durations in logs).
+        let after_point = i > 1 && chars[i - 1] == '.' && chars[i - 2].is_ascii_digit();
+        if !chars[i].is_ascii_digit()
+            || (i > 0 && chars[i - 1].is_ascii_alphanumeric())
+            || after_point
+        {
             i += 1;
             continue;
         }
@@ -751,7 +758,9 @@ pub fn find_card_number(text: &str) -> Option<String> {
                 break;
             }
         }
-        let glued = chars.get(end).is_some_and(|c| c.is_ascii_alphabetic());
+        let glued = chars.get(end).is_some_and(|c| c.is_ascii_alphabetic())
+            || (chars.get(end) == Some(&'.')
+                && chars.get(end + 1).is_some_and(char::is_ascii_digit));
         if (13..=19).contains(&digits.len()) && !glued && luhn(&digits) {
             return Some(chars[i..end].iter().collect());
         }
@@ -820,6 +829,11 @@ mod tests {
         assert!(find_card_number("4111-1111-1111-1111").is_some());
         assert!(find_card_number("key cw1-ab4111111111111111").is_none());
         assert!(find_card_number("ts 2026-11-22T01:02:03Z").is_none());
+        assert!(
+            find_card_number(r#""acquired_after_secs":2.7977905119999997,"#).is_none(),
+            "the fraction of a decimal number"
+        );
+        assert!(find_card_number("4111111111111111.5").is_none());
         assert!(
             find_card_number("4111 1111 1111 1112").is_none(),
             "not Luhn-valid"
