@@ -272,6 +272,11 @@ impl Intake {
                 .await?
             }
         };
+        if from_park && matches!(result, IntakeOutcome::Rejected { .. }) {
+            // Its delivery was acknowledged when it was parked: the dead-letter copy is owed,
+            // and the sweeper sends it.
+            ledger::owe_dead_letter(tx, message_id, &message.body).await?;
+        }
         Ok(result)
     }
 

@@ -3,7 +3,8 @@
 //! On every tick it dispatches captures whose retry is due or whose lease expired (a crashed
 //! worker's capture is taken over with the same key) — pending captures whose notification is
 //! late among them, resolved by reading the provider back — processes parked messages whose
-//! order has arrived, and dead-letters parked messages that waited too long. Every
+//! order has arrived, dead-letters parked messages that waited too long, and sends the
+//! dead-letter copies of parked messages refused once their order arrived. Every
 //! `capture.expiry_sweep_ms` it also runs the authorization-expiry sweep (`expiry`). Every
 //! query is safe to run from several workers at once: claims go through row locks and leases.
 //!
@@ -64,6 +65,9 @@ impl Sweeper {
         let due = captures::due_orders(self.store.pool(), 500).await?;
         let n = due.len();
         let (ready, expired) = ledger::parked_work(self.store.pool(), 200).await?;
+        // Copies owed for parked messages refused when their order arrived (their deliveries
+        // were acknowledged when they were parked).
+        self.send_owed_dead_letters().await?;
         if n == 0 && ready.is_empty() && expired.is_empty() {
             return Ok(0);
         }
@@ -133,6 +137,36 @@ impl Sweeper {
                     then: "recorded in rejected_messages only",
                 }
                 .emit();
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the dead-letter copies of parked messages refused once their order arrived (their
+    /// deliveries were acknowledged when they were parked). At least once: a copy is forgotten
+    /// only after the broker confirmed it.
+    async fn send_owed_dead_letters(&self) -> Result<(), StorageError> {
+        let Some(sink) = &self.dead_letters else {
+            return Ok(());
+        };
+        for owed in ledger::owed_dead_letters(self.store.pool(), 200).await? {
+            let masked = mask_card_numbers(&String::from_utf8_lossy(&owed.body));
+            match sink
+                .dead_letter(
+                    masked.as_bytes(),
+                    owed.routing_key.as_deref().unwrap_or(""),
+                    &owed.reason,
+                    &owed.detail,
+                    Some(&owed.message_id),
+                    owed.traceparent.as_deref(),
+                )
+                .await
+            {
+                Ok(()) => ledger::dead_letter_sent(self.store.pool(), &owed.message_id).await?,
+                Err(e) => {
+                    tracing::warn!(event = "dead_letter_failed", reason = %owed.reason, error = %e, "could not copy a refused parked message to the dead-letter queue; trying again next tick");
+                    break;
+                }
             }
         }
         Ok(())

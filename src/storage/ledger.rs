@@ -91,7 +91,7 @@ pub struct NewInbox<'a> {
     pub payload_hash: &'a str,
     pub status: InboxStatus,
     pub reject_reason: Option<&'a str>,
-    /// Kept only while parked.
+    /// Kept only while parked (and, after a refusal, until its dead-letter copy is sent).
     pub body: Option<&'a [u8]>,
     pub routing_key: Option<&'a str>,
     pub traceparent: Option<&'a str>,
@@ -163,6 +163,81 @@ pub async fn parked_for_order(
     .await
     .ctx("reading parked messages")?;
     Ok(rows.into_iter().map(parked_from_row).collect())
+}
+
+/// Keeps the body of a parked message that was refused once its order arrived: its delivery
+/// was acknowledged when it was parked, so its dead-letter copy is still owed. The body stays
+/// until the sweeper has sent the copy ([`owed_dead_letters`], [`dead_letter_sent`]).
+pub async fn owe_dead_letter(
+    tx: &mut PgConnection,
+    message_id: &str,
+    body: &[u8],
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "update inbox_messages set body = $2, updated_at = now()
+         where message_id = $1 and status = 'rejected'",
+    )
+    .bind(message_id)
+    .bind(body)
+    .execute(tx)
+    .await
+    .ctx("marking a dead-letter copy as owed")?;
+    Ok(())
+}
+
+/// A refused message whose dead-letter copy has not been sent yet.
+#[derive(Debug, Clone)]
+pub struct OwedDeadLetter {
+    pub message_id: String,
+    pub body: Vec<u8>,
+    pub routing_key: Option<String>,
+    pub traceparent: Option<String>,
+    pub reason: String,
+    pub detail: String,
+}
+
+/// Refused messages whose dead-letter copy is still owed, oldest first.
+pub async fn owed_dead_letters(
+    pool: &sqlx::PgPool,
+    limit: i64,
+) -> Result<Vec<OwedDeadLetter>, StorageError> {
+    let rows = sqlx::query(
+        "select i.message_id, i.body, i.routing_key, i.traceparent,
+                coalesce(i.reject_reason, 'rejected') as reason,
+                coalesce((select r.detail from rejected_messages r where r.message_id = i.message_id
+                          order by r.rejection_id desc limit 1), '') as detail
+         from inbox_messages i
+         where i.status = 'rejected' and i.body is not null
+         order by i.updated_at limit $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .ctx("finding owed dead-letter copies")?;
+    Ok(rows
+        .into_iter()
+        .map(|r| OwedDeadLetter {
+            message_id: r.get("message_id"),
+            body: r.get::<Option<Vec<u8>>, _>("body").unwrap_or_default(),
+            routing_key: r.get("routing_key"),
+            traceparent: r.get("traceparent"),
+            reason: r.get("reason"),
+            detail: r.get("detail"),
+        })
+        .collect())
+}
+
+/// The dead-letter copy of a refused message was sent: forget its body.
+pub async fn dead_letter_sent(pool: &sqlx::PgPool, message_id: &str) -> Result<(), StorageError> {
+    sqlx::query(
+        "update inbox_messages set body = null, updated_at = now()
+         where message_id = $1 and status = 'rejected'",
+    )
+    .bind(message_id)
+    .execute(pool)
+    .await
+    .ctx("recording a sent dead-letter copy")?;
+    Ok(())
 }
 
 /// Orders that have parked messages and now exist (the sweeper processes them), and parked
@@ -669,6 +744,10 @@ pub async fn insert_rejection(
         Some(id) => format!("{id}:{}", r.reason),
         None => format!("sha256:{}:{}", r.body_hash, r.reason),
     };
+    // PostgreSQL text cannot hold NUL: a body with a 0x00 byte would make the rejection
+    // impossible to record, and the message would be redelivered until the broker gives up.
+    let detail = without_nul(r.detail);
+    let body = r.body.map(without_nul);
     sqlx::query(
         "insert into rejected_messages (rejection_key, message_id, message_type, order_id, reason,
              detail, routing_key, body)
@@ -680,11 +759,20 @@ pub async fn insert_rejection(
     .bind(r.message_type)
     .bind(r.order_id)
     .bind(r.reason)
-    .bind(r.detail)
+    .bind(detail.as_ref())
     .bind(r.routing_key)
-    .bind(r.body)
+    .bind(body.as_deref())
     .execute(tx)
     .await
     .ctx("recording the rejected message")?;
     Ok(())
+}
+
+/// `text` with NUL characters replaced by U+FFFD, which PostgreSQL text columns can store.
+fn without_nul(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod architecture;
+mod bad_input;
 mod capture_limits;
 mod config;
 mod domain_examples;

@@ -1,0 +1,1188 @@
+//! The scenarios. Each gets its own database, exchange, queues and sandbox on the private
+//! services, runs its workload against real worker processes while it breaks things, waits
+//! until everything has settled, then hands the evidence to the checker.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use capture_worker::provider::sandbox::{
+    self, Fault, FaultRates, LedgerOutcome, NewAuthorization, Sandbox, SandboxOptions,
+    SandboxServer, Scenario,
+};
+use capture_worker::queue::publisher::REASON_HEADER;
+use capture_worker::queue::topology::Topology;
+use capture_worker::queue::trace::header_str;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use sqlx::{Connection, PgPool};
+
+use crate::check::{self, DeadLetter, Evidence, Findings};
+use crate::infra::{PrivatePostgres, PrivateRabbit, signal};
+use crate::proxy::Proxy;
+use crate::publish::{self, Progress, PublishPlan};
+use crate::rng::Rng;
+use crate::worker::{Fleet, WorkerConfig};
+use crate::workload::{self, Expect, Message, Mix, OrderSpec, Workload};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// Scaled down for CI: a few minutes on two cores.
+    Ci,
+    /// The sizes of issue 9 and reliability.md §4.
+    Full,
+}
+
+/// Everything shared by the scenarios of one run.
+pub struct Env {
+    pub dir: PathBuf,
+    pub pg: PrivatePostgres,
+    pub rabbit: PrivateRabbit,
+    pub worker_bin: PathBuf,
+    pub config_dir: PathBuf,
+    pub api_key: String,
+    pub profile: Profile,
+}
+
+/// What one scenario came to.
+pub struct Report {
+    pub name: &'static str,
+    pub title: &'static str,
+    pub orders: usize,
+    pub kills: u32,
+    pub faults: Vec<String>,
+    pub findings: Findings,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.findings.violations.is_empty()
+    }
+}
+
+/// One scenario's private resources.
+struct Stage {
+    tag: String,
+    db: String,
+    pool: PgPool,
+    exchange: String,
+    queue: String,
+    sandbox: Sandbox,
+    sandbox_url: String,
+    _server: SandboxServer,
+    log_dir: PathBuf,
+}
+
+impl Stage {
+    async fn new(env: &Env, name: &str, seed: u64) -> anyhow::Result<Stage> {
+        let tag = format!("{}{:06x}", name.to_lowercase(), seed & 0xff_ffff);
+        let db = format!("cw_{tag}");
+        let mut admin = sqlx::PgConnection::connect(&env.pg.url("postgres"))
+            .await
+            .context("connecting to the private PostgreSQL")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "drop database if exists {db} with (force)"
+        )))
+        .execute(&mut admin)
+        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("create database {db}")))
+            .execute(&mut admin)
+            .await?;
+        let _ = admin.close().await;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&env.pg.url(&db))
+            .await?;
+        capture_worker::storage::Store::from_pool(pool.clone())
+            .migrate()
+            .await
+            .context("migrating the scenario database")?;
+        let (sandbox_url, sandbox, server) = sandbox::spawn(SandboxOptions {
+            latency: Duration::ZERO,
+            api_key: Some(env.api_key.clone()),
+        })
+        .await?;
+        let stage = Stage {
+            exchange: format!("fulfillment-{tag}"),
+            queue: format!("capture-worker-{tag}"),
+            log_dir: env.dir.join(format!("logs-{tag}")),
+            tag,
+            db,
+            pool,
+            sandbox,
+            sandbox_url,
+            _server: server,
+        };
+        std::fs::create_dir_all(&stage.log_dir)?;
+        stage.declare(env).await?;
+        Ok(stage)
+    }
+
+    fn topology(&self) -> Topology {
+        Topology::new(self.exchange.clone(), self.queue.clone())
+    }
+
+    async fn declare(&self, env: &Env) -> anyhow::Result<()> {
+        let conn = lapin::Connection::connect(
+            &env.rabbit.amqp_url(),
+            lapin::ConnectionProperties::default(),
+        )
+        .await?;
+        let ch = conn.create_channel().await?;
+        self.topology().declare(&ch).await?;
+        let _ = conn.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    /// Worker settings: this stage's database, queues and sandbox; fast retries and leases.
+    fn worker_config(
+        &self,
+        env: &Env,
+        amqp_url: &str,
+        provider_url: &str,
+        extra: &[(&str, &str)],
+    ) -> WorkerConfig {
+        let mut vars: Vec<(String, String)> = vec![
+            ("CAPTURE__DATABASE__URL", env.pg.url(&self.db)),
+            ("CAPTURE__DATABASE__MAX_CONNECTIONS", "16".into()),
+            ("CAPTURE__AMQP__URL", amqp_url.to_owned()),
+            ("CAPTURE__AMQP__EXCHANGE", self.exchange.clone()),
+            ("CAPTURE__AMQP__QUEUE", self.queue.clone()),
+            ("CAPTURE__AMQP__PREFETCH", "32".into()),
+            ("CAPTURE__SANDBOX__EMBEDDED", "false".into()),
+            (
+                "CAPTURE__PROVIDERS__SANDBOX__BASE_URL",
+                provider_url.to_owned(),
+            ),
+            ("CAPTURE__PROVIDERS__SANDBOX__API_KEY", env.api_key.clone()),
+            ("CAPTURE__CAPTURE__RETRY_INITIAL_MS", "100".into()),
+            ("CAPTURE__CAPTURE__RETRY_MAX_MS", "1000".into()),
+            ("CAPTURE__CAPTURE__LEASE_SECONDS", "3".into()),
+            ("CAPTURE__CAPTURE__SWEEP_INTERVAL_MS", "250".into()),
+            ("CAPTURE__CAPTURE__PROVIDER_TIMEOUT_MS", "1000".into()),
+            ("CAPTURE__TELEMETRY__LOG_FORMAT", "json".into()),
+            ("CAPTURE__TELEMETRY__LOG_LEVEL", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (k, v) in extra {
+            vars.retain(|(x, _)| x != k);
+            vars.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        WorkerConfig {
+            bin: env.worker_bin.clone(),
+            config_dir: env.config_dir.clone(),
+            log_dir: self.log_dir.clone(),
+            env: vars,
+        }
+    }
+
+    fn authorize(&self, o: &OrderSpec, scenario: Scenario) -> anyhow::Result<()> {
+        let mut a = NewAuthorization::new(o.auth_id.clone(), o.authorized, o.currency);
+        a.scenario = Some(scenario);
+        self.sandbox
+            .create_authorization(a)
+            .map_err(|e| anyhow::anyhow!("creating authorization {}: {e}", o.auth_id))?;
+        Ok(())
+    }
+
+    /// Messages ready in the work queue (passive declare).
+    async fn ready(&self, env: &Env) -> anyhow::Result<u32> {
+        let conn = lapin::Connection::connect(
+            &env.rabbit.amqp_url(),
+            lapin::ConnectionProperties::default(),
+        )
+        .await?;
+        let ch = conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = conn.close(200, "done".into()).await;
+        Ok(q.message_count())
+    }
+
+    async fn drain_dead_letters(&self, env: &Env) -> anyhow::Result<Vec<DeadLetter>> {
+        let conn = lapin::Connection::connect(
+            &env.rabbit.amqp_url(),
+            lapin::ConnectionProperties::default(),
+        )
+        .await?;
+        let ch = conn.create_channel().await?;
+        let mut out = Vec::new();
+        let dlq = self.topology().dead_letter();
+        while let Some(msg) = ch
+            .basic_get(dlq.as_str().into(), BasicGetOptions::default())
+            .await?
+        {
+            let headers = msg.delivery.properties.headers().as_ref();
+            let reason = header_str(headers, REASON_HEADER)
+                .unwrap_or_else(|| format!("broker:{}", x_death_reason(headers)));
+            out.push(DeadLetter {
+                reason,
+                body: msg.delivery.data.clone(),
+            });
+            msg.delivery.ack(BasicAckOptions::default()).await?;
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok(out)
+    }
+
+    /// Message keys (ids, or body hashes for messages without one) the worker has accounted for.
+    async fn accounted(&self) -> anyhow::Result<HashSet<String>> {
+        let keys: Vec<String> = sqlx::query_scalar(
+            "select message_id from inbox_messages
+             union select message_id from rejected_messages where message_id is not null
+             union select split_part(rejection_key, ':', 2) from rejected_messages
+                   where rejection_key like 'sha256:%'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(keys.into_iter().collect())
+    }
+
+    async fn unsettled(&self) -> anyhow::Result<(i64, i64)> {
+        let r: (i64, i64) = sqlx::query_as(
+            "select (select count(*) from captures where status in ('queued','in_flight','pending','retrying')),
+                    (select count(*) from inbox_messages where status = 'parked')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(r)
+    }
+
+    /// Closes the pool. The database stays for a post-mortem; it goes with the private cluster.
+    async fn close(self) {
+        self.pool.close().await;
+    }
+}
+
+fn x_death_reason(headers: Option<&FieldTable>) -> String {
+    let Some(h) = headers else {
+        return "unknown".into();
+    };
+    for (k, v) in h.inner().iter() {
+        if k.as_str() == "x-first-death-reason" {
+            return match v {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                AMQPValue::ShortString(s) => s.as_str().to_owned(),
+                _ => "unknown".into(),
+            };
+        }
+    }
+    "unknown".into()
+}
+
+fn message_key(m: &Message) -> String {
+    m.message_id.clone().unwrap_or_else(|| m.body_hash())
+}
+
+/// How a storm scenario breaks things while the workload flows.
+#[derive(Debug, Clone)]
+enum Faults {
+    None,
+    /// SIGKILL a random worker `count` times, `delay_ms` apart, each down for `down_ms`; some
+    /// kills wait for the provider to capture first and strike right after.
+    Kills {
+        count: u32,
+        delay_ms: (u64, u64),
+        down_ms: (u64, u64),
+        after_capture_per_mille: u64,
+    },
+    /// At these points of the stream (per mille): close every connection, crash the node
+    /// (SIGKILL and start), stop and start the node gracefully.
+    Broker {
+        close_at: Vec<usize>,
+        crash_at: Vec<usize>,
+        restart_at: Vec<usize>,
+    },
+    /// At these points: PostgreSQL crashes (immediate stop), down for `down_ms`.
+    Database {
+        crash_at: Vec<usize>,
+        down_ms: (u64, u64),
+    },
+    /// Silent hangs (SIGSTOP, no RST) of the database then the broker.
+    Hangs {
+        db_at: usize,
+        broker_at: usize,
+        secs: u64,
+    },
+}
+
+/// The sandbox's behaviour per authorization.
+#[derive(Debug, Clone, Copy)]
+struct ProviderMix {
+    latency_ms: (u64, u64),
+    server_error_pct: u8,
+    timeout_pct: u8,
+    lost_response_pct: u8,
+    rate_limited_pct: u8,
+    /// Authorizations whose first capture requests meet explicit 503s and a 429, per mille.
+    unavailable_first_per_mille: u64,
+}
+
+impl ProviderMix {
+    fn calm() -> Self {
+        ProviderMix {
+            latency_ms: (5, 30),
+            server_error_pct: 0,
+            timeout_pct: 0,
+            lost_response_pct: 1,
+            rate_limited_pct: 2,
+            unavailable_first_per_mille: 0,
+        }
+    }
+}
+
+struct Storm {
+    name: &'static str,
+    title: &'static str,
+    workers: usize,
+    mix: Mix,
+    /// Publish rate, messages per second.
+    rate: u32,
+    provider: ProviderMix,
+    faults: Faults,
+    settle_within: Duration,
+}
+
+/// Runs one storm: workload, workers, faults, quiescence, checks.
+async fn storm(env: &mut Env, seed: u64, spec: Storm) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let stage = Stage::new(env, spec.name, seed).await?;
+    let mut rng = Rng::fork(seed, "workload");
+    let workload = workload::generate(&mut rng, &stage.tag, &spec.mix);
+    let mut prng = Rng::fork(seed, "provider");
+    for (i, o) in workload.orders.iter().enumerate() {
+        let p = spec.provider;
+        let mut faults = Vec::new();
+        if prng.chance(p.unavailable_first_per_mille) {
+            faults = vec![
+                Fault::Unavailable,
+                Fault::RateLimited {
+                    retry_after_secs: 1,
+                },
+                Fault::Unavailable,
+            ];
+        }
+        let rates = FaultRates {
+            seed: crate::rng::mix(seed ^ i as u64),
+            server_error_pct: p.server_error_pct,
+            timeout_pct: p.timeout_pct,
+            lost_response_pct: p.lost_response_pct,
+            rate_limited_pct: p.rate_limited_pct,
+            timeout_ms: 1_500,
+        };
+        stage.authorize(
+            o,
+            Scenario {
+                decline_on_capture: o.decline_on,
+                faults,
+                rates: Some(rates),
+                latency_ms: prng.range(p.latency_ms.0, p.latency_ms.1),
+                ..Scenario::default()
+            },
+        )?;
+    }
+    let config = stage.worker_config(env, &env.rabbit.amqp_url(), &stage.sandbox_url, &[]);
+    let mut fleet = Fleet::new(config, spec.workers);
+    fleet.start_all()?;
+    fleet.wait_all_ready(Duration::from_secs(60)).await?;
+
+    let messages = Arc::new(workload.messages.clone());
+    let progress = Arc::new(Progress::default());
+    let publisher = tokio::spawn(publish::publish_all(
+        PublishPlan {
+            url: env.rabbit.amqp_url(),
+            exchange: stage.exchange.clone(),
+            rate: spec.rate,
+            deadline: Duration::from_secs(900),
+        },
+        messages,
+        progress.clone(),
+    ));
+    let mut frng = Rng::fork(seed, "faults");
+    let mut notes = inject(env, &stage, &mut fleet, &progress, &mut frng, &spec.faults).await?;
+    let reconnects = publisher
+        .await
+        .context("the publisher task failed")?
+        .context("publishing")?;
+    if reconnects > 0 {
+        notes.push(format!(
+            "publisher reconnected {reconnects} times and retransmitted what was unconfirmed"
+        ));
+    }
+    let mut findings_extra = Vec::new();
+    let expected: HashSet<String> = workload.messages.iter().map(message_key).collect();
+    if !settle(env, &stage, &mut fleet, &expected, spec.settle_within).await? {
+        findings_extra.push(format!(
+            "P7: the run did not settle within {:?} (messages unaccounted, captures unsettled or the queue not empty)",
+            spec.settle_within
+        ));
+    }
+    let stop_problems = fleet.stop_all(Duration::from_secs(30)).await;
+    findings_extra.extend(stop_problems.into_iter().map(|p| format!("shutdown: {p}")));
+    findings_extra.extend(fleet.unexpected_exits.iter().map(|e| format!("P7: {e}")));
+    let left = stage.ready(env).await.unwrap_or(u32::MAX);
+    if left != 0 {
+        findings_extra.push(format!("P7: {left} messages left in the work queue"));
+    }
+    let report = finish(
+        env,
+        stage,
+        &workload,
+        &fleet,
+        notes,
+        findings_extra,
+        spec.name,
+        spec.title,
+        started,
+    )
+    .await?;
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    env: &Env,
+    stage: Stage,
+    workload: &Workload,
+    fleet: &Fleet,
+    notes: Vec<String>,
+    extra: Vec<String>,
+    name: &'static str,
+    title: &'static str,
+    started: Instant,
+) -> anyhow::Result<Report> {
+    let dead = stage.drain_dead_letters(env).await?;
+    let logs = fleet.log_files();
+    let canaries = vec![env.api_key.clone(), env.pg.password.clone()];
+    let mut findings = check::check(&Evidence {
+        workload,
+        sandbox: &stage.sandbox,
+        pool: &stage.pool,
+        dead_letters: &dead,
+        logs: &logs,
+        canaries: &canaries,
+    })
+    .await?;
+    findings.violations.extend(extra);
+    let report = Report {
+        name,
+        title,
+        orders: workload.orders.len(),
+        kills: fleet.kills,
+        faults: notes,
+        findings,
+        elapsed: started.elapsed(),
+    };
+    stage.close().await;
+    Ok(report)
+}
+
+/// Waits until every message is accounted for, no capture is unsettled, nothing is parked
+/// and the queue is empty with nothing unacknowledged — stable over a few polls.
+async fn settle(
+    env: &Env,
+    stage: &Stage,
+    fleet: &mut Fleet,
+    expected: &HashSet<String>,
+    within: Duration,
+) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + within;
+    let mut quiet = 0;
+    while Instant::now() < deadline {
+        if !fleet.reap().is_empty() {
+            fleet.fill()?;
+        }
+        let ok = async {
+            let accounted = stage.accounted().await?;
+            let missing = expected.iter().filter(|k| !accounted.contains(*k)).count();
+            let (unsettled, parked) = stage.unsettled().await?;
+            let ready = stage.ready(env).await?;
+            anyhow::Ok(missing == 0 && unsettled == 0 && parked == 0 && ready == 0)
+        }
+        .await
+        .unwrap_or(false);
+        quiet = if ok { quiet + 1 } else { 0 };
+        if quiet >= 3 {
+            // Confirm with the broker's own count of unacknowledged deliveries.
+            let depths = tokio::task::block_in_place(|| env.rabbit.queue_depths())?;
+            let busy = depths
+                .iter()
+                .any(|(name, ready, unacked)| *name == stage.queue && (*ready > 0 || *unacked > 0));
+            if !busy {
+                return Ok(true);
+            }
+            quiet = 0;
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    Ok(false)
+}
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Runs the fault plan; returns what was done, for the report.
+async fn inject(
+    env: &mut Env,
+    stage: &Stage,
+    fleet: &mut Fleet,
+    progress: &Progress,
+    rng: &mut Rng,
+    faults: &Faults,
+) -> anyhow::Result<Vec<String>> {
+    let mut notes = Vec::new();
+    match faults {
+        Faults::None => {}
+        Faults::Kills {
+            count,
+            delay_ms,
+            down_ms,
+            after_capture_per_mille,
+        } => {
+            let mut after_capture = 0;
+            for _ in 0..*count {
+                sleep_ms(rng.range(delay_ms.0, delay_ms.1)).await;
+                if !fleet.reap().is_empty() {
+                    fleet.fill()?;
+                }
+                let running = fleet.running();
+                if running.is_empty() {
+                    fleet.fill()?;
+                    continue;
+                }
+                let victim = running[rng.index(running.len())];
+                if rng.chance(*after_capture_per_mille) {
+                    // Strike right after the provider applied a capture.
+                    let seen = captured_count(&stage.sandbox);
+                    let until = Instant::now() + Duration::from_secs(3);
+                    while captured_count(&stage.sandbox) == seen && Instant::now() < until {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    after_capture += 1;
+                }
+                fleet.kill(victim).await?;
+                sleep_ms(rng.range(down_ms.0, down_ms.1)).await;
+                fleet.start(victim)?;
+            }
+            notes.push(format!(
+                "{count} SIGKILLs ({after_capture} right after the provider applied a capture), each worker restarted"
+            ));
+        }
+        Faults::Broker {
+            close_at,
+            crash_at,
+            restart_at,
+        } => {
+            let mut events: Vec<(usize, &str)> = close_at
+                .iter()
+                .map(|p| (*p, "close"))
+                .chain(crash_at.iter().map(|p| (*p, "crash")))
+                .chain(restart_at.iter().map(|p| (*p, "restart")))
+                .collect();
+            events.sort_unstable();
+            for (at, what) in events {
+                progress.reach(at).await;
+                match what {
+                    "close" => {
+                        tokio::task::block_in_place(|| env.rabbit.close_all_connections())?;
+                        notes.push(format!(
+                            "all broker connections force-closed at {}‰ of the stream",
+                            at
+                        ));
+                    }
+                    "crash" => {
+                        let down = rng.range(1_000, 2_000);
+                        tokio::task::block_in_place(|| env.rabbit.crash())?;
+                        sleep_ms(down).await;
+                        let t = Instant::now();
+                        tokio::task::block_in_place(|| env.rabbit.start_again())?;
+                        notes.push(format!(
+                            "broker SIGKILLed at {at}‰, down {down} ms, back after {} ms more",
+                            t.elapsed().as_millis()
+                        ));
+                    }
+                    _ => {
+                        tokio::task::block_in_place(|| env.rabbit.stop())?;
+                        tokio::task::block_in_place(|| env.rabbit.start_again())?;
+                        notes.push(format!("broker stopped and started gracefully at {at}‰"));
+                    }
+                }
+            }
+        }
+        Faults::Database { crash_at, down_ms } => {
+            for at in crash_at {
+                progress.reach(*at).await;
+                let down = rng.range(down_ms.0, down_ms.1);
+                tokio::task::block_in_place(|| env.pg.crash())?;
+                sleep_ms(down).await;
+                tokio::task::block_in_place(|| env.pg.start_again())?;
+                notes.push(format!(
+                    "PostgreSQL crashed (immediate stop) at {at}‰ of the stream, down {down} ms"
+                ));
+            }
+        }
+        Faults::Hangs {
+            db_at,
+            broker_at,
+            secs,
+        } => {
+            progress.reach(*db_at).await;
+            let pids = env.pg.processes()?;
+            for p in &pids {
+                signal(*p, "STOP")?;
+            }
+            sleep_ms(secs * 1000).await;
+            for p in &pids {
+                signal(*p, "CONT")?;
+            }
+            notes.push(format!(
+                "PostgreSQL frozen (SIGSTOP of {} processes) for {secs} s at {db_at}‰",
+                pids.len()
+            ));
+            progress.reach(*broker_at).await;
+            let pid = env.rabbit.beam_pid()?;
+            signal(pid, "STOP")?;
+            sleep_ms(secs * 1000).await;
+            signal(pid, "CONT")?;
+            notes.push(format!(
+                "RabbitMQ frozen (SIGSTOP) for {secs} s at {broker_at}‰"
+            ));
+        }
+    }
+    Ok(notes)
+}
+
+fn captured_count(sandbox: &Sandbox) -> usize {
+    sandbox
+        .ledger()
+        .iter()
+        .filter(|e| e.outcome == LedgerOutcome::Captured)
+        .count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenarios
+
+pub const ALL: [&str; 7] = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"];
+
+pub async fn run(env: &mut Env, name: &str, seed: u64) -> anyhow::Result<Report> {
+    let full = env.profile == Profile::Full;
+    let pick = |ci: usize, f: usize| if full { f } else { ci };
+    let within = Duration::from_secs(if full { 900 } else { 150 });
+    match name {
+        "S1" => {
+            storm(env, seed, Storm {
+                name: "S1",
+                title: "crash storm: SIGKILL at random moments while shipments flow",
+                workers: 1,
+                mix: Mix::standard(pick(300, 2_000), pick(1_500, 10_000)),
+                rate: 150,
+                provider: ProviderMix::calm(),
+                faults: Faults::Kills {
+                    count: if full { 20 } else { 5 },
+                    delay_ms: if full { (200, 6_000) } else { (300, 2_500) },
+                    down_ms: (0, 1_000),
+                    after_capture_per_mille: 250,
+                },
+                settle_within: within,
+            })
+            .await
+        }
+        "S2" => s2(env, seed).await,
+        "S3" => {
+            storm(env, seed, Storm {
+                name: "S3",
+                title: "broker: forced connection close, then a broker crash and restart mid-stream",
+                workers: 1,
+                mix: Mix::standard(pick(100, 1_000), pick(500, 5_000)),
+                rate: if full { 150 } else { 60 },
+                provider: ProviderMix::calm(),
+                faults: Faults::Broker {
+                    close_at: vec![250],
+                    crash_at: vec![500],
+                    restart_at: if full { vec![750] } else { vec![] },
+                },
+                settle_within: within,
+            })
+            .await
+        }
+        "S4" => {
+            storm(env, seed, Storm {
+                name: "S4",
+                title: "PostgreSQL crash and restart mid-stream",
+                workers: 1,
+                mix: Mix::standard(pick(100, 1_000), pick(500, 5_000)),
+                rate: if full { 150 } else { 60 },
+                provider: ProviderMix::calm(),
+                faults: Faults::Database {
+                    crash_at: if full { vec![150, 300, 450, 600, 750] } else { vec![300, 650] },
+                    down_ms: (1_000, 3_000),
+                },
+                settle_within: within,
+            })
+            .await
+        }
+        "S5" => {
+            storm(env, seed, Storm {
+                name: "S5",
+                title: "provider faults: 20% saved 5xx, 5% timeouts, 5% lost responses, 429s, 503s",
+                workers: 1,
+                mix: Mix::standard(pick(100, 1_000), pick(500, 5_000)),
+                rate: if full { 150 } else { 100 },
+                provider: ProviderMix {
+                    latency_ms: (5, 30),
+                    server_error_pct: 20,
+                    timeout_pct: 5,
+                    lost_response_pct: 5,
+                    rate_limited_pct: 5,
+                    unavailable_first_per_mille: 100,
+                },
+                faults: Faults::None,
+                settle_within: within,
+            })
+            .await
+        }
+        "S6" => {
+            storm(env, seed, Storm {
+                name: "S6",
+                title: "silent hangs: SIGSTOP of PostgreSQL, then of RabbitMQ",
+                workers: 1,
+                mix: Mix::standard(pick(80, 500), pick(400, 2_500)),
+                rate: if full { 30 } else { 25 },
+                provider: ProviderMix::calm(),
+                faults: Faults::Hangs {
+                    db_at: 250,
+                    broker_at: 600,
+                    secs: if full { 30 } else { 8 },
+                },
+                settle_within: within,
+            })
+            .await
+        }
+        "S7" => {
+            storm(env, seed, Storm {
+                name: "S7",
+                title: "three workers on one queue and database, killed at random",
+                workers: 3,
+                mix: Mix::standard(pick(150, 1_000), pick(750, 5_000)),
+                rate: if full { 150 } else { 100 },
+                provider: ProviderMix::calm(),
+                faults: Faults::Kills {
+                    count: if full { 15 } else { 4 },
+                    delay_ms: if full { (500, 4_000) } else { (500, 2_000) },
+                    down_ms: (0, 1_000),
+                    after_capture_per_mille: 250,
+                },
+                settle_within: within,
+            })
+            .await
+        }
+        other => bail!("unknown scenario {other}; known: {}", ALL.join(", ")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// S2: a kill at each recovery point
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Point {
+    /// The intake committed; the ack never reached the broker.
+    CommitAck,
+    /// The capture is leased and in flight; the request never reached the provider.
+    LeaseCall,
+    /// The provider applied the capture; the worker never recorded it.
+    ProviderRecord,
+}
+
+impl Point {
+    fn label(self) -> &'static str {
+        match self {
+            Point::CommitAck => "after the intake commit, before the ack",
+            Point::LeaseCall => "after taking the lease, before the provider call",
+            Point::ProviderRecord => "after the provider's success, before recording it",
+        }
+    }
+}
+
+/// One order of S2 and the parcel whose processing is cut.
+struct Case {
+    order: usize,
+    /// Index of the parcel hit by the kill.
+    hit: usize,
+}
+
+async fn s2(env: &mut Env, seed: u64) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let stage = Stage::new(env, "S2", seed).await?;
+    let mut rng = Rng::fork(seed, "workload");
+    let amqp_proxy = Proxy::start(([127, 0, 0, 1], env.rabbit.port).into()).await?;
+    let sandbox_addr: std::net::SocketAddr = stage
+        .sandbox_url
+        .trim_start_matches("http://")
+        .parse()
+        .context("the sandbox URL")?;
+    let http_proxy = Proxy::start(sandbox_addr).await?;
+    let amqp_via_proxy = format!("amqp://guest:guest@127.0.0.1:{}/%2f", amqp_proxy.port);
+    let http_via_proxy = format!("http://127.0.0.1:{}", http_proxy.port);
+    let config = stage.worker_config(
+        env,
+        &amqp_via_proxy,
+        &http_via_proxy,
+        // Slack for a loaded machine: the kill must land before the worker gives up waiting
+        // for the held answer (its provider timeout).
+        &[("CAPTURE__CAPTURE__PROVIDER_TIMEOUT_MS", "6000")],
+    );
+    let mut fleet = Fleet::new(config, 1);
+    fleet.start(0)?;
+    fleet.wait_ready(0, Duration::from_secs(60)).await?;
+
+    let mix = Mix {
+        decline_per_mille: 0,
+        short_auth_per_mille: 0,
+        over_auth_per_mille: 0,
+        last_flag_per_mille: 0,
+        ..Mix::standard(0, 0)
+    };
+    let mut workload = Workload::default();
+    let mut cases: Vec<(Point, Vec<Case>)> = Vec::new();
+    for point in [Point::CommitAck, Point::LeaseCall, Point::ProviderRecord] {
+        let mut list = Vec::new();
+        // A one-parcel order (its only capture is final); a three-parcel order cut at its
+        // second parcel; one cut at its third, final parcel.
+        for (count, hit) in [(1u32, 0usize), (3, 1), (3, 2)] {
+            let i = workload.orders.len();
+            let o = workload::order_spec(&mut rng, &stage.tag, i, count, &mix);
+            stage.authorize(&o, Scenario::default())?;
+            workload.orders.push(o);
+            list.push(Case { order: i, hit });
+        }
+        cases.push((point, list));
+    }
+    let publish = |msgs: Vec<Message>| {
+        let url = env.rabbit.amqp_url();
+        let exchange = stage.exchange.clone();
+        async move {
+            publish::publish_all(
+                PublishPlan {
+                    url,
+                    exchange,
+                    rate: 0,
+                    deadline: Duration::from_secs(60),
+                },
+                Arc::new(msgs),
+                Arc::new(Progress::default()),
+            )
+            .await
+        }
+    };
+    let order_msg = |o: usize, w: &Workload| -> Message {
+        let id = format!("o-{}-{o}", stage.tag);
+        Message {
+            body: serde_json::to_vec(&workload::order_message(&w.orders[o], &id))
+                .unwrap_or_default(),
+            message_id: Some(id),
+            routing_key: "order.authorized".into(),
+            expect: Expect::Order(o),
+        }
+    };
+    let ship_msg = |o: usize, s: usize, w: &Workload| -> Message {
+        let id = format!("m-{}-{o}-{s}", stage.tag);
+        let order = &w.orders[o];
+        Message {
+            body: serde_json::to_vec(&workload::shipment_message(order, &order.shipments[s], &id))
+                .unwrap_or_default(),
+            message_id: Some(id),
+            routing_key: "shipment.shipped".into(),
+            expect: Expect::Shipment { order: o, ship: s },
+        }
+    };
+
+    let mut notes = Vec::new();
+    let mut violations = Vec::new();
+    for (point, list) in &cases {
+        // Before: the orders and the parcels ahead of the cut, all settled.
+        let mut before = Vec::new();
+        for c in list {
+            before.push(order_msg(c.order, &workload));
+            for s in 0..c.hit {
+                before.push(ship_msg(c.order, s, &workload));
+            }
+        }
+        let ahead: usize = list.iter().map(|c| c.hit).sum();
+        workload.messages.extend(before.clone());
+        publish(before).await?;
+        let orders: Vec<String> = list
+            .iter()
+            .map(|c| workload.orders[c.order].order_id.clone())
+            .collect();
+        wait_for(Duration::from_secs(30), || async {
+            succeeded(&stage.pool, &orders)
+                .await
+                .map(|n| n == ahead as i64)
+        })
+        .await
+        .context("S2: settling the parcels ahead of the cut")?;
+
+        // Arm the fault that holds the worker at the point, then send the parcels to cut.
+        match point {
+            Point::CommitAck => amqp_proxy.set_blackhole(true),
+            Point::LeaseCall => http_proxy.set_blackhole(true),
+            Point::ProviderRecord => {
+                for c in list {
+                    let o = &workload.orders[c.order];
+                    stage
+                        .sandbox
+                        .set_scenario(
+                            &o.auth_id,
+                            Scenario {
+                                faults: vec![Fault::LostResponse { delay_ms: 20_000 }],
+                                ..Scenario::default()
+                            },
+                        )
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+            }
+        }
+        let hits: Vec<Message> = list
+            .iter()
+            .map(|c| ship_msg(c.order, c.hit, &workload))
+            .collect();
+        let hit_ids: Vec<String> = hits.iter().filter_map(|m| m.message_id.clone()).collect();
+        let hit_shipments: Vec<String> = list
+            .iter()
+            .map(|c| {
+                workload.orders[c.order].shipments[c.hit]
+                    .shipment_id
+                    .clone()
+            })
+            .collect();
+        workload.messages.extend(hits.clone());
+        let ledger_before = stage.sandbox.ledger().len();
+        publish(hits).await?;
+        let n = list.len() as i64;
+        let reached = match point {
+            Point::CommitAck => {
+                wait_for(Duration::from_secs(20), || async {
+                    sqlx::query_scalar::<_, i64>(
+                        "select count(*) from inbox_messages where message_id = any($1)",
+                    )
+                    .bind(&hit_ids)
+                    .fetch_one(&stage.pool)
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .map(|c| c == n)
+                })
+                .await
+            }
+            Point::LeaseCall => {
+                wait_for(Duration::from_secs(20), || async {
+                    in_flight(&stage.pool, &hit_shipments).await.map(|c| c == n)
+                })
+                .await
+            }
+            Point::ProviderRecord => {
+                let sandbox = stage.sandbox.clone();
+                wait_for(Duration::from_secs(20), || {
+                    let sandbox = sandbox.clone();
+                    async move {
+                        Ok(sandbox.ledger()[ledger_before..]
+                            .iter()
+                            .filter(|e| e.outcome == LedgerOutcome::Captured)
+                            .count() as i64
+                            == n)
+                    }
+                })
+                .await
+            }
+        };
+        fleet.kill(0).await?;
+        reached
+            .with_context(|| format!("S2: the worker never reached the point {}", point.label()))?;
+
+        // Evidence that the kill landed where it should.
+        let evidence = match point {
+            Point::CommitAck => {
+                let queue = stage.queue.clone();
+                let back = wait_for(Duration::from_secs(15), || async {
+                    let d = tokio::task::block_in_place(|| env.rabbit.queue_depths())?;
+                    Ok(d.iter()
+                        .any(|(name, ready, _)| *name == queue && *ready >= n as u64))
+                })
+                .await
+                .is_ok();
+                if back {
+                    format!(
+                        "{n} deliveries committed; their acks were swallowed; all {n} back in the queue after the kill"
+                    )
+                } else {
+                    violations.push(format!(
+                        "S2 {}: the deliveries did not return to the queue",
+                        point.label()
+                    ));
+                    String::new()
+                }
+            }
+            Point::LeaseCall => {
+                let lf = in_flight(&stage.pool, &hit_shipments).await?;
+                let sent = stage.sandbox.ledger().len() - ledger_before;
+                if lf == n && sent == 0 {
+                    format!("{n} captures leased and in flight; the provider had received nothing")
+                } else {
+                    violations.push(format!(
+                        "S2 {}: {lf} in flight, {sent} provider requests at the kill",
+                        point.label()
+                    ));
+                    String::new()
+                }
+            }
+            Point::ProviderRecord => {
+                let lf = in_flight(&stage.pool, &hit_shipments).await?;
+                if lf == n {
+                    format!("{n} captures applied by the provider; none recorded (still in flight)")
+                } else {
+                    violations.push(format!(
+                        "S2 {}: only {lf} of {n} unrecorded at the kill",
+                        point.label()
+                    ));
+                    String::new()
+                }
+            }
+        };
+        amqp_proxy.set_blackhole(false);
+        http_proxy.set_blackhole(false);
+        fleet.start(0)?;
+        let want = ahead as i64 + n;
+        wait_for(Duration::from_secs(60), || async {
+            succeeded(&stage.pool, &orders).await.map(|c| c == want)
+        })
+        .await
+        .with_context(|| format!("S2 {}: the restarted worker did not finish", point.label()))?;
+        // How the restarted worker finished the cut captures.
+        let after = stage.sandbox.ledger();
+        let new = &after[ledger_before..];
+        let replays = new.iter().filter(|e| e.replayed).count();
+        let moved = new.iter().filter(|e| e.captured_amount > 0).count();
+        if moved != list.len() {
+            violations.push(format!(
+                "S2 {}: {moved} money movements for {} captures",
+                point.label(),
+                list.len()
+            ));
+        }
+        let how = match point {
+            Point::CommitAck => "redelivered and recognised as duplicates".to_owned(),
+            Point::LeaseCall => {
+                if new.iter().any(|e| e.replayed) {
+                    violations.push(format!(
+                        "S2 {}: a replay where the first request never arrived",
+                        point.label()
+                    ));
+                }
+                "taken over after the lease expired and sent once with the same key".to_owned()
+            }
+            Point::ProviderRecord => {
+                if replays < list.len() {
+                    violations.push(format!(
+                        "S2 {}: {replays} replays, expected one per capture",
+                        point.label()
+                    ));
+                }
+                format!(
+                    "taken over and answered from the provider's idempotency store ({replays} replays)"
+                )
+            }
+        };
+        notes.push(format!("{}: {evidence}; {how}", point.label()));
+
+        // After: the rest of each order.
+        let mut rest = Vec::new();
+        for c in list {
+            for s in c.hit + 1..workload.orders[c.order].shipments.len() {
+                rest.push(ship_msg(c.order, s, &workload));
+            }
+        }
+        let total: i64 = list
+            .iter()
+            .map(|c| workload.orders[c.order].shipments.len() as i64)
+            .sum();
+        workload.messages.extend(rest.clone());
+        publish(rest).await?;
+        wait_for(Duration::from_secs(30), || async {
+            succeeded(&stage.pool, &orders).await.map(|c| c == total)
+        })
+        .await
+        .context("S2: finishing the orders")?;
+    }
+    let expected: HashSet<String> = workload.messages.iter().map(message_key).collect();
+    let mut extra = violations;
+    if !settle(env, &stage, &mut fleet, &expected, Duration::from_secs(60)).await? {
+        extra.push("P7: S2 did not settle".into());
+    }
+    extra.extend(fleet.stop_all(Duration::from_secs(30)).await);
+    extra.extend(fleet.unexpected_exits.iter().map(|e| format!("P7: {e}")));
+    drop(amqp_proxy);
+    drop(http_proxy);
+    finish(
+        env,
+        stage,
+        &workload,
+        &fleet,
+        notes,
+        extra,
+        "S2",
+        "a kill at each recovery point",
+        started,
+    )
+    .await
+}
+
+async fn succeeded(pool: &PgPool, orders: &[String]) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "select count(*) from captures where order_id = any($1) and status = 'succeeded'",
+    )
+    .bind(orders)
+    .fetch_one(pool)
+    .await?)
+}
+
+async fn in_flight(pool: &PgPool, shipments: &[String]) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "select count(*) from captures where cause_kind = 'shipment' and cause_id = any($1) and status = 'in_flight'",
+    )
+    .bind(shipments)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Polls `check` until it holds.
+async fn wait_for<F, Fut>(within: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await.unwrap_or(false) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("condition not met within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
