@@ -101,7 +101,7 @@ impl Application {
             pending_poll: Duration::from_millis(c.notification_wait_ms),
         };
         let worker_id = format!(
-            "{}-{}",
+            "w{}-{}",
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );

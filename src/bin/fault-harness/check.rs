@@ -744,24 +744,34 @@ pub fn find_card_number(text: &str) -> Option<String> {
             continue;
         }
         let mut digits = Vec::new();
+        // Lengths of the digit groups between separators: printed card numbers are grouped
+        // 4-4-4-4(-3) or 4-6-5 (Amex); other grouped digit runs (ids, dates) are not cards.
+        let mut groups = vec![0usize];
         let mut j = i;
         let mut end = i;
         while j < chars.len() {
             let c = chars[j];
             if let Some(d) = c.to_digit(10) {
                 digits.push(d);
+                if let Some(g) = groups.last_mut() {
+                    *g += 1;
+                }
                 end = j + 1;
                 j += 1;
             } else if (c == ' ' || c == '-') && chars.get(j + 1).is_some_and(char::is_ascii_digit) {
+                groups.push(0);
                 j += 1;
             } else {
                 break;
             }
         }
+        let card_grouping = groups.len() == 1
+            || groups == [4, 6, 5]
+            || groups[..groups.len() - 1].iter().all(|&g| g == 4);
         let glued = chars.get(end).is_some_and(|c| c.is_ascii_alphabetic())
             || (chars.get(end) == Some(&'.')
                 && chars.get(end + 1).is_some_and(char::is_ascii_digit));
-        if (13..=19).contains(&digits.len()) && !glued && luhn(&digits) {
+        if (13..=19).contains(&digits.len()) && card_grouping && !glued && luhn(&digits) {
             return Some(chars[i..end].iter().collect());
         }
         i = end.max(i + 1);
@@ -827,6 +837,11 @@ mod tests {
     fn card_numbers_are_found_and_hex_ids_are_not() {
         assert!(find_card_number("note: 4111 1111 1111 1111 end").is_some());
         assert!(find_card_number("4111-1111-1111-1111").is_some());
+        assert!(find_card_number("amex 3782 822463 10005").is_some());
+        assert!(
+            find_card_number(r#""worker_id":"24772-66768843""#).is_none(),
+            "a grouped id is not a card number"
+        );
         assert!(find_card_number("key cw1-ab4111111111111111").is_none());
         assert!(find_card_number("ts 2026-11-22T01:02:03Z").is_none());
         assert!(
