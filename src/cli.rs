@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Captures card payments as orders ship.
 #[derive(Debug, Parser)]
@@ -49,4 +49,45 @@ pub enum Command {
     },
     /// Print the effective settings as JSON, secrets redacted.
     Config,
+    /// Measure end-to-end throughput and latency beside the machine's raw limits (RabbitMQ,
+    /// PostgreSQL, HTTP) in one run, against the local services and an in-process sandbox.
+    /// Prints a table and writes a JSON report. Uses fresh, uniquely named databases and
+    /// queues and removes them at the end.
+    Bench(BenchArgs),
+}
+
+/// Sizes of `capture-worker bench`; unset sizes take the full benchmark's (or `--quick`'s).
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench.json")]
+    pub out: PathBuf,
+    /// The smoke size: completes in a few seconds (CI).
+    #[arg(long)]
+    pub quick: bool,
+    /// Orders per end-to-end run (full: 2000).
+    #[arg(long)]
+    pub orders: Option<usize>,
+    /// Shipments per order, each one capture (full: 5; at most 50).
+    #[arg(long)]
+    pub shipments_per_order: Option<usize>,
+    /// Provider latencies to run end to end, in milliseconds (full: 0,50,200).
+    #[arg(long, value_delimiter = ',')]
+    pub latencies: Option<Vec<u64>>,
+    /// Shipments queued before the worker starts in the backlog drain; 0 skips it
+    /// (full: 100000).
+    #[arg(long)]
+    pub backlog: Option<usize>,
+    /// Provider latency during the backlog drain, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub backlog_latency: u64,
+    /// Seconds each raw-limit measurement runs (full: 5).
+    #[arg(long)]
+    pub raw_seconds: Option<f64>,
+    /// Seconds the half-throughput latency run publishes (full: 10).
+    #[arg(long)]
+    pub paced_seconds: Option<f64>,
+    /// The worker binary to run as a child process (default: this executable).
+    #[arg(long)]
+    pub worker_binary: Option<PathBuf>,
 }

@@ -26,6 +26,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo { wait_seconds } => {
             commands::demo(settings, Duration::from_secs(wait_seconds)).await
         }
+        Command::Bench(args) => capture_worker::app::bench::run(settings, args.into())
+            .await
+            .map(drop),
         Command::Config => {
             println!(
                 "{}",

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod architecture;
+mod bench_smoke;
 mod config;
 mod domain_examples;
 mod domain_properties;
