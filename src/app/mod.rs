@@ -165,7 +165,11 @@ impl Application {
             topology.clone(),
         ));
         let handler: Arc<dyn DeliveryHandler> = Arc::new(IntakeHandler {
-            intake: self.intake.clone(),
+            intake: intake::IntakeBatcher::spawn(
+                self.intake.clone(),
+                usize::from(self.settings.amqp.prefetch),
+                intake_writers(self.settings.database.max_connections),
+            ),
             executor: self.executor.clone(),
         });
         let consumer_config = ConsumerConfig {
@@ -232,9 +236,16 @@ impl Application {
     }
 }
 
-/// Intake behind the consumer: commit, then dispatch the captures it created.
+/// Intake transactions that may run at once: a quarter of the pool, leaving the rest to
+/// execution, the sweeper and health checks.
+fn intake_writers(pool: u32) -> usize {
+    usize::try_from(pool / 4).unwrap_or(1).clamp(1, 4)
+}
+
+/// Intake behind the consumer: commit (batched with concurrent deliveries), then dispatch the
+/// captures it created.
 struct IntakeHandler {
-    intake: Arc<Intake>,
+    intake: intake::IntakeBatcher,
     executor: Executor,
 }
 

@@ -2,6 +2,8 @@
 //! and rejected messages. Every function runs inside the caller's transaction, so one
 //! message's effect commits whole or not at all.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Row};
@@ -307,10 +309,21 @@ pub async fn load_order(
         .fetch_all(&mut *tx)
         .await
         .ctx(CTX)?;
+    stored_order(order_id, &o, &lines).map(Some)
+}
+
+/// Rebuilds an order and its progress from its `orders` row and its `order_lines` rows (in
+/// line order).
+fn stored_order(
+    order_id: &OrderId,
+    o: &sqlx::postgres::PgRow,
+    lines: &[sqlx::postgres::PgRow],
+) -> Result<StoredOrder, StorageError> {
+    const CTX: &str = "loading the order";
     let m = |v: i64| MinorUnits::new(v).map_err(|e| corrupt(CTX, e));
     let mut order_lines = Vec::with_capacity(lines.len());
     let (mut shipped, mut cancelled, mut charged) = (Vec::new(), Vec::new(), Vec::new());
-    for l in &lines {
+    for l in lines {
         order_lines.push(OrderLine {
             line_id: LineId::parse(l.get::<String, _>("line_id")).map_err(|e| corrupt(CTX, e))?,
             sku: l.get("sku"),
@@ -364,7 +377,7 @@ pub async fn load_order(
         shipments: Vec::new(),
         cancellations: Vec::new(),
     };
-    Ok(Some(StoredOrder { order, state }))
+    Ok(StoredOrder { order, state })
 }
 
 /// Items as stored in JSON.
@@ -592,18 +605,25 @@ pub struct NewCapture<'a> {
     pub traceparent: Option<&'a str>,
 }
 
+/// A capture's generation-0 idempotency key, derived from stable facts: provider,
+/// authorization, kind and cause (P3).
+fn capture_key(c: &NewCapture<'_>) -> IdempotencyKey {
+    let auth = c.order.authorization();
+    IdempotencyKey::derive(
+        &auth.provider,
+        &auth.authorization_id,
+        &format!("{}:{}:{}", c.kind.as_str(), c.cause_kind, c.cause_id),
+        0,
+    )
+}
+
 /// Inserts a queued capture with its generation-0 idempotency key and records the key's terms.
 pub async fn insert_capture(
     tx: &mut PgConnection,
     c: &NewCapture<'_>,
 ) -> Result<i64, StorageError> {
     let auth = c.order.authorization();
-    let key = IdempotencyKey::derive(
-        &auth.provider,
-        &auth.authorization_id,
-        &format!("{}:{}:{}", c.kind.as_str(), c.cause_kind, c.cause_id),
-        0,
-    );
+    let key = capture_key(c);
     let lines = serde_json::to_value(&c.lines).map_err(|e| corrupt("encoding capture lines", e))?;
     let id: i64 = sqlx::query_scalar(
         "insert into captures (order_id, provider, authorization_id, sequence, kind, cause_kind,
@@ -686,5 +706,366 @@ pub async fn insert_rejection(
     .execute(tx)
     .await
     .ctx("recording the rejected message")?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batched intake: the same reads and writes as above for many messages of different orders in
+// one transaction, one statement per table. Intake uses them for the common case (a shipment
+// of a registered order, seen for the first time) and falls back to the per-message functions
+// above for everything else.
+
+/// Takes the intake locks of several orders (as [`lock_order_key`] does for one). The caller
+/// passes the ids sorted, so two batches always lock in the same order and never deadlock on
+/// each other; `unnest` yields the array in order.
+pub async fn lock_order_keys(
+    tx: &mut PgConnection,
+    sorted_order_ids: &[&str],
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "select pg_advisory_xact_lock(hashtextextended(k, 7411)) from unnest($1::text[]) as t(k)",
+    )
+    .bind(sorted_order_ids)
+    .execute(tx)
+    .await
+    .ctx("locking the orders for intake")?;
+    Ok(())
+}
+
+/// The inbox rows of these message ids, locked, by message id.
+pub async fn inbox_get_many(
+    tx: &mut PgConnection,
+    message_ids: &[&str],
+) -> Result<HashMap<String, InboxRecord>, StorageError> {
+    let rows = sqlx::query(
+        "select message_id, status, payload_hash, reject_reason from inbox_messages
+         where message_id = any($1) order by message_id for update",
+    )
+    .bind(message_ids)
+    .fetch_all(tx)
+    .await
+    .ctx("reading the inbox")?;
+    rows.into_iter()
+        .map(|r| {
+            Ok((
+                r.get("message_id"),
+                InboxRecord {
+                    status: InboxStatus::parse(r.get::<&str, _>("status"))?,
+                    payload_hash: r.get("payload_hash"),
+                    reject_reason: r.get("reject_reason"),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Loads several orders and their progress, taking their rows for update (in order id order),
+/// by order id. Orders that do not exist are absent.
+pub async fn load_orders_for_update(
+    tx: &mut PgConnection,
+    order_ids: &[&str],
+) -> Result<HashMap<String, StoredOrder>, StorageError> {
+    const CTX: &str = "loading the orders";
+    let orders =
+        sqlx::query("select * from orders where order_id = any($1) order by order_id for update")
+            .bind(order_ids)
+            .fetch_all(&mut *tx)
+            .await
+            .ctx(CTX)?;
+    if orders.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let lines = sqlx::query(
+        "select * from order_lines where order_id = any($1) order by order_id, line_no",
+    )
+    .bind(order_ids)
+    .fetch_all(&mut *tx)
+    .await
+    .ctx(CTX)?;
+    let mut lines_by_order: HashMap<String, Vec<sqlx::postgres::PgRow>> = HashMap::new();
+    for l in lines {
+        lines_by_order
+            .entry(l.get::<String, _>("order_id"))
+            .or_default()
+            .push(l);
+    }
+    let mut out = HashMap::with_capacity(orders.len());
+    for o in orders {
+        let id: String = o.get("order_id");
+        let order_id = OrderId::parse(id.clone()).map_err(|e| corrupt(CTX, e))?;
+        let lines = lines_by_order.remove(&id).unwrap_or_default();
+        out.insert(id, stored_order(&order_id, &o, &lines)?);
+    }
+    Ok(out)
+}
+
+/// Which of these (order id, shipment id) pairs are already stored.
+pub async fn existing_shipments(
+    tx: &mut PgConnection,
+    order_ids: &[&str],
+    shipment_ids: &[&str],
+) -> Result<HashSet<(String, String)>, StorageError> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "select s.order_id, s.shipment_id
+         from shipments s join unnest($1::text[], $2::text[]) as v(order_id, shipment_id)
+           on s.order_id = v.order_id and s.shipment_id = v.shipment_id",
+    )
+    .bind(order_ids)
+    .bind(shipment_ids)
+    .fetch_all(tx)
+    .await
+    .ctx("looking for earlier shipments")?;
+    Ok(rows.into_iter().collect())
+}
+
+/// [`save_progress`] for several orders.
+pub async fn save_progress_many(
+    tx: &mut PgConnection,
+    orders: &[(&Order, &OrderState)],
+) -> Result<(), StorageError> {
+    let mut ids = Vec::with_capacity(orders.len());
+    let (mut phases, mut claimed, mut shipping, mut shortfall, mut counts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut l_orders, mut l_ids, mut l_shipped, mut l_cancelled, mut l_charged) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (order, state) in orders {
+        ids.push(order.order_id().as_str());
+        phases.push(match state.phase {
+            Phase::Open => "open",
+            Phase::Completed => "completed",
+            Phase::Declined => "declined",
+        });
+        claimed.push(state.claimed.get());
+        shipping.push(state.shipping_charged.get());
+        shortfall.push(state.shortfall.get());
+        counts.push(state.captures as i32);
+        for (i, line) in order.lines().iter().enumerate() {
+            let at = |v: &[u32]| v.get(i).copied().unwrap_or(0) as i32;
+            l_orders.push(order.order_id().as_str());
+            l_ids.push(line.line_id.as_str());
+            l_shipped.push(at(&state.shipped));
+            l_cancelled.push(at(&state.cancelled));
+            l_charged.push(at(&state.charged));
+        }
+    }
+    sqlx::query(
+        "update orders o set phase = v.phase, claimed_amount = v.claimed,
+             shipping_charged = v.shipping, shortfall_amount = v.shortfall,
+             capture_count = v.captures, updated_at = now()
+         from unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::int[])
+             as v(order_id, phase, claimed, shipping, shortfall, captures)
+         where o.order_id = v.order_id",
+    )
+    .bind(&ids)
+    .bind(&phases)
+    .bind(&claimed)
+    .bind(&shipping)
+    .bind(&shortfall)
+    .bind(&counts)
+    .execute(&mut *tx)
+    .await
+    .ctx("saving the orders' progress")?;
+    sqlx::query(
+        "update order_lines l set shipped_quantity = v.s, cancelled_quantity = v.c,
+             charged_quantity = v.ch
+         from unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[])
+             as v(order_id, line_id, s, c, ch)
+         where l.order_id = v.order_id and l.line_id = v.line_id
+           and (l.shipped_quantity, l.cancelled_quantity, l.charged_quantity) is distinct from (v.s, v.c, v.ch)",
+    )
+    .bind(&l_orders)
+    .bind(&l_ids)
+    .bind(&l_shipped)
+    .bind(&l_cancelled)
+    .bind(&l_charged)
+    .execute(tx)
+    .await
+    .ctx("saving line progress")?;
+    Ok(())
+}
+
+/// [`insert_capture`] for several captures: the rows and their generation-0 keys.
+pub async fn insert_captures_many(
+    tx: &mut PgConnection,
+    captures: &[NewCapture<'_>],
+) -> Result<(), StorageError> {
+    if captures.is_empty() {
+        return Ok(());
+    }
+    let n = captures.len();
+    let mut orders = Vec::with_capacity(n);
+    let (mut providers, mut auths, mut seqs, mut kinds, mut cause_kinds, mut cause_ids) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut amounts, mut currencies, mut finals, mut release_after, mut lines) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut shipping, mut shortfall, mut keys, mut traceparents) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for c in captures {
+        let auth = c.order.authorization();
+        orders.push(c.order.order_id().as_str());
+        providers.push(auth.provider.as_str());
+        auths.push(auth.authorization_id.as_str());
+        seqs.push(c.sequence as i32);
+        kinds.push(c.kind.as_str());
+        cause_kinds.push(c.cause_kind);
+        cause_ids.push(c.cause_id);
+        amounts.push(c.amount.get());
+        currencies.push(c.order.currency().code().to_owned());
+        finals.push(c.is_final);
+        release_after.push(c.release_after);
+        lines.push(
+            serde_json::to_string(&c.lines).map_err(|e| corrupt("encoding capture lines", e))?,
+        );
+        shipping.push(c.shipping.get());
+        shortfall.push(c.shortfall.get());
+        keys.push(capture_key(c).as_str().to_owned());
+        traceparents.push(c.traceparent);
+    }
+    sqlx::query(
+        "with c as (
+             insert into captures (order_id, provider, authorization_id, sequence, kind, cause_kind,
+                 cause_id, amount, currency, is_final, release_after, lines, shipping_amount,
+                 shortfall_amount, idempotency_key, traceparent)
+             select order_id, provider, authorization_id, sequence, kind, cause_kind, cause_id,
+                 amount, currency, is_final, release_after, lines::jsonb, shipping_amount,
+                 shortfall_amount, idempotency_key, traceparent
+             from unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
+                 $7::text[], $8::bigint[], $9::text[], $10::bool[], $11::bool[], $12::text[],
+                 $13::bigint[], $14::bigint[], $15::text[], $16::text[])
+                 as v(order_id, provider, authorization_id, sequence, kind, cause_kind, cause_id,
+                      amount, currency, is_final, release_after, lines, shipping_amount,
+                      shortfall_amount, idempotency_key, traceparent)
+             returning capture_id, idempotency_key, amount, is_final
+         )
+         insert into capture_keys (idempotency_key, capture_id, key_generation, amount, is_final)
+         select idempotency_key, capture_id, 0, amount, is_final from c",
+    )
+    .bind(&orders)
+    .bind(&providers)
+    .bind(&auths)
+    .bind(&seqs)
+    .bind(&kinds)
+    .bind(&cause_kinds)
+    .bind(&cause_ids)
+    .bind(&amounts)
+    .bind(&currencies)
+    .bind(&finals)
+    .bind(&release_after)
+    .bind(&lines)
+    .bind(&shipping)
+    .bind(&shortfall)
+    .bind(&keys)
+    .bind(&traceparents)
+    .execute(tx)
+    .await
+    .ctx("storing the captures")?;
+    Ok(())
+}
+
+/// A shipment row to insert with [`insert_shipments_many`].
+#[derive(Debug, Clone)]
+pub struct NewShipment<'a> {
+    pub order_id: &'a OrderId,
+    pub shipment: &'a Shipment,
+    pub message_id: &'a str,
+    pub shipped_value: MinorUnits,
+    pub decision: String,
+}
+
+/// [`insert_shipment`] for several shipments.
+pub async fn insert_shipments_many(
+    tx: &mut PgConnection,
+    shipments: &[NewShipment<'_>],
+) -> Result<(), StorageError> {
+    let orders: Vec<&str> = shipments.iter().map(|s| s.order_id.as_str()).collect();
+    let ids: Vec<&str> = shipments
+        .iter()
+        .map(|s| s.shipment.shipment_id().as_str())
+        .collect();
+    let messages: Vec<&str> = shipments.iter().map(|s| s.message_id).collect();
+    let items: Vec<String> = shipments
+        .iter()
+        .map(|s| items_json(s.shipment.items()).to_string())
+        .collect();
+    let last: Vec<bool> = shipments
+        .iter()
+        .map(|s| s.shipment.last_shipment())
+        .collect();
+    let at: Vec<DateTime<Utc>> = shipments.iter().map(|s| s.shipment.shipped_at()).collect();
+    let value: Vec<i64> = shipments.iter().map(|s| s.shipped_value.get()).collect();
+    let decision: Vec<&str> = shipments.iter().map(|s| s.decision.as_str()).collect();
+    sqlx::query(
+        "insert into shipments (order_id, shipment_id, message_id, items, last_shipment,
+             shipped_at, shipped_value, decision)
+         select order_id, shipment_id, message_id, items::jsonb, last_shipment, shipped_at,
+             shipped_value, decision
+         from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[],
+             $6::timestamptz[], $7::bigint[], $8::text[])
+             as v(order_id, shipment_id, message_id, items, last_shipment, shipped_at,
+                  shipped_value, decision)",
+    )
+    .bind(&orders)
+    .bind(&ids)
+    .bind(&messages)
+    .bind(&items)
+    .bind(&last)
+    .bind(&at)
+    .bind(&value)
+    .bind(&decision)
+    .execute(tx)
+    .await
+    .ctx("storing the shipments")?;
+    Ok(())
+}
+
+/// Records several messages seen for the first time as processed (no body kept). A message id
+/// that is already in the inbox fails the statement: batched intake only writes messages it
+/// found absent under the orders' locks.
+pub async fn inbox_insert_processed_many(
+    tx: &mut PgConnection,
+    messages: &[NewInbox<'_>],
+) -> Result<(), StorageError> {
+    let ids: Vec<&str> = messages.iter().map(|m| m.message_id).collect();
+    let types: Vec<&str> = messages.iter().map(|m| m.message_type).collect();
+    let orders: Vec<Option<&str>> = messages.iter().map(|m| m.order_id).collect();
+    let hashes: Vec<&str> = messages.iter().map(|m| m.payload_hash).collect();
+    let keys: Vec<Option<&str>> = messages.iter().map(|m| m.routing_key).collect();
+    let parents: Vec<Option<&str>> = messages.iter().map(|m| m.traceparent).collect();
+    let states: Vec<Option<&str>> = messages.iter().map(|m| m.tracestate).collect();
+    sqlx::query(
+        "insert into inbox_messages (message_id, message_type, order_id, payload_hash, status,
+             routing_key, traceparent, tracestate)
+         select message_id, message_type, order_id, payload_hash, 'processed', routing_key,
+             traceparent, tracestate
+         from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+             $7::text[])
+             as v(message_id, message_type, order_id, payload_hash, routing_key, traceparent,
+                  tracestate)",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&orders)
+    .bind(&hashes)
+    .bind(&keys)
+    .bind(&parents)
+    .bind(&states)
+    .execute(tx)
+    .await
+    .ctx("recording the messages in the inbox")?;
     Ok(())
 }

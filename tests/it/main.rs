@@ -8,6 +8,7 @@ mod config;
 mod domain_examples;
 mod domain_properties;
 mod harness;
+mod intake_batch;
 mod ledger_guards;
 mod pipeline;
 mod process;
