@@ -7,13 +7,22 @@
 //! key; a new key is taken only after a lookup showed the provider captured nothing under the
 //! old one (P3). A decline latches the order (P4). After a success the next capture of the
 //! same order goes at once.
+//!
+//! Claims and successes are written in batches: drive tasks that claim (or record a success)
+//! at the same time share one statement and one commit, so the database's per-statement and
+//! per-commit costs do not grow with the number of orders in flight. A batch starts as soon as
+//! a writer is free, so at low load nothing waits. Each task still gets its own answer, and a
+//! batch that fails is retried one capture at a time. Everything else (declines, retries,
+//! lookups, attention) is recorded one capture at a time as before.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::domain::{
     AuthorizationId, Currency, IdempotencyKey, LineId, MinorUnits, Money, OrderId,
@@ -21,7 +30,7 @@ use crate::domain::{
 use crate::provider::{
     CallResult, CaptureLine, CaptureRequest, Outcome, PaymentProvider, ReleaseRequest,
 };
-use crate::storage::captures::{self, AttemptRecord, ClaimedCapture, Transition};
+use crate::storage::captures::{self, AttemptRecord, ClaimedCapture, Success, Transition};
 use crate::storage::ledger::CaptureKind;
 use crate::storage::{StorageError, Store};
 
@@ -40,11 +49,20 @@ struct Inner {
     policy: RetryPolicy,
     worker_id: String,
     lease_seconds: f64,
-    /// Orders being driven by this process right now.
-    active: Mutex<HashSet<String>>,
+    /// Orders being driven by this process right now, and whether each was dispatched again
+    /// meanwhile (then it is driven once more, so a capture queued just as the drive ended is
+    /// not left to the sweeper).
+    active: Mutex<HashMap<String, bool>>,
     permits: Arc<Semaphore>,
     tx: mpsc::UnboundedSender<String>,
+    claims: mpsc::UnboundedSender<ClaimRequest>,
+    successes: mpsc::UnboundedSender<SuccessRequest>,
 }
+
+/// Claim and success statements that may run at once (each batches many captures).
+const BATCH_WRITERS: usize = 2;
+/// Captures per claim or success statement, at most.
+const MAX_BATCH: usize = 256;
 
 impl Executor {
     /// Creates the executor and the receiver its [`Executor::run`] loop consumes.
@@ -57,15 +75,26 @@ impl Executor {
         concurrency: usize,
     ) -> (Executor, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let lease_seconds = lease_seconds as f64;
+        let claims = spawn_batcher({
+            let (store, worker) = (store.clone(), worker_id.clone());
+            move |batch| claim_batch(store.clone(), worker.clone(), lease_seconds, batch)
+        });
+        let successes = spawn_batcher({
+            let (store, worker) = (store.clone(), worker_id.clone());
+            move |batch| success_batch(store.clone(), worker.clone(), batch)
+        });
         let inner = Inner {
             store,
             providers,
             policy,
             worker_id,
-            lease_seconds: lease_seconds as f64,
-            active: Mutex::new(HashSet::new()),
+            lease_seconds,
+            active: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             tx,
+            claims,
+            successes,
         };
         (
             Executor {
@@ -102,16 +131,31 @@ impl Executor {
                     let Some(order_id) = next else { break };
                     {
                         let Ok(mut active) = self.inner.active.lock() else { break };
-                        if !active.insert(order_id.clone()) {
-                            continue; // already being driven; it loops until the order has no due work
+                        match active.entry(order_id.clone()) {
+                            // Already being driven: it loops until the order has no due work,
+                            // and once more for this dispatch.
+                            Entry::Occupied(mut again) => {
+                                *again.get_mut() = true;
+                                continue;
+                            }
+                            Entry::Vacant(slot) => {
+                                slot.insert(false);
+                            }
                         }
                     }
                     let Ok(permit) = self.inner.permits.clone().acquire_owned().await else { break };
                     let this = self.clone();
                     tasks.spawn(async move {
-                        this.drive(&order_id).await;
-                        if let Ok(mut active) = this.inner.active.lock() {
-                            active.remove(&order_id);
+                        loop {
+                            this.drive(&order_id).await;
+                            let Ok(mut active) = this.inner.active.lock() else { break };
+                            match active.get_mut(&order_id) {
+                                Some(again) if *again => *again = false,
+                                _ => {
+                                    active.remove(&order_id);
+                                    break;
+                                }
+                            }
                         }
                         drop(permit);
                     });
@@ -141,14 +185,7 @@ impl Executor {
     /// capture may be due), Ok(false) when nothing was due.
     pub async fn step(&self, order_id: &str) -> Result<bool, StorageError> {
         let inner = &self.inner;
-        let Some(mut capture) = captures::claim_next(
-            inner.store.pool(),
-            order_id,
-            &inner.worker_id,
-            inner.lease_seconds,
-        )
-        .await?
-        else {
+        let Some(mut capture) = self.claim(order_id).await? else {
             return Ok(false);
         };
         if capture.taken_over {
@@ -203,6 +240,59 @@ impl Executor {
         self.record(&capture, op, Some(&key), &call, started, transition)
             .await?;
         Ok(true)
+    }
+
+    /// Claims the order's next capture, batched with concurrent claims.
+    async fn claim(&self, order_id: &str) -> Result<Option<ClaimedCapture>, StorageError> {
+        let inner = &self.inner;
+        let (reply, answer) = oneshot::channel();
+        let request = ClaimRequest {
+            order_id: order_id.to_owned(),
+            reply,
+        };
+        if inner.claims.send(request).is_ok()
+            && let Ok(result) = answer.await
+        {
+            return result;
+        }
+        // The batching task is gone: claim on our own.
+        captures::claim_next(
+            inner.store.pool(),
+            order_id,
+            &inner.worker_id,
+            inner.lease_seconds,
+        )
+        .await
+    }
+
+    /// Records a success, batched with concurrent ones. Returns whether the lease was held.
+    async fn record_success(
+        &self,
+        c: &ClaimedCapture,
+        attempt: &AttemptRecord<'_>,
+        reference: Option<String>,
+    ) -> Result<bool, StorageError> {
+        let inner = &self.inner;
+        let (reply, answer) = oneshot::channel();
+        let request = SuccessRequest {
+            capture: c.clone(),
+            attempt: OwnedAttempt::from(attempt),
+            reference: reference.clone(),
+            reply,
+        };
+        if inner.successes.send(request).is_ok()
+            && let Ok(result) = answer.await
+        {
+            return result;
+        }
+        captures::record(
+            inner.store.pool(),
+            c,
+            &inner.worker_id,
+            attempt,
+            &Transition::Succeeded { reference },
+        )
+        .await
     }
 
     fn transition_for(&self, c: &ClaimedCapture, outcome: &Outcome) -> Transition {
@@ -282,14 +372,21 @@ impl Executor {
             started_at: started,
         };
         self.log_outcome(c, &call.outcome, &transition);
-        let held = captures::record(
-            self.inner.store.pool(),
-            c,
-            &self.inner.worker_id,
-            &attempt,
-            &transition,
-        )
-        .await?;
+        let held = match &transition {
+            Transition::Succeeded { reference } => {
+                self.record_success(c, &attempt, reference.clone()).await?
+            }
+            _ => {
+                captures::record(
+                    self.inner.store.pool(),
+                    c,
+                    &self.inner.worker_id,
+                    &attempt,
+                    &transition,
+                )
+                .await?
+            }
+        };
         if !held {
             tracing::warn!(event = "lease_lost", capture_id = c.capture_id, order_id = %c.order_id, "the capture's lease was taken over while the call was in progress; its new holder records the outcome");
         }
@@ -506,6 +603,170 @@ impl Executor {
                     .await?;
                     Ok(Resolution::Settled)
                 }
+            }
+        }
+    }
+}
+
+/// A drive task waiting for its order's next capture.
+struct ClaimRequest {
+    order_id: String,
+    reply: oneshot::Sender<Result<Option<ClaimedCapture>, StorageError>>,
+}
+
+/// A drive task waiting for its success to be recorded.
+struct SuccessRequest {
+    capture: ClaimedCapture,
+    attempt: OwnedAttempt,
+    reference: Option<String>,
+    reply: oneshot::Sender<Result<bool, StorageError>>,
+}
+
+/// An [`AttemptRecord`] that can wait in a batch.
+struct OwnedAttempt {
+    operation: &'static str,
+    idempotency_key: Option<String>,
+    outcome: String,
+    http_status: Option<u16>,
+    provider_code: Option<String>,
+    provider_request_id: Option<String>,
+    error: Option<String>,
+    latency_ms: u64,
+    trace_id: Option<String>,
+    worker_id: String,
+    started_at: chrono::DateTime<Utc>,
+}
+
+impl From<&AttemptRecord<'_>> for OwnedAttempt {
+    fn from(a: &AttemptRecord<'_>) -> Self {
+        OwnedAttempt {
+            operation: a.operation,
+            idempotency_key: a.idempotency_key.map(str::to_owned),
+            outcome: a.outcome.to_owned(),
+            http_status: a.http_status,
+            provider_code: a.provider_code.map(str::to_owned),
+            provider_request_id: a.provider_request_id.map(str::to_owned),
+            error: a.error.map(str::to_owned),
+            latency_ms: a.latency_ms,
+            trace_id: a.trace_id.map(str::to_owned),
+            worker_id: a.worker_id.to_owned(),
+            started_at: a.started_at,
+        }
+    }
+}
+
+impl OwnedAttempt {
+    fn record(&self) -> AttemptRecord<'_> {
+        AttemptRecord {
+            operation: self.operation,
+            idempotency_key: self.idempotency_key.as_deref(),
+            outcome: &self.outcome,
+            http_status: self.http_status,
+            provider_code: self.provider_code.as_deref(),
+            provider_request_id: self.provider_request_id.as_deref(),
+            error: self.error.as_deref(),
+            latency_ms: self.latency_ms,
+            trace_id: self.trace_id.as_deref(),
+            worker_id: &self.worker_id,
+            started_at: self.started_at,
+        }
+    }
+}
+
+/// Runs `run` on batches of what is sent to the returned channel: a batch starts when one of
+/// [`BATCH_WRITERS`] is free and takes everything waiting then, up to [`MAX_BATCH`]. The task
+/// ends when the channel's senders are dropped.
+fn spawn_batcher<R, F, Fut>(run: F) -> mpsc::UnboundedSender<R>
+where
+    R: Send + 'static,
+    F: Fn(Vec<R>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::unbounded_channel::<R>();
+    let writers = Arc::new(Semaphore::new(BATCH_WRITERS));
+    let run = Arc::new(run);
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let Ok(permit) = writers.clone().acquire_owned().await else {
+                break;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let work = run(batch);
+            tokio::spawn(async move {
+                work.await;
+                drop(permit);
+            });
+        }
+    });
+    tx
+}
+
+/// Claims the head captures of a batch of orders in one statement; one at a time if that fails.
+async fn claim_batch(store: Store, worker: String, lease_seconds: f64, batch: Vec<ClaimRequest>) {
+    let mut order_ids: Vec<&str> = batch.iter().map(|r| r.order_id.as_str()).collect();
+    order_ids.sort_unstable();
+    order_ids.dedup();
+    match captures::claim_many(store.pool(), &order_ids, &worker, lease_seconds).await {
+        Ok(claimed) => {
+            let mut by_order: HashMap<String, ClaimedCapture> = claimed
+                .into_iter()
+                .map(|c| (c.order_id.clone(), c))
+                .collect();
+            for r in batch {
+                let claimed = by_order.remove(&r.order_id);
+                let _ = r.reply.send(Ok(claimed));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, size = batch.len(), "batched claim failed; claiming one order at a time");
+            for r in batch {
+                let result =
+                    captures::claim_next(store.pool(), &r.order_id, &worker, lease_seconds).await;
+                let _ = r.reply.send(result);
+            }
+        }
+    }
+}
+
+/// Records a batch of successes in one statement; one at a time if that fails.
+async fn success_batch(store: Store, worker: String, batch: Vec<SuccessRequest>) {
+    let successes: Vec<Success<'_>> = batch
+        .iter()
+        .map(|r| Success {
+            capture: &r.capture,
+            attempt: r.attempt.record(),
+            reference: r.reference.as_deref(),
+        })
+        .collect();
+    let result = captures::record_succeeded_many(store.pool(), &worker, &successes).await;
+    drop(successes);
+    match result {
+        Ok(held) => {
+            for (r, held) in batch.into_iter().zip(held) {
+                let _ = r.reply.send(Ok(held));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, size = batch.len(), "batched success record failed; recording one at a time");
+            for r in batch {
+                let transition = Transition::Succeeded {
+                    reference: r.reference.clone(),
+                };
+                let result = captures::record(
+                    store.pool(),
+                    &r.capture,
+                    &worker,
+                    &r.attempt.record(),
+                    &transition,
+                )
+                .await;
+                let _ = r.reply.send(result);
             }
         }
     }
