@@ -255,29 +255,27 @@ impl Intake {
                     .await;
             }
             None => {
+                // Checked before inserting: a unique violation would abort the transaction
+                // and leave no way to record the refusal in it. Two registrations racing for
+                // one authorization still meet the constraint; the loser's transaction is
+                // retried by `handle` and refused here.
+                if ledger::authorization_taken(tx, &auth.provider, &auth.authorization_id).await? {
+                    return self
+                        .refuse(tx, message, parsed, body_hash, Refusal {
+                            reason: "authorization_conflict".into(),
+                            detail: format!("authorization {} of provider {} already belongs to another order", auth.authorization_id, auth.provider),
+                        }, true)
+                        .await;
+                }
                 let allowance = caps.over_capture.for_authorized(auth.amount);
-                match ledger::insert_order(
+                ledger::insert_order(
                     tx,
                     order,
                     allowance,
                     parsed.envelope.message_id.as_str(),
                     &order_hash,
                 )
-                .await
-                {
-                    Ok(()) => {}
-                    Err(StorageError::Conflict { constraint, .. })
-                        if constraint == "orders_authorization_unique" =>
-                    {
-                        return self
-                            .refuse(tx, message, parsed, body_hash, Refusal {
-                                reason: "authorization_conflict".into(),
-                                detail: format!("authorization {} of provider {} already belongs to another order", auth.authorization_id, auth.provider),
-                            }, true)
-                            .await;
-                    }
-                    Err(e) => return Err(e),
-                }
+                .await?;
             }
         }
         self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
@@ -620,11 +618,12 @@ impl Intake {
 /// statement. Each message's effect is still all or nothing and still committed before its
 /// acknowledgement.
 ///
-/// Only the common case takes this path: a shipment, seen for the first time, of a registered
-/// order, that plans without a refusal. Anything else — registrations, cancellations, parked,
-/// duplicate, refused or unreadable messages, an order twice in one batch — and every message
-/// of a batch whose transaction fails, goes through [`Intake::handle`] on its own afterwards,
-/// so a bad or failing message never takes its batch down.
+/// Only the common cases take this path: a shipment, seen for the first time, of a registered
+/// order, that plans without a refusal; and the registration of a new order that nothing is
+/// parked for. Anything else — cancellations, parked, duplicate, conflicting, refused or
+/// unreadable messages, an order twice in one batch — and every message of a batch whose
+/// transaction fails, goes through [`Intake::handle`] on its own afterwards, so a bad or
+/// failing message never takes its batch down.
 impl Intake {
     /// Processes `messages` (in delivery order), returning one outcome per message.
     pub async fn handle_batch(
@@ -633,20 +632,18 @@ impl Intake {
     ) -> Vec<Result<IntakeOutcome, StorageError>> {
         let mut outcomes: Vec<Option<Result<IntakeOutcome, StorageError>>> =
             messages.iter().map(|_| None).collect();
-        if messages.len() > 1 {
-            let candidates = batch_candidates(messages);
-            if !candidates.is_empty() {
-                match self.apply_batch(&candidates).await {
-                    Ok(done) => {
-                        for (index, outcome) in done {
-                            if let Some(slot) = outcomes.get_mut(index) {
-                                *slot = Some(Ok(outcome));
-                            }
+        let candidates = batch_candidates(messages);
+        if !candidates.is_empty() {
+            match self.apply_batch(&candidates).await {
+                Ok(done) => {
+                    for (index, outcome) in done {
+                        if let Some(slot) = outcomes.get_mut(index) {
+                            *slot = Some(Ok(outcome));
                         }
                     }
-                    Err(e) => {
-                        tracing::debug!(error = %e, size = candidates.len(), "batched intake failed; processing its messages one by one");
-                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, size = candidates.len(), "batched intake failed; processing its messages one by one");
                 }
             }
         }
@@ -686,16 +683,64 @@ impl Intake {
             .filter_map(|c| Some((c.order_id().as_str(), c.shipment()?.shipment_id().as_str())))
             .unzip();
         let earlier = ledger::existing_shipments(&mut tx, &ship_orders, &ship_ids).await?;
+        let registering: Vec<&str> = candidates
+            .iter()
+            .filter(|c| matches!(c.parsed.command, Command::RegisterOrder(_)))
+            .map(|c| c.order_id().as_str())
+            .collect();
+        let parked = if registering.is_empty() {
+            Default::default()
+        } else {
+            ledger::orders_with_parked(&mut tx, &registering).await?
+        };
 
         let now = Utc::now();
-        let mut progress = Vec::new();
-        let mut captures = Vec::new();
-        let mut shipments = Vec::new();
-        let mut inbox = Vec::new();
+        let mut writes = ledger::IntakeBatch::default();
         let mut done = Vec::new();
         for c in candidates {
             let message_id = c.parsed.envelope.message_id.as_str();
             let order_id = c.order_id();
+            let inbox = NewInbox {
+                message_id,
+                message_type: c.parsed.envelope.message_type.as_str(),
+                order_id: Some(order_id.as_str()),
+                payload_hash: &c.body_hash,
+                status: InboxStatus::Processed,
+                reject_reason: None,
+                body: None,
+                routing_key: Some(&c.message.routing_key),
+                traceparent: c.message.traceparent.as_deref(),
+                tracestate: c.message.tracestate.as_deref(),
+                park_expires_at: None,
+            };
+            if let Command::RegisterOrder(order) = &c.parsed.command {
+                // A new order with nothing waiting for it; a known one (duplicate or conflict)
+                // and one with parked messages go through the per-message path.
+                if seen.contains_key(message_id)
+                    || orders.contains_key(order_id.as_str())
+                    || parked.contains(order_id.as_str())
+                {
+                    continue;
+                }
+                let auth = order.authorization();
+                let Some(caps) = self.capabilities.capabilities(auth.provider.as_str()) else {
+                    continue;
+                };
+                writes.orders.push(ledger::NewOrder {
+                    order,
+                    allowance: caps.over_capture.for_authorized(auth.amount),
+                    message_id,
+                    payload_hash: order_fingerprint(order),
+                });
+                writes.inbox.push(inbox);
+                done.push((
+                    c.index,
+                    IntakeOutcome::Processed {
+                        dispatch: Vec::new(),
+                    },
+                ));
+                continue;
+            }
             let Some(shipment) = c.shipment() else {
                 continue;
             };
@@ -744,39 +789,22 @@ impl Intake {
             } else {
                 vec![order_id.as_str().to_owned()]
             };
-            captures.extend(rows);
-            shipments.push(ledger::NewShipment {
+            writes.captures.extend(rows);
+            writes.shipments.push(ledger::NewShipment {
                 order_id,
                 shipment,
                 message_id,
                 shipped_value: after.saturating_sub(before),
                 decision: label,
             });
-            inbox.push(NewInbox {
-                message_id,
-                message_type: c.parsed.envelope.message_type.as_str(),
-                order_id: Some(order_id.as_str()),
-                payload_hash: &c.body_hash,
-                status: InboxStatus::Processed,
-                reject_reason: None,
-                body: None,
-                routing_key: Some(&c.message.routing_key),
-                traceparent: c.message.traceparent.as_deref(),
-                tracestate: c.message.tracestate.as_deref(),
-                park_expires_at: None,
-            });
-            progress.push((&stored.order, plan.state));
+            writes.inbox.push(inbox);
+            writes.progress.push((&stored.order, plan.state));
             done.push((c.index, IntakeOutcome::Processed { dispatch }));
         }
         if done.is_empty() {
             return Ok(done); // nothing written; the transaction rolls back on drop
         }
-        let progress: Vec<(&Order, &domain::OrderState)> =
-            progress.iter().map(|(o, s)| (*o, s)).collect();
-        ledger::save_progress_many(&mut tx, &progress).await?;
-        ledger::insert_captures_many(&mut tx, &captures).await?;
-        ledger::insert_shipments_many(&mut tx, &shipments).await?;
-        ledger::inbox_insert_processed_many(&mut tx, &inbox).await?;
+        ledger::store_intake_batch(&mut tx, &writes).await?;
         tx.commit()
             .await
             .map_err(|e| StorageError::classify("committing batched intake", e))?;
@@ -852,7 +880,7 @@ impl IntakeBatcher {
     }
 }
 
-/// A message that may take the batched path: a shipment.
+/// A message that may take the batched path: a shipment or an order registration.
 struct Candidate<'a> {
     index: usize,
     message: &'a IncomingMessage,
@@ -873,7 +901,8 @@ impl Candidate<'_> {
     }
 }
 
-/// Shipments whose order appears once in the batch and whose message id appears once.
+/// Shipments and registrations whose order appears once in the batch and whose message id
+/// appears once.
 fn batch_candidates(messages: &[IncomingMessage]) -> Vec<Candidate<'_>> {
     let parsed: Vec<(usize, &IncomingMessage, Parsed)> = messages
         .iter()
@@ -893,7 +922,7 @@ fn batch_candidates(messages: &[IncomingMessage]) -> Vec<Candidate<'_>> {
     parsed
         .into_iter()
         .filter(|(_, _, p)| {
-            matches!(p.command, Command::Ship { .. })
+            matches!(p.command, Command::Ship { .. } | Command::RegisterOrder(_))
                 && per_order.get(p.command.order_id().as_str()) == Some(&1)
                 && per_message.get(p.envelope.message_id.as_str()) == Some(&1)
         })

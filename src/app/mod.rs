@@ -239,7 +239,7 @@ impl Application {
 /// Intake transactions that may run at once: a quarter of the pool, leaving the rest to
 /// execution, the sweeper and health checks.
 fn intake_writers(pool: u32) -> usize {
-    usize::try_from(pool / 4).unwrap_or(1).clamp(1, 4)
+    usize::try_from(pool / 8).unwrap_or(1).clamp(1, 2)
 }
 
 /// Intake behind the consumer: commit (batched with concurrent deliveries), then dispatch the

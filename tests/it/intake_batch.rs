@@ -119,8 +119,9 @@ async fn a_batch_stores_exactly_what_one_message_at_a_time_stores() {
 
     let (batch_db, batch_store) = fresh_database().await;
     let batched = intake(&batch_store);
-    for m in &registrations {
-        batched.handle(&incoming(m)).await.unwrap();
+    let messages: Vec<IncomingMessage> = registrations.iter().map(incoming).collect();
+    for out in batched.handle_batch(&messages).await {
+        assert_eq!(out.unwrap(), IntakeOutcome::Processed { dispatch: vec![] });
     }
     for round in &rounds {
         let messages: Vec<IncomingMessage> = round.iter().map(incoming).collect();
@@ -149,6 +150,11 @@ async fn a_batch_stores_exactly_what_one_message_at_a_time_stores() {
     .fetch_one(batch_store.pool())
     .await
     .unwrap();
+    assert_eq!(transactions, 1);
+    let transactions: i64 = sqlx::query_scalar("select count(distinct created_at) from orders")
+        .fetch_one(batch_store.pool())
+        .await
+        .unwrap();
     assert_eq!(transactions, 1);
     drop_store(one_db, one_store).await;
     drop_store(batch_db, batch_store).await;
@@ -312,5 +318,54 @@ async fn a_message_whose_write_fails_does_not_take_its_batch_down() {
         .await
         .unwrap();
     assert_eq!(b1, 0, "nothing of the failed message was committed");
+    drop_store(db, store).await;
+}
+
+#[tokio::test]
+async fn a_registration_that_something_waits_for_or_that_conflicts_goes_one_at_a_time() {
+    let (db, store) = fresh_database().await;
+    let intake = intake(&store);
+    let x = usd_order_as(1);
+    let y = usd_order_as(2);
+    // Order B3 claims order B2's authorization: the ledger refuses the second.
+    let mut z = usd_order_as(3);
+    z[0]["data"]["payment"]["authorization_id"] = json!("pi_batch_2");
+    // Order B1's first parcel arrived before the order: it waits, parked.
+    assert_eq!(
+        intake.handle(&incoming(&x[1])).await.unwrap(),
+        IntakeOutcome::Parked
+    );
+
+    let batch: Vec<IncomingMessage> = [&x[0], &y[0], &z[0]].into_iter().map(incoming).collect();
+    let outcomes: Vec<IntakeOutcome> = intake
+        .handle_batch(&batch)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+
+    assert_eq!(
+        outcomes[0],
+        IntakeOutcome::Processed {
+            dispatch: vec!["ORD-B1".to_owned()]
+        },
+        "the parked parcel is planned with its order"
+    );
+    assert_eq!(outcomes[1], IntakeOutcome::Processed { dispatch: vec![] });
+    assert!(
+        matches!(&outcomes[2], IntakeOutcome::Rejected { reason, .. } if reason == "authorization_conflict"),
+        "{:?}",
+        outcomes[2]
+    );
+    let orders: Vec<String> = sqlx::query_scalar("select order_id from orders order by order_id")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(orders, vec!["ORD-B1", "ORD-B2"]);
+    let captures: i64 = sqlx::query_scalar("select count(*) from captures")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(captures, 1);
     drop_store(db, store).await;
 }
