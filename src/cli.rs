@@ -87,6 +87,15 @@ pub struct BenchArgs {
     /// Seconds the half-throughput latency run publishes (full: 10).
     #[arg(long)]
     pub paced_seconds: Option<f64>,
+    /// The worker's `capture.concurrency` (orders whose captures are sent at once, one in
+    /// flight per order). Provider latency is hidden only while concurrency ≥ throughput ×
+    /// latency, so the benchmark runs with more than the default.
+    #[arg(long, default_value_t = 1024)]
+    pub concurrency: usize,
+    /// The worker's `amqp.prefetch`: deliveries in hand at once, which is also the largest
+    /// intake batch.
+    #[arg(long, default_value_t = 256)]
+    pub prefetch: u16,
     /// The worker binary to run as a child process (default: this executable).
     #[arg(long)]
     pub worker_binary: Option<PathBuf>,

@@ -54,6 +54,10 @@ pub struct BenchOptions {
     pub out: PathBuf,
     /// The worker binary to run; this executable when `None`.
     pub worker_binary: Option<PathBuf>,
+    /// The worker's `capture.concurrency`; the configured value when `None`.
+    pub concurrency: Option<usize>,
+    /// The worker's `amqp.prefetch`; the configured value when `None`.
+    pub prefetch: Option<u16>,
     /// The smoke size (set by `--quick`), noted in the report.
     pub quick: bool,
 }
@@ -71,6 +75,8 @@ impl BenchOptions {
             paced_duration: Duration::from_secs(10),
             out,
             worker_binary: None,
+            concurrency: Some(1024),
+            prefetch: Some(256),
             quick: false,
         }
     }
@@ -87,6 +93,8 @@ impl BenchOptions {
             paced_duration: Duration::from_millis(500),
             out,
             worker_binary: None,
+            concurrency: Some(1024),
+            prefetch: Some(256),
             quick: true,
         }
     }
@@ -112,6 +120,8 @@ impl From<crate::cli::BenchArgs> for BenchOptions {
             raw_duration: seconds(a.raw_seconds, base.raw_duration),
             paced_duration: seconds(a.paced_seconds, base.paced_duration),
             worker_binary: a.worker_binary,
+            concurrency: Some(a.concurrency),
+            prefetch: Some(a.prefetch),
             ..base
         }
     }
@@ -133,9 +143,22 @@ pub async fn run(settings: Settings, options: BenchOptions) -> anyhow::Result<Re
     };
     support::check_writable(&options.out)?;
     let started = Instant::now();
+    // The worker runs with these settings (passed to it explicitly); the raw limits use the
+    // same prefetch and concurrency.
+    let mut settings = settings;
+    if let Some(c) = options.concurrency {
+        settings.capture.concurrency = c.max(1);
+    }
+    if let Some(p) = options.prefetch {
+        settings.amqp.prefetch = p.max(1);
+    }
     let env = support::BenchEnv::new(&settings, worker_binary)?;
     let mut report = Report::new(&settings, &options);
     report.run_id = env.run_id.clone();
+    report.machine.postgres_postmaster_pid = env.services.postmaster;
+    report.machine.rabbitmq_pid = env.services.rabbitmq;
+    let busy0 = support::machine_busy_seconds();
+    let services0 = support::service_cpu_seconds(&env.services);
     eprintln!(
         "bench: run {} — raw limits ({} s each)…",
         env.run_id,
@@ -150,7 +173,14 @@ pub async fn run(settings: Settings, options: BenchOptions) -> anyhow::Result<Re
     env.cleanup().await;
     outcome?;
 
-    report.finish(started.elapsed());
+    let services1 = support::service_cpu_seconds(&env.services);
+    let services = (services1.postgres - services0.postgres)
+        + (services1.rabbitmq - services0.rabbitmq)
+        + (services1.bench - services0.bench);
+    let busy = support::machine_busy_seconds()
+        .zip(busy0)
+        .map(|(b1, b0)| b1 - b0);
+    report.finish(started.elapsed(), busy, services);
     println!("{}", report.table());
     let json = serde_json::to_string_pretty(&report).context("encoding the report")?;
     std::fs::write(&options.out, json + "\n")

@@ -40,13 +40,14 @@ pub async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<R
         "bench:   RabbitMQ publish+confirm {publish:.0}/s, consume+ack {consume:.0}/s ({consumed} messages)"
     );
     let clients = env.settings.database.max_connections.max(1);
-    let cpu0 = service_cpu_seconds();
+    let cpu0 = service_cpu_seconds(&env.services);
     let (pg, pg_shipments) = postgres(env, clients, seconds)
         .await
         .context("measuring PostgreSQL")?;
-    let pg_cpu = service_cpu_seconds().per_item_ms(&cpu0, pg_shipments);
+    let pg_cpu = service_cpu_seconds(&env.services).per_item_ms(&cpu0, pg_shipments);
     eprintln!("bench:   PostgreSQL naive per-shipment writes {pg:.0}/s ({clients} clients)");
-    let http_clients = env.settings.capture.concurrency.max(1);
+    // As many clients as the worker sends captures at once, within reason for one process.
+    let http_clients = env.settings.capture.concurrency.clamp(1, 256);
     let http = http(http_clients, seconds)
         .await
         .context("measuring HTTP round trips to the sandbox")?;

@@ -34,6 +34,13 @@ pub struct Machine {
     pub memory_mib: u64,
     pub load_average_at_start: Option<f64>,
     pub load_average_at_end: Option<f64>,
+    /// The PostgreSQL postmaster and RabbitMQ node whose CPU is counted (found by port).
+    pub postgres_postmaster_pid: Option<u32>,
+    pub rabbitmq_pid: Option<u32>,
+    /// Cores kept busy on average during the run by processes that are not part of it (other
+    /// builds and tests sharing the machine): machine busy time minus the worker, PostgreSQL,
+    /// RabbitMQ and this process, over the run's duration.
+    pub other_load_cores: Option<f64>,
 }
 
 /// The settings that shape throughput, as the worker saw them.
@@ -74,7 +81,11 @@ pub struct EndToEnd {
     pub publish_per_s: f64,
     /// First publish → last capture recorded as succeeded.
     pub elapsed_seconds: f64,
+    /// Steady rate: captures between the 10th and 90th percentile of completion times, per
+    /// second. Targets and ratios use this.
     pub throughput_per_s: f64,
+    /// Shipments / (first publish → last capture).
+    pub overall_throughput_per_s: f64,
     /// Publish → captured while saturated (mostly time waiting in the queue).
     pub saturated_latency_ms: Percentiles,
     pub paced: Paced,
@@ -87,9 +98,22 @@ pub struct EndToEnd {
     pub worker_cpu_seconds_total: f64,
     pub worker_peak_rss_mb: f64,
     pub max_unsettled_captures: i64,
+    /// How the saturated phase's writes were batched.
+    pub statements: Statements,
     pub ratio_to_tighter_raw: Option<f64>,
     pub ratio_to_postgres_naive: Option<f64>,
     pub promises: PromiseCheck,
+}
+
+/// Transactions that wrote the saturated phase (first claims and successes only).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Statements {
+    pub intake_transactions: i64,
+    pub shipments_per_intake_transaction: f64,
+    pub claim_statements: i64,
+    pub captures_per_claim_statement: f64,
+    pub record_statements: i64,
+    pub captures_per_record_statement: f64,
 }
 
 /// Shipments published at a fixed rate (half the saturated throughput).
@@ -98,6 +122,18 @@ pub struct Paced {
     pub rate_per_s: f64,
     pub shipments: usize,
     pub latency_ms: Percentiles,
+    pub stages: StageLatency,
+}
+
+/// Where the time from publish to capture goes (each stage's own percentiles).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageLatency {
+    /// Publish → the intake transaction began: the broker, prefetch, batching.
+    pub queue_and_intake_ms: Percentiles,
+    /// Intake began → the capture's first claim: intake itself, commit, dispatch, claim wait.
+    pub dispatch_and_claim_ms: Percentiles,
+    /// First claim → recorded as succeeded: the provider call and recording its outcome.
+    pub call_and_record_ms: Percentiles,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,16 +146,20 @@ pub struct Backlog {
     pub publish_seconds: f64,
     /// Worker start → last capture recorded as succeeded.
     pub drain_seconds: f64,
+    /// Shipments / (worker start → last capture), start-up included.
     pub shipments_per_s: f64,
+    /// Between the 10th and 90th percentile of capture completion times.
+    pub steady_shipments_per_s: f64,
     pub messages_per_s: f64,
     pub worker_cpu_seconds: f64,
     pub worker_cpu_ms_per_shipment: f64,
     pub service_cpu_ms_per_shipment: ServiceCpu,
     pub worker_peak_rss_mb: f64,
-    pub rss_peak_first_half_mb: f64,
-    pub rss_peak_second_half_mb: f64,
-    /// (seconds since the worker started, RSS in MB)
-    pub rss_samples_mb: Vec<(f64, f64)>,
+    /// Peak RSS while captures 25%–58% were done, and while the rest were.
+    pub rss_peak_middle_mb: f64,
+    pub rss_peak_end_mb: f64,
+    /// (seconds since the worker started, RSS in MB, captures succeeded)
+    pub rss_samples_mb: Vec<(f64, f64, i64)>,
     pub max_unsettled_captures: i64,
     pub promises: PromiseCheck,
 }
@@ -192,9 +232,31 @@ impl Report {
         }
     }
 
-    /// Fills in the ratios and the targets.
-    pub fn finish(&mut self, elapsed: Duration) {
+    /// The CPU the run's own processes used: services (delta over the run) and every worker.
+    fn own_cpu_seconds(&self, services: f64) -> f64 {
+        services
+            + self
+                .end_to_end
+                .iter()
+                .map(|r| r.worker_cpu_seconds_total)
+                .sum::<f64>()
+            + self
+                .backlog
+                .iter()
+                .map(|b| b.worker_cpu_seconds)
+                .sum::<f64>()
+    }
+
+    /// Fills in the ratios, the machine's other load and the targets. `busy` is the machine's
+    /// busy CPU seconds and `services` the run's services' CPU seconds, both over the run.
+    pub fn finish(&mut self, elapsed: Duration, busy: Option<f64>, services: f64) {
         self.duration_seconds = elapsed.as_secs_f64();
+        if let Some(busy) = busy
+            && self.duration_seconds > 0.0
+        {
+            let other = (busy - self.own_cpu_seconds(services)).max(0.0);
+            self.machine.other_load_cores = Some(other / self.duration_seconds);
+        }
         self.machine.load_average_at_end = support::load_average();
         if let Some(raw) = &self.raw {
             for run in &mut self.end_to_end {
@@ -288,13 +350,13 @@ impl Report {
         });
         targets.push(match &self.backlog {
             Some(b) => {
-                let flat = b.rss_peak_second_half_mb <= b.rss_peak_first_half_mb * 1.10 + 1.0;
+                let flat = b.rss_peak_end_mb <= b.rss_peak_middle_mb * 1.10 + 1.0;
                 Target {
                     name: "memory flat over the backlog drain".into(),
                     result: verdict(flat),
                     detail: format!(
-                        "RSS peak {:.1} MB in the first half, {:.1} MB in the second ({} shipments)",
-                        b.rss_peak_first_half_mb, b.rss_peak_second_half_mb, b.shipments
+                        "RSS peak {:.1} MB while captures 25-58% were done, {:.1} MB for the rest ({} shipments)",
+                        b.rss_peak_middle_mb, b.rss_peak_end_mb, b.shipments
                     ),
                 }
             }
@@ -332,6 +394,13 @@ impl Report {
             "worker: pool {} connections, prefetch {}, capture concurrency {}, log level {}",
             w.database_max_connections, w.amqp_prefetch, w.capture_concurrency, w.log_level
         );
+        if let Some(other) = m.other_load_cores {
+            let _ = writeln!(
+                t,
+                "other processes on the machine kept {other:.2} of {} cores busy on average during the run",
+                m.cores
+            );
+        }
         if let Some(raw) = &self.raw {
             let _ = writeln!(t, "\nraw limits ({:.1} s each)", raw.seconds);
             let row = |t: &mut String, name: String, rate: f64| {
@@ -381,14 +450,15 @@ impl Report {
         if !self.end_to_end.is_empty() {
             let _ = writeln!(
                 t,
-                "\nend to end (shipments/s from first publish to last capture; latency publish -> captured)"
+                "\nend to end (steady shipments/s, 10th-90th percentile of captures; overall = first publish to last capture)"
             );
             let _ = writeln!(
                 t,
-                "  {:>5} {:>9} {:>11} {:>7} {:>7} | {:>8} {:>6} {:>6} {:>6} | {:>9} {:>6} {:>8} {:>9}",
+                "  {:>5} {:>9} {:>8} {:>8} {:>7} {:>7} | {:>8} {:>6} {:>6} {:>6} | {:>9} {:>6} {:>8} {:>9}",
                 "L ms",
                 "shipments",
-                "shipments/s",
+                "steady/s",
+                "overall",
                 "/tight",
                 "/pg",
                 "paced/s",
@@ -403,10 +473,11 @@ impl Report {
             for r in &self.end_to_end {
                 let _ = writeln!(
                     t,
-                    "  {:>5} {:>9} {:>11.0} {:>7} {:>7} | {:>8.0} {:>6.0} {:>6.0} {:>6.0} | {:>9.0} {:>6.1} {:>8.2} {:>6.1} MB",
+                    "  {:>5} {:>9} {:>8.0} {:>8.0} {:>7} {:>7} | {:>8.0} {:>6.0} {:>6.0} {:>6.0} | {:>9.0} {:>6.1} {:>8.2} {:>6.1} MB",
                     r.latency_ms,
                     r.shipments,
                     r.throughput_per_s,
+                    r.overall_throughput_per_s,
                     ratio(r.ratio_to_tighter_raw),
                     ratio(r.ratio_to_postgres_naive),
                     r.paced.rate_per_s,
@@ -423,14 +494,40 @@ impl Report {
         if !self.end_to_end.is_empty() {
             let _ = writeln!(
                 t,
+                "\n  paced latency by stage, p50/p99 ms: queue+intake / intake+dispatch+claim / call+record"
+            );
+            for r in &self.end_to_end {
+                let st = &r.paced.stages;
+                let _ = writeln!(
+                    t,
+                    "  L={:<4} {:.0}/{:.0} / {:.0}/{:.0} / {:.0}/{:.0}",
+                    r.latency_ms,
+                    st.queue_and_intake_ms.p50,
+                    st.queue_and_intake_ms.p99,
+                    st.dispatch_and_claim_ms.p50,
+                    st.dispatch_and_claim_ms.p99,
+                    st.call_and_record_ms.p50,
+                    st.call_and_record_ms.p99
+                );
+            }
+            let _ = writeln!(
+                t,
                 "\n  CPU ms per shipment (saturated): worker / PostgreSQL / RabbitMQ / bench (sandbox + publisher)"
             );
             for r in &self.end_to_end {
                 let s = &r.service_cpu_ms_per_shipment;
+                let b = &r.statements;
                 let _ = writeln!(
                     t,
-                    "  L={:<4} {:.2} / {:.2} / {:.2} / {:.2}",
-                    r.latency_ms, r.worker_cpu_ms_per_shipment, s.postgres, s.rabbitmq, s.bench
+                    "  L={:<4} {:.2} / {:.2} / {:.2} / {:.2}   (shipments per intake transaction {:.1}, per claim {:.1}, per record {:.1})",
+                    r.latency_ms,
+                    r.worker_cpu_ms_per_shipment,
+                    s.postgres,
+                    s.rabbitmq,
+                    s.bench,
+                    b.shipments_per_intake_transaction,
+                    b.captures_per_claim_statement,
+                    b.captures_per_record_statement
                 );
             }
         }
@@ -448,15 +545,16 @@ impl Report {
             );
             let _ = writeln!(
                 t,
-                "  drained in {:.1} s: {:.0} shipments/s ({:.0} messages/s); CPU {:.1} s ({:.2} ms/shipment); peak RSS {:.1} MB (first half {:.1}, second half {:.1}); up to {} captures unsettled",
+                "  drained in {:.1} s: {:.0} shipments/s ({:.0} messages/s; steady {:.0} shipments/s); CPU {:.1} s ({:.2} ms/shipment); peak RSS {:.1} MB ({:.1} while captures 25-58% were done, {:.1} after); up to {} captures unsettled",
                 b.drain_seconds,
                 b.shipments_per_s,
                 b.messages_per_s,
+                b.steady_shipments_per_s,
                 b.worker_cpu_seconds,
                 b.worker_cpu_ms_per_shipment,
                 b.worker_peak_rss_mb,
-                b.rss_peak_first_half_mb,
-                b.rss_peak_second_half_mb,
+                b.rss_peak_middle_mb,
+                b.rss_peak_end_mb,
                 b.max_unsettled_captures
             );
         }

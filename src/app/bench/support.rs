@@ -35,6 +35,8 @@ pub struct BenchEnv {
     /// Worker logs go here; removed at the end unless something failed.
     pub log_dir: PathBuf,
     server: PgConnectOptions,
+    /// The PostgreSQL and RabbitMQ processes serving this run, for CPU accounting.
+    pub services: Services,
     databases: Mutex<Vec<String>>,
     topologies: Mutex<Vec<Topology>>,
     next: std::sync::atomic::AtomicU32,
@@ -49,12 +51,21 @@ impl BenchEnv {
         let log_dir = std::env::temp_dir().join(format!("capture-worker-bench-{run_id}"));
         std::fs::create_dir_all(&log_dir)
             .with_context(|| format!("creating {}", log_dir.display()))?;
+        let amqp_port = reqwest::Url::parse(settings.amqp.url.expose())
+            .ok()
+            .and_then(|u| u.port())
+            .unwrap_or(5672);
+        let services = Services {
+            postmaster: listening_pid(server.get_port()),
+            rabbitmq: listening_pid(amqp_port),
+        };
         Ok(BenchEnv {
             settings: settings.clone(),
             worker_binary,
             run_id,
             log_dir,
             server,
+            services,
             databases: Mutex::new(Vec::new()),
             topologies: Mutex::new(Vec::new()),
             next: std::sync::atomic::AtomicU32::new(0),
@@ -310,6 +321,18 @@ impl WorkerProcess {
             .env("CAPTURE__HTTP__LISTEN", http.to_string())
             .env("CAPTURE__SANDBOX__EMBEDDED", "false")
             .env("CAPTURE__PROVIDERS__SANDBOX__BASE_URL", sandbox_url)
+            .env(
+                "CAPTURE__CAPTURE__CONCURRENCY",
+                env.settings.capture.concurrency.to_string(),
+            )
+            .env(
+                "CAPTURE__AMQP__PREFETCH",
+                env.settings.amqp.prefetch.to_string(),
+            )
+            .env(
+                "CAPTURE__DATABASE__MAX_CONNECTIONS",
+                env.settings.database.max_connections.to_string(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))
@@ -414,15 +437,82 @@ pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / CLOCK_TICKS_PER_SECOND)
 }
 
-/// CPU seconds used so far by the services the pipeline runs on, by process name: every
-/// `postgres` process (the worker's backends and the server's own), RabbitMQ's `beam.smp`, and
-/// this process (the sandbox provider and the publisher). Processes of other users of the
-/// machine with the same names are counted too; the figures are for finding what binds.
-pub fn service_cpu_seconds() -> ServiceCpu {
+/// The local PostgreSQL server (its postmaster) and RabbitMQ node, found by the ports they
+/// listen on, so the CPU of other servers on the machine (another team's test cluster) is not
+/// counted. `None` when not found (not local, or no permission to see their sockets).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Services {
+    pub postmaster: Option<u32>,
+    pub rabbitmq: Option<u32>,
+}
+
+/// The process listening on TCP `port` on this machine, from `/proc/net/tcp{,6}` and the
+/// processes' socket file descriptors.
+fn listening_pid(port: u16) -> Option<u32> {
+    let port_hex = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is field 1, state field 3 (0A = LISTEN), inode field 9.
+            if f.get(1).is_some_and(|a| a.ends_with(&port_hex))
+                && f.get(3) == Some(&"0A")
+                && let Some(inode) = f.get(9)
+            {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && inodes.iter().any(|i| target.as_os_str() == i.as_str())
+            {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// The parent pid of `pid`, from `/proc/<pid>/stat`.
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// CPU seconds used so far by the services the pipeline runs on: the PostgreSQL server (the
+/// postmaster and every process it started: the worker's backends, the WAL writer…), the
+/// RabbitMQ node, and this process (the sandbox provider and the publisher). Backends that
+/// already exited are not counted; the worker's pool keeps its connections.
+pub fn service_cpu_seconds(services: &Services) -> ServiceCpu {
     let mut out = ServiceCpu {
         bench: proc_cpu_seconds(std::process::id()).unwrap_or(0.0),
+        rabbitmq: services.rabbitmq.and_then(proc_cpu_seconds).unwrap_or(0.0),
         ..ServiceCpu::default()
     };
+    let Some(postmaster) = services.postmaster else {
+        return out;
+    };
+    out.postgres = proc_cpu_seconds(postmaster).unwrap_or(0.0);
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return out;
     };
@@ -434,15 +524,9 @@ pub fn service_cpu_seconds() -> ServiceCpu {
         else {
             continue;
         };
-        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
-            continue;
-        };
-        let slot = match comm.trim() {
-            "postgres" => &mut out.postgres,
-            "beam.smp" => &mut out.rabbitmq,
-            _ => continue,
-        };
-        *slot += proc_cpu_seconds(pid).unwrap_or(0.0);
+        if parent_pid(pid) == Some(postmaster) {
+            out.postgres += proc_cpu_seconds(pid).unwrap_or(0.0);
+        }
     }
     out
 }
@@ -503,7 +587,30 @@ pub fn machine() -> super::report::Machine {
         memory_mib: mem_kib / 1024,
         load_average_at_start: load_average(),
         load_average_at_end: None,
+        postgres_postmaster_pid: None,
+        rabbitmq_pid: None,
+        other_load_cores: None,
     }
+}
+
+/// CPU seconds the whole machine spent busy (all cores, all processes) since boot, from
+/// `/proc/stat`.
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …: busy = all but idle and iowait.
+    let busy: u64 = v
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
+        .map(|(_, x)| *x)
+        .sum();
+    Some(busy as f64 / CLOCK_TICKS_PER_SECOND)
 }
 
 /// The 1-minute load average.
