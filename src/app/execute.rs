@@ -735,7 +735,10 @@ async fn claim_batch(store: Store, worker: String, lease_seconds: f64, batch: Ve
 }
 
 /// Records a batch of successes in one statement; one at a time if that fails.
-async fn success_batch(store: Store, worker: String, batch: Vec<SuccessRequest>) {
+async fn success_batch(store: Store, worker: String, mut batch: Vec<SuccessRequest>) {
+    // Present rows in order id order, as claims lock them, so that batches of two workers do
+    // not wait on each other in a cycle (PostgreSQL would end one; it is retried one by one).
+    batch.sort_by(|a, b| a.capture.order_id.cmp(&b.capture.order_id));
     let successes: Vec<Success<'_>> = batch
         .iter()
         .map(|r| Success {
