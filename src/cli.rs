@@ -65,7 +65,7 @@ pub struct BenchArgs {
     /// The smoke size: completes in a few seconds (CI).
     #[arg(long)]
     pub quick: bool,
-    /// Orders per end-to-end run (full: 2000).
+    /// Orders per end-to-end run (full: 4000).
     #[arg(long)]
     pub orders: Option<usize>,
     /// Shipments per order, each one capture (full: 5; at most 50).
@@ -81,6 +81,13 @@ pub struct BenchArgs {
     /// Provider latency during the backlog drain, in milliseconds.
     #[arg(long, default_value_t = 50)]
     pub backlog_latency: u64,
+    /// Shipments queued for a slow provider so that captures pile up unsettled, for the
+    /// worker's memory with that many in flight; 0 skips it (full: 12000, quick: 0).
+    #[arg(long)]
+    pub inflight: Option<usize>,
+    /// Provider latency of that run, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub inflight_latency: u64,
     /// Seconds each raw-limit measurement runs (full: 5).
     #[arg(long)]
     pub raw_seconds: Option<f64>,

@@ -161,15 +161,23 @@ pub async fn latency_run(
     finish(worker, provider, &store, result).await
 }
 
-pub async fn backlog_run(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<Backlog> {
+/// Publishes `shipments` (and their orders) first, then starts the worker and waits until all
+/// are captured at provider latency `latency_ms`. `name` tells runs apart (`backlog`,
+/// `inflight`).
+pub async fn backlog_run(
+    env: &BenchEnv,
+    options: &BenchOptions,
+    name: &str,
+    shipments: usize,
+    latency_ms: u64,
+) -> anyhow::Result<Backlog> {
     let (db_url, store) = env.fresh_database(2).await?;
     let topology = env.fresh_topology().await?;
-    let latency_ms = options.backlog_latency_ms;
     let provider = CountingSandbox::spawn(Duration::from_millis(latency_ms)).await?;
     let (sandbox_url, sb) = (provider.url.clone(), provider.sandbox.clone());
     let work = Workload {
-        prefix: format!("{}-backlog", env.run_id),
-        orders: options.backlog.div_ceil(options.shipments_per_order),
+        prefix: format!("{}-{name}", env.run_id),
+        orders: shipments.div_ceil(options.shipments_per_order),
         shipments: options.shipments_per_order,
     };
     authorize(&sb, &work)?;
@@ -197,7 +205,13 @@ pub async fn backlog_run(env: &BenchEnv, options: &BenchOptions) -> anyhow::Resu
 
     let t0 = Utc::now();
     let services0 = service_cpu_seconds(&env.services);
-    let worker = WorkerProcess::spawn(env, &db_url, &topology, &sandbox_url, "worker-backlog")?;
+    let worker = WorkerProcess::spawn(
+        env,
+        &db_url,
+        &topology,
+        &sandbox_url,
+        &format!("worker-{name}"),
+    )?;
     let result = async {
         let progress = wait_captured(&store, &work, &worker, &provider, 0).await?;
         let mut completions: Vec<DateTime<Utc>> = sqlx::query_scalar(

@@ -13,6 +13,8 @@
 //!    at half that rate (latency publish → capture succeeded, p50/p95/p99). The worker's CPU
 //!    time and peak RSS come from `/proc/<pid>`.
 //! 3. **Backlog drain**: K shipments published first, then the worker started.
+//! 4. **Captures in flight**: the same with a slow provider, so that more than 10,000 captures
+//!    are accepted and unsettled at once, for the worker's memory under that load.
 //!
 //! Every database, exchange and queue is uniquely named and removed at the end, and every
 //! child process is stopped, whatever happens. Absolute figures drift on a shared machine;
@@ -46,6 +48,11 @@ pub struct BenchOptions {
     pub backlog: usize,
     /// Provider latency during the backlog drain, in milliseconds.
     pub backlog_latency_ms: u64,
+    /// Shipments queued for the in-flight memory run (a slow provider, so that captures pile
+    /// up unsettled); 0 skips it.
+    pub inflight: usize,
+    /// Provider latency of the in-flight memory run, in milliseconds.
+    pub inflight_latency_ms: u64,
     /// How long each raw-limit measurement runs.
     pub raw_duration: Duration,
     /// How long the paced (half-throughput) latency run publishes.
@@ -66,11 +73,13 @@ impl BenchOptions {
     /// The full benchmark's sizes.
     pub fn full(out: PathBuf) -> Self {
         BenchOptions {
-            orders: 2_000,
+            orders: 4_000,
             shipments_per_order: 5,
             latencies_ms: vec![0, 50, 200],
             backlog: 100_000,
             backlog_latency_ms: 50,
+            inflight: 12_000,
+            inflight_latency_ms: 2_000,
             raw_duration: Duration::from_secs(5),
             paced_duration: Duration::from_secs(10),
             out,
@@ -89,6 +98,8 @@ impl BenchOptions {
             latencies_ms: vec![0, 50],
             backlog: 200,
             backlog_latency_ms: 50,
+            inflight: 0,
+            inflight_latency_ms: 2_000,
             raw_duration: Duration::from_millis(300),
             paced_duration: Duration::from_millis(500),
             out,
@@ -117,6 +128,8 @@ impl From<crate::cli::BenchArgs> for BenchOptions {
             latencies_ms: a.latencies.unwrap_or(base.latencies_ms),
             backlog: a.backlog.unwrap_or(base.backlog),
             backlog_latency_ms: a.backlog_latency,
+            inflight: a.inflight.unwrap_or(base.inflight),
+            inflight_latency_ms: a.inflight_latency,
             raw_duration: seconds(a.raw_seconds, base.raw_duration),
             paced_duration: seconds(a.paced_seconds, base.paced_duration),
             worker_binary: a.worker_binary,
@@ -208,7 +221,32 @@ async fn measure(
             "bench: backlog drain of {} shipments at provider latency {} ms…",
             options.backlog, options.backlog_latency_ms
         );
-        report.backlog = Some(e2e::backlog_run(env, options).await?);
+        report.backlog = Some(
+            e2e::backlog_run(
+                env,
+                options,
+                "backlog",
+                options.backlog,
+                options.backlog_latency_ms,
+            )
+            .await?,
+        );
+    }
+    if options.inflight > 0 {
+        eprintln!(
+            "bench: {} shipments queued for a provider answering in {} ms (captures in flight)…",
+            options.inflight, options.inflight_latency_ms
+        );
+        report.inflight = Some(
+            e2e::backlog_run(
+                env,
+                options,
+                "inflight",
+                options.inflight,
+                options.inflight_latency_ms,
+            )
+            .await?,
+        );
     }
     Ok(())
 }
