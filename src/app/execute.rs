@@ -181,8 +181,9 @@ impl Executor {
         }
     }
 
-    /// Claims and sends one capture of the order. Ok(true) when something was done (the next
-    /// capture may be due), Ok(false) when nothing was due.
+    /// Claims and sends one capture of the order. Ok(true) when something was done and the
+    /// next capture may be due, Ok(false) when nothing was due or the order has nothing left
+    /// to send (a capture queued meanwhile comes with its own dispatch).
     pub async fn step(&self, order_id: &str) -> Result<bool, StorageError> {
         let inner = &self.inner;
         let Some(mut capture) = self.claim(order_id).await? else {
@@ -237,9 +238,10 @@ impl Executor {
             "release"
         };
         let key = capture.idempotency_key.clone();
-        self.record(&capture, op, Some(&key), &call, started, transition)
+        let more = self
+            .record(&capture, op, Some(&key), &call, started, transition)
             .await?;
-        Ok(true)
+        Ok(more)
     }
 
     /// Claims the order's next capture, batched with concurrent claims.
@@ -265,13 +267,14 @@ impl Executor {
         .await
     }
 
-    /// Records a success, batched with concurrent ones. Returns whether the lease was held.
+    /// Records a success, batched with concurrent ones. Returns whether the lease was held and
+    /// whether the order has more to send.
     async fn record_success(
         &self,
         c: &ClaimedCapture,
         attempt: &AttemptRecord<'_>,
         reference: Option<String>,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<captures::Recorded, StorageError> {
         let inner = &self.inner;
         let (reply, answer) = oneshot::channel();
         let request = SuccessRequest {
@@ -285,14 +288,15 @@ impl Executor {
         {
             return result;
         }
-        captures::record(
+        let held = captures::record(
             inner.store.pool(),
             c,
             &inner.worker_id,
             attempt,
             &Transition::Succeeded { reference },
         )
-        .await
+        .await?;
+        Ok(captures::Recorded { held, more: true })
     }
 
     fn transition_for(&self, c: &ClaimedCapture, outcome: &Outcome) -> Transition {
@@ -349,7 +353,7 @@ impl Executor {
         call: &CallResult,
         started: chrono::DateTime<Utc>,
         transition: Transition,
-    ) -> Result<(), StorageError> {
+    ) -> Result<bool, StorageError> {
         let (error, code) = match &call.outcome {
             Outcome::Succeeded { .. } | Outcome::Pending { .. } => (None, None),
             Outcome::Declined { code, message } => (Some(message.clone()), Some(code.clone())),
@@ -372,25 +376,26 @@ impl Executor {
             started_at: started,
         };
         self.log_outcome(c, &call.outcome, &transition);
-        let held = match &transition {
+        let recorded = match &transition {
             Transition::Succeeded { reference } => {
                 self.record_success(c, &attempt, reference.clone()).await?
             }
-            _ => {
-                captures::record(
+            _ => captures::Recorded {
+                held: captures::record(
                     self.inner.store.pool(),
                     c,
                     &self.inner.worker_id,
                     &attempt,
                     &transition,
                 )
-                .await?
-            }
+                .await?,
+                more: true,
+            },
         };
-        if !held {
+        if !recorded.held {
             tracing::warn!(event = "lease_lost", capture_id = c.capture_id, order_id = %c.order_id, "the capture's lease was taken over while the call was in progress; its new holder records the outcome");
         }
-        Ok(())
+        Ok(recorded.more)
     }
 
     async fn finish(
@@ -403,6 +408,7 @@ impl Executor {
     ) -> Result<(), StorageError> {
         self.record(c, operation, key, call, Utc::now(), transition)
             .await
+            .map(drop)
     }
 
     fn log_outcome(&self, c: &ClaimedCapture, outcome: &Outcome, transition: &Transition) {
@@ -619,7 +625,7 @@ struct SuccessRequest {
     capture: ClaimedCapture,
     attempt: OwnedAttempt,
     reference: Option<String>,
-    reply: oneshot::Sender<Result<bool, StorageError>>,
+    reply: oneshot::Sender<Result<captures::Recorded, StorageError>>,
 }
 
 /// An [`AttemptRecord`] that can wait in a batch.
@@ -750,9 +756,9 @@ async fn success_batch(store: Store, worker: String, mut batch: Vec<SuccessReque
     let result = captures::record_succeeded_many(store.pool(), &worker, &successes).await;
     drop(successes);
     match result {
-        Ok(held) => {
-            for (r, held) in batch.into_iter().zip(held) {
-                let _ = r.reply.send(Ok(held));
+        Ok(recorded) => {
+            for (r, recorded) in batch.into_iter().zip(recorded) {
+                let _ = r.reply.send(Ok(recorded));
             }
         }
         Err(e) => {
@@ -768,7 +774,8 @@ async fn success_batch(store: Store, worker: String, mut batch: Vec<SuccessReque
                     &r.attempt.record(),
                     &transition,
                 )
-                .await;
+                .await
+                .map(|held| captures::Recorded { held, more: true });
                 let _ = r.reply.send(result);
             }
         }

@@ -370,14 +370,25 @@ pub struct Success<'a> {
     pub reference: Option<&'a str>,
 }
 
+/// What [`record_succeeded_many`] did for one capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// This worker still held the lease; the capture is now succeeded.
+    pub held: bool,
+    /// The order has a next capture (worth claiming now). True when not known (the lease was
+    /// lost).
+    pub more: bool,
+}
+
 /// [`record`] with [`Transition::Succeeded`] for several captures, in one statement (so one
 /// commit): every attempt row is inserted, and each capture this worker still holds moves to
-/// succeeded. Returns, per capture, whether this worker still held its lease.
+/// succeeded. Returns, per capture, whether this worker still held its lease and whether the
+/// order has more to send.
 pub async fn record_succeeded_many(
     pool: &PgPool,
     worker: &str,
     successes: &[Success<'_>],
-) -> Result<Vec<bool>, StorageError> {
+) -> Result<Vec<Recorded>, StorageError> {
     let n = successes.len();
     let mut ids = Vec::with_capacity(n);
     let (mut attempt_nos, mut operations, mut keys, mut amounts, mut finals) = (
@@ -422,7 +433,7 @@ pub async fn record_succeeded_many(
     }
     // The attempts are inserted whether or not the lease is still held (as `record` does);
     // the capture moves on only under this worker's lease.
-    let updated: Vec<i64> = sqlx::query_scalar(
+    let updated: Vec<(i64, bool)> = sqlx::query_as(
         "with attempts as (
              insert into capture_attempts (capture_id, attempt_no, operation, idempotency_key,
                  amount, is_final, outcome, http_status, provider_code, provider_request_id, error,
@@ -438,7 +449,11 @@ pub async fn record_succeeded_many(
              completed_at = now(), updated_at = now()
          from unnest($1::bigint[], $16::text[]) as v(capture_id, reference)
          where c.capture_id = v.capture_id and c.lease_owner = $17 and c.status = 'in_flight'
-         returning c.capture_id",
+         -- Captures of an order go in sequence (P8): the order has more to send when the
+         -- next sequence exists (a unique-index lookup, not a scan).
+         returning c.capture_id,
+             exists (select 1 from captures n
+                     where n.order_id = c.order_id and n.sequence = c.sequence + 1) as more",
     )
     .bind(&ids)
     .bind(&attempt_nos)
@@ -460,8 +475,17 @@ pub async fn record_succeeded_many(
     .fetch_all(pool)
     .await
     .ctx("recording the captures' outcomes")?;
-    let updated: std::collections::HashSet<i64> = updated.into_iter().collect();
-    Ok(ids.iter().map(|id| updated.contains(id)).collect())
+    let updated: std::collections::HashMap<i64, bool> = updated.into_iter().collect();
+    Ok(ids
+        .iter()
+        .map(|id| match updated.get(id) {
+            Some(&more) => Recorded { held: true, more },
+            None => Recorded {
+                held: false,
+                more: true,
+            },
+        })
+        .collect())
 }
 
 /// Records a lookup call without moving the capture (it stays in flight under this lease).
@@ -559,12 +583,19 @@ pub async fn succeeded_total(
 }
 
 /// Orders with a capture that is due now, or whose lease expired.
+///
+/// A capture queued in the last few seconds and never attempted is left out: intake dispatched
+/// it when it committed, and under load thousands of those are waiting for a claim at any
+/// moment, so dispatching them again would only repeat claims. If that dispatch was lost (the
+/// process stopped, a claim failed), the capture is picked up once it is older than that.
 pub async fn due_orders(pool: &PgPool, limit: i64) -> Result<Vec<String>, StorageError> {
     sqlx::query_scalar(
         "select order_id from (
              select order_id, min(coalesce(next_attempt_at, created_at)) as due from captures
              where (status in ('queued', 'retrying', 'pending')
-                    and coalesce(next_attempt_at, '-infinity') <= now())
+                    and coalesce(next_attempt_at, '-infinity') <= now()
+                    and not (status = 'queued' and attempts = 0
+                             and created_at > now() - interval '5 seconds'))
                 or (status = 'in_flight' and lease_expires_at < now())
              group by order_id
          ) d order by due limit $1",
