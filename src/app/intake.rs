@@ -10,6 +10,7 @@
 //! stores that span's `traceparent`, so its execution joins the same trace, and a retry made
 //! long after links back to it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{Duration as ChronoDuration, Utc};
@@ -314,29 +315,27 @@ impl Intake {
                     .await;
             }
             None => {
+                // Checked before inserting: a unique violation would abort the transaction
+                // and leave no way to record the refusal in it. Two registrations racing for
+                // one authorization still meet the constraint; the loser's transaction is
+                // retried by `handle` and refused here.
+                if ledger::authorization_taken(tx, &auth.provider, &auth.authorization_id).await? {
+                    return self
+                        .refuse(tx, message, parsed, body_hash, Refusal {
+                            reason: "authorization_conflict".into(),
+                            detail: format!("authorization {} of provider {} already belongs to another order", auth.authorization_id, auth.provider),
+                        }, true)
+                        .await;
+                }
                 let allowance = caps.over_capture.for_authorized(auth.amount);
-                match ledger::insert_order(
+                ledger::insert_order(
                     tx,
                     order,
                     allowance,
                     parsed.envelope.message_id.as_str(),
                     &order_hash,
                 )
-                .await
-                {
-                    Ok(()) => {}
-                    Err(StorageError::Conflict { constraint, .. })
-                        if constraint == "orders_authorization_unique" =>
-                    {
-                        return self
-                            .refuse(tx, message, parsed, body_hash, Refusal {
-                                reason: "authorization_conflict".into(),
-                                detail: format!("authorization {} of provider {} already belongs to another order", auth.authorization_id, auth.provider),
-                            }, true)
-                            .await;
-                    }
-                    Err(e) => return Err(e),
-                }
+                .await?;
             }
         }
         self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
@@ -479,115 +478,13 @@ impl Intake {
             crate::telemetry::trace::current_traceparent().or_else(|| message.traceparent.clone());
         let traceparent = traceparent.as_deref();
         let mut dispatch = Vec::new();
-        let label = match &plan.decision {
-            Decision::Capture(cp) => {
-                let lines = cp
-                    .lines
-                    .iter()
-                    .map(|l| {
-                        let line = order.line_index(&l.line_id).map(|i| &order.lines()[i]);
-                        StoredCaptureLine {
-                            line_id: l.line_id.as_str().to_owned(),
-                            sku: line.map(|x| x.sku.clone()).unwrap_or_default(),
-                            name: line.map(|x| x.name.clone()).unwrap_or_default(),
-                            units: l.units,
-                            amount: l.amount.get(),
-                        }
-                    })
-                    .collect();
-                ledger::insert_capture(
-                    tx,
-                    &NewCapture {
-                        order,
-                        sequence: cp.sequence,
-                        kind: CaptureKind::Capture,
-                        cause_kind,
-                        cause_id,
-                        amount: cp.amount,
-                        is_final: cp.is_final,
-                        release_after: cp.release_after,
-                        lines,
-                        shipping: cp.shipping,
-                        shortfall: plan.shortfall,
-                        traceparent,
-                    },
-                )
-                .await?;
-                if cp.release_after {
-                    ledger::insert_capture(
-                        tx,
-                        &NewCapture {
-                            order,
-                            sequence: cp.sequence + 1,
-                            kind: CaptureKind::Release,
-                            cause_kind,
-                            cause_id,
-                            amount: MinorUnits::ZERO,
-                            is_final: false,
-                            release_after: false,
-                            lines: Vec::new(),
-                            shipping: MinorUnits::ZERO,
-                            shortfall: MinorUnits::ZERO,
-                            traceparent,
-                        },
-                    )
-                    .await?;
-                }
-                dispatch.push(order_id.as_str().to_owned());
-                "capture".to_owned()
-            }
-            Decision::ReleaseRemainder { method, sequence } => {
-                let (kind, amount) = match method {
-                    ReleaseMethod::ZeroAmountFinalCapture => {
-                        (CaptureKind::Capture, MinorUnits::ZERO)
-                    }
-                    ReleaseMethod::Cancel => (CaptureKind::Release, MinorUnits::ZERO),
-                };
-                ledger::insert_capture(
-                    tx,
-                    &NewCapture {
-                        order,
-                        sequence: *sequence,
-                        kind,
-                        cause_kind,
-                        cause_id,
-                        amount,
-                        is_final: true,
-                        release_after: false,
-                        lines: Vec::new(),
-                        shipping: MinorUnits::ZERO,
-                        shortfall: plan.shortfall,
-                        traceparent,
-                    },
-                )
-                .await?;
-                dispatch.push(order_id.as_str().to_owned());
-                "release".to_owned()
-            }
-            Decision::VoidAuthorization => {
-                ledger::insert_capture(
-                    tx,
-                    &NewCapture {
-                        order,
-                        sequence: plan.state.captures + 1,
-                        kind: CaptureKind::Void,
-                        cause_kind,
-                        cause_id,
-                        amount: MinorUnits::ZERO,
-                        is_final: true,
-                        release_after: false,
-                        lines: Vec::new(),
-                        shipping: MinorUnits::ZERO,
-                        shortfall: plan.shortfall,
-                        traceparent,
-                    },
-                )
-                .await?;
-                dispatch.push(order_id.as_str().to_owned());
-                "void".to_owned()
-            }
-            Decision::Nothing(reason) => format!("nothing:{}", nothing_label(*reason)),
-        };
+        let (captures, label) = capture_rows(order, &plan, cause_kind, cause_id, traceparent);
+        for capture in &captures {
+            ledger::insert_capture(tx, capture).await?;
+        }
+        if !captures.is_empty() {
+            dispatch.push(order_id.as_str().to_owned());
+        }
         match input {
             PlanInput::Shipment(s) => {
                 ledger::insert_shipment(
@@ -799,10 +696,440 @@ pub fn outcome_label(outcome: &IntakeOutcome) -> &'static str {
     }
 }
 
+/// Batched intake: many deliveries, one transaction.
+///
+/// Under load, committing one transaction per message makes the database's per-statement and
+/// per-commit costs the bottleneck. A batch holds messages of *different* orders (the consumer
+/// hands a later message of an order over only after the earlier one committed), takes every
+/// order's intake lock in one statement (sorted, so batches never deadlock on each other),
+/// reads the inbox, the orders and earlier shipments in one statement each, plans every
+/// shipment with the same domain code as the per-message path, and writes each table in one
+/// statement. Each message's effect is still all or nothing and still committed before its
+/// acknowledgement.
+///
+/// Only the common cases take this path: a shipment, seen for the first time, of a registered
+/// order, that plans without a refusal; and the registration of a new order that nothing is
+/// parked for. Anything else — cancellations, parked, duplicate, conflicting, refused or
+/// unreadable messages, an order twice in one batch — and every message of a batch whose
+/// transaction fails, goes through [`Intake::handle`] on its own afterwards, so a bad or
+/// failing message never takes its batch down.
+impl Intake {
+    /// Processes `messages` (in delivery order), returning one outcome per message.
+    pub async fn handle_batch(
+        &self,
+        messages: &[IncomingMessage],
+    ) -> Vec<Result<IntakeOutcome, StorageError>> {
+        let mut outcomes: Vec<Option<Result<IntakeOutcome, StorageError>>> =
+            messages.iter().map(|_| None).collect();
+        let candidates = batch_candidates(messages);
+        if !candidates.is_empty() {
+            match self.apply_batch(&candidates).await {
+                Ok(done) => {
+                    for (index, outcome) in done {
+                        if let Some(slot) = outcomes.get_mut(index) {
+                            *slot = Some(Ok(outcome));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, size = candidates.len(), "batched intake failed; processing its messages one by one");
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(messages.len());
+        for (message, outcome) in messages.iter().zip(outcomes) {
+            out.push(match outcome {
+                Some(done) => done,
+                None => self.handle(message).await,
+            });
+        }
+        out
+    }
+
+    /// Applies the candidates it can in one transaction; returns (index, outcome) of those it
+    /// committed. The others are left for the per-message path.
+    async fn apply_batch(
+        &self,
+        candidates: &[Candidate<'_>],
+    ) -> Result<Vec<(usize, IntakeOutcome)>, StorageError> {
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| StorageError::classify("starting batched intake", e))?;
+        let mut order_ids: Vec<&str> = candidates.iter().map(|c| c.order_id().as_str()).collect();
+        order_ids.sort_unstable();
+        ledger::lock_order_keys(&mut tx, &order_ids).await?;
+        let message_ids: Vec<&str> = candidates
+            .iter()
+            .map(|c| c.parsed.envelope.message_id.as_str())
+            .collect();
+        let seen = ledger::inbox_get_many(&mut tx, &message_ids).await?;
+        let orders = ledger::load_orders_for_update(&mut tx, &order_ids).await?;
+        let (ship_orders, ship_ids): (Vec<&str>, Vec<&str>) = candidates
+            .iter()
+            .filter_map(|c| Some((c.order_id().as_str(), c.shipment()?.shipment_id().as_str())))
+            .unzip();
+        let earlier = ledger::existing_shipments(&mut tx, &ship_orders, &ship_ids).await?;
+        let registering: Vec<&str> = candidates
+            .iter()
+            .filter(|c| matches!(c.parsed.command, Command::RegisterOrder(_)))
+            .map(|c| c.order_id().as_str())
+            .collect();
+        let parked = if registering.is_empty() {
+            Default::default()
+        } else {
+            ledger::orders_with_parked(&mut tx, &registering).await?
+        };
+
+        let now = Utc::now();
+        let mut writes = ledger::IntakeBatch::default();
+        let mut done = Vec::new();
+        for c in candidates {
+            let message_id = c.parsed.envelope.message_id.as_str();
+            let order_id = c.order_id();
+            let inbox = NewInbox {
+                message_id,
+                message_type: c.parsed.envelope.message_type.as_str(),
+                order_id: Some(order_id.as_str()),
+                payload_hash: &c.body_hash,
+                status: InboxStatus::Processed,
+                reject_reason: None,
+                body: None,
+                routing_key: Some(&c.message.routing_key),
+                traceparent: c.message.traceparent.as_deref(),
+                tracestate: c.message.tracestate.as_deref(),
+                park_expires_at: None,
+            };
+            if let Command::RegisterOrder(order) = &c.parsed.command {
+                // A new order with nothing waiting for it; a known one (duplicate or conflict)
+                // and one with parked messages go through the per-message path.
+                if seen.contains_key(message_id)
+                    || orders.contains_key(order_id.as_str())
+                    || parked.contains(order_id.as_str())
+                {
+                    continue;
+                }
+                let auth = order.authorization();
+                let Some(caps) = self.capabilities.capabilities(auth.provider.as_str()) else {
+                    continue;
+                };
+                writes.orders.push(ledger::NewOrder {
+                    order,
+                    allowance: caps.over_capture.for_authorized(auth.amount),
+                    message_id,
+                    payload_hash: order_fingerprint(order),
+                });
+                writes.inbox.push(inbox);
+                done.push((
+                    c.index,
+                    IntakeOutcome::Processed {
+                        dispatch: Vec::new(),
+                    },
+                ));
+                continue;
+            }
+            let Some(shipment) = c.shipment() else {
+                continue;
+            };
+            let shipment_id = shipment.shipment_id().as_str();
+            if seen.contains_key(message_id)
+                || earlier.contains(&(order_id.as_str().to_owned(), shipment_id.to_owned()))
+            {
+                continue; // a redelivery or a duplicate: the per-message path decides
+            }
+            let Some(stored) = orders.get(order_id.as_str()) else {
+                continue; // not registered yet: the per-message path parks it
+            };
+            let Some(caps) = self
+                .capabilities
+                .capabilities(stored.order.authorization().provider.as_str())
+            else {
+                continue;
+            };
+            let ctx = PlanContext {
+                capabilities: caps,
+                shipping: self.shipping,
+                now,
+            };
+            let Ok(plan) = domain::plan(
+                &stored.order,
+                &stored.state,
+                Event::Shipment(shipment),
+                &ctx,
+            ) else {
+                continue; // refused or a duplicate: the per-message path records why
+            };
+            let before = domain::shipped_value(&stored.order, &stored.state, self.shipping);
+            let after = domain::shipped_value(&stored.order, &plan.state, self.shipping);
+            let (Ok(before), Ok(after)) = (before, after) else {
+                continue;
+            };
+            let (rows, label) = capture_rows(
+                &stored.order,
+                &plan,
+                "shipment",
+                shipment_id,
+                c.message.traceparent.as_deref(),
+            );
+            let dispatch = if rows.is_empty() {
+                Vec::new()
+            } else {
+                vec![order_id.as_str().to_owned()]
+            };
+            writes.captures.extend(rows);
+            writes.shipments.push(ledger::NewShipment {
+                order_id,
+                shipment,
+                message_id,
+                shipped_value: after.saturating_sub(before),
+                decision: label,
+            });
+            writes.inbox.push(inbox);
+            writes.progress.push((&stored.order, plan.state));
+            done.push((c.index, IntakeOutcome::Processed { dispatch }));
+        }
+        if done.is_empty() {
+            return Ok(done); // nothing written; the transaction rolls back on drop
+        }
+        ledger::store_intake_batch(&mut tx, &writes).await?;
+        tx.commit()
+            .await
+            .map_err(|e| StorageError::classify("committing batched intake", e))?;
+        Ok(done)
+    }
+}
+
+/// Groups the deliveries the consumer hands over at the same time into batches for
+/// [`Intake::handle_batch`].
+///
+/// Each delivery's handler awaits its own outcome, so the acknowledgement still follows the
+/// commit of that delivery's effect. A batch starts as soon as a writer is free: at low load
+/// that is a batch of one with no added wait; under load, deliveries that arrive while the
+/// writers are busy share the next transaction. Cheap to clone.
+#[derive(Clone)]
+pub struct IntakeBatcher {
+    intake: Arc<Intake>,
+    tx: tokio::sync::mpsc::UnboundedSender<PendingMessage>,
+}
+
+type PendingMessage = (
+    IncomingMessage,
+    tokio::sync::oneshot::Sender<Result<IntakeOutcome, StorageError>>,
+);
+
+impl IntakeBatcher {
+    /// Starts the batching task: at most `writers` batch transactions at once, each of at most
+    /// `max_batch` messages. The task ends when every clone is dropped.
+    pub fn spawn(intake: Arc<Intake>, max_batch: usize, writers: usize) -> IntakeBatcher {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PendingMessage>();
+        let writers = Arc::new(tokio::sync::Semaphore::new(writers.max(1)));
+        let max_batch = max_batch.max(1);
+        let batch_intake = intake.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                // Wait for a free writer before closing the batch: what arrives meanwhile joins.
+                let Ok(permit) = writers.clone().acquire_owned().await else {
+                    break;
+                };
+                let mut batch = vec![first];
+                while batch.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                let intake = batch_intake.clone();
+                tokio::spawn(async move {
+                    let (messages, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let outcomes = intake.handle_batch(&messages).await;
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        let _ = reply.send(outcome);
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        IntakeBatcher { intake, tx }
+    }
+
+    /// Processes one message as part of whatever batch it joins; returns once its effect is
+    /// committed (or refused, or failed).
+    pub async fn handle(&self, message: &IncomingMessage) -> Result<IntakeOutcome, StorageError> {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        if self.tx.send((message.clone(), reply)).is_ok()
+            && let Ok(outcome) = outcome.await
+        {
+            return outcome;
+        }
+        // The batching task is gone (shutting down): process the message on its own. Intake
+        // is idempotent, so this is safe even if its batch committed.
+        self.intake.handle(message).await
+    }
+}
+
+/// A message that may take the batched path: a shipment or an order registration.
+struct Candidate<'a> {
+    index: usize,
+    message: &'a IncomingMessage,
+    parsed: Parsed,
+    body_hash: String,
+}
+
+impl Candidate<'_> {
+    fn order_id(&self) -> &domain::OrderId {
+        self.parsed.command.order_id()
+    }
+
+    fn shipment(&self) -> Option<&domain::Shipment> {
+        match &self.parsed.command {
+            Command::Ship { shipment, .. } => Some(shipment),
+            _ => None,
+        }
+    }
+}
+
+/// Shipments and registrations whose order appears once in the batch and whose message id
+/// appears once.
+fn batch_candidates(messages: &[IncomingMessage]) -> Vec<Candidate<'_>> {
+    let parsed: Vec<(usize, &IncomingMessage, Parsed)> = messages
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| Some((i, m, wire::parse(&m.body, Some(&m.routing_key)).ok()?)))
+        .collect();
+    let mut per_order: HashMap<String, usize> = HashMap::new();
+    let mut per_message: HashMap<String, usize> = HashMap::new();
+    for (_, _, p) in &parsed {
+        *per_order
+            .entry(p.command.order_id().as_str().to_owned())
+            .or_default() += 1;
+        *per_message
+            .entry(p.envelope.message_id.as_str().to_owned())
+            .or_default() += 1;
+    }
+    parsed
+        .into_iter()
+        .filter(|(_, _, p)| {
+            matches!(p.command, Command::Ship { .. } | Command::RegisterOrder(_))
+                && per_order.get(p.command.order_id().as_str()) == Some(&1)
+                && per_message.get(p.envelope.message_id.as_str()) == Some(&1)
+        })
+        .map(|(index, message, parsed)| Candidate {
+            index,
+            message,
+            body_hash: hex::encode(Sha256::digest(&message.body)),
+            parsed,
+        })
+        .collect()
+}
+
 #[derive(Clone, Copy)]
 enum PlanInput<'a> {
     Shipment(&'a domain::Shipment),
     Cancellation(&'a domain::Cancellation),
+}
+
+/// The capture rows a plan asks for (none, one, or a capture and the release after it) and the
+/// decision's label for the shipment or cancellation row. Shared by the per-message and the
+/// batched intake so both store exactly the same rows.
+fn capture_rows<'a>(
+    order: &'a Order,
+    plan: &domain::Plan,
+    cause_kind: &'static str,
+    cause_id: &'a str,
+    traceparent: Option<&'a str>,
+) -> (Vec<NewCapture<'a>>, String) {
+    let mut rows = Vec::new();
+    let label = match &plan.decision {
+        Decision::Capture(cp) => {
+            let lines = cp
+                .lines
+                .iter()
+                .map(|l| {
+                    let line = order.line_index(&l.line_id).map(|i| &order.lines()[i]);
+                    StoredCaptureLine {
+                        line_id: l.line_id.as_str().to_owned(),
+                        sku: line.map(|x| x.sku.clone()).unwrap_or_default(),
+                        name: line.map(|x| x.name.clone()).unwrap_or_default(),
+                        units: l.units,
+                        amount: l.amount.get(),
+                    }
+                })
+                .collect();
+            rows.push(NewCapture {
+                order,
+                sequence: cp.sequence,
+                kind: CaptureKind::Capture,
+                cause_kind,
+                cause_id,
+                amount: cp.amount,
+                is_final: cp.is_final,
+                release_after: cp.release_after,
+                lines,
+                shipping: cp.shipping,
+                shortfall: plan.shortfall,
+                traceparent,
+            });
+            if cp.release_after {
+                rows.push(NewCapture {
+                    order,
+                    sequence: cp.sequence + 1,
+                    kind: CaptureKind::Release,
+                    cause_kind,
+                    cause_id,
+                    amount: MinorUnits::ZERO,
+                    is_final: false,
+                    release_after: false,
+                    lines: Vec::new(),
+                    shipping: MinorUnits::ZERO,
+                    shortfall: MinorUnits::ZERO,
+                    traceparent,
+                });
+            }
+            "capture".to_owned()
+        }
+        Decision::ReleaseRemainder { method, sequence } => {
+            let (kind, amount) = match method {
+                ReleaseMethod::ZeroAmountFinalCapture => (CaptureKind::Capture, MinorUnits::ZERO),
+                ReleaseMethod::Cancel => (CaptureKind::Release, MinorUnits::ZERO),
+            };
+            rows.push(NewCapture {
+                order,
+                sequence: *sequence,
+                kind,
+                cause_kind,
+                cause_id,
+                amount,
+                is_final: true,
+                release_after: false,
+                lines: Vec::new(),
+                shipping: MinorUnits::ZERO,
+                shortfall: plan.shortfall,
+                traceparent,
+            });
+            "release".to_owned()
+        }
+        Decision::VoidAuthorization => {
+            rows.push(NewCapture {
+                order,
+                sequence: plan.state.captures + 1,
+                kind: CaptureKind::Void,
+                cause_kind,
+                cause_id,
+                amount: MinorUnits::ZERO,
+                is_final: true,
+                release_after: false,
+                lines: Vec::new(),
+                shipping: MinorUnits::ZERO,
+                shortfall: plan.shortfall,
+                traceparent,
+            });
+            "void".to_owned()
+        }
+        Decision::Nothing(reason) => format!("nothing:{}", nothing_label(*reason)),
+    };
+    (rows, label)
 }
 
 fn nothing_label(reason: NothingReason) -> &'static str {

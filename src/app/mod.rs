@@ -6,6 +6,7 @@
 //! [`Application::run_until_stopped`] runs them until the given shutdown future resolves, then
 //! stops consuming, lets in-flight captures record their outcome, and returns.
 
+pub mod bench;
 pub mod commands;
 pub mod execute;
 pub mod expiry;

@@ -84,7 +84,12 @@ pub async fn claim_next(
     .fetch_optional(pool)
     .await
     .ctx(CTX)?;
-    let Some(r) = row else { return Ok(None) };
+    row.map(|r| claimed_from_row(&r)).transpose()
+}
+
+/// A claimed capture from a `returning c.*, … as taken_over` row.
+fn claimed_from_row(r: &sqlx::postgres::PgRow) -> Result<ClaimedCapture, StorageError> {
+    const CTX: &str = "claiming the order's next capture";
     let kind_text: String = r.get("kind");
     let kind = CaptureKind::parse(&kind_text).ok_or_else(|| StorageError::Corrupt {
         context: CTX,
@@ -95,7 +100,7 @@ pub async fn claim_next(
             context: CTX,
             detail: e.to_string(),
         })?;
-    Ok(Some(ClaimedCapture {
+    Ok(ClaimedCapture {
         capture_id: r.get("capture_id"),
         order_id: r.get("order_id"),
         provider: r.get("provider"),
@@ -120,7 +125,53 @@ pub async fn claim_next(
         traceparent: r.get("traceparent"),
         taken_over: r.get("taken_over"),
         accepted_at: r.get("accepted_at"),
-    }))
+    })
+}
+
+/// [`claim_next`] for several orders in one statement: each order's head capture, if it is
+/// due and nobody else holds it. Returns the captures claimed (at most one per order, P8).
+/// The caller passes the order ids sorted, so concurrent claims lock heads in the same order.
+pub async fn claim_many(
+    pool: &PgPool,
+    sorted_order_ids: &[&str],
+    worker: &str,
+    lease_seconds: f64,
+) -> Result<Vec<ClaimedCapture>, StorageError> {
+    let rows = sqlx::query(
+        "with head as (
+             select h.capture_id, h.status, h.lease_expires_at
+             from unnest($1::text[]) as o(order_id)
+             cross join lateral (
+                 select capture_id, status, lease_expires_at from captures c
+                 where c.order_id = o.order_id
+                   and c.status not in ('succeeded', 'declined', 'failed', 'blocked')
+                 order by c.sequence limit 1
+                 for update
+             ) h
+         )
+         update captures c set
+             status = 'in_flight',
+             lease_owner = $2,
+             lease_expires_at = now() + make_interval(secs => $3),
+             attempts = c.attempts + 1,
+             first_attempt_at = coalesce(c.first_attempt_at, now()),
+             updated_at = now()
+         from head
+         where c.capture_id = head.capture_id
+           -- the decline latch (P4): nothing is sent for a declined order
+           and not exists (select 1 from orders o where o.order_id = c.order_id and o.phase = 'declined')
+           and ((head.status in ('queued', 'retrying', 'pending')
+                 and coalesce(c.next_attempt_at, '-infinity') <= now())
+                or (head.status = 'in_flight' and head.lease_expires_at < now()))
+         returning c.*, head.status = 'in_flight' as taken_over",
+    )
+    .bind(sorted_order_ids)
+    .bind(worker)
+    .bind(lease_seconds)
+    .fetch_all(pool)
+    .await
+    .ctx("claiming the orders' next captures")?;
+    rows.iter().map(claimed_from_row).collect()
 }
 
 /// One provider call, for the append-only attempts table.
@@ -353,6 +404,132 @@ async fn insert_attempt(
     Ok(())
 }
 
+/// A call that captured (or released), to record with [`record_succeeded_many`].
+#[derive(Debug, Clone)]
+pub struct Success<'a> {
+    pub capture: &'a ClaimedCapture,
+    pub attempt: AttemptRecord<'a>,
+    pub reference: Option<&'a str>,
+}
+
+/// What [`record_succeeded_many`] did for one capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// This worker still held the lease; the capture is now succeeded.
+    pub held: bool,
+    /// The order has a next capture (worth claiming now). True when not known (the lease was
+    /// lost).
+    pub more: bool,
+}
+
+/// [`record`] with [`Transition::Succeeded`] for several captures, in one statement (so one
+/// commit): every attempt row is inserted, and each capture this worker still holds moves to
+/// succeeded. Returns, per capture, whether this worker still held its lease and whether the
+/// order has more to send.
+pub async fn record_succeeded_many(
+    pool: &PgPool,
+    worker: &str,
+    successes: &[Success<'_>],
+) -> Result<Vec<Recorded>, StorageError> {
+    let n = successes.len();
+    let mut ids = Vec::with_capacity(n);
+    let (mut attempt_nos, mut operations, mut keys, mut amounts, mut finals) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut outcomes, mut statuses, mut codes, mut request_ids, mut errors) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut latencies, mut traces, mut workers, mut started, mut references) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for s in successes {
+        let (c, a) = (s.capture, &s.attempt);
+        ids.push(c.capture_id);
+        attempt_nos.push(c.attempts.max(1));
+        operations.push(a.operation);
+        keys.push(a.idempotency_key);
+        amounts.push(c.amount);
+        finals.push(c.is_final);
+        outcomes.push(a.outcome);
+        statuses.push(a.http_status.map(i32::from));
+        codes.push(a.provider_code);
+        request_ids.push(a.provider_request_id);
+        errors.push(a.error);
+        latencies.push(i32::try_from(a.latency_ms).unwrap_or(i32::MAX));
+        traces.push(a.trace_id);
+        workers.push(a.worker_id);
+        started.push(a.started_at);
+        references.push(s.reference);
+    }
+    // The attempts are inserted whether or not the lease is still held (as `record` does);
+    // the capture moves on only under this worker's lease.
+    let updated: Vec<(i64, bool)> = sqlx::query_as(
+        "with attempts as (
+             insert into capture_attempts (capture_id, attempt_no, operation, idempotency_key,
+                 amount, is_final, outcome, http_status, provider_code, provider_request_id, error,
+                 latency_ms, trace_id, worker_id, started_at)
+             select * from unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::bigint[],
+                 $6::bool[], $7::text[], $8::int[], $9::text[], $10::text[], $11::text[],
+                 $12::int[], $13::text[], $14::text[], $15::timestamptz[])
+         )
+         update captures c set status = 'succeeded',
+             provider_reference = coalesce(v.reference, c.provider_reference),
+             next_attempt_at = null, last_error = null, needs_lookup = false,
+             lease_owner = null, lease_expires_at = null,
+             completed_at = now(), updated_at = now()
+         from unnest($1::bigint[], $16::text[]) as v(capture_id, reference)
+         where c.capture_id = v.capture_id and c.lease_owner = $17 and c.status = 'in_flight'
+         -- Captures of an order go in sequence (P8): the order has more to send when the
+         -- next sequence exists (a unique-index lookup, not a scan).
+         returning c.capture_id,
+             exists (select 1 from captures n
+                     where n.order_id = c.order_id and n.sequence = c.sequence + 1) as more",
+    )
+    .bind(&ids)
+    .bind(&attempt_nos)
+    .bind(&operations)
+    .bind(&keys)
+    .bind(&amounts)
+    .bind(&finals)
+    .bind(&outcomes)
+    .bind(&statuses)
+    .bind(&codes)
+    .bind(&request_ids)
+    .bind(&errors)
+    .bind(&latencies)
+    .bind(&traces)
+    .bind(&workers)
+    .bind(&started)
+    .bind(&references)
+    .bind(worker)
+    .fetch_all(pool)
+    .await
+    .ctx("recording the captures' outcomes")?;
+    let updated: std::collections::HashMap<i64, bool> = updated.into_iter().collect();
+    Ok(ids
+        .iter()
+        .map(|id| match updated.get(id) {
+            Some(&more) => Recorded { held: true, more },
+            None => Recorded {
+                held: false,
+                more: true,
+            },
+        })
+        .collect())
+}
+
 /// Records a lookup call without moving the capture (it stays in flight under this lease).
 pub async fn record_lookup(
     pool: &PgPool,
@@ -450,12 +627,19 @@ pub async fn succeeded_total(
 }
 
 /// Orders with a capture that is due now, or whose lease expired.
+///
+/// A capture queued in the last few seconds and never attempted is left out: intake dispatched
+/// it when it committed, and under load thousands of those are waiting for a claim at any
+/// moment, so dispatching them again would only repeat claims. If that dispatch was lost (the
+/// process stopped, a claim failed), the capture is picked up once it is older than that.
 pub async fn due_orders(pool: &PgPool, limit: i64) -> Result<Vec<String>, StorageError> {
     sqlx::query_scalar(
         "select order_id from (
              select order_id, min(coalesce(next_attempt_at, created_at)) as due from captures
              where (status in ('queued', 'retrying', 'pending')
-                    and coalesce(next_attempt_at, '-infinity') <= now())
+                    and coalesce(next_attempt_at, '-infinity') <= now()
+                    and not (status = 'queued' and attempts = 0
+                             and created_at > now() - interval '5 seconds'))
                 or (status = 'in_flight' and lease_expires_at < now())
              group by order_id
          ) d order by due limit $1",

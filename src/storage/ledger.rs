@@ -2,6 +2,8 @@
 //! and rejected messages. Every function runs inside the caller's transaction, so one
 //! message's effect commits whole or not at all.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Row};
@@ -278,6 +280,22 @@ pub async fn order_payload_hash(
         .ctx("reading the order")
 }
 
+/// Whether another order already holds this authorization.
+pub async fn authorization_taken(
+    tx: &mut PgConnection,
+    provider: &ProviderName,
+    authorization_id: &AuthorizationId,
+) -> Result<bool, StorageError> {
+    sqlx::query_scalar(
+        "select exists (select 1 from orders where provider = $1 and authorization_id = $2)",
+    )
+    .bind(provider.as_str())
+    .bind(authorization_id.as_str())
+    .fetch_one(tx)
+    .await
+    .ctx("checking the authorization")
+}
+
 /// Stores a new order and its lines.
 pub async fn insert_order(
     tx: &mut PgConnection,
@@ -382,10 +400,21 @@ pub async fn load_order(
         .fetch_all(&mut *tx)
         .await
         .ctx(CTX)?;
+    stored_order(order_id, &o, &lines).map(Some)
+}
+
+/// Rebuilds an order and its progress from its `orders` row and its `order_lines` rows (in
+/// line order).
+fn stored_order(
+    order_id: &OrderId,
+    o: &sqlx::postgres::PgRow,
+    lines: &[sqlx::postgres::PgRow],
+) -> Result<StoredOrder, StorageError> {
+    const CTX: &str = "loading the order";
     let m = |v: i64| MinorUnits::new(v).map_err(|e| corrupt(CTX, e));
     let mut order_lines = Vec::with_capacity(lines.len());
     let (mut shipped, mut cancelled, mut charged) = (Vec::new(), Vec::new(), Vec::new());
-    for l in &lines {
+    for l in lines {
         order_lines.push(OrderLine {
             line_id: LineId::parse(l.get::<String, _>("line_id")).map_err(|e| corrupt(CTX, e))?,
             sku: l.get("sku"),
@@ -439,7 +468,7 @@ pub async fn load_order(
         shipments: Vec::new(),
         cancellations: Vec::new(),
     };
-    Ok(Some(StoredOrder { order, state }))
+    Ok(StoredOrder { order, state })
 }
 
 /// Items as stored in JSON.
@@ -667,18 +696,25 @@ pub struct NewCapture<'a> {
     pub traceparent: Option<&'a str>,
 }
 
+/// A capture's generation-0 idempotency key, derived from stable facts: provider,
+/// authorization, kind and cause (P3).
+fn capture_key(c: &NewCapture<'_>) -> IdempotencyKey {
+    let auth = c.order.authorization();
+    IdempotencyKey::derive(
+        &auth.provider,
+        &auth.authorization_id,
+        &format!("{}:{}:{}", c.kind.as_str(), c.cause_kind, c.cause_id),
+        0,
+    )
+}
+
 /// Inserts a queued capture with its generation-0 idempotency key and records the key's terms.
 pub async fn insert_capture(
     tx: &mut PgConnection,
     c: &NewCapture<'_>,
 ) -> Result<i64, StorageError> {
     let auth = c.order.authorization();
-    let key = IdempotencyKey::derive(
-        &auth.provider,
-        &auth.authorization_id,
-        &format!("{}:{}:{}", c.kind.as_str(), c.cause_kind, c.cause_id),
-        0,
-    );
+    let key = capture_key(c);
     let lines = serde_json::to_value(&c.lines).map_err(|e| corrupt("encoding capture lines", e))?;
     let id: i64 = sqlx::query_scalar(
         "insert into captures (order_id, provider, authorization_id, sequence, kind, cause_kind,
@@ -775,4 +811,460 @@ fn without_nul(text: &str) -> std::borrow::Cow<'_, str> {
     } else {
         std::borrow::Cow::Borrowed(text)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batched intake: the same reads and writes as above for many messages of different orders in
+// one transaction, one statement per table. Intake uses them for the common case (a shipment
+// of a registered order, seen for the first time) and falls back to the per-message functions
+// above for everything else.
+
+/// Takes the intake locks of several orders (as [`lock_order_key`] does for one). The caller
+/// passes the ids sorted, so two batches always lock in the same order and never deadlock on
+/// each other; `unnest` yields the array in order.
+pub async fn lock_order_keys(
+    tx: &mut PgConnection,
+    sorted_order_ids: &[&str],
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "select pg_advisory_xact_lock(hashtextextended(k, 7411)) from unnest($1::text[]) as t(k)",
+    )
+    .bind(sorted_order_ids)
+    .execute(tx)
+    .await
+    .ctx("locking the orders for intake")?;
+    Ok(())
+}
+
+/// The inbox rows of these message ids, locked, by message id.
+pub async fn inbox_get_many(
+    tx: &mut PgConnection,
+    message_ids: &[&str],
+) -> Result<HashMap<String, InboxRecord>, StorageError> {
+    let rows = sqlx::query(
+        "select message_id, status, payload_hash, reject_reason from inbox_messages
+         where message_id = any($1) order by message_id for update",
+    )
+    .bind(message_ids)
+    .fetch_all(tx)
+    .await
+    .ctx("reading the inbox")?;
+    rows.into_iter()
+        .map(|r| {
+            Ok((
+                r.get("message_id"),
+                InboxRecord {
+                    status: InboxStatus::parse(r.get::<&str, _>("status"))?,
+                    payload_hash: r.get("payload_hash"),
+                    reject_reason: r.get("reject_reason"),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Loads several orders and their progress, taking their rows for update (in order id order),
+/// by order id. Orders that do not exist are absent.
+pub async fn load_orders_for_update(
+    tx: &mut PgConnection,
+    order_ids: &[&str],
+) -> Result<HashMap<String, StoredOrder>, StorageError> {
+    const CTX: &str = "loading the orders";
+    let orders =
+        sqlx::query("select * from orders where order_id = any($1) order by order_id for update")
+            .bind(order_ids)
+            .fetch_all(&mut *tx)
+            .await
+            .ctx(CTX)?;
+    if orders.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let lines = sqlx::query(
+        "select * from order_lines where order_id = any($1) order by order_id, line_no",
+    )
+    .bind(order_ids)
+    .fetch_all(&mut *tx)
+    .await
+    .ctx(CTX)?;
+    let mut lines_by_order: HashMap<String, Vec<sqlx::postgres::PgRow>> = HashMap::new();
+    for l in lines {
+        lines_by_order
+            .entry(l.get::<String, _>("order_id"))
+            .or_default()
+            .push(l);
+    }
+    let mut out = HashMap::with_capacity(orders.len());
+    for o in orders {
+        let id: String = o.get("order_id");
+        let order_id = OrderId::parse(id.clone()).map_err(|e| corrupt(CTX, e))?;
+        let lines = lines_by_order.remove(&id).unwrap_or_default();
+        out.insert(id, stored_order(&order_id, &o, &lines)?);
+    }
+    Ok(out)
+}
+
+/// Which of these orders have messages parked, waiting for them.
+pub async fn orders_with_parked(
+    tx: &mut PgConnection,
+    order_ids: &[&str],
+) -> Result<HashSet<String>, StorageError> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "select distinct order_id from inbox_messages
+         where status = 'parked' and order_id = any($1)",
+    )
+    .bind(order_ids)
+    .fetch_all(tx)
+    .await
+    .ctx("looking for parked messages")?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Which of these (order id, shipment id) pairs are already stored.
+pub async fn existing_shipments(
+    tx: &mut PgConnection,
+    order_ids: &[&str],
+    shipment_ids: &[&str],
+) -> Result<HashSet<(String, String)>, StorageError> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "select s.order_id, s.shipment_id
+         from shipments s join unnest($1::text[], $2::text[]) as v(order_id, shipment_id)
+           on s.order_id = v.order_id and s.shipment_id = v.shipment_id",
+    )
+    .bind(order_ids)
+    .bind(shipment_ids)
+    .fetch_all(tx)
+    .await
+    .ctx("looking for earlier shipments")?;
+    Ok(rows.into_iter().collect())
+}
+
+/// A shipment row to insert with [`store_intake_batch`].
+#[derive(Debug, Clone)]
+pub struct NewShipment<'a> {
+    pub order_id: &'a OrderId,
+    pub shipment: &'a Shipment,
+    pub message_id: &'a str,
+    pub shipped_value: MinorUnits,
+    pub decision: String,
+}
+
+/// An order registration to insert with [`store_intake_batch`].
+#[derive(Debug, Clone)]
+pub struct NewOrder<'a> {
+    pub order: &'a Order,
+    pub allowance: MinorUnits,
+    pub message_id: &'a str,
+    pub payload_hash: String,
+}
+
+/// What a batch writes: new orders with their lines, each shipped order's progress, the
+/// capture rows with their keys, the shipment rows, and the messages as processed in the inbox.
+#[derive(Debug, Default)]
+pub struct IntakeBatch<'a> {
+    pub orders: Vec<NewOrder<'a>>,
+    pub progress: Vec<(&'a Order, OrderState)>,
+    pub captures: Vec<NewCapture<'a>>,
+    pub shipments: Vec<NewShipment<'a>>,
+    /// Messages seen for the first time (no body kept: nothing is parked here). A message id
+    /// already in the inbox fails the statement; batched intake only writes messages it found
+    /// absent under the orders' locks.
+    pub inbox: Vec<NewInbox<'a>>,
+}
+
+/// Writes a batch in one statement (one round trip): what [`insert_order`], [`save_progress`],
+/// [`insert_capture`], [`insert_shipment`] and [`inbox_upsert`] write for one message, for
+/// every message of the batch. The parts do not depend on each other's rows except the keys,
+/// which take their capture ids from the captures' `returning`; foreign keys are checked at
+/// the end of the statement.
+pub async fn store_intake_batch(
+    tx: &mut PgConnection,
+    batch: &IntakeBatch<'_>,
+) -> Result<(), StorageError> {
+    // new orders
+    let mut n_ids = Vec::new();
+    let (mut n_currency, mut n_provider, mut n_auth, mut n_authorized, mut n_allowance) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut n_at, mut n_expires, mut n_shipping, mut n_discount, mut n_total) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut n_message, mut n_hash) = (Vec::new(), Vec::new());
+    // their lines
+    let (mut nl_orders, mut nl_no, mut nl_ids, mut nl_skus, mut nl_names) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut nl_qty, mut nl_unit, mut nl_tax, mut nl_disc, mut nl_share, mut nl_net) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for n in &batch.orders {
+        let (order, auth) = (n.order, n.order.authorization());
+        n_ids.push(order.order_id().as_str());
+        n_currency.push(order.currency().code().to_owned());
+        n_provider.push(auth.provider.as_str());
+        n_auth.push(auth.authorization_id.as_str());
+        n_authorized.push(auth.amount.get());
+        n_allowance.push(n.allowance.get());
+        n_at.push(auth.authorized_at);
+        n_expires.push(auth.expires_at);
+        n_shipping.push(order.shipping_amount().get());
+        n_discount.push(order.order_discount_amount().get());
+        n_total.push(order.total().amount().get());
+        n_message.push(n.message_id);
+        n_hash.push(n.payload_hash.as_str());
+        let (shares, nets) = (order.discount_shares(), order.line_nets());
+        for (i, l) in order.lines().iter().enumerate() {
+            nl_orders.push(order.order_id().as_str());
+            nl_no.push(i as i32);
+            nl_ids.push(l.line_id.as_str());
+            nl_skus.push(l.sku.as_str());
+            nl_names.push(l.name.as_str());
+            nl_qty.push(l.quantity.get() as i32);
+            nl_unit.push(l.unit_amount.get());
+            nl_tax.push(l.tax_amount.get());
+            nl_disc.push(l.discount_amount.get());
+            nl_share.push(shares.get(i).map_or(0, |m| m.get()));
+            nl_net.push(nets.get(i).map_or(0, |m| m.get()));
+        }
+    }
+    // orders
+    let mut o_ids = Vec::new();
+    let (mut o_phase, mut o_claimed, mut o_shipping, mut o_shortfall, mut o_count) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // order_lines
+    let (mut l_orders, mut l_ids, mut l_shipped, mut l_cancelled, mut l_charged) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (order, state) in &batch.progress {
+        o_ids.push(order.order_id().as_str());
+        o_phase.push(match state.phase {
+            Phase::Open => "open",
+            Phase::Completed => "completed",
+            Phase::Declined => "declined",
+        });
+        o_claimed.push(state.claimed.get());
+        o_shipping.push(state.shipping_charged.get());
+        o_shortfall.push(state.shortfall.get());
+        o_count.push(state.captures as i32);
+        for (i, line) in order.lines().iter().enumerate() {
+            let at = |v: &[u32]| v.get(i).copied().unwrap_or(0) as i32;
+            l_orders.push(order.order_id().as_str());
+            l_ids.push(line.line_id.as_str());
+            l_shipped.push(at(&state.shipped));
+            l_cancelled.push(at(&state.cancelled));
+            l_charged.push(at(&state.charged));
+        }
+    }
+    // captures and their keys
+    let mut c_orders = Vec::new();
+    let (mut c_providers, mut c_auths, mut c_seqs, mut c_kinds, mut c_cause_kinds) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut c_cause_ids, mut c_amounts, mut c_currencies, mut c_finals, mut c_release) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut c_lines, mut c_shipping, mut c_shortfall, mut c_keys, mut c_parents) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for c in &batch.captures {
+        let auth = c.order.authorization();
+        c_orders.push(c.order.order_id().as_str());
+        c_providers.push(auth.provider.as_str());
+        c_auths.push(auth.authorization_id.as_str());
+        c_seqs.push(c.sequence as i32);
+        c_kinds.push(c.kind.as_str());
+        c_cause_kinds.push(c.cause_kind);
+        c_cause_ids.push(c.cause_id);
+        c_amounts.push(c.amount.get());
+        c_currencies.push(c.order.currency().code().to_owned());
+        c_finals.push(c.is_final);
+        c_release.push(c.release_after);
+        c_lines.push(
+            serde_json::to_string(&c.lines).map_err(|e| corrupt("encoding capture lines", e))?,
+        );
+        c_shipping.push(c.shipping.get());
+        c_shortfall.push(c.shortfall.get());
+        c_keys.push(capture_key(c).as_str().to_owned());
+        c_parents.push(c.traceparent);
+    }
+    // shipments
+    let s_orders: Vec<&str> = batch
+        .shipments
+        .iter()
+        .map(|s| s.order_id.as_str())
+        .collect();
+    let s_ids: Vec<&str> = batch
+        .shipments
+        .iter()
+        .map(|s| s.shipment.shipment_id().as_str())
+        .collect();
+    let s_messages: Vec<&str> = batch.shipments.iter().map(|s| s.message_id).collect();
+    let s_items: Vec<String> = batch
+        .shipments
+        .iter()
+        .map(|s| items_json(s.shipment.items()).to_string())
+        .collect();
+    let s_last: Vec<bool> = batch
+        .shipments
+        .iter()
+        .map(|s| s.shipment.last_shipment())
+        .collect();
+    let s_at: Vec<DateTime<Utc>> = batch
+        .shipments
+        .iter()
+        .map(|s| s.shipment.shipped_at())
+        .collect();
+    let s_value: Vec<i64> = batch
+        .shipments
+        .iter()
+        .map(|s| s.shipped_value.get())
+        .collect();
+    let s_decision: Vec<&str> = batch
+        .shipments
+        .iter()
+        .map(|s| s.decision.as_str())
+        .collect();
+    // inbox
+    let i_ids: Vec<&str> = batch.inbox.iter().map(|m| m.message_id).collect();
+    let i_types: Vec<&str> = batch.inbox.iter().map(|m| m.message_type).collect();
+    let i_orders: Vec<Option<&str>> = batch.inbox.iter().map(|m| m.order_id).collect();
+    let i_hashes: Vec<&str> = batch.inbox.iter().map(|m| m.payload_hash).collect();
+    let i_keys: Vec<Option<&str>> = batch.inbox.iter().map(|m| m.routing_key).collect();
+    let i_parents: Vec<Option<&str>> = batch.inbox.iter().map(|m| m.traceparent).collect();
+    let i_states: Vec<Option<&str>> = batch.inbox.iter().map(|m| m.tracestate).collect();
+
+    sqlx::query(
+        "with progress as (
+             update orders o set phase = v.phase, claimed_amount = v.claimed,
+                 shipping_charged = v.shipping, shortfall_amount = v.shortfall,
+                 capture_count = v.captures, updated_at = now()
+             from unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                 $6::int[]) as v(order_id, phase, claimed, shipping, shortfall, captures)
+             where o.order_id = v.order_id
+         ), line_progress as (
+             update order_lines l set shipped_quantity = v.s, cancelled_quantity = v.c,
+                 charged_quantity = v.ch
+             from unnest($7::text[], $8::text[], $9::int[], $10::int[], $11::int[])
+                 as v(order_id, line_id, s, c, ch)
+             where l.order_id = v.order_id and l.line_id = v.line_id
+               and (l.shipped_quantity, l.cancelled_quantity, l.charged_quantity)
+                   is distinct from (v.s, v.c, v.ch)
+         ), new_captures as (
+             insert into captures (order_id, provider, authorization_id, sequence, kind,
+                 cause_kind, cause_id, amount, currency, is_final, release_after, lines,
+                 shipping_amount, shortfall_amount, idempotency_key, traceparent)
+             select order_id, provider, authorization_id, sequence, kind, cause_kind, cause_id,
+                 amount, currency, is_final, release_after, lines::jsonb, shipping_amount,
+                 shortfall_amount, idempotency_key, traceparent
+             from unnest($12::text[], $13::text[], $14::text[], $15::int[], $16::text[],
+                 $17::text[], $18::text[], $19::bigint[], $20::text[], $21::bool[], $22::bool[],
+                 $23::text[], $24::bigint[], $25::bigint[], $26::text[], $27::text[])
+                 as v(order_id, provider, authorization_id, sequence, kind, cause_kind, cause_id,
+                      amount, currency, is_final, release_after, lines, shipping_amount,
+                      shortfall_amount, idempotency_key, traceparent)
+             returning capture_id, idempotency_key, amount, is_final
+         ), new_keys as (
+             insert into capture_keys (idempotency_key, capture_id, key_generation, amount,
+                 is_final)
+             select idempotency_key, capture_id, 0, amount, is_final from new_captures
+         ), new_shipments as (
+             insert into shipments (order_id, shipment_id, message_id, items, last_shipment,
+                 shipped_at, shipped_value, decision)
+             select order_id, shipment_id, message_id, items::jsonb, last_shipment, shipped_at,
+                 shipped_value, decision
+             from unnest($28::text[], $29::text[], $30::text[], $31::text[], $32::bool[],
+                 $33::timestamptz[], $34::bigint[], $35::text[])
+                 as v(order_id, shipment_id, message_id, items, last_shipment, shipped_at,
+                      shipped_value, decision)
+         ), new_orders as (
+             insert into orders (order_id, currency, provider, authorization_id,
+                 authorized_amount, over_capture_allowance, authorized_at,
+                 authorization_expires_at, shipping_amount, order_discount_amount, order_total,
+                 message_id, payload_hash)
+             select * from unnest($43::text[], $44::text[], $45::text[], $46::text[],
+                 $47::bigint[], $48::bigint[], $49::timestamptz[], $50::timestamptz[],
+                 $51::bigint[], $52::bigint[], $53::bigint[], $54::text[], $55::text[])
+         ), new_lines as (
+             insert into order_lines (order_id, line_no, line_id, sku, name, quantity,
+                 unit_amount, tax_amount, discount_amount, order_discount_share, net_amount)
+             select * from unnest($56::text[], $57::int[], $58::text[], $59::text[], $60::text[],
+                 $61::int[], $62::bigint[], $63::bigint[], $64::bigint[], $65::bigint[],
+                 $66::bigint[])
+         )
+         insert into inbox_messages (message_id, message_type, order_id, payload_hash, status,
+             routing_key, traceparent, tracestate)
+         select message_id, message_type, order_id, payload_hash, 'processed', routing_key,
+             traceparent, tracestate
+         from unnest($36::text[], $37::text[], $38::text[], $39::text[], $40::text[],
+             $41::text[], $42::text[])
+             as v(message_id, message_type, order_id, payload_hash, routing_key, traceparent,
+                  tracestate)",
+    )
+    .bind(&o_ids)
+    .bind(&o_phase)
+    .bind(&o_claimed)
+    .bind(&o_shipping)
+    .bind(&o_shortfall)
+    .bind(&o_count)
+    .bind(&l_orders)
+    .bind(&l_ids)
+    .bind(&l_shipped)
+    .bind(&l_cancelled)
+    .bind(&l_charged)
+    .bind(&c_orders)
+    .bind(&c_providers)
+    .bind(&c_auths)
+    .bind(&c_seqs)
+    .bind(&c_kinds)
+    .bind(&c_cause_kinds)
+    .bind(&c_cause_ids)
+    .bind(&c_amounts)
+    .bind(&c_currencies)
+    .bind(&c_finals)
+    .bind(&c_release)
+    .bind(&c_lines)
+    .bind(&c_shipping)
+    .bind(&c_shortfall)
+    .bind(&c_keys)
+    .bind(&c_parents)
+    .bind(&s_orders)
+    .bind(&s_ids)
+    .bind(&s_messages)
+    .bind(&s_items)
+    .bind(&s_last)
+    .bind(&s_at)
+    .bind(&s_value)
+    .bind(&s_decision)
+    .bind(&i_ids)
+    .bind(&i_types)
+    .bind(&i_orders)
+    .bind(&i_hashes)
+    .bind(&i_keys)
+    .bind(&i_parents)
+    .bind(&i_states)
+    .bind(&n_ids)
+    .bind(&n_currency)
+    .bind(&n_provider)
+    .bind(&n_auth)
+    .bind(&n_authorized)
+    .bind(&n_allowance)
+    .bind(&n_at)
+    .bind(&n_expires)
+    .bind(&n_shipping)
+    .bind(&n_discount)
+    .bind(&n_total)
+    .bind(&n_message)
+    .bind(&n_hash)
+    .bind(&nl_orders)
+    .bind(&nl_no)
+    .bind(&nl_ids)
+    .bind(&nl_skus)
+    .bind(&nl_names)
+    .bind(&nl_qty)
+    .bind(&nl_unit)
+    .bind(&nl_tax)
+    .bind(&nl_disc)
+    .bind(&nl_share)
+    .bind(&nl_net)
+    .execute(tx)
+    .await
+    .ctx("storing the batch")?;
+    Ok(())
 }

@@ -4,12 +4,14 @@
 
 mod architecture;
 mod bad_input;
+mod bench_smoke;
 mod capture_limits;
 mod config;
 mod domain_examples;
 mod domain_properties;
 mod finance;
 mod harness;
+mod intake_batch;
 mod ledger_guards;
 mod operator;
 mod pipeline;

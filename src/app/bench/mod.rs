@@ -1,0 +1,252 @@
+//! `capture-worker bench`: end-to-end throughput and latency beside the machine's raw limits,
+//! measured in one run (issue 8, DESIGN §6).
+//!
+//! One run, against the local RabbitMQ and PostgreSQL and an in-process sandbox provider:
+//!
+//! 1. **Raw limits** ([`raw`]): RabbitMQ publish-with-confirms and consume+ack rates for our
+//!    message size and prefetch on a quorum queue; PostgreSQL's rate for the naive per-shipment
+//!    write pattern (an intake transaction and an outcome transaction per shipment, as many
+//!    concurrent clients as the pool); the HTTP round-trip rate to the sandbox.
+//! 2. **End to end** ([`e2e`]): per provider latency L, the real binary runs as a child process
+//!    (`capture-worker run`) against a fresh database and queue; N orders × M shipments are
+//!    published as fast as the broker takes them (throughput), then a second set is published
+//!    at half that rate (latency publish → capture succeeded, p50/p95/p99). The worker's CPU
+//!    time and peak RSS come from `/proc/<pid>`.
+//! 3. **Backlog drain**: K shipments published first, then the worker started.
+//! 4. **Captures in flight**: the same with a slow provider, so that more than 10,000 captures
+//!    are accepted and unsettled at once, for the worker's memory under that load.
+//!
+//! Every database, exchange and queue is uniquely named and removed at the end, and every
+//! child process is stopped, whatever happens. Absolute figures drift on a shared machine;
+//! the ratio of end-to-end throughput to the tighter raw limit, measured minutes apart in the
+//! same run, is the figure to compare across runs.
+
+mod e2e;
+mod raw;
+mod report;
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::config::Settings;
+
+pub use report::Report;
+
+/// What to measure and how much.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Orders per end-to-end run.
+    pub orders: usize,
+    /// Shipments (= captures) per order.
+    pub shipments_per_order: usize,
+    /// Provider latencies to run end to end, in milliseconds.
+    pub latencies_ms: Vec<u64>,
+    /// Shipments in the backlog drain; 0 skips it.
+    pub backlog: usize,
+    /// Provider latency during the backlog drain, in milliseconds.
+    pub backlog_latency_ms: u64,
+    /// Shipments queued for the in-flight memory run (a slow provider, so that captures pile
+    /// up unsettled); 0 skips it.
+    pub inflight: usize,
+    /// Provider latency of the in-flight memory run, in milliseconds.
+    pub inflight_latency_ms: u64,
+    /// How long each raw-limit measurement runs.
+    pub raw_duration: Duration,
+    /// How long the paced (half-throughput) latency run publishes.
+    pub paced_duration: Duration,
+    /// Where the JSON report goes.
+    pub out: PathBuf,
+    /// The worker binary to run; this executable when `None`.
+    pub worker_binary: Option<PathBuf>,
+    /// The worker's `capture.concurrency`; the configured value when `None`.
+    pub concurrency: Option<usize>,
+    /// The worker's `amqp.prefetch`; the configured value when `None`.
+    pub prefetch: Option<u16>,
+    /// The smoke size (set by `--quick`), noted in the report.
+    pub quick: bool,
+}
+
+impl BenchOptions {
+    /// The full benchmark's sizes.
+    pub fn full(out: PathBuf) -> Self {
+        BenchOptions {
+            orders: 4_000,
+            shipments_per_order: 5,
+            latencies_ms: vec![0, 50, 200],
+            backlog: 100_000,
+            backlog_latency_ms: 50,
+            inflight: 12_000,
+            inflight_latency_ms: 2_000,
+            raw_duration: Duration::from_secs(5),
+            paced_duration: Duration::from_secs(10),
+            out,
+            worker_binary: None,
+            concurrency: Some(1024),
+            prefetch: Some(256),
+            quick: false,
+        }
+    }
+
+    /// A smoke size that completes in a few seconds (CI).
+    pub fn quick(out: PathBuf) -> Self {
+        BenchOptions {
+            orders: 30,
+            shipments_per_order: 2,
+            latencies_ms: vec![0, 50],
+            backlog: 200,
+            backlog_latency_ms: 50,
+            inflight: 0,
+            inflight_latency_ms: 2_000,
+            raw_duration: Duration::from_millis(300),
+            paced_duration: Duration::from_millis(500),
+            out,
+            worker_binary: None,
+            concurrency: Some(1024),
+            prefetch: Some(256),
+            quick: true,
+        }
+    }
+}
+
+impl From<crate::cli::BenchArgs> for BenchOptions {
+    fn from(a: crate::cli::BenchArgs) -> Self {
+        let base = if a.quick {
+            BenchOptions::quick(a.out)
+        } else {
+            BenchOptions::full(a.out)
+        };
+        let seconds = |s: Option<f64>, default: Duration| {
+            s.filter(|v| v.is_finite() && *v > 0.0)
+                .map_or(default, Duration::from_secs_f64)
+        };
+        BenchOptions {
+            orders: a.orders.unwrap_or(base.orders),
+            shipments_per_order: a.shipments_per_order.unwrap_or(base.shipments_per_order),
+            latencies_ms: a.latencies.unwrap_or(base.latencies_ms),
+            backlog: a.backlog.unwrap_or(base.backlog),
+            backlog_latency_ms: a.backlog_latency,
+            inflight: a.inflight.unwrap_or(base.inflight),
+            inflight_latency_ms: a.inflight_latency,
+            raw_duration: seconds(a.raw_seconds, base.raw_duration),
+            paced_duration: seconds(a.paced_seconds, base.paced_duration),
+            worker_binary: a.worker_binary,
+            concurrency: Some(a.concurrency),
+            prefetch: Some(a.prefetch),
+            ..base
+        }
+    }
+}
+
+/// Runs the benchmark, prints the table, writes the JSON report and returns it.
+pub async fn run(settings: Settings, options: BenchOptions) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        options.orders > 0 && options.shipments_per_order > 0,
+        "--orders and --shipments-per-order must be at least 1"
+    );
+    anyhow::ensure!(
+        options.shipments_per_order <= 50,
+        "--shipments-per-order is at most 50 (the sandbox allows 50 captures per authorization)"
+    );
+    let worker_binary = match &options.worker_binary {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("finding this executable to run as the worker")?,
+    };
+    support::check_writable(&options.out)?;
+    let started = Instant::now();
+    // The worker runs with these settings (passed to it explicitly); the raw limits use the
+    // same prefetch and concurrency.
+    let mut settings = settings;
+    if let Some(c) = options.concurrency {
+        settings.capture.concurrency = c.max(1);
+    }
+    if let Some(p) = options.prefetch {
+        settings.amqp.prefetch = p.max(1);
+    }
+    let env = support::BenchEnv::new(&settings, worker_binary)?;
+    let mut report = Report::new(&settings, &options);
+    report.run_id = env.run_id.clone();
+    report.machine.postgres_postmaster_pid = env.services.postmaster;
+    report.machine.rabbitmq_pid = env.services.rabbitmq;
+    let busy0 = support::machine_busy_seconds();
+    let services0 = support::service_cpu_seconds(&env.services);
+    eprintln!(
+        "bench: run {} — raw limits ({} s each)…",
+        env.run_id,
+        options.raw_duration.as_secs_f64()
+    );
+
+    // Ctrl-C stops the run; the cleanup below still removes what it created.
+    let outcome = tokio::select! {
+        r = measure(&env, &options, &mut report) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    env.cleanup().await;
+    outcome?;
+
+    let services1 = support::service_cpu_seconds(&env.services);
+    let services = (services1.postgres - services0.postgres)
+        + (services1.rabbitmq - services0.rabbitmq)
+        + (services1.bench - services0.bench);
+    let busy = support::machine_busy_seconds()
+        .zip(busy0)
+        .map(|(b1, b0)| b1 - b0);
+    report.finish(started.elapsed(), busy, services);
+    println!("{}", report.table());
+    let json = serde_json::to_string_pretty(&report).context("encoding the report")?;
+    std::fs::write(&options.out, json + "\n")
+        .with_context(|| format!("writing {}", options.out.display()))?;
+    println!("report written to {}", options.out.display());
+    Ok(report)
+}
+
+async fn measure(
+    env: &support::BenchEnv,
+    options: &BenchOptions,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    report.raw = Some(raw::measure(env, options).await?);
+    for &latency in &options.latencies_ms {
+        eprintln!(
+            "bench: end to end at provider latency {latency} ms ({} orders × {} shipments)…",
+            options.orders, options.shipments_per_order
+        );
+        let run = e2e::latency_run(env, options, latency).await?;
+        report.end_to_end.push(run);
+    }
+    if options.backlog > 0 {
+        eprintln!(
+            "bench: backlog drain of {} shipments at provider latency {} ms…",
+            options.backlog, options.backlog_latency_ms
+        );
+        report.backlog = Some(
+            e2e::backlog_run(
+                env,
+                options,
+                "backlog",
+                options.backlog,
+                options.backlog_latency_ms,
+            )
+            .await?,
+        );
+    }
+    if options.inflight > 0 {
+        eprintln!(
+            "bench: {} shipments queued for a provider answering in {} ms (captures in flight)…",
+            options.inflight, options.inflight_latency_ms
+        );
+        report.inflight = Some(
+            e2e::backlog_run(
+                env,
+                options,
+                "inflight",
+                options.inflight,
+                options.inflight_latency_ms,
+            )
+            .await?,
+        );
+    }
+    Ok(())
+}

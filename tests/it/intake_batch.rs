@@ -1,0 +1,371 @@
+//! Batched intake: several deliveries in one transaction store exactly what they would store
+//! one at a time, keep each order's messages in delivery order, and a bad or failing message
+//! never takes its batch down.
+
+use std::sync::Arc;
+
+use capture_worker::app::intake::{Intake, IntakeOutcome};
+use capture_worker::app::providers::Providers;
+use capture_worker::domain::{AuthorizationId, IdempotencyKey, ProviderName};
+use capture_worker::queue::consumer::IncomingMessage;
+use capture_worker::storage::Store;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+fn intake(store: &Store) -> Intake {
+    let settings = test_settings("unused", "unused", "http://127.0.0.1:9");
+    let providers = Providers::from_settings(&settings).unwrap();
+    Intake::new(store.clone(), Arc::new(providers), Default::default(), 3600)
+}
+
+fn incoming(m: &Value) -> IncomingMessage {
+    IncomingMessage {
+        body: serde_json::to_vec(m).unwrap(),
+        routing_key: m["type"].as_str().unwrap_or("shipment.shipped").into(),
+        traceparent: m["message_id"]
+            .as_str()
+            .filter(|id| id.ends_with("-s2"))
+            .map(|_| "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned()),
+        tracestate: None,
+        redelivered: false,
+    }
+}
+
+/// The USD example order (three parcels, the last final) under a new order and authorization.
+fn usd_order_as(n: usize) -> Vec<Value> {
+    let (order, s1, s2, s3) = usd_order();
+    let oid = format!("ORD-B{n}");
+    [order, s1, s2, s3]
+        .into_iter()
+        .enumerate()
+        .map(|(j, base)| {
+            let suffix = if j == 0 {
+                "order".to_owned()
+            } else {
+                format!("s{j}")
+            };
+            let mut m = with_id(&base, &format!("{oid}-{suffix}"));
+            m["data"]["order_id"] = json!(oid);
+            if j == 0 {
+                m["data"]["payment"]["authorization_id"] = json!(format!("pi_batch_{n}"));
+            }
+            m
+        })
+        .collect()
+}
+
+/// Everything intake stores, as comparable JSON (ids and clock times left out).
+async fn ledger_snapshot(store: &Store) -> String {
+    let mut out = String::new();
+    for sql in [
+        "select order_id, sequence, kind, cause_kind, cause_id, amount, currency, is_final,
+                release_after, lines, shipping_amount, shortfall_amount, idempotency_key,
+                key_generation, status, traceparent
+         from captures order by order_id, sequence",
+        "select idempotency_key, key_generation, amount, is_final from capture_keys
+         order by idempotency_key",
+        "select order_id, shipment_id, message_id, items, last_shipment, shipped_at,
+                shipped_value, decision
+         from shipments order by order_id, shipment_id",
+        "select order_id, phase, claimed_amount, shipping_charged, shortfall_amount, capture_count
+         from orders order by order_id",
+        "select order_id, line_id, shipped_quantity, cancelled_quantity, charged_quantity
+         from order_lines order by order_id, line_no",
+        "select message_id, message_type, order_id, payload_hash, status, reject_reason, body,
+                routing_key, traceparent, tracestate, park_expires_at is not null as parked
+         from inbox_messages order by message_id",
+        "select rejection_key, message_id, reason, order_id from rejected_messages
+         order by rejection_key",
+    ] {
+        let json: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "select coalesce(json_agg(t), '[]')::text from ({sql}) t"
+        )))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        out.push_str(&json);
+        out.push('\n');
+    }
+    out
+}
+
+async fn drop_store(name: String, store: Store) {
+    store.pool().close().await;
+    drop_database(&name).await;
+}
+
+#[tokio::test]
+async fn a_batch_stores_exactly_what_one_message_at_a_time_stores() {
+    // Four USD orders in three parcels each, and a KWD order shipped at once as the last.
+    let orders: Vec<Vec<Value>> = (0..4).map(usd_order_as).collect();
+    let kwd = vec![
+        example("order-authorized-kwd.json"),
+        example("shipment-shipped-kwd-last.json"),
+    ];
+    let registrations: Vec<Value> = orders.iter().chain([&kwd]).map(|o| o[0].clone()).collect();
+    // Parcel j of every order, as a warehouse would interleave them.
+    let mut rounds: Vec<Vec<Value>> = (1..=3)
+        .map(|j| orders.iter().map(|o| o[j].clone()).collect())
+        .collect();
+    rounds[0].push(kwd[1].clone());
+
+    let (one_db, one_store) = fresh_database().await;
+    let one = intake(&one_store);
+    for m in registrations.iter().chain(rounds.iter().flatten()) {
+        let out = one.handle(&incoming(m)).await.unwrap();
+        assert!(matches!(out, IntakeOutcome::Processed { .. }), "{out:?}");
+    }
+
+    let (batch_db, batch_store) = fresh_database().await;
+    let batched = intake(&batch_store);
+    let messages: Vec<IncomingMessage> = registrations.iter().map(incoming).collect();
+    for out in batched.handle_batch(&messages).await {
+        assert_eq!(out.unwrap(), IntakeOutcome::Processed { dispatch: vec![] });
+    }
+    for round in &rounds {
+        let messages: Vec<IncomingMessage> = round.iter().map(incoming).collect();
+        for out in batched.handle_batch(&messages).await {
+            let out = out.unwrap();
+            match out {
+                IntakeOutcome::Processed { dispatch } => assert_eq!(dispatch.len(), 1),
+                other => panic!("expected processed, got {other:?}"),
+            }
+        }
+    }
+
+    assert_eq!(
+        ledger_snapshot(&one_store).await,
+        ledger_snapshot(&batch_store).await
+    );
+    let captures: i64 = sqlx::query_scalar("select count(*) from captures")
+        .fetch_one(batch_store.pool())
+        .await
+        .unwrap();
+    assert_eq!(captures, 4 * 3 + 1);
+    // …and each round was one transaction (one `now()`), not one per message.
+    let transactions: i64 = sqlx::query_scalar(
+        "select count(distinct created_at) from shipments where shipment_id = 'S2'",
+    )
+    .fetch_one(batch_store.pool())
+    .await
+    .unwrap();
+    assert_eq!(transactions, 1);
+    let transactions: i64 = sqlx::query_scalar("select count(distinct created_at) from orders")
+        .fetch_one(batch_store.pool())
+        .await
+        .unwrap();
+    assert_eq!(transactions, 1);
+    drop_store(one_db, one_store).await;
+    drop_store(batch_db, batch_store).await;
+}
+
+#[tokio::test]
+async fn a_bad_message_in_a_batch_is_refused_alone_and_the_rest_commit() {
+    let (db, store) = fresh_database().await;
+    let intake = intake(&store);
+    let a = usd_order_as(1);
+    let b = usd_order_as(2);
+    let unknown = usd_order_as(3); // never registered
+    for m in [&a[0], &b[0]] {
+        intake.handle(&incoming(m)).await.unwrap();
+    }
+    intake.handle(&incoming(&b[1])).await.unwrap();
+    let mut over_shipped = with_id(&a[2], "ORD-B1-too-many");
+    over_shipped["data"]["shipment_id"] = json!("S9");
+    over_shipped["data"]["items"] = json!([{"line_id": "L3", "quantity": 5}]);
+    let malformed = IncomingMessage {
+        body: b"{not json".to_vec(),
+        routing_key: "shipment.shipped".into(),
+        traceparent: None,
+        tracestate: None,
+        redelivered: false,
+    };
+
+    let batch = vec![
+        malformed,
+        incoming(&a[1]),
+        incoming(&unknown[1]),
+        incoming(&b[1]), // a redelivery of what was committed above
+        incoming(&b[2]),
+        incoming(&over_shipped), // the second message of order A in this batch
+    ];
+    let outcomes: Vec<IntakeOutcome> = intake
+        .handle_batch(&batch)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+
+    assert!(
+        matches!(&outcomes[0], IntakeOutcome::Rejected { reason, .. } if reason == "malformed"),
+        "{:?}",
+        outcomes[0]
+    );
+    assert!(matches!(outcomes[1], IntakeOutcome::Processed { .. }));
+    assert_eq!(outcomes[2], IntakeOutcome::Parked);
+    assert_eq!(outcomes[3], IntakeOutcome::Duplicate);
+    assert!(matches!(outcomes[4], IntakeOutcome::Processed { .. }));
+    assert!(
+        matches!(&outcomes[5], IntakeOutcome::Rejected { reason, .. } if reason == "over_shipment"),
+        "{:?}",
+        outcomes[5]
+    );
+    let captures: Vec<(String, i32)> =
+        sqlx::query_as("select order_id, sequence from captures order by order_id, sequence")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        captures,
+        vec![
+            ("ORD-B1".to_owned(), 1),
+            ("ORD-B2".to_owned(), 1),
+            ("ORD-B2".to_owned(), 2)
+        ]
+    );
+    let rejected: Vec<String> =
+        sqlx::query_scalar("select reason from rejected_messages order by reason")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(rejected, vec!["malformed", "over_shipment"]);
+    drop_store(db, store).await;
+}
+
+#[tokio::test]
+async fn two_messages_of_one_order_in_a_batch_are_applied_in_delivery_order() {
+    let (db, store) = fresh_database().await;
+    let intake = intake(&store);
+    let a = usd_order_as(1);
+    let b = usd_order_as(2);
+    for m in [&a[0], &b[0]] {
+        intake.handle(&incoming(m)).await.unwrap();
+    }
+    // Order A's three parcels, in order, with order B's first parcel between them.
+    let batch: Vec<IncomingMessage> = [&a[1], &b[1], &a[2], &a[3]]
+        .into_iter()
+        .map(incoming)
+        .collect();
+    for out in intake.handle_batch(&batch).await {
+        assert!(matches!(out.unwrap(), IntakeOutcome::Processed { .. }));
+    }
+    let a_captures: Vec<(i32, String, i64, bool)> = sqlx::query_as(
+        "select sequence, cause_id, amount, is_final from captures where order_id = 'ORD-B1'
+         order by sequence",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        a_captures,
+        vec![
+            (1, "S1".to_owned(), 5182, false),
+            (2, "S2".to_owned(), 2890, false),
+            (3, "S3".to_owned(), 4383, true)
+        ]
+    );
+    drop_store(db, store).await;
+}
+
+#[tokio::test]
+async fn a_message_whose_write_fails_does_not_take_its_batch_down() {
+    let (db, store) = fresh_database().await;
+    let intake = intake(&store);
+    let orders: Vec<Vec<Value>> = (1..=3).map(usd_order_as).collect();
+    for o in &orders {
+        intake.handle(&incoming(&o[0])).await.unwrap();
+    }
+    // A hand-made capture of order B2 already holds the idempotency key order B1's first
+    // parcel derives, so storing that capture fails (a unique key, P3).
+    let key = IdempotencyKey::derive(
+        &ProviderName::parse("sandbox").unwrap(),
+        &AuthorizationId::parse("pi_batch_1").unwrap(),
+        "capture:shipment:S1",
+        0,
+    );
+    sqlx::query(
+        "insert into captures (order_id, provider, authorization_id, sequence, kind, cause_kind,
+             cause_id, amount, currency, is_final, idempotency_key)
+         values ('ORD-B2', 'sandbox', 'pi_batch_2', 9, 'capture', 'shipment', 'hand-made', 1,
+             'USD', false, $1)",
+    )
+    .bind(key.as_str())
+    .execute(store.pool())
+    .await
+    .unwrap();
+
+    let batch: Vec<IncomingMessage> = orders.iter().map(|o| incoming(&o[1])).collect();
+    let outcomes = intake.handle_batch(&batch).await;
+
+    assert!(
+        outcomes[0].is_err(),
+        "the poisoned message fails and goes back to the queue: {:?}",
+        outcomes[0]
+    );
+    assert!(matches!(outcomes[1], Ok(IntakeOutcome::Processed { .. })));
+    assert!(matches!(outcomes[2], Ok(IntakeOutcome::Processed { .. })));
+    let processed: Vec<String> = sqlx::query_scalar(
+        "select message_id from inbox_messages where status = 'processed'
+           and message_type = 'shipment.shipped' order by message_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(processed, vec!["ORD-B2-s1", "ORD-B3-s1"]);
+    let b1: i64 = sqlx::query_scalar("select count(*) from shipments where order_id = 'ORD-B1'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(b1, 0, "nothing of the failed message was committed");
+    drop_store(db, store).await;
+}
+
+#[tokio::test]
+async fn a_registration_that_something_waits_for_or_that_conflicts_goes_one_at_a_time() {
+    let (db, store) = fresh_database().await;
+    let intake = intake(&store);
+    let x = usd_order_as(1);
+    let y = usd_order_as(2);
+    // Order B3 claims order B2's authorization: the ledger refuses the second.
+    let mut z = usd_order_as(3);
+    z[0]["data"]["payment"]["authorization_id"] = json!("pi_batch_2");
+    // Order B1's first parcel arrived before the order: it waits, parked.
+    assert_eq!(
+        intake.handle(&incoming(&x[1])).await.unwrap(),
+        IntakeOutcome::Parked
+    );
+
+    let batch: Vec<IncomingMessage> = [&x[0], &y[0], &z[0]].into_iter().map(incoming).collect();
+    let outcomes: Vec<IntakeOutcome> = intake
+        .handle_batch(&batch)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+
+    assert_eq!(
+        outcomes[0],
+        IntakeOutcome::Processed {
+            dispatch: vec!["ORD-B1".to_owned()]
+        },
+        "the parked parcel is planned with its order"
+    );
+    assert_eq!(outcomes[1], IntakeOutcome::Processed { dispatch: vec![] });
+    assert!(
+        matches!(&outcomes[2], IntakeOutcome::Rejected { reason, .. } if reason == "authorization_conflict"),
+        "{:?}",
+        outcomes[2]
+    );
+    let orders: Vec<String> = sqlx::query_scalar("select order_id from orders order by order_id")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(orders, vec!["ORD-B1", "ORD-B2"]);
+    let captures: i64 = sqlx::query_scalar("select count(*) from captures")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(captures, 1);
+    drop_store(db, store).await;
+}
