@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use super::publisher::Publisher;
+use super::publisher::{PublishError, Publisher};
 use super::topology::Topology;
 use super::trace::{HeaderExtractor, header_str};
 use crate::telemetry::events::{self, Emit};
@@ -378,8 +378,10 @@ async fn process_in_span(
             message_id,
             masked_body,
         } => {
-            match publisher
-                .dead_letter(
+            // Boxed: the closure's error type is large (clippy::result_large_err).
+            let published: Result<(), Box<PublishError>> = tokio::time::timeout(
+                BROKER_REPLY_TIMEOUT,
+                publisher.dead_letter(
                     &topology,
                     &masked_body,
                     &routing_key,
@@ -387,9 +389,16 @@ async fn process_in_span(
                     &detail,
                     message_id.as_deref(),
                     traceparent.as_deref(),
-                )
-                .await
-            {
+                ),
+            )
+            .await
+            .map(|r| r.map_err(Box::new))
+            .unwrap_or_else(|_| {
+                Err(Box::new(PublishError::NoConfirm {
+                    seconds: BROKER_REPLY_TIMEOUT.as_secs(),
+                }))
+            });
+            match published {
                 Ok(()) => ack(&delivery).await,
                 Err(e) => {
                     span.record("otel.status_code", "ERROR");
@@ -413,8 +422,23 @@ async fn process_in_span(
     }
 }
 
+/// How long a handler waits for the broker to take an ack, a nack or a dead-letter confirm.
+/// A broker that dies mid-reply must not hold a handler (and its prefetch permit) forever: the
+/// session would stop reading the delivery stream and never notice the connection is gone.
+/// Giving up is safe: an unacknowledged delivery is redelivered and intake deduplicates it.
+const BROKER_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn ack(delivery: &Delivery) {
-    match delivery.ack(BasicAckOptions::default()).await {
+    let Ok(acked) = tokio::time::timeout(
+        BROKER_REPLY_TIMEOUT,
+        delivery.ack(BasicAckOptions::default()),
+    )
+    .await
+    else {
+        events::AckLost { error: None }.emit();
+        return;
+    };
+    match acked {
         Ok(true) => {}
         // After a connection recovery the ack of an older delivery is not delivered (trap 2);
         // the broker redelivers it and intake recognises it as a duplicate.
@@ -428,7 +452,16 @@ async fn requeue(delivery: &Delivery) {
         requeue: true,
         ..BasicNackOptions::default()
     };
-    if let Err(e) = delivery.nack(options).await {
-        tracing::warn!(event = "nack_failed", error = %e, "nack failed; the broker redelivers after the channel closes");
+    match tokio::time::timeout(BROKER_REPLY_TIMEOUT, delivery.nack(options)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(event = "nack_failed", error = %e, "nack failed; the broker redelivers after the channel closes");
+        }
+        Err(_) => {
+            tracing::warn!(
+                event = "nack_failed",
+                "the broker did not take the nack in time; it redelivers after the channel closes"
+            );
+        }
     }
 }

@@ -12,6 +12,10 @@ use super::topology::Topology;
 #[derive(Debug, Error)]
 pub enum PublishError {
     #[error(
+        "the broker did not confirm the message within {seconds} s; the connection may be gone"
+    )]
+    NoConfirm { seconds: u64 },
+    #[error(
         "publishing to exchange {exchange:?} with routing key {routing_key:?} failed: {source}"
     )]
     Broker {

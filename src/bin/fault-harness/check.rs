@@ -779,6 +779,24 @@ pub fn find_card_number(text: &str) -> Option<String> {
     None
 }
 
+/// A log line with the values of its trace and span id fields blanked: they are random hex, and
+/// one made only of digits can pass the Luhn check by chance.
+fn without_trace_ids(line: &str) -> String {
+    let mut out = line.to_owned();
+    for key in ["\"trace_id\":\"", "\"span_id\":\"", "\"parent_span_id\":\""] {
+        let mut from = 0;
+        while let Some(at) = out[from..].find(key) {
+            let start = from + at + key.len();
+            let end = out[start..].find('"').map_or(out.len(), |e| start + e);
+            if out[start..end].bytes().all(|b| b.is_ascii_hexdigit()) {
+                out.replace_range(start..end, &"x".repeat(end - start));
+            }
+            from = end.min(out.len());
+        }
+    }
+    out
+}
+
 fn luhn(digits: &[u32]) -> bool {
     let sum: u32 = digits
         .iter()
@@ -813,7 +831,11 @@ fn check_logs(ev: &Evidence<'_>, f: &mut Findings) {
                 format!("the planted card number appears in {}", path.display()),
             );
         }
-        if let Some(hit) = text.lines().find_map(find_card_number) {
+        if let Some(hit) = text
+            .lines()
+            .map(without_trace_ids)
+            .find_map(|l| find_card_number(&l))
+        {
             f.violation(
                 "P9",
                 format!(
@@ -838,6 +860,11 @@ mod tests {
         assert!(find_card_number("note: 4111 1111 1111 1111 end").is_some());
         assert!(find_card_number("4111-1111-1111-1111").is_some());
         assert!(find_card_number("amex 3782 822463 10005").is_some());
+        assert!(
+            find_card_number(&without_trace_ids(r#"{"span_id":"9644940951663873"}"#)).is_none(),
+            "a span id made of digits is not a card number"
+        );
+        assert!(find_card_number(&without_trace_ids(r#"{"note":"4111111111111111"}"#)).is_some());
         assert!(
             find_card_number(r#""worker_id":"24772-66768843""#).is_none(),
             "a grouped id is not a card number"
