@@ -14,12 +14,14 @@
 //! one. Each provider call is a child span of kind client, and the attempt row records the
 //! trace id.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -29,7 +31,7 @@ use crate::domain::{
 use crate::provider::{
     CallResult, CaptureLine, CaptureRequest, Outcome, PaymentProvider, ReleaseRequest,
 };
-use crate::storage::captures::{self, AttemptRecord, ClaimedCapture, Transition};
+use crate::storage::captures::{self, AttemptRecord, ClaimedCapture, Success, Transition};
 use crate::storage::ledger::CaptureKind;
 use crate::storage::{StorageError, Store};
 use crate::telemetry::events::{self, Emit};
@@ -50,11 +52,20 @@ struct Inner {
     policy: RetryPolicy,
     worker_id: String,
     lease_seconds: f64,
-    /// Orders being driven by this process right now.
-    active: Mutex<HashSet<String>>,
+    /// Orders being driven by this process right now, and whether each was dispatched again
+    /// meanwhile (then it is driven once more, so a capture queued just as the drive ended is
+    /// not left to the sweeper).
+    active: Mutex<HashMap<String, bool>>,
     permits: Arc<Semaphore>,
     tx: mpsc::UnboundedSender<String>,
+    claims: mpsc::UnboundedSender<ClaimRequest>,
+    successes: mpsc::UnboundedSender<SuccessRequest>,
 }
+
+/// Claim and success statements that may run at once (each batches many captures).
+const BATCH_WRITERS: usize = 2;
+/// Captures per claim or success statement, at most.
+const MAX_BATCH: usize = 256;
 
 impl Executor {
     /// Creates the executor and the receiver its [`Executor::run`] loop consumes.
@@ -67,15 +78,26 @@ impl Executor {
         concurrency: usize,
     ) -> (Executor, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let lease_seconds = lease_seconds as f64;
+        let claims = spawn_batcher({
+            let (store, worker) = (store.clone(), worker_id.clone());
+            move |batch| claim_batch(store.clone(), worker.clone(), lease_seconds, batch)
+        });
+        let successes = spawn_batcher({
+            let (store, worker) = (store.clone(), worker_id.clone());
+            move |batch| success_batch(store.clone(), worker.clone(), batch)
+        });
         let inner = Inner {
             store,
             providers,
             policy,
             worker_id,
-            lease_seconds: lease_seconds as f64,
-            active: Mutex::new(HashSet::new()),
+            lease_seconds,
+            active: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             tx,
+            claims,
+            successes,
         };
         (
             Executor {
@@ -112,16 +134,31 @@ impl Executor {
                     let Some(order_id) = next else { break };
                     {
                         let Ok(mut active) = self.inner.active.lock() else { break };
-                        if !active.insert(order_id.clone()) {
-                            continue; // already being driven; it loops until the order has no due work
+                        match active.entry(order_id.clone()) {
+                            // Already being driven: it loops until the order has no due work,
+                            // and once more for this dispatch.
+                            Entry::Occupied(mut again) => {
+                                *again.get_mut() = true;
+                                continue;
+                            }
+                            Entry::Vacant(slot) => {
+                                slot.insert(false);
+                            }
                         }
                     }
                     let Ok(permit) = self.inner.permits.clone().acquire_owned().await else { break };
                     let this = self.clone();
                     tasks.spawn(async move {
-                        this.drive(&order_id).await;
-                        if let Ok(mut active) = this.inner.active.lock() {
-                            active.remove(&order_id);
+                        loop {
+                            this.drive(&order_id).await;
+                            let Ok(mut active) = this.inner.active.lock() else { break };
+                            match active.get_mut(&order_id) {
+                                Some(again) if *again => *again = false,
+                                _ => {
+                                    active.remove(&order_id);
+                                    break;
+                                }
+                            }
                         }
                         drop(permit);
                     });
@@ -151,18 +188,11 @@ impl Executor {
         }
     }
 
-    /// Claims and sends one capture of the order. Ok(true) when something was done (the next
-    /// capture may be due), Ok(false) when nothing was due.
+    /// Claims and sends one capture of the order. Ok(true) when something was done and the
+    /// next capture may be due, Ok(false) when nothing was due or the order has nothing left
+    /// to send (a capture queued meanwhile comes with its own dispatch).
     pub async fn step(&self, order_id: &str) -> Result<bool, StorageError> {
-        let inner = &self.inner;
-        let Some(capture) = captures::claim_next(
-            inner.store.pool(),
-            order_id,
-            &inner.worker_id,
-            inner.lease_seconds,
-        )
-        .await?
-        else {
+        let Some(capture) = self.claim(order_id).await? else {
             return Ok(false);
         };
         let span = capture_span(&capture);
@@ -232,8 +262,62 @@ impl Executor {
         let transition = self.transition_for(&capture, &call.outcome);
         let key = capture.idempotency_key.clone();
         self.record(&capture, op, Some(&key), &call, started, transition)
-            .await?;
-        Ok(true)
+            .await
+    }
+
+    /// Claims the order's next capture, batched with concurrent claims.
+    async fn claim(&self, order_id: &str) -> Result<Option<ClaimedCapture>, StorageError> {
+        let inner = &self.inner;
+        let (reply, answer) = oneshot::channel();
+        let request = ClaimRequest {
+            order_id: order_id.to_owned(),
+            reply,
+        };
+        if inner.claims.send(request).is_ok()
+            && let Ok(result) = answer.await
+        {
+            return result;
+        }
+        // The batching task is gone: claim on our own.
+        captures::claim_next(
+            inner.store.pool(),
+            order_id,
+            &inner.worker_id,
+            inner.lease_seconds,
+        )
+        .await
+    }
+
+    /// Records a success, batched with concurrent ones. Returns whether the lease was held and
+    /// whether the order has more to send.
+    async fn record_success(
+        &self,
+        c: &ClaimedCapture,
+        attempt: &AttemptRecord<'_>,
+        reference: Option<String>,
+    ) -> Result<captures::Recorded, StorageError> {
+        let inner = &self.inner;
+        let (reply, answer) = oneshot::channel();
+        let request = SuccessRequest {
+            capture: c.clone(),
+            attempt: OwnedAttempt::from(attempt),
+            reference: reference.clone(),
+            reply,
+        };
+        if inner.successes.send(request).is_ok()
+            && let Ok(result) = answer.await
+        {
+            return result;
+        }
+        let held = captures::record(
+            inner.store.pool(),
+            c,
+            &inner.worker_id,
+            attempt,
+            &Transition::Succeeded { reference },
+        )
+        .await?;
+        Ok(captures::Recorded { held, more: true })
     }
 
     fn transition_for(&self, c: &ClaimedCapture, outcome: &Outcome) -> Transition {
@@ -292,7 +376,7 @@ impl Executor {
         call: &CallResult,
         started: chrono::DateTime<Utc>,
         transition: Transition,
-    ) -> Result<(), StorageError> {
+    ) -> Result<bool, StorageError> {
         let (error, code) = match &call.outcome {
             Outcome::Succeeded { .. } | Outcome::Pending { .. } => (None, None),
             Outcome::Declined { code, message } => (Some(message.clone()), Some(code.clone())),
@@ -317,20 +401,29 @@ impl Executor {
         };
         self.log_outcome(c, &call.outcome, &transition);
         tracing::Span::current().record("status", transition_status(&transition));
-        let held = captures::record(
-            self.inner.store.pool(),
-            c,
-            &self.inner.worker_id,
-            &attempt,
-            &transition,
-        )
-        .await?;
-        if held {
+        let recorded = match &transition {
+            // Successes of concurrent orders share one statement.
+            Transition::Succeeded { reference } => {
+                self.record_success(c, &attempt, reference.clone()).await?
+            }
+            _ => captures::Recorded {
+                held: captures::record(
+                    self.inner.store.pool(),
+                    c,
+                    &self.inner.worker_id,
+                    &attempt,
+                    &transition,
+                )
+                .await?,
+                more: true,
+            },
+        };
+        if recorded.held {
             count_transition(c, operation, &call.outcome, &transition);
         } else {
             tracing::warn!(event = "lease_lost", capture_id = c.capture_id, order_id = %c.order_id, "the capture was settled or taken over while the call was in progress (a provider notification, or a worker that took the lease over); the ledger keeps that outcome");
         }
-        Ok(())
+        Ok(recorded.more)
     }
 
     async fn finish(
@@ -343,6 +436,7 @@ impl Executor {
     ) -> Result<(), StorageError> {
         self.record(c, operation, key, call, Utc::now(), transition)
             .await
+            .map(drop)
     }
 
     fn log_outcome(&self, c: &ClaimedCapture, outcome: &Outcome, transition: &Transition) {
@@ -700,7 +794,8 @@ impl Executor {
                     started,
                     Transition::Declined { code, message },
                 )
-                .await;
+                .await
+                .map(drop);
         }
         let why = format!(
             "the read-back shows {} captured, status {:?}",
@@ -723,6 +818,175 @@ impl Executor {
             transition,
         )
         .await
+        .map(drop)
+    }
+}
+
+/// A drive task waiting for its order's next capture.
+struct ClaimRequest {
+    order_id: String,
+    reply: oneshot::Sender<Result<Option<ClaimedCapture>, StorageError>>,
+}
+
+/// A drive task waiting for its success to be recorded.
+struct SuccessRequest {
+    capture: ClaimedCapture,
+    attempt: OwnedAttempt,
+    reference: Option<String>,
+    reply: oneshot::Sender<Result<captures::Recorded, StorageError>>,
+}
+
+/// An [`AttemptRecord`] that can wait in a batch.
+struct OwnedAttempt {
+    operation: &'static str,
+    idempotency_key: Option<String>,
+    outcome: String,
+    http_status: Option<u16>,
+    provider_code: Option<String>,
+    provider_request_id: Option<String>,
+    error: Option<String>,
+    latency_ms: u64,
+    trace_id: Option<String>,
+    worker_id: String,
+    started_at: chrono::DateTime<Utc>,
+}
+
+impl From<&AttemptRecord<'_>> for OwnedAttempt {
+    fn from(a: &AttemptRecord<'_>) -> Self {
+        OwnedAttempt {
+            operation: a.operation,
+            idempotency_key: a.idempotency_key.map(str::to_owned),
+            outcome: a.outcome.to_owned(),
+            http_status: a.http_status,
+            provider_code: a.provider_code.map(str::to_owned),
+            provider_request_id: a.provider_request_id.map(str::to_owned),
+            error: a.error.map(str::to_owned),
+            latency_ms: a.latency_ms,
+            trace_id: a.trace_id.map(str::to_owned),
+            worker_id: a.worker_id.to_owned(),
+            started_at: a.started_at,
+        }
+    }
+}
+
+impl OwnedAttempt {
+    fn record(&self) -> AttemptRecord<'_> {
+        AttemptRecord {
+            operation: self.operation,
+            idempotency_key: self.idempotency_key.as_deref(),
+            outcome: &self.outcome,
+            http_status: self.http_status,
+            provider_code: self.provider_code.as_deref(),
+            provider_request_id: self.provider_request_id.as_deref(),
+            error: self.error.as_deref(),
+            latency_ms: self.latency_ms,
+            trace_id: self.trace_id.as_deref(),
+            worker_id: &self.worker_id,
+            started_at: self.started_at,
+        }
+    }
+}
+
+/// Runs `run` on batches of what is sent to the returned channel: a batch starts when one of
+/// [`BATCH_WRITERS`] is free and takes everything waiting then, up to [`MAX_BATCH`]. The task
+/// ends when the channel's senders are dropped.
+fn spawn_batcher<R, F, Fut>(run: F) -> mpsc::UnboundedSender<R>
+where
+    R: Send + 'static,
+    F: Fn(Vec<R>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::unbounded_channel::<R>();
+    let writers = Arc::new(Semaphore::new(BATCH_WRITERS));
+    let run = Arc::new(run);
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let Ok(permit) = writers.clone().acquire_owned().await else {
+                break;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let work = run(batch);
+            tokio::spawn(async move {
+                work.await;
+                drop(permit);
+            });
+        }
+    });
+    tx
+}
+
+/// Claims the head captures of a batch of orders in one statement; one at a time if that fails.
+async fn claim_batch(store: Store, worker: String, lease_seconds: f64, batch: Vec<ClaimRequest>) {
+    let mut order_ids: Vec<&str> = batch.iter().map(|r| r.order_id.as_str()).collect();
+    order_ids.sort_unstable();
+    order_ids.dedup();
+    match captures::claim_many(store.pool(), &order_ids, &worker, lease_seconds).await {
+        Ok(claimed) => {
+            let mut by_order: HashMap<String, ClaimedCapture> = claimed
+                .into_iter()
+                .map(|c| (c.order_id.clone(), c))
+                .collect();
+            for r in batch {
+                let claimed = by_order.remove(&r.order_id);
+                let _ = r.reply.send(Ok(claimed));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, size = batch.len(), "batched claim failed; claiming one order at a time");
+            for r in batch {
+                let result =
+                    captures::claim_next(store.pool(), &r.order_id, &worker, lease_seconds).await;
+                let _ = r.reply.send(result);
+            }
+        }
+    }
+}
+
+/// Records a batch of successes in one statement; one at a time if that fails.
+async fn success_batch(store: Store, worker: String, mut batch: Vec<SuccessRequest>) {
+    // Present rows in order id order, as claims lock them, so that batches of two workers do
+    // not wait on each other in a cycle (PostgreSQL would end one; it is retried one by one).
+    batch.sort_by(|a, b| a.capture.order_id.cmp(&b.capture.order_id));
+    let successes: Vec<Success<'_>> = batch
+        .iter()
+        .map(|r| Success {
+            capture: &r.capture,
+            attempt: r.attempt.record(),
+            reference: r.reference.as_deref(),
+        })
+        .collect();
+    let result = captures::record_succeeded_many(store.pool(), &worker, &successes).await;
+    drop(successes);
+    match result {
+        Ok(recorded) => {
+            for (r, recorded) in batch.into_iter().zip(recorded) {
+                let _ = r.reply.send(Ok(recorded));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, size = batch.len(), "batched success record failed; recording one at a time");
+            for r in batch {
+                let transition = Transition::Succeeded {
+                    reference: r.reference.clone(),
+                };
+                let result = captures::record(
+                    store.pool(),
+                    &r.capture,
+                    &worker,
+                    &r.attempt.record(),
+                    &transition,
+                )
+                .await
+                .map(|held| captures::Recorded { held, more: true });
+                let _ = r.reply.send(result);
+            }
+        }
     }
 }
 

@@ -88,35 +88,20 @@ impl Intake {
     /// Processes one message, retrying the transaction on conflicts and transient database
     /// errors a few times before giving up (the caller then returns the message to the queue).
     pub async fn handle(&self, message: &IncomingMessage) -> Result<IntakeOutcome, StorageError> {
-        let span = tracing::info_span!(
-            "intake",
-            otel.status_code = Empty,
-            otel.status_description = Empty,
-            db.system.name = "postgresql",
-            messaging.message.id = Empty,
-            message_type = Empty,
-            order_id = Empty,
-            outcome = Empty,
-            reject_reason = Empty,
-            transaction_attempts = Empty,
-        );
+        self.handle_in(message, intake_span()).await
+    }
+
+    /// [`Intake::handle`] inside the given `intake` span.
+    async fn handle_in(
+        &self,
+        message: &IncomingMessage,
+        span: tracing::Span,
+    ) -> Result<IntakeOutcome, StorageError> {
         let outcome = self
             .handle_with_retries(message)
             .instrument(span.clone())
             .await;
-        match &outcome {
-            Ok(o) => {
-                span.record("outcome", outcome_label(o));
-                if let IntakeOutcome::Rejected { reason, .. } = o {
-                    span.record("reject_reason", reason.as_str());
-                }
-            }
-            Err(e) => {
-                span.record("outcome", "retry");
-                span.record("otel.status_code", "ERROR");
-                span.record("otel.status_description", e.to_string().as_str());
-            }
-        }
+        record_outcome(&span, &outcome);
         outcome
     }
 
@@ -674,6 +659,41 @@ impl Intake {
     }
 }
 
+/// The span of one message's intake, a child of the current span (the message's consumer
+/// span).
+fn intake_span() -> tracing::Span {
+    tracing::info_span!(
+        "intake",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        db.system.name = "postgresql",
+        messaging.message.id = Empty,
+        message_type = Empty,
+        order_id = Empty,
+        outcome = Empty,
+        reject_reason = Empty,
+        transaction_attempts = Empty,
+        batch_size = Empty,
+    )
+}
+
+/// Writes a message's outcome on its `intake` span.
+fn record_outcome(span: &tracing::Span, outcome: &Result<IntakeOutcome, StorageError>) {
+    match outcome {
+        Ok(o) => {
+            span.record("outcome", outcome_label(o));
+            if let IntakeOutcome::Rejected { reason, .. } = o {
+                span.record("reject_reason", reason.as_str());
+            }
+        }
+        Err(e) => {
+            span.record("outcome", "retry");
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", e.to_string().as_str());
+        }
+    }
+}
+
 /// The span of a parked message processed now that its order exists: part of the current
 /// trace (the order's message, or the sweeper's pass), linked to the trace that published it.
 fn parked_span(parked: &ledger::ParkedMessage) -> tracing::Span {
@@ -719,15 +739,43 @@ impl Intake {
         &self,
         messages: &[IncomingMessage],
     ) -> Vec<Result<IntakeOutcome, StorageError>> {
+        let spans = messages.iter().map(|_| intake_span()).collect();
+        self.handle_batch_in(messages, spans).await
+    }
+
+    /// [`Intake::handle_batch`] with one `intake` span per message (each a child of its
+    /// message's consumer span).
+    async fn handle_batch_in(
+        &self,
+        messages: &[IncomingMessage],
+        spans: Vec<tracing::Span>,
+    ) -> Vec<Result<IntakeOutcome, StorageError>> {
         let mut outcomes: Vec<Option<Result<IntakeOutcome, StorageError>>> =
             messages.iter().map(|_| None).collect();
-        let candidates = batch_candidates(messages);
+        let mut spans: Vec<Option<tracing::Span>> = spans.into_iter().map(Some).collect();
+        let candidates = batch_candidates(messages, &spans);
         if !candidates.is_empty() {
             match self.apply_batch(&candidates).await {
                 Ok(done) => {
+                    let size = done.len() as i64;
                     for (index, outcome) in done {
+                        let outcome = Ok(outcome);
+                        // The message's span ends with the commit that settled it.
+                        if let Some(span) = spans.get_mut(index).and_then(Option::take)
+                            && let Some(c) = candidates.iter().find(|c| c.index == index)
+                        {
+                            span.record(
+                                "messaging.message.id",
+                                c.parsed.envelope.message_id.as_str(),
+                            );
+                            span.record("message_type", c.parsed.envelope.message_type.as_str());
+                            span.record("order_id", c.order_id().as_str());
+                            span.record("transaction_attempts", 1_i64);
+                            span.record("batch_size", size);
+                            record_outcome(&span, &outcome);
+                        }
                         if let Some(slot) = outcomes.get_mut(index) {
-                            *slot = Some(Ok(outcome));
+                            *slot = Some(outcome);
                         }
                     }
                 }
@@ -737,10 +785,13 @@ impl Intake {
             }
         }
         let mut out = Vec::with_capacity(messages.len());
-        for (message, outcome) in messages.iter().zip(outcomes) {
+        for ((message, outcome), span) in messages.iter().zip(outcomes).zip(spans) {
             out.push(match outcome {
                 Some(done) => done,
-                None => self.handle(message).await,
+                None => {
+                    let span = span.unwrap_or_else(intake_span);
+                    self.handle_in(message, span).await
+                }
             });
         }
         out
@@ -871,7 +922,7 @@ impl Intake {
                 &plan,
                 "shipment",
                 shipment_id,
-                c.message.traceparent.as_deref(),
+                c.traceparent.as_deref(),
             );
             let dispatch = if rows.is_empty() {
                 Vec::new()
@@ -914,8 +965,11 @@ pub struct IntakeBatcher {
     tx: tokio::sync::mpsc::UnboundedSender<PendingMessage>,
 }
 
+/// A delivery waiting for its batch, its `intake` span (opened when it was handed over, so the
+/// wait for a batch is part of it), and where its outcome goes.
 type PendingMessage = (
     IncomingMessage,
+    tracing::Span,
     tokio::sync::oneshot::Sender<Result<IntakeOutcome, StorageError>>,
 );
 
@@ -942,8 +996,15 @@ impl IntakeBatcher {
                 }
                 let intake = batch_intake.clone();
                 tokio::spawn(async move {
-                    let (messages, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                    let outcomes = intake.handle_batch(&messages).await;
+                    let mut messages = Vec::with_capacity(batch.len());
+                    let mut spans = Vec::with_capacity(batch.len());
+                    let mut replies = Vec::with_capacity(batch.len());
+                    for (message, span, reply) in batch {
+                        messages.push(message);
+                        spans.push(span);
+                        replies.push(reply);
+                    }
+                    let outcomes = intake.handle_batch_in(&messages, spans).await;
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         let _ = reply.send(outcome);
                     }
@@ -958,7 +1019,10 @@ impl IntakeBatcher {
     /// committed (or refused, or failed).
     pub async fn handle(&self, message: &IncomingMessage) -> Result<IntakeOutcome, StorageError> {
         let (reply, outcome) = tokio::sync::oneshot::channel();
-        if self.tx.send((message.clone(), reply)).is_ok()
+        if self
+            .tx
+            .send((message.clone(), intake_span(), reply))
+            .is_ok()
             && let Ok(outcome) = outcome.await
         {
             return outcome;
@@ -975,6 +1039,8 @@ struct Candidate<'a> {
     message: &'a IncomingMessage,
     parsed: Parsed,
     body_hash: String,
+    /// The trace the message's captures continue.
+    traceparent: Option<String>,
 }
 
 impl Candidate<'_> {
@@ -992,7 +1058,10 @@ impl Candidate<'_> {
 
 /// Shipments and registrations whose order appears once in the batch and whose message id
 /// appears once.
-fn batch_candidates(messages: &[IncomingMessage]) -> Vec<Candidate<'_>> {
+fn batch_candidates<'a>(
+    messages: &'a [IncomingMessage],
+    spans: &[Option<tracing::Span>],
+) -> Vec<Candidate<'a>> {
     let parsed: Vec<(usize, &IncomingMessage, Parsed)> = messages
         .iter()
         .enumerate()
@@ -1020,6 +1089,13 @@ fn batch_candidates(messages: &[IncomingMessage]) -> Vec<Candidate<'_>> {
             message,
             body_hash: hex::encode(Sha256::digest(&message.body)),
             parsed,
+            // Captures continue the trace of the message's intake span, as on the
+            // per-message path.
+            traceparent: spans
+                .get(index)
+                .and_then(Option::as_ref)
+                .and_then(crate::telemetry::trace::traceparent_of)
+                .or_else(|| message.traceparent.clone()),
         })
         .collect()
 }

@@ -172,7 +172,11 @@ impl Application {
             topology.clone(),
         ));
         let handler: Arc<dyn DeliveryHandler> = Arc::new(IntakeHandler {
-            intake: self.intake.clone(),
+            intake: intake::IntakeBatcher::spawn(
+                self.intake.clone(),
+                usize::from(self.settings.amqp.prefetch),
+                intake_writers(self.settings.database.max_connections),
+            ),
             executor: self.executor.clone(),
         });
         let consumer_config = ConsumerConfig {
@@ -254,9 +258,17 @@ impl Application {
     }
 }
 
-/// Intake behind the consumer: commit, then dispatch the captures it created.
+/// Intake transactions that may run at once: an eighth of the pool, one or two, leaving the
+/// rest to execution, the sweeper, webhooks and health checks. Under load each of them
+/// commits a batch of deliveries.
+fn intake_writers(pool: u32) -> usize {
+    usize::try_from(pool / 8).unwrap_or(1).clamp(1, 2)
+}
+
+/// Intake behind the consumer: commit (batched with concurrent deliveries), then dispatch the
+/// captures it created.
 struct IntakeHandler {
-    intake: Arc<Intake>,
+    intake: intake::IntakeBatcher,
     executor: Executor,
 }
 

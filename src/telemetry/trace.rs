@@ -62,7 +62,13 @@ pub fn current_trace_id() -> Option<String> {
 
 /// The current span's context as a W3C `traceparent` header value.
 pub fn current_traceparent() -> Option<String> {
-    let cx = tracing::Span::current().context();
+    traceparent_of(&tracing::Span::current())
+}
+
+/// `span`'s context as a W3C `traceparent` header value (none without a valid context, e.g.
+/// when no OpenTelemetry layer is installed).
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
     if !cx.span().span_context().is_valid() {
         return None;
     }

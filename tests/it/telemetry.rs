@@ -486,6 +486,10 @@ async fn a_shipment_published_by_pika_with_a_traceparent_is_traced_from_the_queu
     assert_eq!(attr(intake, "order_id"), ORDER);
     assert_eq!(attr(intake, "outcome"), "processed");
     assert_eq!(attr(intake, "db.system.name"), "postgresql");
+    assert!(
+        attr(intake, "batch_size").as_i64().is_some_and(|n| n >= 1),
+        "the shipment was committed by the batched intake, under its own span: {intake}"
+    );
 
     let capture = *in_trace
         .iter()
