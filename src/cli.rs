@@ -224,7 +224,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 50)]
     pub backlog_latency: u64,
     /// Shipments queued for a slow provider so that captures pile up unsettled, for the
-    /// worker's memory with that many in flight; 0 skips it (full: 12000, quick: 0).
+    /// worker's memory with that many in flight; 0 skips it (full: 16000, quick: 0).
     #[arg(long)]
     pub inflight: Option<usize>,
     /// Provider latency of that run, in milliseconds.

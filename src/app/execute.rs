@@ -1,9 +1,12 @@
 //! Execution: send each capture to its provider, one at a time per order, and record what
 //! happened (DESIGN §4, flow step 2).
 //!
-//! A capture is dispatched right after intake commits (no polling delay on the happy path).
-//! The worker takes the order's head capture under a lease, calls the provider outside any
-//! transaction, and records the attempt and the outcome in one transaction. Retries keep the
+//! A capture is sent right after intake commits (no polling delay on the happy path): batched
+//! intake claims the capture it creates in its own transaction and hands it over; otherwise
+//! the order is dispatched and its head capture claimed here. Either way the worker holds the
+//! order's head capture under a lease, calls the provider outside any transaction, and records
+//! the attempt and the outcome in one transaction. Claims and successes of concurrent orders
+//! share statements. Retries keep the
 //! key; a new key is taken only after a lookup showed the provider captured nothing under the
 //! old one (P3). A decline latches the order (P4). After a success the next capture of the
 //! same order goes at once.
@@ -57,7 +60,7 @@ struct Inner {
     /// not left to the sweeper).
     active: Mutex<HashMap<String, bool>>,
     permits: Arc<Semaphore>,
-    tx: mpsc::UnboundedSender<String>,
+    tx: mpsc::UnboundedSender<Work>,
     claims: mpsc::UnboundedSender<ClaimRequest>,
     successes: mpsc::UnboundedSender<SuccessRequest>,
 }
@@ -76,7 +79,7 @@ impl Executor {
         worker_id: String,
         lease_seconds: u64,
         concurrency: usize,
-    ) -> (Executor, mpsc::UnboundedReceiver<String>) {
+    ) -> (Executor, WorkReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
         let lease_seconds = lease_seconds as f64;
         let claims = spawn_batcher({
@@ -103,7 +106,7 @@ impl Executor {
             Executor {
                 inner: Arc::new(inner),
             },
-            rx,
+            WorkReceiver(rx),
         )
     }
 
@@ -111,18 +114,31 @@ impl Executor {
         &self.inner.worker_id
     }
 
+    /// How long a claim holds a capture, in seconds.
+    pub fn lease_seconds(&self) -> f64 {
+        self.inner.lease_seconds
+    }
+
     /// Asks for the order's captures to be sent now.
     pub fn dispatch(&self, order_id: impl Into<String>) {
         // The receiver lives as long as the run loop; after shutdown the sweeper of the next
         // start picks the capture up.
-        let _ = self.inner.tx.send(order_id.into());
+        let _ = self.inner.tx.send(Work::Order(order_id.into()));
+    }
+
+    /// Sends a capture this worker has already claimed (intake claims the captures it creates
+    /// in the same transaction), then goes on with the order if it has more to send.
+    pub fn send_claimed(&self, capture: ClaimedCapture) {
+        // Undelivered only after the run loop ended: the lease expires and the sweeper of the
+        // next start takes the capture over.
+        let _ = self.inner.tx.send(Work::Claimed(Box::new(capture)));
     }
 
     /// Drives dispatched orders until `shutdown`; then waits for captures in flight to be
     /// recorded.
     pub async fn run(
         &self,
-        mut rx: mpsc::UnboundedReceiver<String>,
+        WorkReceiver(mut rx): WorkReceiver,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut tasks = tokio::task::JoinSet::new();
@@ -131,7 +147,19 @@ impl Executor {
                 _ = shutdown.changed() => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 next = rx.recv() => {
-                    let Some(order_id) = next else { break };
+                    let order_id = match next {
+                        None => break,
+                        Some(Work::Order(order_id)) => order_id,
+                        Some(Work::Claimed(capture)) => {
+                            let Ok(permit) = self.inner.permits.clone().acquire_owned().await else { break };
+                            let this = self.clone();
+                            tasks.spawn(async move {
+                                this.send_claimed_now(*capture).await;
+                                drop(permit);
+                            });
+                            continue;
+                        }
+                    };
                     {
                         let Ok(mut active) = self.inner.active.lock() else { break };
                         match active.entry(order_id.clone()) {
@@ -165,9 +193,33 @@ impl Executor {
                 }
             }
         }
-        // Finish the calls in progress so their outcomes are recorded, not left to a lease
+        // Send what is already claimed (its lease would otherwise have to expire first), and
+        // finish the calls in progress so their outcomes are recorded, not left to a lease
         // takeover.
+        rx.close();
+        while let Some(work) = rx.recv().await {
+            if let Work::Claimed(capture) = work {
+                let this = self.clone();
+                tasks.spawn(async move { this.send_claimed_now(*capture).await });
+            }
+        }
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// Sends a capture claimed elsewhere; when the order has more to send, dispatches it (the
+    /// run loop then drives it, once, whoever else is driving it now).
+    async fn send_claimed_now(&self, capture: ClaimedCapture) {
+        let order_id = capture.order_id.clone();
+        let span = capture_span(&capture);
+        match self.execute(capture).instrument(span).await {
+            Ok(true) => self.dispatch(order_id),
+            Ok(false) => {}
+            Err(e) => events::CaptureStepFailed {
+                order_id: &order_id,
+                error: &e,
+            }
+            .emit(),
+        }
     }
 
     /// Sends the order's due captures, in sequence, until none is due.
@@ -821,6 +873,17 @@ impl Executor {
         .map(drop)
     }
 }
+
+/// What the run loop is asked to do.
+enum Work {
+    /// Drive the order: claim and send its due captures in sequence.
+    Order(String),
+    /// Send this capture, already claimed by this worker.
+    Claimed(Box<ClaimedCapture>),
+}
+
+/// The receiving end of an executor's work queue, for [`Executor::run`].
+pub struct WorkReceiver(mpsc::UnboundedReceiver<Work>);
 
 /// A drive task waiting for its order's next capture.
 struct ClaimRequest {

@@ -29,7 +29,7 @@ use crate::redact::mask_card_numbers;
 use crate::storage::ledger::{
     self, CaptureKind, InboxStatus, NewCapture, NewInbox, NewRejection, StoredCaptureLine,
 };
-use crate::storage::{StorageError, Store};
+use crate::storage::{StorageError, Store, captures};
 use crate::telemetry::events::{self, Emit};
 
 /// What became of a message.
@@ -60,6 +60,9 @@ pub struct Intake {
     capabilities: Arc<dyn CapabilityLookup>,
     shipping: ShippingPolicy,
     parking: ChronoDuration,
+    /// When set, batched intake claims the captures it creates for this executor in the same
+    /// transaction and hands them over, saving a claim round trip per capture.
+    claimer: Option<super::execute::Executor>,
 }
 
 /// A refusal decided inside a transaction.
@@ -82,7 +85,15 @@ impl Intake {
             parking: ChronoDuration::seconds(
                 i64::try_from(parking_seconds).unwrap_or(i64::MAX / 2_000),
             ),
+            claimer: None,
         }
+    }
+
+    /// Batched intake claims the captures it creates for `executor` and hands them over
+    /// after the commit (see [`Intake::handle_batch`]).
+    pub fn claiming_for(mut self, executor: super::execute::Executor) -> Self {
+        self.claimer = Some(executor);
+        self
     }
 
     /// Processes one message, retrying the transaction on conflicts and transient database
@@ -945,9 +956,46 @@ impl Intake {
             return Ok(done); // nothing written; the transaction rolls back on drop
         }
         ledger::store_intake_batch(&mut tx, &writes).await?;
+        let claimed = match &self.claimer {
+            Some(executor) => {
+                // The orders' head captures, claimed before anyone else can see the new rows:
+                // usually the capture just created; an earlier one if it is still unsettled
+                // and due (P8 holds either way: the claim takes only the head).
+                let mut orders: Vec<&str> = done
+                    .iter()
+                    .filter_map(|(_, o)| match o {
+                        IntakeOutcome::Processed { dispatch } => dispatch.first(),
+                        _ => None,
+                    })
+                    .map(String::as_str)
+                    .collect();
+                orders.sort_unstable();
+                orders.dedup();
+                captures::claim_many(
+                    &mut *tx,
+                    &orders,
+                    executor.worker_id(),
+                    executor.lease_seconds(),
+                )
+                .await?
+            }
+            None => Vec::new(),
+        };
         tx.commit()
             .await
             .map_err(|e| StorageError::classify("committing batched intake", e))?;
+        if let Some(executor) = &self.claimer {
+            let claimed_orders: std::collections::HashSet<String> =
+                claimed.iter().map(|c| c.order_id.clone()).collect();
+            for (_, outcome) in &mut done {
+                if let IntakeOutcome::Processed { dispatch } = outcome {
+                    dispatch.retain(|order| !claimed_orders.contains(order));
+                }
+            }
+            for capture in claimed {
+                executor.send_claimed(capture);
+            }
+        }
         Ok(done)
     }
 }

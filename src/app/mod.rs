@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::queue::consumer::{
@@ -65,7 +65,7 @@ pub struct Application {
     store: Store,
     providers: Providers,
     executor: Executor,
-    dispatch_rx: mpsc::UnboundedReceiver<String>,
+    dispatch_rx: execute::WorkReceiver,
     intake: Arc<Intake>,
     listener: tokio::net::TcpListener,
     consumer_status: ConsumerStatus,
@@ -114,12 +114,15 @@ impl Application {
             c.lease_seconds,
             c.concurrency,
         );
-        let intake = Arc::new(Intake::new(
-            store.clone(),
-            Arc::new(providers.clone()),
-            c.shipping_policy.into(),
-            c.parking_seconds,
-        ));
+        let intake = Arc::new(
+            Intake::new(
+                store.clone(),
+                Arc::new(providers.clone()),
+                c.shipping_policy.into(),
+                c.parking_seconds,
+            )
+            .claiming_for(executor.clone()),
+        );
         let listener = tokio::net::TcpListener::bind(&settings.http.listen)
             .await
             .with_context(|| format!("binding http.listen {}", settings.http.listen))?;

@@ -131,8 +131,10 @@ fn claimed_from_row(r: &sqlx::postgres::PgRow) -> Result<ClaimedCapture, Storage
 /// [`claim_next`] for several orders in one statement: each order's head capture, if it is
 /// due and nobody else holds it. Returns the captures claimed (at most one per order, P8).
 /// The caller passes the order ids sorted, so concurrent claims lock heads in the same order.
-pub async fn claim_many(
-    pool: &PgPool,
+/// Runs on the pool, or inside a caller's transaction (intake claims the captures it has just
+/// created in the transaction that creates them).
+pub async fn claim_many<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     sorted_order_ids: &[&str],
     worker: &str,
     lease_seconds: f64,
@@ -168,7 +170,7 @@ pub async fn claim_many(
     .bind(sorted_order_ids)
     .bind(worker)
     .bind(lease_seconds)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
     .ctx("claiming the orders' next captures")?;
     rows.iter().map(claimed_from_row).collect()

@@ -369,3 +369,124 @@ async fn a_registration_that_something_waits_for_or_that_conflicts_goes_one_at_a
     assert_eq!(captures, 1);
     drop_store(db, store).await;
 }
+
+#[tokio::test]
+async fn a_batch_claims_the_captures_it_creates_for_its_executor_which_sends_them() {
+    use capture_worker::app::execute::Executor;
+    use capture_worker::app::retry::RetryPolicy;
+    use capture_worker::provider::sandbox::{self, NewAuthorization, SandboxOptions};
+    use std::time::Duration;
+
+    // Arrange: an executor that is not running yet, and intake claiming for it.
+    let (url, sandbox, _server) = sandbox::spawn(SandboxOptions {
+        latency: Duration::ZERO,
+        api_key: Some("sk_test_canary_key".into()),
+    })
+    .await
+    .unwrap();
+    let (db, store) = fresh_database().await;
+    let settings = test_settings(&db, "claims", &url);
+    let providers = Providers::from_settings(&settings).unwrap();
+    let policy = RetryPolicy {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+        max_attempts: 5,
+        max_age: Duration::from_secs(60),
+        pending_poll: Duration::from_secs(1),
+    };
+    let (executor, work) = Executor::new(
+        store.clone(),
+        providers.clone(),
+        policy,
+        "w-claims".into(),
+        30,
+        8,
+    );
+    let intake = Intake::new(store.clone(), Arc::new(providers), Default::default(), 3600)
+        .claiming_for(executor.clone());
+    let orders: Vec<Vec<Value>> = (0..2).map(usd_order_as).collect();
+    for n in 0..2 {
+        sandbox
+            .create_authorization(NewAuthorization::new(format!("pi_batch_{n}"), 12455, "USD"))
+            .unwrap();
+    }
+    let registrations: Vec<IncomingMessage> = orders.iter().map(|o| incoming(&o[0])).collect();
+    for out in intake.handle_batch(&registrations).await {
+        assert!(
+            matches!(out, Ok(IntakeOutcome::Processed { .. })),
+            "{out:?}"
+        );
+    }
+
+    // Act: both first parcels in one batch.
+    let parcels: Vec<IncomingMessage> = orders.iter().map(|o| incoming(&o[1])).collect();
+    let outcomes = intake.handle_batch(&parcels).await;
+
+    // Assert: each capture was claimed for the executor in the batch's transaction, so the
+    // orders need no separate dispatch, and nothing reached the provider yet.
+    for out in &outcomes {
+        assert_eq!(
+            out.as_ref().unwrap(),
+            &IntakeOutcome::Processed {
+                dispatch: Vec::new()
+            }
+        );
+    }
+    let claimed: Vec<(String, String, Option<String>, i32)> = sqlx::query_as(
+        "select order_id, status, lease_owner, attempts from captures order by order_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        claimed,
+        vec![
+            (
+                "ORD-B0".into(),
+                "in_flight".into(),
+                Some("w-claims".into()),
+                1
+            ),
+            (
+                "ORD-B1".into(),
+                "in_flight".into(),
+                Some("w-claims".into()),
+                1
+            ),
+        ]
+    );
+    assert!(sandbox.ledger().is_empty());
+
+    // The executor sends what was handed to it: one capture per order, each once.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let runner = executor.clone();
+    let run = tokio::spawn(async move { runner.run(work, stopped).await });
+    let pool = store.pool().clone();
+    eventually(Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select count(*) from captures where status = 'succeeded'")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                == 2
+        }
+    })
+    .await;
+    let mut sent: Vec<(Option<String>, Option<i64>, Option<bool>)> = sandbox
+        .ledger()
+        .into_iter()
+        .map(|e| (e.authorization_id, e.amount_to_capture, e.final_capture))
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        vec![
+            (Some("pi_batch_0".into()), Some(5182), Some(false)),
+            (Some("pi_batch_1".into()), Some(5182), Some(false)),
+        ]
+    );
+    let _ = stop.send(true);
+    run.await.unwrap();
+    drop_store(db, store).await;
+}

@@ -78,7 +78,7 @@ impl BenchOptions {
             latencies_ms: vec![0, 50, 200],
             backlog: 100_000,
             backlog_latency_ms: 50,
-            inflight: 12_000,
+            inflight: 16_000,
             inflight_latency_ms: 2_000,
             raw_duration: Duration::from_secs(5),
             paced_duration: Duration::from_secs(10),
