@@ -20,8 +20,8 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::domain::{
-    self, Capabilities, Decision, Event, MinorUnits, NothingReason, Order, PlanContext, Rejection,
-    ReleaseMethod, ShippingPolicy,
+    self, Capabilities, Decision, Event, MinorUnits, Order, PlanContext, Rejection, ReleaseMethod,
+    ShippingPolicy,
 };
 use crate::queue::consumer::{Disposition, IncomingMessage};
 use crate::queue::wire::{self, Command, Parsed};
@@ -1251,19 +1251,9 @@ fn capture_rows<'a>(
             });
             "void".to_owned()
         }
-        Decision::Nothing(reason) => format!("nothing:{}", nothing_label(*reason)),
+        Decision::Nothing(reason) => format!("nothing:{}", reason.label()),
     };
     (rows, label)
-}
-
-fn nothing_label(reason: NothingReason) -> &'static str {
-    match reason {
-        NothingReason::ZeroValue => "zero_value",
-        NothingReason::Deferred => "deferred",
-        NothingReason::AuthorizationExhausted => "authorization_exhausted",
-        NothingReason::Latched => "latched",
-        NothingReason::NotOpen => "not_open",
-    }
 }
 
 /// A content hash of an order registration, independent of the message id and of key order.

@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use super::allocation::{self, ShippingPolicy};
 use super::capability::{Capabilities, CaptureMode, FinalFlag, ReleaseMethod};
-use super::ids::LineId;
+use super::ids::{AuthorizationId, LineId};
 use super::money::{MinorUnits, MoneyError};
 use super::order::{Authorization, Cancellation, Order, OrderError, Shipment};
 
@@ -20,7 +20,9 @@ use super::order::{Authorization, Cancellation, Order, OrderError, Shipment};
 pub enum Phase {
     /// Units remain to ship; captures may follow.
     Open,
-    /// The final capture, release or void has been planned; nothing more is sent.
+    /// The final capture, release or void has been planned; nothing more is sent. Also an
+    /// order whose last units were cancelled after its authorization lapsed: nothing is left to
+    /// send, and the lapsed hold needs no release.
     Completed,
     /// A capture was declined: no new capture until an operator resumes with a new
     /// authorization (the latch, P4).
@@ -190,6 +192,9 @@ pub fn resume(
     ctx: &PlanContext,
 ) -> Result<Resumed, ResumeError> {
     let (order, next) = state.resume(order, authorization, carried)?;
+    if let Some(inactive) = lapsed(&order, ctx.now) {
+        return Err(inactive.into());
+    }
     let plan = decide(&order, next, ctx, Trigger::Resume)?;
     Ok(Resumed { order, plan })
 }
@@ -254,6 +259,25 @@ pub enum NothingReason {
     Latched,
     /// A deadline tick for an order that is no longer open.
     NotOpen,
+    /// The authorization has lapsed (checkout's `expires_at` has passed): a cancellation is
+    /// recorded and a deadline tick does nothing. No capture, release or void is sent: the
+    /// provider would refuse it, and the hold is already gone.
+    AuthorizationLapsed,
+}
+
+impl NothingReason {
+    /// The machine-readable label, as stored after `nothing:` in a shipment's or
+    /// cancellation's decision.
+    pub fn label(self) -> &'static str {
+        match self {
+            NothingReason::ZeroValue => "zero_value",
+            NothingReason::Deferred => "deferred",
+            NothingReason::AuthorizationExhausted => "authorization_exhausted",
+            NothingReason::Latched => "latched",
+            NothingReason::NotOpen => "not_open",
+            NothingReason::AuthorizationLapsed => "authorization_lapsed",
+        }
+    }
 }
 
 /// The decision for one event.
@@ -314,6 +338,13 @@ pub enum Rejection {
     AfterFinal,
     #[error("a capture for this order was declined: no capture until an operator resumes it")]
     AfterDecline,
+    #[error(
+        "authorization {authorization_id} expired at {expires_at} (the order's expires_at): the provider would refuse a capture, so none is sent; the payments team must collect this value another way"
+    )]
+    AuthorizationInactive {
+        authorization_id: AuthorizationId,
+        expires_at: DateTime<Utc>,
+    },
     #[error("currency mismatch: {0}")]
     CurrencyMismatch(String),
     #[error("amount overflow: {0}")]
@@ -331,6 +362,7 @@ impl Rejection {
             Rejection::OverCancellation { .. } => "over_cancellation",
             Rejection::AfterFinal => "after_final",
             Rejection::AfterDecline => "order_declined",
+            Rejection::AuthorizationInactive { .. } => "authorization_inactive",
             Rejection::CurrencyMismatch(_) => "currency_mismatch",
             Rejection::AmountOverflow(_) => "amount_overflow",
         }
@@ -378,6 +410,11 @@ pub fn shipped_value(
 }
 
 /// Decides what `event` means for `order` in `state`.
+///
+/// Once the authorization has lapsed (its `expires_at` is not after `ctx.now`) nothing is sent
+/// on it: a shipment is refused as `authorization_inactive` (after the order's own refusals:
+/// `after_final` for a completed order, `order_declined` for a latched one), a cancellation is
+/// recorded without a release or void, and a deadline tick does nothing.
 pub fn plan(
     order: &Order,
     state: &OrderState,
@@ -402,6 +439,9 @@ pub fn plan(
                 Phase::Completed => return Err(Rejection::AfterFinal),
                 Phase::Declined => return Err(Rejection::AfterDecline),
                 Phase::Open => {}
+            }
+            if let Some(inactive) = lapsed(order, ctx.now) {
+                return Err(inactive);
             }
             for item in shipment.items() {
                 let i = line_index(order, &item.line_id)?;
@@ -472,17 +512,36 @@ pub fn plan(
                     state: next,
                 });
             }
-            decide(order, next, ctx, Trigger::Cancellation)
-        }
-        Event::Deadline => {
-            if state.phase != Phase::Open {
+            if lapsed(order, ctx.now).is_some() {
+                // The units are recorded, so shipped, cancelled and unshipped figures stay
+                // true, but no money moves: the hold is gone, and a release, void or capture
+                // would be refused. Once nothing is left to ship the order is closed, with no
+                // closing request.
+                if next.is_resolved(order) {
+                    next.phase = Phase::Completed;
+                }
                 return Ok(Plan {
-                    decision: Decision::Nothing(NothingReason::NotOpen),
+                    decision: Decision::Nothing(NothingReason::AuthorizationLapsed),
                     shortfall: MinorUnits::ZERO,
                     state: next,
                 });
             }
-            decide(order, next, ctx, Trigger::Deadline)
+            decide(order, next, ctx, Trigger::Cancellation)
+        }
+        Event::Deadline => {
+            let reason = if state.phase != Phase::Open {
+                NothingReason::NotOpen
+            } else if lapsed(order, ctx.now).is_some() {
+                // Too late: the capture the deadline was for would be refused.
+                NothingReason::AuthorizationLapsed
+            } else {
+                return decide(order, next, ctx, Trigger::Deadline);
+            };
+            Ok(Plan {
+                decision: Decision::Nothing(reason),
+                shortfall: MinorUnits::ZERO,
+                state: next,
+            })
         }
     }
 }
@@ -500,6 +559,20 @@ fn line_index(order: &Order, line_id: &LineId) -> Result<usize, Rejection> {
         .line_index(line_id)
         .ok_or_else(|| Rejection::UnknownLine {
             line_id: line_id.clone(),
+        })
+}
+
+/// The refusal for an event planned at `now` on an authorization whose `expires_at` (from
+/// checkout, or given at resume) is not after `now`: the provider has let the hold go, so any
+/// capture, release or void on it would be refused. An authorization without `expires_at`
+/// never lapses here: the provider's window is an estimate, used only to capture ahead of it.
+fn lapsed(order: &Order, now: DateTime<Utc>) -> Option<Rejection> {
+    let auth = order.authorization();
+    auth.expires_at
+        .filter(|&expires_at| expires_at <= now)
+        .map(|expires_at| Rejection::AuthorizationInactive {
+            authorization_id: auth.authorization_id.clone(),
+            expires_at,
         })
 }
 

@@ -549,7 +549,7 @@ async fn value_above_the_remaining_authorization_is_capped_never_requested() {
 async fn more_parcels_than_the_provider_allows_captures_are_coalesced_within_its_limit() {
     let app = TestApp::spawn().await;
     app.authorize("pi_many", 6_000, "USD", None);
-    let order = json!({
+    let order = dated(json!({
         "message_id": "many-order", "type": "order.authorized", "schema_version": 1,
         "occurred_at": "2026-11-21T10:00:00Z",
         "data": {
@@ -557,7 +557,7 @@ async fn more_parcels_than_the_provider_allows_captures_are_coalesced_within_its
             "lines": [{"line_id": "L1", "sku": "PIN", "name": "Pin", "quantity": 60, "unit_amount": 100, "tax_amount": 0, "discount_amount": 0}],
             "payment": {"provider": "sandbox", "authorization_id": "pi_many", "authorized_amount": 6000, "authorized_at": "2026-11-21T09:59:58Z", "currency": "USD"}
         }
-    });
+    }));
     let mut messages = vec![order];
     for i in 0..60 {
         messages.push(json!({
@@ -730,38 +730,98 @@ async fn a_parked_parcel_refused_when_its_order_arrives_is_dead_lettered_with_it
     app.cleanup().await;
 }
 
-/// An authorization that lapsed before the parcel shipped: the worker does not know it has
-/// lapsed until the provider says so. Nothing is captured and the capture visibly needs
-/// attention (P7); the order shows `attention` to finance.
+/// An authorization that lapsed before its parcels shipped (authorized eight days ago, expired
+/// an hour ago): each parcel is refused at intake as `authorization_inactive` and dead-lettered
+/// with that reason — the one that waited parked for its order too — and the provider hears
+/// nothing of them. Cancelling the rest is recorded and sends no void: the hold is gone. The
+/// good order next to it is captured in full.
 #[tokio::test]
-async fn a_parcel_after_the_authorization_lapsed_captures_nothing_and_needs_attention() {
+async fn parcels_after_the_authorization_lapsed_are_refused_as_authorization_inactive_without_a_call()
+ {
     let app = TestApp::spawn().await;
-    let soon = chrono::Utc::now() + chrono::Duration::seconds(2);
-    let mut auth = NewAuthorization::new(AUTH, 12455, "USD");
-    auth.expires_at = Some(soon);
-    app.sandbox.create_authorization(auth).unwrap();
-    let (mut order, s1, _, _) = usd_order();
+    let now = chrono::Utc::now();
+    let expired = now - chrono::Duration::hours(1);
+    let mut lapsed = NewAuthorization::new("pi_lapsed", 12455, "USD");
+    lapsed.expires_at = Some(expired);
+    app.authorize_with(lapsed);
+    let mut order = order_as("ORD-LAPSED", "pi_lapsed");
     order["data"]["payment"]["authorized_at"] =
-        json!((soon - chrono::Duration::minutes(5)).to_rfc3339());
-    order["data"]["payment"]["expires_at"] = json!(soon.to_rfc3339());
-    app.publish(&[order]).await;
-    app.wait_count("select count(*) from orders", 1).await;
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    app.publish(&[s1]).await;
+        json!((now - chrono::Duration::days(8)).to_rfc3339());
+    order["data"]["payment"]["expires_at"] = json!(expired.to_rfc3339());
+    let (_, s1, s2, _) = usd_order();
+    let cancel_rest = json!({
+        "message_id": unique("cancel"), "type": "order.lines_cancelled", "schema_version": 1,
+        "occurred_at": "2026-11-22T09:00:00Z",
+        "data": {"order_id": "ORD-LAPSED", "items": [{"line_id": "L1", "quantity": 3}, {"line_id": "L2", "quantity": 2}, {"line_id": "L3", "quantity": 1}]}
+    });
+    // S1 arrives before its order and waits, parked.
+    app.publish(&[ship_as(&s1, "ORD-LAPSED")]).await;
     app.wait_count(
-        "select count(*) from captures where status in ('attention', 'failed')",
+        "select count(*) from inbox_messages where status = 'parked'",
         1,
     )
     .await;
-    assert_eq!(app.sandbox.authorization(AUTH).unwrap().amount_received, 0);
-    assert!(
-        app.sandbox.ledger().iter().all(|e| e.captured_amount == 0),
-        "nothing captured on a lapsed authorization"
+
+    good_order(&app).await;
+    app.publish(&[order, ship_as(&s2, "ORD-LAPSED"), cancel_rest])
+        .await;
+    app.wait_count(
+        "select count(*) from cancellations where order_id = 'ORD-LAPSED'",
+        1,
+    )
+    .await;
+    app.wait_settled(ORDER, 3).await;
+
+    let refused: Vec<(String, String)> =
+        sqlx::query_as("select order_id, reason from rejected_messages order by rejection_id")
+            .fetch_all(app.store.pool())
+            .await
+            .unwrap();
+    let inactive = ("ORD-LAPSED".to_owned(), "authorization_inactive".to_owned());
+    assert_eq!(refused, vec![inactive.clone(), inactive]);
+    let dead = dead_letters(&app, 2).await;
+    assert_eq!(
+        dead.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(),
+        vec!["authorization_inactive"; 2],
+        "{dead:?}"
     );
-    let status: String = sqlx::query_scalar("select status from reconciliation_orders")
-        .fetch_one(app.store.pool())
-        .await
-        .unwrap();
-    assert_eq!(status, "attention");
+    let parcels = sorted(
+        dead.iter()
+            .map(|d| d.1["data"]["shipment_id"].as_str().unwrap_or("").to_owned())
+            .collect(),
+    );
+    assert_eq!(parcels, vec!["S1".to_owned(), "S2".to_owned()]);
+    assert!(
+        app.sandbox.ledger_for("pi_lapsed").is_empty(),
+        "no capture, release or void reached the provider: {:?}",
+        app.sandbox.ledger_for("pi_lapsed")
+    );
+    assert!(app.captures("ORD-LAPSED").await.is_empty());
+    let (phase, decision): (String, String) = sqlx::query_as(
+        "select o.phase, c.decision from orders o join cancellations c using (order_id)
+         where order_id = 'ORD-LAPSED'",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (phase.as_str(), decision.as_str()),
+        ("completed", "nothing:authorization_lapsed")
+    );
+    let amounts: (i64, i64, i64, i64, String) = sqlx::query_as(
+        "select shipped_amount, captured_amount, pending_amount, released_amount, status
+         from reconciliation_orders where order_id = 'ORD-LAPSED'",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(amounts, (0, 0, 0, 0, "open".to_owned()));
+
+    assert_eq!(app.sandbox.ledger_for(AUTH).len(), 3);
+    assert_eq!(
+        app.sandbox.authorization(AUTH).unwrap().amount_received,
+        12455,
+        "the good order was captured in full"
+    );
     app.cleanup().await;
 }

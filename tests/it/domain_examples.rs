@@ -468,3 +468,239 @@ fn prorated_shipping_follows_units_and_is_complete_when_the_order_completes() {
     // Half the units were cancelled: the rest of the shipping is owed by what did ship.
     assert_eq!(cap(&d[2]), (500, true));
 }
+
+/// The USD example authorized at `t0` with checkout's `expires_at`.
+fn usd_expiring(expires_at: Option<chrono::DateTime<chrono::Utc>>) -> Order {
+    let mut draft = usd(12455).draft().clone();
+    draft.authorization.expires_at = expires_at;
+    Order::new(draft).unwrap()
+}
+
+/// A plan context for multi-capture at `now`.
+fn at(now: chrono::DateTime<chrono::Utc>) -> PlanContext {
+    let mut c = ctx(Capabilities::multi_capture());
+    c.now = now;
+    c
+}
+
+#[test]
+fn a_shipment_after_the_authorization_lapsed_is_refused_and_one_just_before_is_captured() {
+    let expires_at = t0() + Duration::days(7);
+    let o = usd_expiring(Some(expires_at));
+    let s1 = shipment("S1", &[("L1", 1), ("L2", 1)], false);
+    let state = OrderState::new(&o);
+
+    let before = plan(
+        &o,
+        &state,
+        Event::Shipment(&s1),
+        &at(expires_at - Duration::seconds(1)),
+    )
+    .unwrap();
+    assert_eq!(cap(&before.decision), (5182, false));
+
+    for now in [expires_at, expires_at + Duration::days(1)] {
+        let err = plan(&o, &state, Event::Shipment(&s1), &at(now)).unwrap_err();
+        assert_eq!(
+            (err.reason(), &err),
+            (
+                "authorization_inactive",
+                &Rejection::AuthorizationInactive {
+                    authorization_id: AuthorizationId::parse("pi_test_1").unwrap(),
+                    expires_at,
+                }
+            )
+        );
+        assert!(
+            err.to_string().contains("pi_test_1"),
+            "the detail names the authorization: {err}"
+        );
+    }
+
+    // Without expires_at the authorization never lapses, however old it is (the provider's
+    // window only makes the worker capture ahead of it).
+    let open_ended = usd_expiring(None);
+    let late = plan(
+        &open_ended,
+        &OrderState::new(&open_ended),
+        Event::Shipment(&s1),
+        &at(t0() + Duration::days(365)),
+    )
+    .unwrap();
+    assert_eq!(cap(&late.decision), (5182, false));
+}
+
+#[test]
+fn after_the_lapse_a_completed_or_declined_order_keeps_its_own_reason() {
+    let expires_at = t0() + Duration::days(7);
+    let o = usd_expiring(Some(expires_at));
+    let c = ctx(Capabilities::multi_capture());
+    let last = shipment("S1", &[("L1", 1)], true);
+    let (_, completed) = run(&o, &c, &[Event::Shipment(&last)]);
+    let s1 = shipment("S1", &[("L1", 1)], false);
+    let (d, mut declined) = run(&o, &c, &[Event::Shipment(&s1)]);
+    declined.on_declined(m(cap(&d[0]).0));
+
+    let late = shipment("S2", &[("L2", 1)], false);
+    let after = at(expires_at + Duration::hours(1));
+    assert_eq!(
+        plan(&o, &completed, Event::Shipment(&late), &after).unwrap_err(),
+        Rejection::AfterFinal
+    );
+    assert_eq!(
+        plan(&o, &declined, Event::Shipment(&late), &after).unwrap_err(),
+        Rejection::AfterDecline
+    );
+}
+
+#[test]
+fn cancellations_after_the_lapse_are_recorded_without_a_release_or_void() {
+    let expires_at = t0() + Duration::days(7);
+    let o = usd_expiring(Some(expires_at));
+    let s1 = shipment("S1", &[("L1", 1), ("L2", 1)], false);
+    let (_, shipped) = run(
+        &o,
+        &ctx(Capabilities::multi_capture()),
+        &[Event::Shipment(&s1)],
+    );
+    let after = at(expires_at);
+
+    // Part of the rest: recorded, the order stays open.
+    let c1 = cancellation("C1", &[("L3", 1)]);
+    let p1 = plan(&o, &shipped, Event::Cancellation(&c1), &after).unwrap();
+    assert_eq!(
+        p1.decision,
+        Decision::Nothing(NothingReason::AuthorizationLapsed)
+    );
+    assert_eq!(p1.state.cancelled, vec![0, 0, 1]);
+    assert_eq!(p1.state.phase, Phase::Open);
+
+    // The rest: before the lapse this releases the remainder; after it nothing is sent and
+    // the order is closed, its claims unchanged.
+    let c2 = cancellation("C2", &[("L1", 2), ("L2", 1)]);
+    let in_time = plan(
+        &o,
+        &p1.state,
+        Event::Cancellation(&c2),
+        &at(expires_at - Duration::seconds(1)),
+    )
+    .unwrap();
+    assert!(
+        matches!(in_time.decision, Decision::ReleaseRemainder { .. }),
+        "{:?}",
+        in_time.decision
+    );
+    let p2 = plan(&o, &p1.state, Event::Cancellation(&c2), &after).unwrap();
+    assert_eq!(
+        p2.decision,
+        Decision::Nothing(NothingReason::AuthorizationLapsed)
+    );
+    assert_eq!(p2.state.cancelled, vec![2, 1, 1]);
+    assert_eq!(p2.state.phase, Phase::Completed);
+    assert_eq!(
+        (p2.state.claimed, p2.state.captures),
+        (shipped.claimed, shipped.captures)
+    );
+
+    // An order cancelled whole after the lapse is not voided either.
+    let all = cancellation("C3", &[("L1", 3), ("L2", 2), ("L3", 1)]);
+    let p3 = plan(&o, &OrderState::new(&o), Event::Cancellation(&all), &after).unwrap();
+    assert_eq!(
+        p3.decision,
+        Decision::Nothing(NothingReason::AuthorizationLapsed)
+    );
+    assert_eq!(p3.state.phase, Phase::Completed);
+}
+
+#[test]
+fn a_deadline_tick_after_the_lapse_sends_nothing() {
+    let expires_at = t0() + Duration::days(7);
+    let o = usd_expiring(Some(expires_at));
+    let mut c = ctx(Capabilities::single_capture());
+    let s1 = shipment("S1", &[("L1", 1), ("L2", 1)], false);
+    let (d, waiting) = run(&o, &c, &[Event::Shipment(&s1)]);
+    assert_eq!(d[0], Decision::Nothing(NothingReason::Deferred));
+
+    c.now = expires_at - Duration::minutes(1);
+    let in_time = plan(&o, &waiting, Event::Deadline, &c).unwrap();
+    assert_eq!(cap(&in_time.decision), (5182, true));
+
+    c.now = expires_at;
+    let late = plan(&o, &waiting, Event::Deadline, &c).unwrap();
+    assert_eq!(
+        late.decision,
+        Decision::Nothing(NothingReason::AuthorizationLapsed)
+    );
+    assert_eq!(late.state, waiting, "nothing changes");
+}
+
+#[test]
+fn a_declined_order_resumed_with_a_fresh_authorization_accepts_shipments_after_the_old_one_lapsed()
+{
+    let expires_at = t0() + Duration::days(7);
+    let o = usd_expiring(Some(expires_at));
+    let c = ctx(Capabilities::multi_capture());
+    let s1 = shipment("S1", &[("L1", 1), ("L2", 1)], false);
+    let (d, mut state) = run(&o, &c, &[Event::Shipment(&s1)]);
+    let Decision::Capture(declined) = &d[0] else {
+        panic!("{:?}", d[0])
+    };
+    state.on_declined(declined.amount);
+    let carried = [plan::Carried {
+        lines: declined.lines.clone(),
+        shipping: declined.shipping,
+        shortfall: m(0),
+    }];
+    let now = expires_at + Duration::days(1);
+    let fresh = |id: &str, expires_at| Authorization {
+        provider: ProviderName::parse("sandbox").unwrap(),
+        authorization_id: AuthorizationId::parse(id).unwrap(),
+        amount: m(12455),
+        authorized_at: now - Duration::minutes(5),
+        expires_at,
+    };
+
+    // A new authorization that has itself lapsed is refused: its capture would be refused.
+    let stale = plan::resume(
+        &o,
+        &state,
+        fresh("pi_stale", Some(now - Duration::minutes(1))),
+        &carried,
+        &at(now),
+    );
+    assert!(
+        matches!(
+            stale,
+            Err(plan::ResumeError::Plan(
+                Rejection::AuthorizationInactive { .. }
+            ))
+        ),
+        "{stale:?}"
+    );
+
+    let resumed = plan::resume(
+        &o,
+        &state,
+        fresh("pi_fresh", Some(now + Duration::days(7))),
+        &carried,
+        &at(now),
+    )
+    .unwrap();
+    assert_eq!(cap(&resumed.plan.decision), (5182, false));
+    let s2 = shipment("S2", &[("L1", 2), ("L2", 1), ("L3", 1)], false);
+    let next = plan(
+        &resumed.order,
+        &resumed.plan.state,
+        Event::Shipment(&s2),
+        &at(now),
+    )
+    .unwrap();
+    assert_eq!(cap(&next.decision), (12455 - 5182, true));
+    // On the old authorization the same shipment is refused.
+    assert_eq!(
+        plan(&o, &OrderState::new(&o), Event::Shipment(&s2), &at(now))
+            .unwrap_err()
+            .reason(),
+        "authorization_inactive"
+    );
+}

@@ -463,10 +463,30 @@ pub fn example(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// The USD example order (total 12455) with its three shipments.
+/// An order message with its authorization dated to this test run: authorized a minute before
+/// the run started and, when it has `expires_at`, expiring seven days after it. Fixed dates
+/// pass: a shipment after `expires_at` is refused, and the provider's window after
+/// `authorized_at` makes the worker capture ahead of it. One instant per run, so every copy of
+/// an order is the same registration (a duplicate, never a conflict).
+pub fn dated(mut order: Value) -> Value {
+    static STARTED: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> = std::sync::OnceLock::new();
+    let started = *STARTED.get_or_init(chrono::Utc::now);
+    let stamp = |t: chrono::DateTime<chrono::Utc>| {
+        Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    };
+    let payment = &mut order["data"]["payment"];
+    payment["authorized_at"] = stamp(started - chrono::Duration::minutes(1));
+    if payment.get("expires_at").is_some() {
+        payment["expires_at"] = stamp(started + chrono::Duration::days(7));
+    }
+    order
+}
+
+/// The USD example order (total 12455) with its three shipments; the authorization is
+/// [`dated`] to this run.
 pub fn usd_order() -> (Value, Value, Value, Value) {
     (
-        example("order-authorized-usd.json"),
+        dated(example("order-authorized-usd.json")),
         example("shipment-shipped-usd-s1.json"),
         example("shipment-shipped-usd-s2.json"),
         example("shipment-shipped-usd-s3.json"),

@@ -100,7 +100,7 @@ async fn a_batch_stores_exactly_what_one_message_at_a_time_stores() {
     // Four USD orders in three parcels each, and a KWD order shipped at once as the last.
     let orders: Vec<Vec<Value>> = (0..4).map(usd_order_as).collect();
     let kwd = vec![
-        example("order-authorized-kwd.json"),
+        dated(example("order-authorized-kwd.json")),
         example("shipment-shipped-kwd-last.json"),
     ];
     let registrations: Vec<Value> = orders.iter().chain([&kwd]).map(|o| o[0].clone()).collect();
@@ -489,4 +489,63 @@ async fn a_batch_claims_the_captures_it_creates_for_its_executor_which_sends_the
     let _ = stop.send(true);
     run.await.unwrap();
     drop_store(db, store).await;
+}
+
+#[tokio::test]
+async fn a_parcel_for_a_lapsed_authorization_is_refused_the_same_in_a_batch_as_on_its_own() {
+    // Order B1 was authorized eight days ago and its authorization expired an hour ago.
+    let now = chrono::Utc::now();
+    let mut lapsed = usd_order_as(1);
+    lapsed[0]["data"]["payment"]["authorized_at"] =
+        json!((now - chrono::Duration::days(8)).to_rfc3339());
+    lapsed[0]["data"]["payment"]["expires_at"] =
+        json!((now - chrono::Duration::hours(1)).to_rfc3339());
+    let good = usd_order_as(2);
+    let parcels = [incoming(&lapsed[1]), incoming(&good[1])];
+
+    let mut runs = Vec::new();
+    for batched in [false, true] {
+        let (db, store) = fresh_database().await;
+        let intake = intake(&store);
+        for m in [&lapsed[0], &good[0]] {
+            intake.handle(&incoming(m)).await.unwrap();
+        }
+        let outcomes: Vec<IntakeOutcome> = if batched {
+            intake
+                .handle_batch(&parcels)
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect()
+        } else {
+            let mut out = Vec::new();
+            for p in &parcels {
+                out.push(intake.handle(p).await.unwrap());
+            }
+            out
+        };
+        runs.push((outcomes, ledger_snapshot(&store).await));
+        drop_store(db, store).await;
+    }
+
+    let (outcomes, snapshot) = &runs[0];
+    match &outcomes[0] {
+        IntakeOutcome::Rejected { reason, detail, .. } => {
+            assert_eq!(reason, "authorization_inactive");
+            assert!(detail.contains("pi_batch_1"), "{detail}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        outcomes[1],
+        IntakeOutcome::Processed {
+            dispatch: vec!["ORD-B2".to_owned()]
+        }
+    );
+    assert!(
+        snapshot.contains("authorization_inactive"),
+        "recorded in rejected_messages and the inbox"
+    );
+    assert_eq!(runs[1].0, *outcomes, "the batch decides as one at a time");
+    assert_eq!(runs[1].1, *snapshot, "and stores the same");
 }

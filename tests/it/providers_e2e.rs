@@ -877,7 +877,7 @@ async fn a_sixty_parcel_order_on_stripe_makes_fifty_captures_end_to_end_the_last
     let app = TestApp::spawn().await;
     let auth = "pi_sixty_parcels";
     app.authorize(auth, 60 * 1000, "USD", None);
-    let mut messages = vec![json!({
+    let mut messages = vec![dated(json!({
         "message_id": "ORD-60-order",
         "type": "order.authorized",
         "schema_version": 1,
@@ -893,7 +893,7 @@ async fn a_sixty_parcel_order_on_stripe_makes_fifty_captures_end_to_end_the_last
                         "authorized_amount": 60000, "authorized_at": "2026-11-21T09:59:58Z",
                         "currency": "USD"}
         }
-    })];
+    }))];
     for i in 1..=60 {
         messages.push(json!({
             "message_id": format!("ORD-60-s{i}"),

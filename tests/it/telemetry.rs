@@ -305,9 +305,22 @@ impl WorkerProcess {
     }
 }
 
-/// Publishes example messages with pika under `traceparent`.
+/// Publishes example messages with pika under `traceparent`, each as its file reads except
+/// that an order's authorization is [`dated`] to this run.
 fn publish_with_pika(settings: &Settings, traceparent: &str, examples: &[&str]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("contract/v1/examples");
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = examples
+        .iter()
+        .map(|name| {
+            let mut message = example(name);
+            if message["type"] == "order.authorized" {
+                message = dated(message);
+            }
+            let path = dir.path().join(name);
+            std::fs::write(&path, serde_json::to_vec(&message).unwrap()).unwrap();
+            path
+        })
+        .collect();
     let status = Command::new("python3")
         .args([
             "-c",
@@ -316,7 +329,7 @@ fn publish_with_pika(settings: &Settings, traceparent: &str, examples: &[&str]) 
             settings.amqp.exchange.as_str(),
             traceparent,
         ])
-        .args(examples.iter().map(|e| dir.join(e)))
+        .args(&files)
         .status()
         .unwrap();
     assert!(status.success(), "pika could not publish");

@@ -8,8 +8,8 @@ use serde_json::Value;
 use crate::cli::StoryFormat;
 use crate::domain::plan::{self, Carried, Decision, LineCharge, PlanContext, ResumeError};
 use crate::domain::{
-    Authorization, AuthorizationId, LineId, MinorUnits, NothingReason, Order, OrderId,
-    ReleaseMethod, ShippingPolicy,
+    Authorization, AuthorizationId, LineId, MinorUnits, Order, OrderId, ReleaseMethod,
+    ShippingPolicy,
 };
 use crate::storage::Store;
 use crate::storage::ledger::{self, CaptureKind, NewCapture, StoredCaptureLine};
@@ -533,16 +533,7 @@ pub async fn resume(
         Decision::Capture(_) => "capture".to_owned(),
         Decision::ReleaseRemainder { .. } => "release".to_owned(),
         Decision::VoidAuthorization => "void".to_owned(),
-        Decision::Nothing(reason) => format!(
-            "nothing:{}",
-            match reason {
-                NothingReason::ZeroValue => "zero_value",
-                NothingReason::Deferred => "deferred",
-                NothingReason::AuthorizationExhausted => "authorization_exhausted",
-                NothingReason::Latched => "latched",
-                NothingReason::NotOpen => "not_open",
-            }
-        ),
+        Decision::Nothing(reason) => format!("nothing:{}", reason.label()),
     };
     tracing::warn!(
         event = "order_resumed",
