@@ -540,10 +540,12 @@ struct Latencies {
     total: Vec<f64>,
     /// Publish → intake transaction began (waiting in the queue, batching).
     intake: Vec<f64>,
-    /// Intake → the capture's first claim (commit, dispatch, waiting for a claim).
-    claim: Vec<f64>,
-    /// First claim → recorded as succeeded (the provider call and the record).
+    /// Intake → the provider call began (the intake transaction, the claim, a call slot).
+    to_call: Vec<f64>,
+    /// The provider call.
     call: Vec<f64>,
+    /// The call's answer → recording it began.
+    record: Vec<f64>,
     /// Every capture's completion time.
     completions: Vec<DateTime<Utc>>,
     last: DateTime<Utc>,
@@ -555,8 +557,9 @@ impl Latencies {
             self.total,
             StageLatency {
                 queue_and_intake_ms: Percentiles::of(self.intake),
-                dispatch_and_claim_ms: Percentiles::of(self.claim),
-                call_and_record_ms: Percentiles::of(self.call),
+                intake_to_call_ms: Percentiles::of(self.to_call),
+                call_ms: Percentiles::of(self.call),
+                record_ms: Percentiles::of(self.record),
             },
         )
     }
@@ -572,12 +575,16 @@ async fn latencies(
         String,
         Option<DateTime<Utc>>,
         Option<DateTime<Utc>>,
+        Option<i32>,
         Option<DateTime<Utc>>,
     );
+    // The attempt that captured is the capture's last one.
     let rows: Vec<Row> = sqlx::query_as(
-        "select c.order_id, c.cause_id, s.created_at, c.first_attempt_at, c.completed_at
+        "select c.order_id, c.cause_id, s.created_at, a.started_at, a.latency_ms, c.completed_at
          from captures c
          left join shipments s on s.order_id = c.order_id and s.shipment_id = c.cause_id
+         left join capture_attempts a on a.capture_id = c.capture_id and a.attempt_no = c.attempts
+             and a.operation = 'capture'
          where c.order_id like $1 and c.kind = 'capture' and c.status = 'succeeded'",
     )
     .bind(format!("{}-%", work.prefix))
@@ -590,12 +597,13 @@ async fn latencies(
     let mut out = Latencies {
         total: Vec::with_capacity(rows.len()),
         intake: Vec::with_capacity(rows.len()),
-        claim: Vec::with_capacity(rows.len()),
+        to_call: Vec::with_capacity(rows.len()),
         call: Vec::with_capacity(rows.len()),
+        record: Vec::with_capacity(rows.len()),
         completions: Vec::with_capacity(rows.len()),
         last: DateTime::<Utc>::MIN_UTC,
     };
-    for (order_id, shipment, intake, claimed, completed) in rows {
+    for (order_id, shipment, intake, call_started, call_ms, completed) in rows {
         let Some(done) = completed else { continue };
         out.last = out.last.max(done);
         out.completions.push(done);
@@ -603,10 +611,12 @@ async fn latencies(
             continue;
         };
         out.total.push(ms(at, done));
-        if let (Some(intake), Some(claimed)) = (intake, claimed) {
+        if let (Some(intake), Some(started), Some(call_ms)) = (intake, call_started, call_ms) {
+            let call_ms = f64::from(call_ms);
             out.intake.push(ms(at, intake));
-            out.claim.push(ms(intake, claimed));
-            out.call.push(ms(claimed, done));
+            out.to_call.push(ms(intake, started));
+            out.call.push(call_ms);
+            out.record.push((ms(started, done) - call_ms).max(0.0));
         }
     }
     Ok(out)

@@ -130,12 +130,15 @@ pub struct Paced {
 /// Where the time from publish to capture goes (each stage's own percentiles).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StageLatency {
-    /// Publish → the intake transaction began: the broker, prefetch, batching.
+    /// Publish → the intake transaction began: the broker, prefetch, waiting for a batch.
     pub queue_and_intake_ms: Percentiles,
-    /// Intake began → the capture's first claim: intake itself, commit, dispatch, claim wait.
-    pub dispatch_and_claim_ms: Percentiles,
-    /// First claim → recorded as succeeded: the provider call and recording its outcome.
-    pub call_and_record_ms: Percentiles,
+    /// Intake began → the provider call began: the intake transaction and its commit, the
+    /// claim (in that transaction, or by the executor), waiting for a call slot.
+    pub intake_to_call_ms: Percentiles,
+    /// The provider call that captured.
+    pub call_ms: Percentiles,
+    /// The call's answer → recording it began: waiting for a success statement.
+    pub record_ms: Percentiles,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -506,20 +509,22 @@ impl Report {
         if !self.end_to_end.is_empty() {
             let _ = writeln!(
                 t,
-                "\n  paced latency by stage, p50/p99 ms: queue+intake / intake+dispatch+claim / call+record"
+                "\n  paced latency by stage, p50/p99 ms: queue+batch wait / intake+claim to call / call / answer to record"
             );
             for r in &self.end_to_end {
                 let st = &r.paced.stages;
                 let _ = writeln!(
                     t,
-                    "  L={:<4} {:.0}/{:.0} / {:.0}/{:.0} / {:.0}/{:.0}",
+                    "  L={:<4} {:.0}/{:.0} / {:.0}/{:.0} / {:.0}/{:.0} / {:.0}/{:.0}",
                     r.latency_ms,
                     st.queue_and_intake_ms.p50,
                     st.queue_and_intake_ms.p99,
-                    st.dispatch_and_claim_ms.p50,
-                    st.dispatch_and_claim_ms.p99,
-                    st.call_and_record_ms.p50,
-                    st.call_and_record_ms.p99
+                    st.intake_to_call_ms.p50,
+                    st.intake_to_call_ms.p99,
+                    st.call_ms.p50,
+                    st.call_ms.p99,
+                    st.record_ms.p50,
+                    st.record_ms.p99
                 );
             }
             let _ = writeln!(
