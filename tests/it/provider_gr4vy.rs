@@ -400,12 +400,11 @@ async fn lookup_reads_captured_and_what_is_still_capturable() {
 
 #[tokio::test]
 async fn lookup_of_a_voided_transaction_has_nothing_capturable() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(TXN_PATH))
-        .respond_with(answer(200, transaction("authorization_voided", 10000, 0)))
-        .mount(&server)
-        .await;
+    let server = serving_get(
+        TXN_PATH,
+        answer(200, transaction("authorization_voided", 10000, 0)),
+    )
+    .await;
 
     let snapshot = gr4vy(&server).lookup(&authorization()).await.unwrap();
 
@@ -414,12 +413,11 @@ async fn lookup_of_a_voided_transaction_has_nothing_capturable() {
 
 #[tokio::test]
 async fn lookup_while_a_capture_is_pending_asks_to_be_retried() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(TXN_PATH))
-        .respond_with(answer(200, transaction("capture_pending", 10000, 0)))
-        .mount(&server)
-        .await;
+    let server = serving_get(
+        TXN_PATH,
+        answer(200, transaction("capture_pending", 10000, 0)),
+    )
+    .await;
 
     let result = gr4vy(&server).lookup(&authorization()).await;
 
@@ -428,15 +426,14 @@ async fn lookup_while_a_capture_is_pending_asks_to_be_retried() {
 
 #[tokio::test]
 async fn lookup_of_an_unknown_transaction_is_permanent() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(TXN_PATH))
-        .respond_with(answer(
+    let server = serving_get(
+        TXN_PATH,
+        answer(
             404,
             gr4vy_error(404, "not_found", "The resource could not be found"),
-        ))
-        .mount(&server)
-        .await;
+        ),
+    )
+    .await;
 
     let result = gr4vy(&server).lookup(&authorization()).await;
 

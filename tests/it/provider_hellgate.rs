@@ -295,12 +295,7 @@ async fn lookup_of_a_captured_payment_reads_the_captured_amount() {
 
 #[tokio::test]
 async fn lookup_of_an_authorized_payment_shows_nothing_captured() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(PAYMENT_PATH))
-        .respond_with(answer(200, payment("authorized", None)))
-        .mount(&server)
-        .await;
+    let server = serving_get(PAYMENT_PATH, answer(200, payment("authorized", None))).await;
 
     let snapshot = hellgate(&server).lookup(&authorization()).await.unwrap();
 
@@ -310,12 +305,7 @@ async fn lookup_of_an_authorized_payment_shows_nothing_captured() {
 
 #[tokio::test]
 async fn lookup_while_capturing_asks_to_be_retried() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(PAYMENT_PATH))
-        .respond_with(answer(200, payment("capturing", None)))
-        .mount(&server)
-        .await;
+    let server = serving_get(PAYMENT_PATH, answer(200, payment("capturing", None))).await;
 
     let result = hellgate(&server).lookup(&authorization()).await;
 
@@ -324,12 +314,7 @@ async fn lookup_while_capturing_asks_to_be_retried() {
 
 #[tokio::test]
 async fn lookup_of_a_captured_payment_without_its_captured_amount_is_permanent() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(PAYMENT_PATH))
-        .respond_with(answer(200, payment("captured", None)))
-        .mount(&server)
-        .await;
+    let server = serving_get(PAYMENT_PATH, answer(200, payment("captured", None))).await;
 
     let result = hellgate(&server).lookup(&authorization()).await;
 

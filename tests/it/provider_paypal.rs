@@ -534,13 +534,12 @@ async fn lookup_of_a_fresh_authorization_shows_nothing_captured_without_reading_
 
 #[tokio::test]
 async fn lookup_sums_the_completed_captures_of_this_authorization_from_its_order() {
-    let server = MockServer::start().await;
+    let server = serving_get(
+        AUTH_PATH,
+        answer(200, authorization_body("PARTIALLY_CAPTURED")),
+    )
+    .await;
     token_mock(1).mount(&server).await;
-    Mock::given(method("GET"))
-        .and(path(AUTH_PATH))
-        .respond_with(answer(200, authorization_body("PARTIALLY_CAPTURED")))
-        .mount(&server)
-        .await;
     Mock::given(method("GET"))
         .and(path(ORDER_PATH))
         .respond_with(answer(
@@ -564,13 +563,12 @@ async fn lookup_sums_the_completed_captures_of_this_authorization_from_its_order
 
 #[tokio::test]
 async fn lookup_with_a_pending_capture_asks_to_be_retried() {
-    let server = MockServer::start().await;
+    let server = serving_get(
+        AUTH_PATH,
+        answer(200, authorization_body("PARTIALLY_CAPTURED")),
+    )
+    .await;
     token_mock(1).mount(&server).await;
-    Mock::given(method("GET"))
-        .and(path(AUTH_PATH))
-        .respond_with(answer(200, authorization_body("PARTIALLY_CAPTURED")))
-        .mount(&server)
-        .await;
     Mock::given(method("GET"))
         .and(path(ORDER_PATH))
         .respond_with(answer(
@@ -587,18 +585,17 @@ async fn lookup_with_a_pending_capture_asks_to_be_retried() {
 
 #[tokio::test]
 async fn lookup_of_an_unknown_authorization_is_permanent() {
-    let server = MockServer::start().await;
-    token_mock(1).mount(&server).await;
-    Mock::given(method("GET"))
-        .and(path(AUTH_PATH))
-        .respond_with(paypal_error(
+    let server = serving_get(
+        AUTH_PATH,
+        paypal_error(
             404,
             "RESOURCE_NOT_FOUND",
             Some("INVALID_RESOURCE_ID"),
             "Not found.",
-        ))
-        .mount(&server)
-        .await;
+        ),
+    )
+    .await;
+    token_mock(1).mount(&server).await;
 
     let result = paypal(&server).lookup(&authorization()).await;
 

@@ -761,10 +761,9 @@ async fn lookup_server_errors_and_rate_limits_are_retryable() {
 
 #[tokio::test]
 async fn lookup_of_an_unknown_payment_intent_is_permanent() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(INTENT_PATH))
-        .respond_with(answer(
+    let server = serving_get(
+        INTENT_PATH,
+        answer(
             404,
             stripe_error(
                 "invalid_request_error",
@@ -772,9 +771,9 @@ async fn lookup_of_an_unknown_payment_intent_is_permanent() {
                 None,
                 "No such payment_intent: 'pi_3QxCaptureWorker01'",
             ),
-        ))
-        .mount(&server)
-        .await;
+        ),
+    )
+    .await;
 
     let result = stripe(&server).lookup(&authorization()).await;
 

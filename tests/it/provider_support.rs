@@ -74,6 +74,17 @@ pub fn closed_port_url() -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// A mock provider that answers `GET path` with `response`.
+pub async fn serving_get(path_: &str, response: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(path_))
+        .respond_with(response)
+        .mount(&server)
+        .await;
+    server
+}
+
 /// A mock provider that answers `POST path` with `response`, but only 5 s later: after
 /// [`TIMEOUT_BEFORE_THE_ANSWER`], when the request has long been sent.
 pub async fn answering_late(path_: &str, response: ResponseTemplate) -> MockServer {
