@@ -156,8 +156,7 @@ fn build(
     let context = |e: crate::provider::ProviderSetupError| anyhow::anyhow!("providers.{name}: {e}");
     let adapter: Arc<dyn PaymentProvider> = match kind {
         AdapterKind::Stripe => Arc::new(
-            StripeProvider::new(provider_name, base_url, secret, timeout)
-                .map_err(|e| anyhow::anyhow!("providers.{name}: {e}"))?,
+            StripeProvider::new(provider_name, base_url, secret, timeout).map_err(context)?,
         ),
         AdapterKind::Gr4vy => {
             let adapter = Gr4vyProvider::new(

@@ -1,19 +1,30 @@
-//! HTTP plumbing the JSON adapters share: base URLs, the client, sensitive header values,
-//! sending one call and timing it, and the outcome of a call that got no answer.
+//! HTTP plumbing the adapters share: the [`Api`] an adapter calls (base URL, client, the
+//! headers every call carries, the provider's request id header), sending one call and timing
+//! it, the outcome of a call that got no answer, the wording of an error answer's outcome,
+//! the read-back path from an exchange to the adapter's decoded body, and the adapter's span.
 //!
 //! Owns nothing provider-specific: every status and body is routed by the adapter that
-//! understands it. Imports `domain` and the provider boundary only. A credential handed to
-//! [`sensitive`] is marked so that `Debug` of the header prints nothing of it, and no error
-//! built here ever contains one.
+//! understands it (paths, headers, body shapes, what each answer means). Imports `domain`,
+//! `config::Secret` and the provider boundary only. A credential handed to [`sensitive`] is
+//! marked so that `Debug` of the header prints nothing of it, and no error built here ever
+//! contains one.
 
 use std::error::Error as _;
+use std::fmt;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, HeaderValue};
-use reqwest::{Client, RequestBuilder, StatusCode, Url};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Client, Method, RequestBuilder, StatusCode, Url};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
 
-use crate::domain::ProviderName;
-use crate::provider::{CallResult, Outcome};
+use crate::config::Secret;
+use crate::domain::{AuthorizationId, IdempotencyKey, ProviderName};
+use crate::provider::{
+    AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, ReleaseRequest,
+};
 
 /// Longest wait a `Retry-After` may ask for.
 pub(crate) const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
@@ -149,6 +160,291 @@ pub(crate) fn url_with(base: &Url, segments: &[&str]) -> Result<Url, String> {
     Ok(url)
 }
 
+/// What is fixed about a provider's API, whatever the account: its kind (naming spans), an
+/// example base URL (shown when the configured one is not usable), how the API key is sent,
+/// the header it answers with its request id, and whether it honours an idempotency key.
+pub(crate) struct Shape {
+    pub(crate) kind: &'static str,
+    pub(crate) example_url: &'static str,
+    pub(crate) credential: Credential,
+    pub(crate) request_id: &'static str,
+    pub(crate) replay: Replay,
+}
+
+/// How the credential is sent; the `&'static str` names it in setup errors.
+pub(crate) enum Credential {
+    /// `Authorization: Bearer <key>`.
+    Bearer(&'static str),
+    /// The key as it is, in this header (`x-api-key`).
+    Header(&'static str, &'static str),
+}
+
+/// One provider account's API as every call of its adapter reaches it: the [`Shape`], the
+/// configured name and base URL, the one client, and the headers every call carries
+/// (credential, account).
+pub(crate) struct Api {
+    name: ProviderName,
+    shape: &'static Shape,
+    base_url: Url,
+    client: Client,
+    timeout: Duration,
+    /// Sent with every call; credentials are marked sensitive and shown as `[redacted]`.
+    headers: Headers,
+}
+
+impl fmt::Debug for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Api")
+            .field("kind", &self.shape.kind)
+            .field("name", &self.name)
+            .field("base_url", &self.base_url.as_str())
+            .field("headers", &self.headers)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Headers whose `Debug` shows no sensitive value.
+struct Headers(HeaderMap);
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(name, value)| {
+                let shown = if value.is_sensitive() {
+                    "[redacted]"
+                } else {
+                    value.to_str().unwrap_or("[not text]")
+                };
+                (name.as_str(), shown)
+            }))
+            .finish()
+    }
+}
+
+impl Api {
+    /// Checks `base_url` (see [`parse_base_url`]), builds the client (see [`client`]), and
+    /// sends `api_key` with every call as the shape says (nothing without a key).
+    pub(crate) fn new(
+        name: &ProviderName,
+        shape: &'static Shape,
+        base_url: String,
+        api_key: Option<&Secret>,
+        timeout: Duration,
+    ) -> Result<Self, ProviderSetupError> {
+        let base_url = parse_base_url(name, base_url, shape.example_url)?;
+        let client = client(name, timeout)?;
+        let mut headers = HeaderMap::new();
+        if let Some(key) = api_key.map(Secret::expose) {
+            let (header, value, what) = match shape.credential {
+                Credential::Bearer(what) => (AUTHORIZATION, format!("Bearer {key}"), what),
+                Credential::Header(header, what) => {
+                    (HeaderName::from_static(header), key.to_owned(), what)
+                }
+            };
+            let value = sensitive(key, value).ok_or_else(|| ProviderSetupError::Credential {
+                name: name.clone(),
+                what,
+            })?;
+            headers.insert(header, value);
+        }
+        Ok(Api {
+            name: name.clone(),
+            shape,
+            base_url,
+            client,
+            timeout,
+            headers: Headers(headers),
+        })
+    }
+
+    /// Sends `value` in `header` (lower case) with every call; not a credential.
+    pub(crate) fn with_header(mut self, header: &'static str, value: HeaderValue) -> Self {
+        self.headers
+            .0
+            .insert(HeaderName::from_static(header), value);
+        self
+    }
+
+    /// The configured provider name.
+    pub(crate) fn name(&self) -> &ProviderName {
+        &self.name
+    }
+
+    /// The base URL with `segments` appended (see [`url_with`]).
+    pub(crate) fn url(&self, segments: &[&str]) -> Result<Url, String> {
+        url_with(&self.base_url, segments)
+    }
+
+    /// A request to `url` carrying the headers of every call.
+    pub(crate) fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        self.client
+            .request(method, url)
+            .headers(self.headers.0.clone())
+    }
+
+    /// Sends one call and routes its answer (see [`finish`]).
+    pub(crate) async fn send(
+        &self,
+        what: &str,
+        request: RequestBuilder,
+        route: impl FnOnce(StatusCode, &HeaderMap, &[u8]) -> (Outcome, Option<String>),
+    ) -> CallResult {
+        let exchange = exchange(request).await;
+        let shape = self.shape;
+        finish(
+            exchange,
+            what,
+            self.timeout,
+            shape.replay,
+            shape.request_id,
+            route,
+        )
+    }
+
+    /// POSTs to `segments` with what `build` adds (headers, body) and routes the answer; a
+    /// call whose URL cannot be built is not sent.
+    pub(crate) async fn post(
+        &self,
+        what: &str,
+        segments: &[&str],
+        build: impl FnOnce(RequestBuilder) -> RequestBuilder,
+        route: impl FnOnce(StatusCode, &HeaderMap, &[u8]) -> (Outcome, Option<String>),
+    ) -> CallResult {
+        match self.url(segments) {
+            Ok(url) => {
+                self.send(what, build(self.request(Method::POST, url)), route)
+                    .await
+            }
+            Err(problem) => unsendable(what, problem),
+        }
+    }
+
+    /// GETs `segments` and decodes the 2xx body as `noun` (see [`read_back`]).
+    pub(crate) async fn get<T: DeserializeOwned>(
+        &self,
+        authorization_id: &AuthorizationId,
+        segments: &[&str],
+        noun: &str,
+        refused: impl FnOnce(StatusCode, &HeaderMap, &[u8]) -> RefusedRead,
+    ) -> Result<T, LookupError> {
+        let url = self
+            .url(segments)
+            .map_err(LookupError::permanent_for(authorization_id))?;
+        let exchange = exchange(self.request(Method::GET, url)).await;
+        self.read_back(exchange, authorization_id, noun, refused)
+    }
+
+    /// Turns a read-back's exchange into the adapter's decoded body, `noun` naming it
+    /// ("transaction"). A read changes nothing, so a transport failure or a lost body may be
+    /// retried; an error answer is retryable on 429, 5xx or when `refused` says so, else
+    /// permanent; a 2xx body that is not `noun` is permanent. The HTTP status and the provider's
+    /// request id are recorded on the current span (the adapter's lookup span).
+    pub(crate) fn read_back<T: DeserializeOwned>(
+        &self,
+        exchange: Exchange,
+        authorization_id: &AuthorizationId,
+        noun: &str,
+        refused: impl FnOnce(StatusCode, &HeaderMap, &[u8]) -> RefusedRead,
+    ) -> Result<T, LookupError> {
+        let retryable = LookupError::retryable_for(authorization_id);
+        let permanent = LookupError::permanent_for(authorization_id);
+        let answer = exchange.result.map_err(|error| {
+            retryable(format!(
+                "reading the {noun} failed in transport: {}",
+                error_chain(&error)
+            ))
+        })?;
+        let status = answer.status;
+        let span = tracing::Span::current();
+        span.record("http_status", status.as_u16());
+        if let Some(id) = header_text(&answer.headers, self.shape.request_id) {
+            span.record("provider_request_id", id.as_str());
+        }
+        let body = answer.body.map_err(|error| {
+            retryable(format!(
+                "reading the body of the HTTP {} answer failed: {}",
+                status.as_u16(),
+                error_chain(&error)
+            ))
+        })?;
+        if !status.is_success() {
+            let RefusedRead {
+                detail,
+                retryable: also_retryable,
+            } = refused(status, &answer.headers, &body);
+            let busy = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+            return Err(if busy || also_retryable {
+                retryable(detail)
+            } else {
+                permanent(detail)
+            });
+        }
+        serde_json::from_slice(&body).map_err(|error| {
+            permanent(format!(
+                "HTTP {} body is not {}: {error}",
+                status.as_u16(),
+                with_article(noun)
+            ))
+        })
+    }
+
+    /// The adapter's span around a capture (see [`Api::span`]).
+    pub(crate) fn capture_span(&self, request: &CaptureRequest) -> tracing::Span {
+        let key = Some(&request.idempotency_key);
+        self.span("capture", &request.authorization_id, key)
+    }
+
+    /// The adapter's span around a release (see [`Api::span`]).
+    pub(crate) fn release_span(&self, request: &ReleaseRequest) -> tracing::Span {
+        let key = Some(&request.idempotency_key);
+        self.span("release", &request.authorization_id, key)
+    }
+
+    /// Runs a read-back in the adapter's span (see [`Api::span`]), logging a failure as a
+    /// warning.
+    pub(crate) async fn traced_lookup(
+        &self,
+        authorization_id: &AuthorizationId,
+        read: impl Future<Output = Result<AuthorizationSnapshot, LookupError>>,
+    ) -> Result<AuthorizationSnapshot, LookupError> {
+        let span = self.span("lookup", authorization_id, None);
+        let result = read.instrument(span.clone()).await;
+        if let Err(error) = &result {
+            span.in_scope(|| tracing::warn!(error = %error));
+        }
+        result
+    }
+
+    /// The adapter's span around one call, named `<kind>.<operation>` (`gr4vy.capture`). Kind
+    /// internal: the executor's `provider call` span around it is the client span, and it
+    /// records the answer (outcome, HTTP status, provider code and request id) from the
+    /// [`CallResult`]. This span adds what identifies the request at the provider: the
+    /// authorization, and the idempotency key when the provider takes one. A read-back
+    /// records its HTTP status and request id here, since a lookup's result carries neither.
+    fn span(
+        &self,
+        operation: &str,
+        authorization_id: &AuthorizationId,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> tracing::Span {
+        let idempotency_key = match self.shape.replay {
+            Replay::Idempotent => idempotency_key.map(IdempotencyKey::as_str),
+            Replay::Unprotected => None,
+        };
+        tracing::info_span!(
+            "provider request",
+            otel.name = %format_args!("{}.{operation}", self.shape.kind),
+            otel.kind = "internal",
+            provider = %self.name,
+            authorization_id = %authorization_id,
+            idempotency_key,
+            http_status = tracing::field::Empty,
+            provider_request_id = tracing::field::Empty,
+        )
+    }
+}
+
 /// A response whose status and headers arrived; the body may still have failed to arrive.
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
@@ -222,15 +518,13 @@ pub(crate) fn finish(
     let answer = match exchange.result {
         Ok(answer) => answer,
         Err(error) => {
-            let result = CallResult {
+            return CallResult {
                 outcome: transport_outcome(what, &error, timeout, replay),
                 http_status: None,
                 provider_code: None,
                 provider_request_id: None,
                 latency: exchange.latency,
             };
-            record(&result);
-            return result;
         }
     };
     let status = answer.status.as_u16();
@@ -250,15 +544,13 @@ pub(crate) fn finish(
         // An error status without its body: route on the status and headers alone.
         Err(_) => route(answer.status, &answer.headers, &[]),
     };
-    let result = CallResult {
+    CallResult {
         outcome,
         http_status: Some(status),
         provider_code,
         provider_request_id: request_id,
         latency: exchange.latency,
-    };
-    record(&result);
-    result
+    }
 }
 
 /// The outcome of a call that got no HTTP answer.
@@ -299,7 +591,7 @@ pub(crate) fn transport_outcome(
 
 /// A call that could not be addressed; nothing was sent.
 pub(crate) fn unsendable(what: &str, problem: String) -> CallResult {
-    let result = CallResult {
+    CallResult {
         outcome: Outcome::Failed {
             reason: format!("{what}: {problem}"),
         },
@@ -307,9 +599,137 @@ pub(crate) fn unsendable(what: &str, problem: String) -> CallResult {
         provider_code: None,
         provider_request_id: None,
         latency: Duration::ZERO,
-    };
-    record(&result);
-    result
+    }
+}
+
+/// The wording of an error answer's outcome: `{what}: {why}: {detail}`, where `detail` is
+/// what the provider said ([`error_detail`]). A retry waits for the answer's `Retry-After`.
+pub(crate) struct Refusal<'a> {
+    what: &'a str,
+    detail: String,
+    after: Option<Duration>,
+}
+
+impl<'a> Refusal<'a> {
+    pub(crate) fn new(what: &'a str, headers: &HeaderMap, detail: String) -> Self {
+        Refusal {
+            what,
+            detail,
+            after: retry_after(headers),
+        }
+    }
+
+    /// Not done; the same call may be sent again under the same key.
+    pub(crate) fn retry(&self, why: &str) -> Outcome {
+        Outcome::Retryable {
+            after: self.after,
+            reason: self.reason(why),
+        }
+    }
+
+    /// Definitely not done, and sending it again will not help.
+    pub(crate) fn failed(&self, why: &str) -> Outcome {
+        Outcome::Failed {
+            reason: self.reason(why),
+        }
+    }
+
+    /// Maybe done, and the key can only replay this answer: read the provider back first.
+    pub(crate) fn unknown(&self, why: &str) -> Outcome {
+        Outcome::Unknown {
+            reason: self.reason(why),
+            key_spent: true,
+        }
+    }
+
+    fn reason(&self, why: &str) -> String {
+        format!("{}: {why}: {}", self.what, self.detail)
+    }
+}
+
+/// What a provider's error body says, for reasons: `HTTP 409 concurrent_request: In progress`
+/// (`code_and_message`, the message left out when empty), or `HTTP 502 without {provider}
+/// error body` when there is none (`provider`: "a Gr4vy", "an Adyen").
+pub(crate) fn error_detail(
+    status: StatusCode,
+    code_and_message: Option<(&str, &str)>,
+    provider: &str,
+) -> String {
+    let status = status.as_u16();
+    match code_and_message {
+        Some((code, "")) => format!("HTTP {status} {code}"),
+        Some((code, message)) => format!("HTTP {status} {code}: {message}"),
+        None => format!("HTTP {status} without {provider} error body"),
+    }
+}
+
+/// The plain error body Gr4vy, Hellgate and the orchestrator answer with: a `code` and a
+/// `message`, whichever are there (other fields ignored). It is the same shape in all three,
+/// so it lives here rather than in each adapter's `wire.rs`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct CodeAndMessage {
+    #[serde(default)]
+    pub(crate) code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl CodeAndMessage {
+    /// The error in `body`, when it names a code or a message.
+    pub(crate) fn parse(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice::<Self>(body)
+            .ok()
+            .filter(|e| e.code.is_some() || e.message.is_some())
+    }
+
+    /// The message, clipped to [`MESSAGE_LIMIT`]; empty when there is none.
+    pub(crate) fn message(&self) -> String {
+        clip(self.message.as_deref().unwrap_or(""), MESSAGE_LIMIT)
+    }
+
+    /// `HTTP 409 concurrent_request: …` (see [`error_detail`]).
+    pub(crate) fn detail(status: StatusCode, error: Option<&Self>, provider: &str) -> String {
+        let message = error.map(Self::message);
+        let code = error.and_then(|e| e.code.as_deref()).unwrap_or("error");
+        error_detail(status, message.as_deref().map(|m| (code, m)), provider)
+    }
+}
+
+/// The 2xx body as `noun` ("transaction capture"), or the outcome of one that is not: the
+/// call may have been applied. `replay` says whether the same key may be sent again.
+pub(crate) fn decode<T: DeserializeOwned>(
+    what: &str,
+    status: StatusCode,
+    body: &[u8],
+    noun: &str,
+    replay: Replay,
+) -> Result<T, Outcome> {
+    serde_json::from_slice(body).map_err(|error| Outcome::Unknown {
+        reason: format!(
+            "{what}: HTTP {} body is not {} ({error}); it may have been applied",
+            status.as_u16(),
+            with_article(noun)
+        ),
+        key_spent: replay.key_spent(),
+    })
+}
+
+/// What an adapter makes of a read-back's error answer.
+pub(crate) struct RefusedRead {
+    /// What the provider said ([`error_detail`]).
+    pub(crate) detail: String,
+    /// Asking again later may succeed. 429 and 5xx always may; this adds the provider's own
+    /// (a request with the same key still in progress, a refused token that is renewed).
+    pub(crate) retryable: bool,
+}
+
+/// "a transaction", "an authorization".
+fn with_article(noun: &str) -> String {
+    let vowel = noun
+        .chars()
+        .next()
+        .is_some_and(|c| "aeiouAEIOU".contains(c));
+    format!("{} {noun}", if vowel { "an" } else { "a" })
 }
 
 /// `Retry-After` in whole seconds, capped at [`RETRY_AFTER_CAP`]; the HTTP-date form is
@@ -325,22 +745,6 @@ pub(crate) fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-}
-
-/// Records what was learned on the current call span (fields declared by the adapter's
-/// `#[instrument]`; recording an undeclared field is a no-op).
-pub(crate) fn record(result: &CallResult) {
-    let span = tracing::Span::current();
-    span.record("outcome", result.outcome.label());
-    if let Some(status) = result.http_status {
-        span.record("http_status", status);
-    }
-    if let Some(id) = &result.provider_request_id {
-        span.record("provider_request_id", id.as_str());
-    }
-    if let Some(code) = &result.provider_code {
-        span.record("provider_code", code.as_str());
-    }
 }
 
 /// An error and its sources, `: `-separated; reqwest's own message is often just "error

@@ -3,7 +3,8 @@
 //! Owns the translation between the domain's capture request and a provider's wire format.
 //! Each adapter lives in its own folder (`mod.rs`: URL, headers, auth, idempotency header,
 //! status routing; `wire.rs`: request and response structs). Wire structs never leave their
-//! folder. Declines are outcomes, not errors (DESIGN §3.4). Adapters import `domain`, never
+//! folder. What every adapter does the same way (the client, sending and timing a call,
+//! transport failures, the read-back path, the adapter's span) is in `http.rs`. Declines are outcomes, not errors (DESIGN §3.4). Adapters import `domain`, never
 //! `storage`, `queue` or `app`, and never each other.
 
 pub mod adyen;
@@ -142,6 +143,28 @@ pub enum LookupError {
         authorization_id: String,
         reason: String,
     },
+}
+
+impl LookupError {
+    /// Builds the "ask again later" error of a lookup of `authorization_id` from its reason.
+    pub(crate) fn retryable_for(
+        authorization_id: &AuthorizationId,
+    ) -> impl Fn(String) -> Self + Copy {
+        move |reason| LookupError::Retryable {
+            authorization_id: authorization_id.to_string(),
+            reason,
+        }
+    }
+
+    /// Builds the error of a lookup of `authorization_id` that asking again will not fix.
+    pub(crate) fn permanent_for(
+        authorization_id: &AuthorizationId,
+    ) -> impl Fn(String) -> Self + Copy {
+        move |reason| LookupError::Permanent {
+            authorization_id: authorization_id.to_string(),
+            reason,
+        }
+    }
 }
 
 /// What a notification is about.

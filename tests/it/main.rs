@@ -24,6 +24,7 @@ mod provider_orchestrator;
 mod provider_paypal;
 mod provider_registry;
 mod provider_stripe;
+mod provider_support;
 mod providers_e2e;
 mod sandbox;
 mod support;

@@ -9,12 +9,13 @@ use capture_worker::provider::adyen::{
     AdyenProvider, NotificationError, NotificationEvent, parse_notification, sign,
 };
 use capture_worker::provider::{
-    CallResult, CaptureLine, CaptureRequest, LookupError, Outcome, PaymentProvider, ReleaseRequest,
+    CallResult, CaptureLine, CaptureRequest, Outcome, PaymentProvider, ReleaseRequest,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::provider_support::*;
 use crate::support::*;
 
 const API_KEY: &str = "AQEyhmfxSecretNeverLogged0123456789";
@@ -39,36 +40,14 @@ fn adyen(server: &MockServer) -> AdyenProvider {
     adyen_at(&server.uri(), Duration::from_secs(10))
 }
 
-fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
-}
-
 fn authorization() -> AuthorizationId {
     AuthorizationId::parse(PSP).unwrap()
-}
-
-fn key(cause: &str) -> IdempotencyKey {
-    IdempotencyKey::derive(
-        &ProviderName::parse("adyen").unwrap(),
-        &authorization(),
-        cause,
-        0,
-    )
 }
 
 /// Parcel SHP-77 of ORD-1042: three mugs worth 18.97 after rounding, and 7.99 shipping.
 fn capture_request(is_final: bool) -> CaptureRequest {
     CaptureRequest {
-        authorization_id: authorization(),
-        order_id: OrderId::parse("ORD-1042").unwrap(),
-        cause: "SHP-77".to_owned(),
-        sequence: 2,
-        amount: Money::new(m(2696), cur("EUR")),
         is_final,
-        idempotency_key: key("SHP-77"),
         lines: vec![CaptureLine {
             line_id: LineId::parse("L1").unwrap(),
             sku: "MUG-1".to_owned(),
@@ -76,15 +55,12 @@ fn capture_request(is_final: bool) -> CaptureRequest {
             quantity: 3,
             amount: m(1897),
         }],
+        ..parcel_capture("adyen", PSP, "SHP-77", Money::new(m(2696), cur("EUR")))
     }
 }
 
 fn release_request() -> ReleaseRequest {
-    ReleaseRequest {
-        authorization_id: authorization(),
-        order_id: OrderId::parse("ORD-1042").unwrap(),
-        idempotency_key: key("CANCEL-9"),
-    }
+    release_of("adyen", PSP)
 }
 
 /// The body Adyen must receive; there is no final flag, so final and non-final look alike.
@@ -116,9 +92,7 @@ fn service_error(status: u16, code: &str, kind: &str, message: &str) -> Value {
 }
 
 fn answer(status: u16, body: Value) -> ResponseTemplate {
-    ResponseTemplate::new(status)
-        .set_body_json(body)
-        .insert_header("pspReference", "8816178952380553")
+    json_answer(status, body, ("pspReference", "8816178952380553"))
 }
 
 fn capture_mock(request: &CaptureRequest, response: ResponseTemplate) -> Mock {
@@ -133,30 +107,18 @@ fn capture_mock(request: &CaptureRequest, response: ResponseTemplate) -> Mock {
 }
 
 async fn capture_answered_with(response: ResponseTemplate) -> CallResult {
-    let server = MockServer::start().await;
     let request = capture_request(false);
-    capture_mock(&request, response).mount(&server).await;
-    adyen(&server).capture(&request).await
-}
-
-fn failure_reason(result: &CallResult) -> &str {
-    match &result.outcome {
-        Outcome::Failed { reason } => reason,
-        other => panic!("expected Failed, got {other:?}"),
-    }
+    capture_against(capture_mock(&request, response), adyen, &request).await
 }
 
 // ---- request shapes ----
 
 #[tokio::test]
 async fn non_final_capture_posts_amount_reference_and_line_items_and_is_pending_until_notified() {
-    let server = MockServer::start().await;
     let request = capture_request(false);
-    capture_mock(&request, answer(201, received("JDD6LKT8MBLZNN84")))
-        .mount(&server)
-        .await;
+    let mock = capture_mock(&request, answer(201, received("JDD6LKT8MBLZNN84")));
 
-    let result = adyen(&server).capture(&request).await;
+    let result = capture_against(mock, adyen, &request).await;
 
     assert_eq!(
         result.outcome,
@@ -173,13 +135,10 @@ async fn non_final_capture_posts_amount_reference_and_line_items_and_is_pending_
 
 #[tokio::test]
 async fn final_capture_sends_the_same_shape_because_adyen_has_no_final_flag() {
-    let server = MockServer::start().await;
     let request = capture_request(true);
-    capture_mock(&request, answer(201, received("JDD6LKT8MBLZNN85")))
-        .mount(&server)
-        .await;
+    let mock = capture_mock(&request, answer(201, received("JDD6LKT8MBLZNN85")));
 
-    let result = adyen(&server).capture(&request).await;
+    let result = capture_against(mock, adyen, &request).await;
 
     assert!(matches!(result.outcome, Outcome::Pending { .. }));
 }
@@ -220,13 +179,7 @@ async fn a_success_status_other_than_received_is_unknown() {
 
     let result = capture_answered_with(answer(201, body)).await;
 
-    assert!(matches!(
-        result.outcome,
-        Outcome::Unknown {
-            key_spent: true,
-            ..
-        }
-    ));
+    assert!(is_unknown_with_key_spent(&result), "{result:?}");
 }
 
 #[tokio::test]
@@ -298,36 +251,18 @@ async fn rate_limits_and_server_errors_are_retryable_under_the_same_key() {
 
 #[tokio::test]
 async fn timeout_after_sending_is_unknown_with_the_key_unspent() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(CAPTURE_PATH))
-        .respond_with(answer(201, received("X")).set_delay(Duration::from_secs(5)))
-        .mount(&server)
-        .await;
+    let late = answer(201, received("X"));
 
-    let result = adyen_at(&server.uri(), Duration::from_millis(300))
-        .capture(&capture_request(false))
-        .await;
+    let result = capture_answered_late(adyen_at, CAPTURE_PATH, late, &capture_request(false)).await;
 
-    assert!(matches!(
-        result.outcome,
-        Outcome::Unknown {
-            key_spent: false,
-            ..
-        }
-    ));
+    assert!(is_unknown_with_key_unspent(&result), "{result:?}");
 }
 
 #[tokio::test]
 async fn refused_connection_is_retryable_because_nothing_was_sent() {
-    let result = adyen_at(&closed_port_url(), Duration::from_secs(5))
-        .capture(&capture_request(false))
-        .await;
+    let result = capture_with_nobody_listening(adyen_at, &capture_request(false)).await;
 
-    assert!(matches!(
-        result.outcome,
-        Outcome::Retryable { after: None, .. }
-    ));
+    assert!(is_retryable_at_once(&result), "{result:?}");
 }
 
 #[tokio::test]
@@ -336,10 +271,7 @@ async fn lookup_is_permanent_because_adyen_has_no_read_back() {
 
     let result = adyen(&server).lookup(&authorization()).await;
 
-    match result {
-        Err(LookupError::Permanent { reason, .. }) => assert!(reason.contains("notification")),
-        other => panic!("expected Permanent, got {other:?}"),
-    }
+    assert!(assert_permanent(&result).contains("notification"));
     assert!(server.received_requests().await.unwrap().is_empty());
 }
 
@@ -493,10 +425,11 @@ async fn the_api_key_never_appears_in_debug_output_or_errors() {
     let provider = adyen(&server);
     let rejected = provider.capture(&capture_request(false)).await;
 
-    for text in [format!("{provider:?}"), format!("{rejected:?}")] {
-        assert!(!text.contains("SecretNeverLogged"), "{text}");
-    }
-    assert!(format!("{provider:?}").contains("[redacted]"));
+    assert_no_secret_shows(
+        &format!("{provider:?}"),
+        &[format!("{rejected:?}")],
+        &["SecretNeverLogged"],
+    );
 }
 
 #[test]

@@ -7,12 +7,13 @@ use capture_worker::config::Secret;
 use capture_worker::domain::*;
 use capture_worker::provider::checkout::CheckoutProvider;
 use capture_worker::provider::{
-    CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider, ReleaseRequest,
+    CallResult, CaptureRequest, Outcome, PaymentProvider, ReleaseRequest,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::provider_support::*;
 use crate::support::*;
 
 const SECRET_KEY: &str = "sk_sbox_SecretNeverLogged0123456789";
@@ -35,45 +36,24 @@ fn checkout(server: &MockServer) -> CheckoutProvider {
     checkout_at(&server.uri(), Duration::from_secs(10))
 }
 
-fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
-}
-
 fn authorization() -> AuthorizationId {
     AuthorizationId::parse(PAYMENT).unwrap()
 }
 
-fn key(cause: &str) -> IdempotencyKey {
-    IdempotencyKey::derive(
-        &ProviderName::parse("checkout").unwrap(),
-        &authorization(),
-        cause,
-        0,
-    )
-}
-
 fn capture_request(is_final: bool) -> CaptureRequest {
     CaptureRequest {
-        authorization_id: authorization(),
-        order_id: OrderId::parse("ORD-1042").unwrap(),
-        cause: "SHP-77".to_owned(),
-        sequence: 2,
-        amount: Money::new(m(2500), cur("GBP")),
         is_final,
-        idempotency_key: key("SHP-77"),
-        lines: Vec::new(),
+        ..parcel_capture(
+            "checkout",
+            PAYMENT,
+            "SHP-77",
+            Money::new(m(2500), cur("GBP")),
+        )
     }
 }
 
 fn release_request() -> ReleaseRequest {
-    ReleaseRequest {
-        authorization_id: authorization(),
-        order_id: OrderId::parse("ORD-1042").unwrap(),
-        idempotency_key: key("CANCEL-9"),
-    }
+    release_of("checkout", PAYMENT)
 }
 
 fn accepted(action: &str) -> Value {
@@ -89,9 +69,7 @@ fn cko_error(kind: &str, codes: &[&str]) -> Value {
 }
 
 fn answer(status: u16, body: Value) -> ResponseTemplate {
-    ResponseTemplate::new(status)
-        .set_body_json(body)
-        .insert_header("Cko-Request-Id", "req_cko_01")
+    json_answer(status, body, ("Cko-Request-Id", "req_cko_01"))
 }
 
 fn capture_mock(request: &CaptureRequest, response: ResponseTemplate) -> Mock {
@@ -116,33 +94,21 @@ fn capture_mock(request: &CaptureRequest, response: ResponseTemplate) -> Mock {
 }
 
 async fn capture_answered_with(response: ResponseTemplate) -> CallResult {
-    let server = MockServer::start().await;
     let request = capture_request(false);
-    capture_mock(&request, response).mount(&server).await;
-    checkout(&server).capture(&request).await
-}
-
-fn failure_reason(result: &CallResult) -> &str {
-    match &result.outcome {
-        Outcome::Failed { reason } => reason,
-        other => panic!("expected Failed, got {other:?}"),
-    }
+    capture_against(capture_mock(&request, response), checkout, &request).await
 }
 
 // ---- request shapes ----
 
 #[tokio::test]
 async fn non_final_capture_sends_capture_type_non_final_and_is_pending_until_the_webhook() {
-    let server = MockServer::start().await;
     let request = capture_request(false);
-    capture_mock(
+    let mock = capture_mock(
         &request,
         answer(202, accepted("act_y3oqhf46pyzuxjbcn2giaqnb44")),
-    )
-    .mount(&server)
-    .await;
+    );
 
-    let result = checkout(&server).capture(&request).await;
+    let result = capture_against(mock, checkout, &request).await;
 
     assert_eq!(
         result.outcome,
@@ -156,13 +122,10 @@ async fn non_final_capture_sends_capture_type_non_final_and_is_pending_until_the
 
 #[tokio::test]
 async fn final_capture_sends_capture_type_final_explicitly() {
-    let server = MockServer::start().await;
     let request = capture_request(true);
-    capture_mock(&request, answer(202, accepted("act_final")))
-        .mount(&server)
-        .await;
+    let mock = capture_mock(&request, answer(202, accepted("act_final")));
 
-    let result = checkout(&server).capture(&request).await;
+    let result = capture_against(mock, checkout, &request).await;
 
     assert!(matches!(result.outcome, Outcome::Pending { .. }));
 }
@@ -203,13 +166,7 @@ async fn release_voids_the_payment_under_its_idempotency_key() {
 async fn an_accepted_answer_without_an_action_id_is_unknown() {
     let result = capture_answered_with(answer(202, json!({"reference": "x"}))).await;
 
-    assert!(matches!(
-        result.outcome,
-        Outcome::Unknown {
-            key_spent: false,
-            ..
-        }
-    ));
+    assert!(is_unknown_with_key_unspent(&result), "{result:?}");
 }
 
 #[tokio::test]
@@ -265,36 +222,19 @@ async fn conflicts_rate_limits_and_server_errors_are_retryable() {
 
 #[tokio::test]
 async fn timeout_after_sending_is_unknown_with_the_key_unspent() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(CAPTURE_PATH))
-        .respond_with(answer(202, accepted("act_1")).set_delay(Duration::from_secs(5)))
-        .mount(&server)
-        .await;
+    let late = answer(202, accepted("act_1"));
 
-    let result = checkout_at(&server.uri(), Duration::from_millis(300))
-        .capture(&capture_request(false))
-        .await;
+    let result =
+        capture_answered_late(checkout_at, CAPTURE_PATH, late, &capture_request(false)).await;
 
-    assert!(matches!(
-        result.outcome,
-        Outcome::Unknown {
-            key_spent: false,
-            ..
-        }
-    ));
+    assert!(is_unknown_with_key_unspent(&result), "{result:?}");
 }
 
 #[tokio::test]
 async fn refused_connection_is_retryable_because_nothing_was_sent() {
-    let result = checkout_at(&closed_port_url(), Duration::from_secs(5))
-        .capture(&capture_request(false))
-        .await;
+    let result = capture_with_nobody_listening(checkout_at, &capture_request(false)).await;
 
-    assert!(matches!(
-        result.outcome,
-        Outcome::Retryable { after: None, .. }
-    ));
+    assert!(is_retryable_at_once(&result), "{result:?}");
 }
 
 // ---- lookup ----
@@ -357,14 +297,8 @@ async fn lookup_of_a_pending_payment_asks_to_be_retried_and_an_unknown_one_is_pe
     let pending = provider.lookup(&authorization()).await;
     let missing = provider.lookup(&authorization()).await;
 
-    assert!(
-        matches!(pending, Err(LookupError::Retryable { .. })),
-        "{pending:?}"
-    );
-    assert!(
-        matches!(missing, Err(LookupError::Permanent { .. })),
-        "{missing:?}"
-    );
+    assert_retryable(&pending);
+    assert_permanent(&missing);
 }
 
 // ---- configuration and secrecy ----
@@ -379,10 +313,11 @@ async fn the_secret_key_never_appears_in_debug_output_or_errors() {
     let provider = checkout(&server);
     let rejected = provider.capture(&capture_request(false)).await;
 
-    for text in [format!("{provider:?}"), format!("{rejected:?}")] {
-        assert!(!text.contains("SecretNeverLogged"), "{text}");
-    }
-    assert!(format!("{provider:?}").contains("[redacted]"));
+    assert_no_secret_shows(
+        &format!("{provider:?}"),
+        &[format!("{rejected:?}")],
+        &["SecretNeverLogged"],
+    );
 }
 
 #[test]

@@ -7,12 +7,13 @@ use capture_worker::config::Secret;
 use capture_worker::domain::*;
 use capture_worker::provider::gr4vy::Gr4vyProvider;
 use capture_worker::provider::{
-    CallResult, CaptureLine, CaptureRequest, LookupError, Outcome, PaymentProvider, ReleaseRequest,
+    CallResult, CaptureLine, CaptureRequest, Outcome, PaymentProvider, ReleaseRequest,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::provider_support::*;
 use crate::support::*;
 
 const TOKEN: &str = "eyJhbGciOiJFUzUxMiJ9.gr4vySecretNeverLogged.sig";
@@ -37,36 +38,14 @@ fn gr4vy(server: &MockServer) -> Gr4vyProvider {
     gr4vy_at(&server.uri(), Duration::from_secs(10))
 }
 
-fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
-}
-
 fn authorization() -> AuthorizationId {
     AuthorizationId::parse(TXN).unwrap()
-}
-
-fn key(cause: &str) -> IdempotencyKey {
-    IdempotencyKey::derive(
-        &ProviderName::parse("gr4vy").unwrap(),
-        &authorization(),
-        cause,
-        0,
-    )
 }
 
 /// Parcel SHP-77 of ORD-1042: two mugs (20.00) and shipping (5.00), 25.00 USD.
 fn capture_request(is_final: bool) -> CaptureRequest {
     CaptureRequest {
-        authorization_id: authorization(),
-        order_id: OrderId::parse("ORD-1042").unwrap(),
-        cause: "SHP-77".to_owned(),
-        sequence: 2,
-        amount: Money::new(m(2500), cur("USD")),
         is_final,
-        idempotency_key: key("SHP-77"),
         lines: vec![CaptureLine {
             line_id: LineId::parse("L1").unwrap(),
             sku: "MUG-1".to_owned(),
@@ -74,15 +53,12 @@ fn capture_request(is_final: bool) -> CaptureRequest {
             quantity: 2,
             amount: m(2000),
         }],
+        ..parcel_capture("gr4vy", TXN, "SHP-77", Money::new(m(2500), cur("USD")))
     }
 }
 
 fn release_request() -> ReleaseRequest {
-    ReleaseRequest {
-        authorization_id: authorization(),
-        order_id: OrderId::parse("ORD-1042").unwrap(),
-        idempotency_key: key("CANCEL-9"),
-    }
+    release_of("gr4vy", TXN)
 }
 
 fn expected_body(is_final: bool) -> Value {
@@ -126,9 +102,7 @@ fn gr4vy_error(status: u16, code: &str, message: &str) -> Value {
 }
 
 fn answer(status: u16, body: Value) -> ResponseTemplate {
-    ResponseTemplate::new(status)
-        .set_body_json(body)
-        .insert_header("x-request-id", "req_gr4vy_01")
+    json_answer(status, body, ("x-request-id", "req_gr4vy_01"))
 }
 
 fn capture_mock(request: &CaptureRequest, response: ResponseTemplate) -> Mock {
@@ -145,33 +119,21 @@ fn capture_mock(request: &CaptureRequest, response: ResponseTemplate) -> Mock {
 }
 
 async fn capture_answered_with(response: ResponseTemplate) -> CallResult {
-    let server = MockServer::start().await;
     let request = capture_request(false);
-    capture_mock(&request, response).mount(&server).await;
-    gr4vy(&server).capture(&request).await
-}
-
-fn failure_reason(result: &CallResult) -> &str {
-    match &result.outcome {
-        Outcome::Failed { reason } => reason,
-        other => panic!("expected Failed, got {other:?}"),
-    }
+    capture_against(capture_mock(&request, response), gr4vy, &request).await
 }
 
 // ---- request shapes ----
 
 #[tokio::test]
 async fn non_final_capture_posts_the_exact_gr4vy_request_with_final_false() {
-    let server = MockServer::start().await;
     let request = capture_request(false);
-    capture_mock(
+    let mock = capture_mock(
         &request,
         answer(200, transaction_capture("succeeded", None)),
-    )
-    .mount(&server)
-    .await;
+    );
 
-    let result = gr4vy(&server).capture(&request).await;
+    let result = capture_against(mock, gr4vy, &request).await;
 
     assert_eq!(
         result.outcome,
@@ -185,16 +147,13 @@ async fn non_final_capture_posts_the_exact_gr4vy_request_with_final_false() {
 
 #[tokio::test]
 async fn final_capture_sends_final_true_explicitly() {
-    let server = MockServer::start().await;
     let request = capture_request(true);
-    capture_mock(
+    let mock = capture_mock(
         &request,
         answer(200, transaction_capture("succeeded", None)),
-    )
-    .mount(&server)
-    .await;
+    );
 
-    let result = gr4vy(&server).capture(&request).await;
+    let result = capture_against(mock, gr4vy, &request).await;
 
     assert!(matches!(result.outcome, Outcome::Succeeded { .. }));
 }
@@ -288,13 +247,7 @@ async fn unreadable_success_body_is_unknown_with_the_key_unspent() {
     let result =
         capture_answered_with(ResponseTemplate::new(200).set_body_raw("<html>", "text/html")).await;
 
-    assert!(matches!(
-        result.outcome,
-        Outcome::Unknown {
-            key_spent: false,
-            ..
-        }
-    ));
+    assert!(is_unknown_with_key_unspent(&result), "{result:?}");
 }
 
 #[tokio::test]
@@ -309,10 +262,7 @@ async fn concurrent_request_on_the_same_key_is_retryable() {
     ))
     .await;
 
-    assert!(matches!(
-        result.outcome,
-        Outcome::Retryable { after: None, .. }
-    ));
+    assert!(is_retryable_at_once(&result), "{result:?}");
     assert_eq!(result.provider_code.as_deref(), Some("concurrent_request"));
 }
 
@@ -384,39 +334,19 @@ async fn client_errors_fail_naming_what_went_wrong() {
 
 #[tokio::test]
 async fn timeout_after_sending_is_unknown_with_the_key_unspent() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(CAPTURE_PATH))
-        .respond_with(
-            answer(200, transaction_capture("succeeded", None)).set_delay(Duration::from_secs(5)),
-        )
-        .mount(&server)
-        .await;
+    let late = answer(200, transaction_capture("succeeded", None));
 
-    let result = gr4vy_at(&server.uri(), Duration::from_millis(300))
-        .capture(&capture_request(false))
-        .await;
+    let result = capture_answered_late(gr4vy_at, CAPTURE_PATH, late, &capture_request(false)).await;
 
-    assert!(matches!(
-        result.outcome,
-        Outcome::Unknown {
-            key_spent: false,
-            ..
-        }
-    ));
+    assert!(is_unknown_with_key_unspent(&result), "{result:?}");
     assert_eq!(result.http_status, None);
 }
 
 #[tokio::test]
 async fn refused_connection_is_retryable_because_nothing_was_sent() {
-    let result = gr4vy_at(&closed_port_url(), Duration::from_secs(5))
-        .capture(&capture_request(false))
-        .await;
+    let result = capture_with_nobody_listening(gr4vy_at, &capture_request(false)).await;
 
-    assert!(matches!(
-        result.outcome,
-        Outcome::Retryable { after: None, .. }
-    ));
+    assert!(is_retryable_at_once(&result), "{result:?}");
 }
 
 // ---- void answers ----
@@ -470,12 +400,11 @@ async fn lookup_reads_captured_and_what_is_still_capturable() {
 
 #[tokio::test]
 async fn lookup_of_a_voided_transaction_has_nothing_capturable() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(TXN_PATH))
-        .respond_with(answer(200, transaction("authorization_voided", 10000, 0)))
-        .mount(&server)
-        .await;
+    let server = serving_get(
+        TXN_PATH,
+        answer(200, transaction("authorization_voided", 10000, 0)),
+    )
+    .await;
 
     let snapshot = gr4vy(&server).lookup(&authorization()).await.unwrap();
 
@@ -484,39 +413,31 @@ async fn lookup_of_a_voided_transaction_has_nothing_capturable() {
 
 #[tokio::test]
 async fn lookup_while_a_capture_is_pending_asks_to_be_retried() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(TXN_PATH))
-        .respond_with(answer(200, transaction("capture_pending", 10000, 0)))
-        .mount(&server)
-        .await;
+    let server = serving_get(
+        TXN_PATH,
+        answer(200, transaction("capture_pending", 10000, 0)),
+    )
+    .await;
 
     let result = gr4vy(&server).lookup(&authorization()).await;
 
-    assert!(
-        matches!(result, Err(LookupError::Retryable { .. })),
-        "{result:?}"
-    );
+    assert_retryable(&result);
 }
 
 #[tokio::test]
 async fn lookup_of_an_unknown_transaction_is_permanent() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(TXN_PATH))
-        .respond_with(answer(
+    let server = serving_get(
+        TXN_PATH,
+        answer(
             404,
             gr4vy_error(404, "not_found", "The resource could not be found"),
-        ))
-        .mount(&server)
-        .await;
+        ),
+    )
+    .await;
 
     let result = gr4vy(&server).lookup(&authorization()).await;
 
-    assert!(
-        matches!(result, Err(LookupError::Permanent { .. })),
-        "{result:?}"
-    );
+    assert_permanent(&result);
 }
 
 // ---- configuration and secrecy ----
@@ -541,14 +462,11 @@ async fn the_token_never_appears_in_debug_output_or_errors() {
         Duration::from_secs(1),
     );
 
-    for text in [
-        format!("{provider:?}"),
-        format!("{rejected:?}"),
-        bad_token.unwrap_err().to_string(),
-    ] {
-        assert!(!text.contains("gr4vySecretNeverLogged"), "{text}");
-    }
-    assert!(format!("{provider:?}").contains("[redacted]"));
+    assert_no_secret_shows(
+        &format!("{provider:?}"),
+        &[format!("{rejected:?}"), bad_token.unwrap_err().to_string()],
+        &["gr4vySecretNeverLogged"],
+    );
 }
 
 #[test]

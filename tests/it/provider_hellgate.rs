@@ -8,12 +8,13 @@ use capture_worker::config::Secret;
 use capture_worker::domain::*;
 use capture_worker::provider::hellgate::HellgateProvider;
 use capture_worker::provider::{
-    CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider, ReleaseRequest,
+    CallResult, CaptureRequest, Outcome, PaymentProvider, ReleaseRequest,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::provider_support::*;
 use crate::support::*;
 
 const API_KEY: &str = "hg_live_SecretNeverLogged_0123456789";
@@ -36,13 +37,6 @@ fn hellgate(server: &MockServer) -> HellgateProvider {
     hellgate_at(&server.uri(), Duration::from_secs(10))
 }
 
-fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
-}
-
 fn authorization() -> AuthorizationId {
     AuthorizationId::parse(PAYMENT).unwrap()
 }
@@ -50,33 +44,19 @@ fn authorization() -> AuthorizationId {
 /// The one capture of ORD-1042, sent when its last parcel shipped: 80.00 EUR of 100.00.
 fn capture_request() -> CaptureRequest {
     CaptureRequest {
-        authorization_id: authorization(),
-        order_id: OrderId::parse("ORD-1042").unwrap(),
-        cause: "SHP-79".to_owned(),
         sequence: 1,
-        amount: Money::new(m(8000), cur("EUR")),
         is_final: true,
-        idempotency_key: IdempotencyKey::derive(
-            &ProviderName::parse("hellgate").unwrap(),
-            &authorization(),
+        ..parcel_capture(
+            "hellgate",
+            PAYMENT,
             "SHP-79",
-            0,
-        ),
-        lines: Vec::new(),
+            Money::new(m(8000), cur("EUR")),
+        )
     }
 }
 
 fn release_request() -> ReleaseRequest {
-    ReleaseRequest {
-        authorization_id: authorization(),
-        order_id: OrderId::parse("ORD-1042").unwrap(),
-        idempotency_key: IdempotencyKey::derive(
-            &ProviderName::parse("hellgate").unwrap(),
-            &authorization(),
-            "CANCEL-9",
-            0,
-        ),
-    }
+    release_of("hellgate", PAYMENT)
 }
 
 fn payment(status: &str, captured: Option<i64>) -> Value {
@@ -96,9 +76,7 @@ fn payment(status: &str, captured: Option<i64>) -> Value {
 }
 
 fn answer(status: u16, body: Value) -> ResponseTemplate {
-    ResponseTemplate::new(status)
-        .set_body_json(body)
-        .insert_header("x-request-id", "req_hg_01")
+    json_answer(status, body, ("x-request-id", "req_hg_01"))
 }
 
 fn capture_mock(response: ResponseTemplate) -> Mock {
@@ -116,26 +94,7 @@ fn capture_mock(response: ResponseTemplate) -> Mock {
 }
 
 async fn capture_answered_with(response: ResponseTemplate) -> CallResult {
-    let server = MockServer::start().await;
-    capture_mock(response).mount(&server).await;
-    hellgate(&server).capture(&capture_request()).await
-}
-
-fn failure_reason(result: &CallResult) -> &str {
-    match &result.outcome {
-        Outcome::Failed { reason } => reason,
-        other => panic!("expected Failed, got {other:?}"),
-    }
-}
-
-fn is_unknown_with_key_spent(result: &CallResult) -> bool {
-    matches!(
-        result.outcome,
-        Outcome::Unknown {
-            key_spent: true,
-            ..
-        }
-    )
+    capture_against(capture_mock(response), hellgate, &capture_request()).await
 }
 
 // ---- request shapes ----
@@ -275,30 +234,18 @@ async fn client_errors_fail_naming_what_went_wrong() {
 
 #[tokio::test]
 async fn timeout_after_sending_is_unknown_and_read_back_first() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(CAPTURE_PATH))
-        .respond_with(answer(200, payment("capturing", None)).set_delay(Duration::from_secs(5)))
-        .mount(&server)
-        .await;
+    let late = answer(200, payment("capturing", None));
 
-    let result = hellgate_at(&server.uri(), Duration::from_millis(300))
-        .capture(&capture_request())
-        .await;
+    let result = capture_answered_late(hellgate_at, CAPTURE_PATH, late, &capture_request()).await;
 
     assert!(is_unknown_with_key_spent(&result), "{result:?}");
 }
 
 #[tokio::test]
 async fn refused_connection_is_retryable_because_nothing_was_sent() {
-    let result = hellgate_at(&closed_port_url(), Duration::from_secs(5))
-        .capture(&capture_request())
-        .await;
+    let result = capture_with_nobody_listening(hellgate_at, &capture_request()).await;
 
-    assert!(matches!(
-        result.outcome,
-        Outcome::Retryable { after: None, .. }
-    ));
+    assert!(is_retryable_at_once(&result), "{result:?}");
 }
 
 // ---- void answers ----
@@ -348,12 +295,7 @@ async fn lookup_of_a_captured_payment_reads_the_captured_amount() {
 
 #[tokio::test]
 async fn lookup_of_an_authorized_payment_shows_nothing_captured() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(PAYMENT_PATH))
-        .respond_with(answer(200, payment("authorized", None)))
-        .mount(&server)
-        .await;
+    let server = serving_get(PAYMENT_PATH, answer(200, payment("authorized", None))).await;
 
     let snapshot = hellgate(&server).lookup(&authorization()).await.unwrap();
 
@@ -363,36 +305,20 @@ async fn lookup_of_an_authorized_payment_shows_nothing_captured() {
 
 #[tokio::test]
 async fn lookup_while_capturing_asks_to_be_retried() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(PAYMENT_PATH))
-        .respond_with(answer(200, payment("capturing", None)))
-        .mount(&server)
-        .await;
+    let server = serving_get(PAYMENT_PATH, answer(200, payment("capturing", None))).await;
 
     let result = hellgate(&server).lookup(&authorization()).await;
 
-    assert!(
-        matches!(result, Err(LookupError::Retryable { .. })),
-        "{result:?}"
-    );
+    assert_retryable(&result);
 }
 
 #[tokio::test]
 async fn lookup_of_a_captured_payment_without_its_captured_amount_is_permanent() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(PAYMENT_PATH))
-        .respond_with(answer(200, payment("captured", None)))
-        .mount(&server)
-        .await;
+    let server = serving_get(PAYMENT_PATH, answer(200, payment("captured", None))).await;
 
     let result = hellgate(&server).lookup(&authorization()).await;
 
-    assert!(
-        matches!(result, Err(LookupError::Permanent { .. })),
-        "{result:?}"
-    );
+    assert_permanent(&result);
 }
 
 // ---- configuration and secrecy ----
@@ -410,10 +336,11 @@ async fn the_api_key_never_appears_in_debug_output_or_errors() {
     let provider = hellgate(&server);
     let rejected = provider.capture(&capture_request()).await;
 
-    for text in [format!("{provider:?}"), format!("{rejected:?}")] {
-        assert!(!text.contains("SecretNeverLogged"), "{text}");
-    }
-    assert!(format!("{provider:?}").contains("[redacted]"));
+    assert_no_secret_shows(
+        &format!("{provider:?}"),
+        &[format!("{rejected:?}")],
+        &["SecretNeverLogged"],
+    );
 }
 
 #[test]

@@ -7,12 +7,13 @@ use capture_worker::config::Secret;
 use capture_worker::domain::*;
 use capture_worker::provider::orchestrator::OrchestratorProvider;
 use capture_worker::provider::{
-    CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider, ReleaseRequest,
+    CallResult, CaptureRequest, Outcome, PaymentProvider, ReleaseRequest,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::provider_support::*;
 use crate::support::*;
 
 const API_KEY: &str = "orch_live_SecretNeverLogged0123456789";
@@ -37,32 +38,20 @@ fn orchestrator(server: &MockServer) -> OrchestratorProvider {
     orchestrator_at(&server.uri(), None, Duration::from_secs(10))
 }
 
-fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
-}
-
 fn authorization() -> AuthorizationId {
     AuthorizationId::parse(TXN).unwrap()
 }
 
 fn capture_request(is_final: bool) -> CaptureRequest {
     CaptureRequest {
-        authorization_id: authorization(),
-        order_id: OrderId::parse("ORD-1042").unwrap(),
-        cause: "SHP-79".to_owned(),
         sequence: 1,
-        amount: Money::new(m(125), cur("USD")),
         is_final,
-        idempotency_key: IdempotencyKey::derive(
-            &ProviderName::parse("orchestrator").unwrap(),
-            &authorization(),
+        ..parcel_capture(
+            "orchestrator",
+            TXN,
             "SHP-79",
-            0,
-        ),
-        lines: Vec::new(),
+            Money::new(m(125), cur("USD")),
+        )
     }
 }
 
@@ -87,9 +76,7 @@ fn capture_transaction(status: &str, amount: i64) -> Value {
 }
 
 fn answer(status: u16, body: Value) -> ResponseTemplate {
-    ResponseTemplate::new(status)
-        .set_body_json(body)
-        .insert_header("x-request-id", "req_orch_01")
+    json_answer(status, body, ("x-request-id", "req_orch_01"))
 }
 
 fn capture_mock(response: ResponseTemplate) -> Mock {
@@ -108,26 +95,7 @@ fn capture_mock(response: ResponseTemplate) -> Mock {
 }
 
 async fn capture_answered_with(response: ResponseTemplate) -> CallResult {
-    let server = MockServer::start().await;
-    capture_mock(response).mount(&server).await;
-    orchestrator(&server).capture(&capture_request(true)).await
-}
-
-fn failure_reason(result: &CallResult) -> &str {
-    match &result.outcome {
-        Outcome::Failed { reason } => reason,
-        other => panic!("expected Failed, got {other:?}"),
-    }
-}
-
-fn is_unknown_with_key_spent(result: &CallResult) -> bool {
-    matches!(
-        result.outcome,
-        Outcome::Unknown {
-            key_spent: true,
-            ..
-        }
-    )
+    capture_against(capture_mock(response), orchestrator, &capture_request(true)).await
 }
 
 // ---- request shapes ----
@@ -260,30 +228,28 @@ async fn refusals_fail_naming_what_went_wrong() {
 
 #[tokio::test]
 async fn timeout_after_sending_is_unknown_and_never_resent_blindly() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/transactions"))
-        .respond_with(answer(200, capture_transaction("A", 125)).set_delay(Duration::from_secs(5)))
-        .mount(&server)
-        .await;
+    let late = answer(200, capture_transaction("A", 125));
 
-    let result = orchestrator_at(&server.uri(), None, Duration::from_millis(300))
-        .capture(&capture_request(true))
-        .await;
+    let result = capture_answered_late(
+        |url, timeout| orchestrator_at(url, None, timeout),
+        "/v1/transactions",
+        late,
+        &capture_request(true),
+    )
+    .await;
 
     assert!(is_unknown_with_key_spent(&result), "{result:?}");
 }
 
 #[tokio::test]
 async fn refused_connection_is_retryable_because_nothing_was_sent() {
-    let result = orchestrator_at(&closed_port_url(), None, Duration::from_secs(5))
-        .capture(&capture_request(true))
-        .await;
+    let result = capture_with_nobody_listening(
+        |url, timeout| orchestrator_at(url, None, timeout),
+        &capture_request(true),
+    )
+    .await;
 
-    assert!(matches!(
-        result.outcome,
-        Outcome::Retryable { after: None, .. }
-    ));
+    assert!(is_retryable_at_once(&result), "{result:?}");
 }
 
 #[tokio::test]
@@ -292,7 +258,7 @@ async fn lookup_is_permanent_because_no_read_back_is_documented() {
 
     let result = orchestrator(&server).lookup(&authorization()).await;
 
-    assert!(matches!(result, Err(LookupError::Permanent { .. })));
+    assert_permanent(&result);
 }
 
 // ---- capabilities and secrecy ----
@@ -335,8 +301,9 @@ async fn the_api_key_never_appears_in_debug_output_or_errors() {
     let provider = orchestrator(&server);
     let rejected = provider.capture(&capture_request(true)).await;
 
-    for text in [format!("{provider:?}"), format!("{rejected:?}")] {
-        assert!(!text.contains("SecretNeverLogged"), "{text}");
-    }
-    assert!(format!("{provider:?}").contains("[redacted]"));
+    assert_no_secret_shows(
+        &format!("{provider:?}"),
+        &[format!("{rejected:?}")],
+        &["SecretNeverLogged"],
+    );
 }

@@ -8,12 +8,13 @@ use capture_worker::config::Secret;
 use capture_worker::domain::*;
 use capture_worker::provider::paypal::PayPalProvider;
 use capture_worker::provider::{
-    CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider, ReleaseRequest,
+    CallResult, CaptureRequest, Outcome, PaymentProvider, ReleaseRequest,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, body_string, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::provider_support::*;
 use crate::support::*;
 
 const CLIENT_ID: &str = "AcmeClientId01";
@@ -42,36 +43,14 @@ fn paypal(server: &MockServer) -> PayPalProvider {
     paypal_at(&server.uri(), Duration::from_secs(10))
 }
 
-fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
-}
-
 fn authorization() -> AuthorizationId {
     AuthorizationId::parse(AUTH).unwrap()
 }
 
-fn key(cause: &str) -> IdempotencyKey {
-    IdempotencyKey::derive(
-        &ProviderName::parse("paypal").unwrap(),
-        &authorization(),
-        cause,
-        0,
-    )
-}
-
 fn capture_request(amount: Money, is_final: bool) -> CaptureRequest {
     CaptureRequest {
-        authorization_id: authorization(),
-        order_id: OrderId::parse("ORD-1042").unwrap(),
-        cause: "SHP-77".to_owned(),
-        sequence: 2,
-        amount,
         is_final,
-        idempotency_key: key("SHP-77"),
-        lines: Vec::new(),
+        ..parcel_capture("paypal", AUTH, "SHP-77", amount)
     }
 }
 
@@ -80,11 +59,7 @@ fn usd(minor: i64) -> Money {
 }
 
 fn release_request() -> ReleaseRequest {
-    ReleaseRequest {
-        authorization_id: authorization(),
-        order_id: OrderId::parse("ORD-1042").unwrap(),
-        idempotency_key: key("CANCEL-9"),
-    }
+    release_of("paypal", AUTH)
 }
 
 /// The token endpoint, answering the app's Basic credentials `times` times.
@@ -136,9 +111,7 @@ fn paypal_error(
 }
 
 fn answer(status: u16, body: Value) -> ResponseTemplate {
-    ResponseTemplate::new(status)
-        .set_body_json(body)
-        .insert_header("Paypal-Debug-Id", "90957fca61718")
+    json_answer(status, body, ("Paypal-Debug-Id", "90957fca61718"))
 }
 
 fn capture_mock(request: &CaptureRequest, value: &str, response: ResponseTemplate) -> Mock {
@@ -171,13 +144,6 @@ async fn capture_answered_with(response: ResponseTemplate) -> CallResult {
         .mount(&server)
         .await;
     paypal(&server).capture(&request).await
-}
-
-fn failure_reason(result: &CallResult) -> &str {
-    match &result.outcome {
-        Outcome::Failed { reason } => reason,
-        other => panic!("expected Failed, got {other:?}"),
-    }
 }
 
 // ---- request shapes ----
@@ -375,13 +341,7 @@ async fn a_declined_capture_is_a_decline_and_a_failed_one_is_failed() {
 async fn an_unknown_capture_status_is_unknown() {
     let result = capture_answered_with(answer(201, capture("TELEPORTED", None))).await;
 
-    assert!(matches!(
-        result.outcome,
-        Outcome::Unknown {
-            key_spent: true,
-            ..
-        }
-    ));
+    assert!(is_unknown_with_key_spent(&result), "{result:?}");
 }
 
 #[tokio::test]
@@ -500,40 +460,21 @@ async fn client_errors_fail_naming_what_went_wrong() {
 
 #[tokio::test]
 async fn timeout_after_sending_is_unknown_with_the_key_unspent() {
-    let server = MockServer::start().await;
+    let server = answering_late(CAPTURE_PATH, answer(201, capture("COMPLETED", None))).await;
     token_mock(1).mount(&server).await;
-    Mock::given(method("POST"))
-        .and(path(CAPTURE_PATH))
-        .respond_with(answer(201, capture("COMPLETED", None)).set_delay(Duration::from_secs(5)))
-        .mount(&server)
-        .await;
 
-    let result = paypal_at(&server.uri(), Duration::from_millis(300))
+    let result = paypal_at(&server.uri(), TIMEOUT_BEFORE_THE_ANSWER)
         .capture(&capture_request(usd(2500), false))
         .await;
 
-    assert!(
-        matches!(
-            result.outcome,
-            Outcome::Unknown {
-                key_spent: false,
-                ..
-            }
-        ),
-        "{result:?}"
-    );
+    assert!(is_unknown_with_key_unspent(&result), "{result:?}");
 }
 
 #[tokio::test]
 async fn refused_connection_is_retryable_because_nothing_was_sent() {
-    let result = paypal_at(&closed_port_url(), Duration::from_secs(5))
-        .capture(&capture_request(usd(2500), false))
-        .await;
+    let result = capture_with_nobody_listening(paypal_at, &capture_request(usd(2500), false)).await;
 
-    assert!(
-        matches!(result.outcome, Outcome::Retryable { after: None, .. }),
-        "{result:?}"
-    );
+    assert!(is_retryable_at_once(&result), "{result:?}");
 }
 
 // ---- lookup ----
@@ -593,13 +534,12 @@ async fn lookup_of_a_fresh_authorization_shows_nothing_captured_without_reading_
 
 #[tokio::test]
 async fn lookup_sums_the_completed_captures_of_this_authorization_from_its_order() {
-    let server = MockServer::start().await;
+    let server = serving_get(
+        AUTH_PATH,
+        answer(200, authorization_body("PARTIALLY_CAPTURED")),
+    )
+    .await;
     token_mock(1).mount(&server).await;
-    Mock::given(method("GET"))
-        .and(path(AUTH_PATH))
-        .respond_with(answer(200, authorization_body("PARTIALLY_CAPTURED")))
-        .mount(&server)
-        .await;
     Mock::given(method("GET"))
         .and(path(ORDER_PATH))
         .respond_with(answer(
@@ -623,13 +563,12 @@ async fn lookup_sums_the_completed_captures_of_this_authorization_from_its_order
 
 #[tokio::test]
 async fn lookup_with_a_pending_capture_asks_to_be_retried() {
-    let server = MockServer::start().await;
+    let server = serving_get(
+        AUTH_PATH,
+        answer(200, authorization_body("PARTIALLY_CAPTURED")),
+    )
+    .await;
     token_mock(1).mount(&server).await;
-    Mock::given(method("GET"))
-        .and(path(AUTH_PATH))
-        .respond_with(answer(200, authorization_body("PARTIALLY_CAPTURED")))
-        .mount(&server)
-        .await;
     Mock::given(method("GET"))
         .and(path(ORDER_PATH))
         .respond_with(answer(
@@ -641,33 +580,26 @@ async fn lookup_with_a_pending_capture_asks_to_be_retried() {
 
     let result = paypal(&server).lookup(&authorization()).await;
 
-    assert!(
-        matches!(result, Err(LookupError::Retryable { .. })),
-        "{result:?}"
-    );
+    assert_retryable(&result);
 }
 
 #[tokio::test]
 async fn lookup_of_an_unknown_authorization_is_permanent() {
-    let server = MockServer::start().await;
-    token_mock(1).mount(&server).await;
-    Mock::given(method("GET"))
-        .and(path(AUTH_PATH))
-        .respond_with(paypal_error(
+    let server = serving_get(
+        AUTH_PATH,
+        paypal_error(
             404,
             "RESOURCE_NOT_FOUND",
             Some("INVALID_RESOURCE_ID"),
             "Not found.",
-        ))
-        .mount(&server)
-        .await;
+        ),
+    )
+    .await;
+    token_mock(1).mount(&server).await;
 
     let result = paypal(&server).lookup(&authorization()).await;
 
-    assert!(
-        matches!(result, Err(LookupError::Permanent { .. })),
-        "{result:?}"
-    );
+    assert_permanent(&result);
 }
 
 // ---- configuration and secrecy ----
@@ -684,11 +616,11 @@ async fn the_secret_and_the_token_never_appear_in_debug_output_or_errors() {
     let provider = paypal(&server);
     let refused = provider.capture(&capture_request(usd(2500), false)).await;
 
-    for text in [format!("{provider:?}"), format!("{refused:?}")] {
-        assert!(!text.contains("SecretNeverLogged"), "{text}");
-        assert!(!text.contains("AccessTokenNeverLogged"), "{text}");
-    }
-    assert!(format!("{provider:?}").contains("[redacted]"));
+    assert_no_secret_shows(
+        &format!("{provider:?}"),
+        &[format!("{refused:?}")],
+        &["SecretNeverLogged", "AccessTokenNeverLogged"],
+    );
 }
 
 #[test]

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
 
+use crate::provider_support::*;
 use crate::support::*;
 
 const API_KEY: &str = "sk_test_51HxSecretNeverLogged0123456789";
@@ -35,47 +36,20 @@ fn stripe(server: &MockServer) -> StripeProvider {
     stripe_at(&server.uri(), Some(API_KEY), Duration::from_secs(10))
 }
 
-/// A local URL nothing listens on: bind a port, then free it.
-fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
-}
-
 fn authorization() -> AuthorizationId {
     AuthorizationId::parse(PI).unwrap()
 }
 
-fn key(cause: &str) -> IdempotencyKey {
-    IdempotencyKey::derive(
-        &ProviderName::parse("stripe").unwrap(),
-        &authorization(),
-        cause,
-        0,
-    )
-}
-
-/// The second parcel of ORD-1042: 25.00 USD, not the last one.
+/// The second parcel of ORD-1042, in USD.
 fn capture_request(amount: i64, is_final: bool) -> CaptureRequest {
     CaptureRequest {
-        authorization_id: authorization(),
-        order_id: OrderId::parse("ORD-1042").unwrap(),
-        cause: "SHP-77".to_owned(),
-        sequence: 2,
-        amount: Money::new(m(amount), cur("USD")),
         is_final,
-        idempotency_key: key("SHP-77"),
-        lines: Vec::new(),
+        ..parcel_capture("stripe", PI, "SHP-77", Money::new(m(amount), cur("USD")))
     }
 }
 
 fn release_request() -> ReleaseRequest {
-    ReleaseRequest {
-        authorization_id: authorization(),
-        order_id: OrderId::parse("ORD-1042").unwrap(),
-        idempotency_key: key("CANCEL-9"),
-    }
+    release_of("stripe", PI)
 }
 
 /// A PaymentIntent as Stripe returns it (trimmed to the fields that matter plus a few others).
@@ -117,9 +91,7 @@ fn stripe_error(
 }
 
 fn answer(status: u16, body: Value) -> ResponseTemplate {
-    ResponseTemplate::new(status)
-        .set_body_json(body)
-        .insert_header("Request-Id", "req_8fG2kLm3Np")
+    json_answer(status, body, ("Request-Id", "req_8fG2kLm3Np"))
 }
 
 /// Matches a form-encoded body with exactly these fields, in any order, nothing more.
@@ -177,43 +149,24 @@ fn capture_mock(request: &CaptureRequest, response: ResponseTemplate) -> Mock {
 
 /// Sends the standard non-final capture to a mock that gives `response` to exactly its shape.
 async fn capture_answered_with(response: ResponseTemplate) -> CallResult {
-    let server = MockServer::start().await;
     let request = capture_request(2500, false);
-    capture_mock(&request, response).mount(&server).await;
-    stripe(&server).capture(&request).await
-}
-
-fn retry_after(result: &CallResult) -> Option<Duration> {
-    match &result.outcome {
-        Outcome::Retryable { after, .. } => *after,
-        other => panic!("expected Retryable, got {other:?}"),
-    }
-}
-
-fn failure_reason(result: &CallResult) -> &str {
-    match &result.outcome {
-        Outcome::Failed { reason } => reason,
-        other => panic!("expected Failed, got {other:?}"),
-    }
+    capture_against(capture_mock(&request, response), stripe, &request).await
 }
 
 // ---- capture: request shape and success ----
 
 #[tokio::test]
 async fn capture_posts_the_exact_stripe_form_and_records_the_charge_id() {
-    let server = MockServer::start().await;
     let request = capture_request(2500, true);
-    capture_mock(
+    let mock = capture_mock(
         &request,
         answer(
             200,
             payment_intent("succeeded", 0, 2500, json!("ch_3QxCharge01")),
         ),
-    )
-    .mount(&server)
-    .await;
+    );
 
-    let result = stripe(&server).capture(&request).await;
+    let result = capture_against(mock, stripe, &request).await;
 
     assert_eq!(
         result.outcome,
@@ -298,7 +251,7 @@ async fn no_authorization_header_is_sent_without_an_api_key() {
     assert!(received[0].headers.get("authorization").is_none());
     assert_eq!(
         received[0].headers.get("idempotency-key").unwrap(),
-        key("SHP-77").as_str()
+        key("stripe", PI, "SHP-77").as_str()
     );
 }
 
@@ -354,16 +307,7 @@ async fn unreadable_success_body_is_unknown_with_the_key_unspent() {
     )
     .await;
 
-    assert!(
-        matches!(
-            result.outcome,
-            Outcome::Unknown {
-                key_spent: false,
-                ..
-            }
-        ),
-        "{result:?}"
-    );
+    assert!(is_unknown_with_key_unspent(&result), "{result:?}");
     assert_eq!(result.http_status, Some(200));
 }
 
@@ -678,44 +622,24 @@ async fn any_other_status_fails_naming_the_status() {
 
 #[tokio::test]
 async fn timeout_after_sending_is_unknown_with_the_key_unspent() {
-    let server = MockServer::start().await;
-    let request = capture_request(2500, false);
-    Mock::given(method("POST"))
-        .and(path(CAPTURE_PATH))
-        .respond_with(
-            answer(200, payment_intent("requires_capture", 0, 1, json!("ch_1")))
-                .set_delay(Duration::from_secs(5)),
-        )
-        .mount(&server)
-        .await;
-    let impatient = stripe_at(&server.uri(), Some(API_KEY), Duration::from_millis(300));
+    let late = answer(200, payment_intent("requires_capture", 0, 1, json!("ch_1")));
+    let connect = |url: &str, timeout| stripe_at(url, Some(API_KEY), timeout);
 
-    let result = impatient.capture(&request).await;
+    let result =
+        capture_answered_late(connect, CAPTURE_PATH, late, &capture_request(2500, false)).await;
 
-    assert!(
-        matches!(
-            result.outcome,
-            Outcome::Unknown {
-                key_spent: false,
-                ..
-            }
-        ),
-        "{result:?}"
-    );
+    assert!(is_unknown_with_key_unspent(&result), "{result:?}");
     assert_eq!(result.http_status, None);
-    assert!(result.latency >= Duration::from_millis(300));
+    assert!(result.latency >= TIMEOUT_BEFORE_THE_ANSWER);
 }
 
 #[tokio::test]
 async fn refused_connection_is_retryable_because_nothing_was_sent() {
-    let provider = stripe_at(&closed_port_url(), Some(API_KEY), Duration::from_secs(5));
+    let connect = |url: &str, timeout| stripe_at(url, Some(API_KEY), timeout);
 
-    let result = provider.capture(&capture_request(2500, false)).await;
+    let result = capture_with_nobody_listening(connect, &capture_request(2500, false)).await;
 
-    assert!(
-        matches!(result.outcome, Outcome::Retryable { after: None, .. }),
-        "{result:?}"
-    );
+    assert!(is_retryable_at_once(&result), "{result:?}");
     assert_eq!(result.http_status, None);
 }
 
@@ -837,10 +761,9 @@ async fn lookup_server_errors_and_rate_limits_are_retryable() {
 
 #[tokio::test]
 async fn lookup_of_an_unknown_payment_intent_is_permanent() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(INTENT_PATH))
-        .respond_with(answer(
+    let server = serving_get(
+        INTENT_PATH,
+        answer(
             404,
             stripe_error(
                 "invalid_request_error",
@@ -848,18 +771,14 @@ async fn lookup_of_an_unknown_payment_intent_is_permanent() {
                 None,
                 "No such payment_intent: 'pi_3QxCaptureWorker01'",
             ),
-        ))
-        .mount(&server)
-        .await;
+        ),
+    )
+    .await;
 
     let result = stripe(&server).lookup(&authorization()).await;
 
-    match result {
-        Err(LookupError::Permanent { reason, .. }) => {
-            assert!(reason.contains("resource_missing"), "{reason}")
-        }
-        other => panic!("expected Permanent, got {other:?}"),
-    }
+    let reason = assert_permanent(&result);
+    assert!(reason.contains("resource_missing"), "{reason}");
 }
 
 #[tokio::test]
@@ -875,10 +794,7 @@ async fn lookup_with_an_unknown_currency_is_permanent() {
 
     let result = stripe(&server).lookup(&authorization()).await;
 
-    assert!(
-        matches!(result, Err(LookupError::Permanent { .. })),
-        "{result:?}"
-    );
+    assert_permanent(&result);
 }
 
 #[tokio::test]
@@ -887,10 +803,7 @@ async fn lookup_over_a_refused_connection_is_retryable() {
 
     let result = provider.lookup(&authorization()).await;
 
-    assert!(
-        matches!(result, Err(LookupError::Retryable { .. })),
-        "{result:?}"
-    );
+    assert_retryable(&result);
 }
 
 // ---- configuration and secrecy ----
@@ -932,7 +845,6 @@ async fn the_api_key_never_appears_in_debug_output() {
     );
 
     let printed = [
-        format!("{provider:?}"),
         format!("{rejected:?}"),
         format!("{refused:?}"),
         format!("{lookup:?}"),
@@ -940,11 +852,7 @@ async fn the_api_key_never_appears_in_debug_output() {
         format!("{bad_key:?}"),
         bad_key.map(|_| String::new()).unwrap_err().to_string(),
     ];
-    for text in printed {
-        assert!(!text.contains(API_KEY), "{text}");
-        assert!(!text.contains("51HxSecret"), "{text}");
-    }
-    assert!(format!("{provider:?}").contains("[redacted]"));
+    assert_no_secret_shows(&format!("{provider:?}"), &printed, &[API_KEY, "51HxSecret"]);
 }
 
 #[test]

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use capture_worker::config::Secret;
-use capture_worker::provider::sandbox::{Fault, NewAuthorization, Scenario, Status};
+use capture_worker::provider::sandbox::{
+    AuthorizationView, Fault, NewAuthorization, Scenario, Status,
+};
 use serde_json::{Value, json};
 
 use crate::harness::*;
@@ -38,14 +40,62 @@ fn row(sequence: i32, kind: &str, amount: i64, is_final: bool, status: &str) -> 
     (sequence, kind.into(), amount, is_final, status.into())
 }
 
+/// The example order's three parcels, each captured once, the last one final.
+fn three_captures() -> Vec<Row> {
+    vec![
+        row(1, "capture", 5182, false, "succeeded"),
+        row(2, "capture", 2890, false, "succeeded"),
+        row(3, "capture", 4383, true, "succeeded"),
+    ]
+}
+
 fn authorization(id: &str, amount: i64, scenario: Scenario) -> NewAuthorization {
     let mut a = NewAuthorization::new(id, amount, "USD");
     a.scenario = Some(scenario);
     a
 }
 
-/// Ships the three parcels of a `provider` order whose first capture meets `faults`, and
-/// waits for `captures` rows to settle.
+/// An authorization whose first capture meets a 503, then a 429 (retry after 1 s), before it
+/// goes through.
+fn retried(id: &str, amount: i64) -> NewAuthorization {
+    let faults = vec![
+        Fault::Unavailable,
+        Fault::RateLimited {
+            retry_after_secs: 1,
+        },
+    ];
+    authorization(
+        id,
+        amount,
+        Scenario {
+            faults,
+            ..Scenario::default()
+        },
+    )
+}
+
+/// Waits until `count_sql`, a count with the order id as `$1`, gives `expected` for
+/// `order_id`.
+async fn wait_for_order(app: &TestApp, count_sql: &'static str, order_id: &str, expected: i64) {
+    let pool = app.store.pool().clone();
+    let order_id = order_id.to_owned();
+    eventually(Duration::from_secs(20), || {
+        let pool = pool.clone();
+        let order_id = order_id.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(count_sql)
+                .bind(&order_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                == expected
+        }
+    })
+    .await;
+}
+
+/// Ships the three parcels of a `provider` order on the authorization `auth` (with its
+/// scenario), and waits for `captures` rows to settle.
 async fn three_parcels(
     app: &TestApp,
     provider: &str,
@@ -58,6 +108,34 @@ async fn three_parcels(
     app.publish(&[order, s1, s2, s3]).await;
     app.wait_settled(order_id, captures).await;
     app.captures(order_id).await
+}
+
+/// Ships the three parcels of a `provider` order on `auth` (the order's total, 12455), whose
+/// first capture meets a 503 and a 429, and checks the three captures succeeded once each, the
+/// last one final, through the dialect's answers (`accepted`: its status for a capture it
+/// took). Returns the authorization as the sandbox holds it.
+async fn three_parcels_through_retries(
+    app: &TestApp,
+    provider: &str,
+    order_id: &str,
+    auth: &str,
+    accepted: u16,
+) -> AuthorizationView {
+    let rows = three_parcels(app, provider, order_id, retried(auth, 12455), 3).await;
+    assert_eq!(rows, three_captures(), "{provider}");
+    assert_eq!(
+        capture_statuses(app, auth),
+        vec![503, 429, accepted, accepted, accepted],
+        "{provider}"
+    );
+    let a = app.sandbox.authorization(auth).unwrap();
+    assert_eq!(
+        (a.amount_received, a.status),
+        (12455, Status::Succeeded),
+        "{provider}"
+    );
+    app.assert_keys_sound();
+    a
 }
 
 /// The HTTP statuses the dialect answered to capture requests, in order.
@@ -73,15 +151,6 @@ fn capture_statuses(app: &TestApp, auth: &str) -> Vec<u16> {
         })
         .map(|e| e.http_status)
         .collect()
-}
-
-fn retry_faults() -> Vec<Fault> {
-    vec![
-        Fault::Unavailable,
-        Fault::RateLimited {
-            retry_after_secs: 1,
-        },
-    ]
 }
 
 async fn webhook_events(app: &TestApp, provider: &str) -> Vec<(String, String, String)> {
@@ -102,38 +171,12 @@ async fn webhook_events(app: &TestApp, provider: &str) -> Vec<(String, String, S
 async fn gr4vy_captures_three_parcels_through_retries_the_last_one_final() {
     let app = TestApp::spawn_with_dialects(|_| {}).await;
     let auth = "0f7d2b8e-6c1a-4a5e-9d61-3b7f0c9e2a11";
-    let rows = three_parcels(
-        &app,
-        "gr4vy",
-        "ORD-GR-1",
-        authorization(
-            auth,
-            12455,
-            Scenario {
-                faults: retry_faults(),
-                ..Scenario::default()
-            },
-        ),
-        3,
-    )
-    .await;
-    assert_eq!(
-        rows,
-        vec![
-            row(1, "capture", 5182, false, "succeeded"),
-            row(2, "capture", 2890, false, "succeeded"),
-            row(3, "capture", 4383, true, "succeeded"),
-        ]
-    );
-    assert_eq!(capture_statuses(&app, auth), vec![503, 429, 200, 200, 200]);
-    let a = app.sandbox.authorization(auth).unwrap();
-    assert_eq!((a.amount_received, a.status), (12455, Status::Succeeded));
+    let a = three_parcels_through_retries(&app, "gr4vy", "ORD-GR-1", auth, 200).await;
     assert_eq!(
         a.captures.iter().map(|c| c.is_final).collect::<Vec<_>>(),
         vec![false, false, true],
         "final is sent explicitly: false, false, true"
     );
-    app.assert_keys_sound();
     app.cleanup().await;
 }
 
@@ -142,30 +185,10 @@ async fn adyen_captures_three_parcels_by_notification_then_cancels_the_rest() {
     let app = TestApp::spawn_with_dialects(|_| {}).await;
     let auth = "ADYENPSP0000001";
     // Authorized above the total: the rest is released with a cancel.
-    let rows = three_parcels(
-        &app,
-        "adyen",
-        "ORD-AD-1",
-        authorization(
-            auth,
-            15000,
-            Scenario {
-                faults: retry_faults(),
-                ..Scenario::default()
-            },
-        ),
-        4,
-    )
-    .await;
-    assert_eq!(
-        rows,
-        vec![
-            row(1, "capture", 5182, false, "succeeded"),
-            row(2, "capture", 2890, false, "succeeded"),
-            row(3, "capture", 4383, true, "succeeded"),
-            row(4, "release", 0, false, "succeeded"),
-        ]
-    );
+    let rows = three_parcels(&app, "adyen", "ORD-AD-1", retried(auth, 15000), 4).await;
+    let mut expected = three_captures();
+    expected.push(row(4, "release", 0, false, "succeeded"));
+    assert_eq!(rows, expected);
     assert_eq!(capture_statuses(&app, auth), vec![503, 429, 201, 201, 201]);
     let a = app.sandbox.authorization(auth).unwrap();
     assert_eq!((a.amount_received, a.status), (12455, Status::Canceled));
@@ -187,68 +210,15 @@ async fn adyen_captures_three_parcels_by_notification_then_cancels_the_rest() {
 #[tokio::test]
 async fn checkout_captures_three_parcels_through_retries_the_last_one_final() {
     let app = TestApp::spawn_with_dialects(|_| {}).await;
-    let auth = "pay_sbx_checkout_1";
-    let rows = three_parcels(
-        &app,
-        "checkout",
-        "ORD-CK-1",
-        authorization(
-            auth,
-            12455,
-            Scenario {
-                faults: retry_faults(),
-                ..Scenario::default()
-            },
-        ),
-        3,
-    )
-    .await;
-    assert_eq!(
-        rows,
-        vec![
-            row(1, "capture", 5182, false, "succeeded"),
-            row(2, "capture", 2890, false, "succeeded"),
-            row(3, "capture", 4383, true, "succeeded"),
-        ]
-    );
-    assert_eq!(capture_statuses(&app, auth), vec![503, 429, 202, 202, 202]);
-    let a = app.sandbox.authorization(auth).unwrap();
-    assert_eq!((a.amount_received, a.status), (12455, Status::Succeeded));
-    app.assert_keys_sound();
+    // 202: accepted, settled by the signed webhook.
+    three_parcels_through_retries(&app, "checkout", "ORD-CK-1", "pay_sbx_checkout_1", 202).await;
     app.cleanup().await;
 }
 
 #[tokio::test]
 async fn paypal_captures_three_parcels_through_retries_with_final_capture_on_the_last() {
     let app = TestApp::spawn_with_dialects(|_| {}).await;
-    let auth = "0VF52814937998046";
-    let rows = three_parcels(
-        &app,
-        "paypal",
-        "ORD-PP-1",
-        authorization(
-            auth,
-            12455,
-            Scenario {
-                faults: retry_faults(),
-                ..Scenario::default()
-            },
-        ),
-        3,
-    )
-    .await;
-    assert_eq!(
-        rows,
-        vec![
-            row(1, "capture", 5182, false, "succeeded"),
-            row(2, "capture", 2890, false, "succeeded"),
-            row(3, "capture", 4383, true, "succeeded"),
-        ]
-    );
-    assert_eq!(capture_statuses(&app, auth), vec![503, 429, 201, 201, 201]);
-    let a = app.sandbox.authorization(auth).unwrap();
-    assert_eq!((a.amount_received, a.status), (12455, Status::Succeeded));
-    app.assert_keys_sound();
+    three_parcels_through_retries(&app, "paypal", "ORD-PP-1", "0VF52814937998046", 201).await;
     app.cleanup().await;
 }
 
@@ -256,21 +226,7 @@ async fn paypal_captures_three_parcels_through_retries_with_final_capture_on_the
 async fn hellgate_captures_once_after_the_last_parcel_through_retries() {
     let app = TestApp::spawn_with_dialects(|_| {}).await;
     let auth = "hg-payment-0001";
-    let rows = three_parcels(
-        &app,
-        "hellgate",
-        "ORD-HG-1",
-        authorization(
-            auth,
-            12455,
-            Scenario {
-                faults: retry_faults(),
-                ..Scenario::default()
-            },
-        ),
-        1,
-    )
-    .await;
+    let rows = three_parcels(&app, "hellgate", "ORD-HG-1", retried(auth, 12455), 1).await;
     assert_eq!(rows, vec![row(1, "capture", 12455, true, "succeeded")]);
     // The 503 left the outcome unknown (no idempotency key): the payment was read back and
     // showed nothing captured before the capture went again; the 429 was retried.
@@ -333,29 +289,15 @@ async fn declined(
     let (order, s1, s2, s3) = order_on(provider, order_id, &auth.id, auth.amount);
     app.authorize_with(auth);
     app.publish(&[order, s1, s2, s3]).await;
-    let pool = app.store.pool().clone();
-    let id = order_id.to_owned();
-    eventually(Duration::from_secs(20), || {
-        let pool = pool.clone();
-        let id = id.clone();
-        async move {
-            let open: i64 = sqlx::query_scalar(
-                "select count(*) from captures where order_id = $1
-                 and status in ('queued','in_flight','pending','retrying')",
-            )
-            .bind(&id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            let phase: Option<String> =
-                sqlx::query_scalar("select phase from orders where order_id = $1")
-                    .bind(&id)
-                    .fetch_optional(&pool)
-                    .await
-                    .unwrap();
-            open == 0 && phase.as_deref() == Some("declined")
-        }
-    })
+    // Latched, and nothing of the order still open.
+    wait_for_order(
+        app,
+        "select count(*) from orders o where o.order_id = $1 and o.phase = 'declined'
+         and not exists (select from captures c where c.order_id = o.order_id
+                         and c.status in ('queued','in_flight','pending','retrying'))",
+        order_id,
+        1,
+    )
     .await;
     app.captures(order_id).await
 }
@@ -503,23 +445,13 @@ async fn an_order_cancelled_before_it_ships_releases_the_authorization_on_every_
 
 /// The pending capture's provider reference, once the provider accepted it.
 async fn pending_reference(app: &TestApp, order_id: &str) -> String {
-    let pool = app.store.pool().clone();
-    let id = order_id.to_owned();
-    eventually(Duration::from_secs(20), || {
-        let pool = pool.clone();
-        let id = id.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "select count(*) from captures where order_id = $1 and accepted_at is not null
-                 and provider_reference is not null and status in ('pending', 'retrying')",
-            )
-            .bind(&id)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-                == 1
-        }
-    })
+    wait_for_order(
+        app,
+        "select count(*) from captures where order_id = $1 and accepted_at is not null
+         and provider_reference is not null and status in ('pending', 'retrying')",
+        order_id,
+        1,
+    )
     .await;
     sqlx::query_scalar(
         "select provider_reference from captures where order_id = $1 and accepted_at is not null",
@@ -528,6 +460,19 @@ async fn pending_reference(app: &TestApp, order_id: &str) -> String {
     .fetch_one(app.store.pool())
     .await
     .unwrap()
+}
+
+/// Ships the first parcel of an Adyen order on an authorization whose notifications are lost,
+/// and returns the pending capture's reference once Adyen accepted it.
+async fn adyen_capture_left_pending(app: &TestApp, order_id: &str, auth: &str) -> String {
+    let (order, s1, _, _) = order_on("adyen", order_id, auth, 12455);
+    let silent = Scenario {
+        silent: true,
+        ..Scenario::default()
+    };
+    app.authorize_with(authorization(auth, 12455, silent));
+    app.publish(&[order, s1]).await;
+    pending_reference(app, order_id).await
 }
 
 /// An Adyen `CAPTURE` notification for `psp` (a capture of `authorization`), signed with
@@ -590,17 +535,7 @@ async fn an_adyen_capture_stays_pending_until_a_validly_signed_notification_sett
     // The sandbox's own notification is lost, so the test plays Adyen.
     let app = TestApp::spawn_with_dialects(|_| {}).await;
     let auth = "ADYENPSP000000N";
-    let (order, s1, _, _) = order_on("adyen", "ORD-AD-N", auth, 12455);
-    app.authorize_with(authorization(
-        auth,
-        12455,
-        Scenario {
-            silent: true,
-            ..Scenario::default()
-        },
-    ));
-    app.publish(&[order, s1]).await;
-    let psp = pending_reference(&app, "ORD-AD-N").await;
+    let psp = adyen_capture_left_pending(&app, "ORD-AD-N", auth).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Adyen has no read-back: it waits.
     assert_unsettled(&app, "ORD-AD-N").await;
@@ -653,17 +588,7 @@ async fn an_adyen_capture_whose_notification_never_comes_goes_to_an_operator_and
  {
     let app = TestApp::spawn_with_dialects(|s| s.capture.max_retry_age_seconds = 2).await;
     let auth = "ADYENPSP000000L";
-    let (order, s1, _, _) = order_on("adyen", "ORD-AD-L", auth, 12455);
-    app.authorize_with(authorization(
-        auth,
-        12455,
-        Scenario {
-            silent: true,
-            ..Scenario::default()
-        },
-    ));
-    app.publish(&[order, s1]).await;
-    let psp = pending_reference(&app, "ORD-AD-L").await;
+    let psp = adyen_capture_left_pending(&app, "ORD-AD-L", auth).await;
     app.wait_count(
         "select count(*) from captures where status = 'attention'",
         1,
@@ -750,18 +675,12 @@ async fn pending_gr4vy_and_paypal_captures_hold_their_amount_and_the_next_captur
         ));
         app.publish(&[order, s1, s2]).await;
         pending_reference(&app, order_id).await;
-        let pool = app.store.pool().clone();
-        eventually(Duration::from_secs(10), || {
-            let pool = pool.clone();
-            async move {
-                sqlx::query_scalar::<_, i64>("select count(*) from captures where order_id = $1")
-                    .bind(order_id)
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap()
-                    == 2
-            }
-        })
+        wait_for_order(
+            &app,
+            "select count(*) from captures where order_id = $1",
+            order_id,
+            2,
+        )
         .await;
         // While the first is pending: its amount is held at the provider, it is still
         // claimed, and the second capture has not been sent.
@@ -960,15 +879,7 @@ async fn one_worker_serves_orders_of_three_providers_at_once_each_correct() {
     app.publish(&messages).await;
     for (_, order_id, auth, _, n) in orders {
         app.wait_settled(order_id, n).await;
-        assert_eq!(
-            app.captures(order_id).await,
-            vec![
-                row(1, "capture", 5182, false, "succeeded"),
-                row(2, "capture", 2890, false, "succeeded"),
-                row(3, "capture", 4383, true, "succeeded"),
-            ],
-            "{order_id}"
-        );
+        assert_eq!(app.captures(order_id).await, three_captures(), "{order_id}");
         assert_eq!(
             app.sandbox.authorization(auth).unwrap().amount_received,
             12455,
@@ -1025,17 +936,7 @@ async fn a_notification_that_cannot_be_recorded_gets_an_error_and_settles_the_ca
  {
     let app = TestApp::spawn_with_dialects(|_| {}).await;
     let auth = "ADYENPSP000000E";
-    let (order, s1, _, _) = order_on("adyen", "ORD-AD-E", auth, 12455);
-    app.authorize_with(authorization(
-        auth,
-        12455,
-        Scenario {
-            silent: true,
-            ..Scenario::default()
-        },
-    ));
-    app.publish(&[order, s1]).await;
-    let psp = pending_reference(&app, "ORD-AD-E").await;
+    let psp = adyen_capture_left_pending(&app, "ORD-AD-E", auth).await;
     let genuine = adyen_capture_notification(&psp, auth, "ORD-AD-E/S1", 5182, ADYEN_HMAC_KEY);
 
     // The ledger cannot take the event: the provider is told so, and nothing changes.

@@ -18,17 +18,16 @@
 mod notification;
 mod wire;
 
-use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{HeaderMap, HeaderValue};
-use reqwest::{Client, RequestBuilder, StatusCode, Url};
-use tracing::field::Empty;
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use tracing::Instrument as _;
 
 use crate::config::Secret;
 use crate::domain::{AuthorizationId, Capabilities, ProviderName};
-use crate::provider::http::{self, ProviderSetupError, Replay};
+use crate::provider::http::{self, Api, Credential, ProviderSetupError, Refusal, Replay, Shape};
 use crate::provider::{
     AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, NotificationEffect,
     NotificationSubject, Outcome, PaymentProvider, ReleaseRequest, WebhookError, WebhookEvent,
@@ -39,36 +38,24 @@ pub use self::notification::{
 };
 use self::wire::{CancelBody, CaptureBody, Received, ServiceError};
 
-const EXAMPLE_URL: &str = "https://checkout-test.adyen.com/v71";
-/// Adyen answers with the request's `pspReference` header.
-const REQUEST_ID: &str = "pspreference";
+/// `X-API-Key` auth, the `pspReference` header, and the `Idempotency-Key` header (≤ 64
+/// characters, kept ≥ 31 days).
+static SHAPE: Shape = Shape {
+    kind: "adyen",
+    example_url: "https://checkout-test.adyen.com/v71",
+    credential: Credential::Header("x-api-key", "API key"),
+    request_id: "pspreference",
+    replay: Replay::Idempotent,
+};
 
 /// One Adyen merchant account reached over HTTPS.
+#[derive(Debug)]
 pub struct AdyenProvider {
-    name: ProviderName,
-    base_url: Url,
+    /// `X-API-Key` on every call.
+    api: Api,
     merchant_account: String,
-    api_key: Option<HeaderValue>,
     /// The HMAC key the account's notifications are signed with (hex).
     webhook_secret: Option<Secret>,
-    timeout: Duration,
-    client: Client,
-}
-
-impl fmt::Debug for AdyenProvider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdyenProvider")
-            .field("name", &self.name)
-            .field("base_url", &self.base_url.as_str())
-            .field("merchant_account", &self.merchant_account)
-            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
-            .field(
-                "webhook_secret",
-                &self.webhook_secret.as_ref().map(|_| "[redacted]"),
-            )
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
 }
 
 impl AdyenProvider {
@@ -83,8 +70,7 @@ impl AdyenProvider {
         merchant_account: Option<String>,
         timeout: Duration,
     ) -> Result<Self, ProviderSetupError> {
-        let base_url = http::parse_base_url(&name, base_url, EXAMPLE_URL)?;
-        let client = http::client(&name, timeout)?;
+        let api = Api::new(&name, &SHAPE, base_url, api_key.as_ref(), timeout)?;
         let merchant_account = merchant_account
             .filter(|m| !m.trim().is_empty())
             .ok_or_else(|| ProviderSetupError::MissingSetting {
@@ -92,25 +78,10 @@ impl AdyenProvider {
                 setting: "merchant_account",
                 hint: "Adyen needs the merchant account name (e.g. AcmeShopEU) in every capture and cancel",
             })?;
-        let api_key = match api_key {
-            None => None,
-            Some(key) => Some(
-                http::sensitive(key.expose(), key.expose().to_owned()).ok_or_else(|| {
-                    ProviderSetupError::Credential {
-                        name: name.clone(),
-                        what: "API key",
-                    }
-                })?,
-            ),
-        };
         Ok(AdyenProvider {
-            name,
-            base_url,
+            api,
             merchant_account,
-            api_key,
             webhook_secret: None,
-            timeout,
-            client,
         })
     }
 
@@ -119,7 +90,7 @@ impl AdyenProvider {
     pub fn with_webhook_secret(mut self, hmac_key: Secret) -> Result<Self, ProviderSetupError> {
         if sign("", &hmac_key).is_err() {
             return Err(ProviderSetupError::BadSetting {
-                name: self.name.clone(),
+                name: self.api.name().clone(),
                 setting: "webhook_secret",
                 problem: "Adyen's HMAC key is hex (64 characters as the Customer Area shows it)"
                     .to_owned(),
@@ -129,102 +100,34 @@ impl AdyenProvider {
         Ok(self)
     }
 
-    fn authorized(&self, builder: RequestBuilder) -> RequestBuilder {
-        match &self.api_key {
-            Some(key) => builder.header("X-API-Key", key.clone()),
-            None => builder,
-        }
-    }
-
-    #[tracing::instrument(
-        name = "adyen.capture",
-        skip_all,
-        fields(
-            otel.kind = "client",
-            provider = %self.name,
-            authorization_id = %request.authorization_id,
-            order_id = %request.order_id,
-            amount = request.amount.amount().get(),
-            currency = %request.amount.currency(),
-            is_final = request.is_final,
-            capture_sequence = request.sequence,
-            idempotency_key = %request.idempotency_key,
-            http_status = Empty,
-            provider_request_id = Empty,
-            provider_code = Empty,
-            outcome = Empty,
-        )
-    )]
-    async fn send_capture(&self, request: &CaptureRequest) -> CallResult {
-        let what = format!("capture of Adyen payment {}", request.authorization_id);
-        let url = match http::url_with(
-            &self.base_url,
-            &["payments", request.authorization_id.as_str(), "captures"],
-        ) {
-            Ok(url) => url,
-            Err(problem) => return http::unsendable(&what, problem),
-        };
-        let builder = self
-            .client
-            .post(url)
-            .header("Idempotency-Key", request.idempotency_key.as_str())
-            .json(&CaptureBody::from_request(&self.merchant_account, request));
-        let exchange = http::exchange(self.authorized(builder)).await;
-        http::finish(
-            exchange,
-            &what,
-            self.timeout,
-            Replay::Idempotent,
-            REQUEST_ID,
-            |status, headers, body| answered(&what, status, headers, body),
-        )
-    }
-
-    #[tracing::instrument(
-        name = "adyen.release",
-        skip_all,
-        fields(
-            otel.kind = "client",
-            provider = %self.name,
-            authorization_id = %request.authorization_id,
-            order_id = %request.order_id,
-            idempotency_key = %request.idempotency_key,
-            http_status = Empty,
-            provider_request_id = Empty,
-            provider_code = Empty,
-            outcome = Empty,
-        )
-    )]
-    async fn send_cancel(&self, request: &ReleaseRequest) -> CallResult {
-        let what = format!("cancel of Adyen payment {}", request.authorization_id);
-        let url = match http::url_with(
-            &self.base_url,
-            &["payments", request.authorization_id.as_str(), "cancels"],
-        ) {
-            Ok(url) => url,
-            Err(problem) => return http::unsendable(&what, problem),
-        };
-        let builder = self
-            .client
-            .post(url)
-            .header("Idempotency-Key", request.idempotency_key.as_str())
-            .json(&CancelBody::from_request(&self.merchant_account, request));
-        let exchange = http::exchange(self.authorized(builder)).await;
-        http::finish(
-            exchange,
-            &what,
-            self.timeout,
-            Replay::Idempotent,
-            REQUEST_ID,
-            |status, headers, body| answered(&what, status, headers, body),
-        )
+    /// POSTs a modification (`captures`, `cancels`) of the payment under its idempotency key.
+    async fn modify(
+        &self,
+        what: &str,
+        psp_reference: &AuthorizationId,
+        modification: &str,
+        idempotency_key: &str,
+        body: &impl serde::Serialize,
+    ) -> CallResult {
+        self.api
+            .post(
+                what,
+                &["payments", psp_reference.as_str(), modification],
+                |builder| {
+                    builder
+                        .header("Idempotency-Key", idempotency_key)
+                        .json(body)
+                },
+                |status, headers, body| answered(what, status, headers, body),
+            )
+            .await
     }
 }
 
 #[async_trait]
 impl PaymentProvider for AdyenProvider {
     fn name(&self) -> &str {
-        self.name.as_str()
+        self.api.name().as_str()
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -232,12 +135,24 @@ impl PaymentProvider for AdyenProvider {
     }
 
     async fn capture(&self, request: &CaptureRequest) -> CallResult {
-        self.send_capture(request).await
+        let id = &request.authorization_id;
+        let key = &request.idempotency_key;
+        let body = CaptureBody::from_request(&self.merchant_account, request);
+        let what = format!("capture of Adyen payment {id}");
+        self.modify(&what, id, "captures", key.as_str(), &body)
+            .instrument(self.api.capture_span(request))
+            .await
     }
 
     /// Cancels what is left of the authorization (after the last capture, or instead of any).
     async fn release(&self, request: &ReleaseRequest) -> CallResult {
-        self.send_cancel(request).await
+        let id = &request.authorization_id;
+        let key = &request.idempotency_key;
+        let body = CancelBody::from_request(&self.merchant_account, request);
+        let what = format!("cancel of Adyen payment {id}");
+        self.modify(&what, id, "cancels", key.as_str(), &body)
+            .instrument(self.api.release_span(request))
+            .await
     }
 
     /// Adyen's Checkout API cannot read a payment's captures back: outcomes arrive only as
@@ -305,7 +220,13 @@ fn answered(
     body: &[u8],
 ) -> (Outcome, Option<String>) {
     if status.is_success() {
-        let outcome = match serde_json::from_slice::<Received>(body) {
+        let outcome = match http::decode::<Received>(
+            what,
+            status,
+            body,
+            "received answer",
+            Replay::Idempotent,
+        ) {
             // The only documented answer: accepted, the result follows as a notification.
             Ok(received) if received.status == "received" => Outcome::Pending {
                 reference: Some(received.psp_reference),
@@ -318,57 +239,38 @@ fn answered(
                 ),
                 key_spent: true,
             },
-            Err(error) => Outcome::Unknown {
-                reason: format!(
-                    "{what}: HTTP {} body is not Adyen's received answer ({error}); it may have been accepted",
-                    status.as_u16()
-                ),
-                key_spent: false,
-            },
+            Err(unreadable) => unreadable,
         };
         return (outcome, None);
     }
     let error = wire::parse_error(body);
     let code = error.as_ref().and_then(ServiceError::provider_code);
-    let detail = describe(status, error.as_ref());
-    let retry = |why: &str| Outcome::Retryable {
-        after: http::retry_after(headers),
-        reason: format!("{what}: {why}: {detail}"),
-    };
-    let failed = |why: &str| Outcome::Failed {
-        reason: format!("{what}: {why}: {detail}"),
-    };
+    let r = Refusal::new(what, headers, describe(status, error.as_ref()));
     let outcome = match status.as_u16() {
         // 704: the same idempotency key is still being processed.
         422 if error.as_ref().and_then(|e| e.error_code.as_deref()) == Some("704") => {
-            retry("the same request is still in progress")
+            r.retry("the same request is still in progress")
         }
-        422 => failed("Adyen refused the modification"),
-        429 => retry("rate limited"),
+        422 => r.failed("Adyen refused the modification"),
+        429 => r.retry("rate limited"),
         // Adyen keeps the key for 31 days: resending it cannot capture twice.
-        500..=599 => retry("Adyen server error"),
-        400 => failed("Adyen refused the request"),
-        401 => failed("Adyen refused the API key (authentication)"),
-        403 => failed(
+        500..=599 => r.retry("Adyen server error"),
+        400 => r.failed("Adyen refused the request"),
+        401 => r.failed("Adyen refused the API key (authentication)"),
+        403 => r.failed(
             "the API key may not do this (permission; check its roles and the merchant account)",
         ),
-        404 => failed("no such payment for this merchant account"),
-        _ => failed("unexpected HTTP status"),
+        404 => r.failed("no such payment for this merchant account"),
+        _ => r.failed("unexpected HTTP status"),
     };
     (outcome, code)
 }
 
+/// `HTTP 422 14_030: Modification amount too high`
 fn describe(status: StatusCode, error: Option<&ServiceError>) -> String {
-    match error {
-        Some(error) => {
-            let code = error.error_code.as_deref().unwrap_or("error");
-            let message = error.message();
-            if message.is_empty() {
-                format!("HTTP {} {code}", status.as_u16())
-            } else {
-                format!("HTTP {} {code}: {message}", status.as_u16())
-            }
-        }
-        None => format!("HTTP {} without an Adyen error body", status.as_u16()),
-    }
+    let message = error.map(ServiceError::message);
+    let code = error
+        .and_then(|e| e.error_code.as_deref())
+        .unwrap_or("error");
+    http::error_detail(status, message.as_deref().map(|m| (code, m)), "an Adyen")
 }

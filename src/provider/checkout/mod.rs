@@ -16,17 +16,18 @@
 mod webhook;
 mod wire;
 
-use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{HeaderMap, HeaderValue};
-use reqwest::{Client, RequestBuilder, StatusCode, Url};
-use tracing::field::Empty;
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use tracing::Instrument as _;
 
 use crate::config::Secret;
 use crate::domain::{AuthorizationId, Capabilities, ProviderName};
-use crate::provider::http::{self, ProviderSetupError, Replay};
+use crate::provider::http::{
+    self, Api, Credential, ProviderSetupError, Refusal, RefusedRead, Replay, Shape,
+};
 use crate::provider::{
     AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider,
     ReleaseRequest, WebhookError, WebhookEvent,
@@ -36,37 +37,22 @@ pub use self::webhook::sign as sign_webhook;
 
 use self::wire::{Accepted, ApiError, CaptureBody, PaymentDetails, PaymentStatus, VoidBody};
 
-const EXAMPLE_URL: &str = "https://api.sandbox.checkout.com";
-const REQUEST_ID: &str = "cko-request-id";
+/// Bearer secret-key auth, `cko-request-id`, and the `Cko-Idempotency-Key` header.
+static SHAPE: Shape = Shape {
+    kind: "checkout",
+    example_url: "https://api.sandbox.checkout.com",
+    credential: Credential::Bearer("secret key"),
+    request_id: "cko-request-id",
+    replay: Replay::Idempotent,
+};
 
 /// A Checkout.com account reached over HTTPS.
+#[derive(Debug)]
 pub struct CheckoutProvider {
-    name: ProviderName,
-    base_url: Url,
-    /// `Bearer <secret key>`, sensitive.
-    authorization: Option<HeaderValue>,
+    /// `Authorization: Bearer <secret key>` on every call.
+    api: Api,
     /// The webhook's signature key.
     webhook_secret: Option<Secret>,
-    timeout: Duration,
-    client: Client,
-}
-
-impl fmt::Debug for CheckoutProvider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CheckoutProvider")
-            .field("name", &self.name)
-            .field("base_url", &self.base_url.as_str())
-            .field(
-                "secret_key",
-                &self.authorization.as_ref().map(|_| "[redacted]"),
-            )
-            .field(
-                "webhook_secret",
-                &self.webhook_secret.as_ref().map(|_| "[redacted]"),
-            )
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
 }
 
 impl CheckoutProvider {
@@ -78,26 +64,9 @@ impl CheckoutProvider {
         secret_key: Option<Secret>,
         timeout: Duration,
     ) -> Result<Self, ProviderSetupError> {
-        let base_url = http::parse_base_url(&name, base_url, EXAMPLE_URL)?;
-        let client = http::client(&name, timeout)?;
-        let authorization = match secret_key {
-            None => None,
-            Some(key) => Some(
-                http::sensitive(key.expose(), format!("Bearer {}", key.expose())).ok_or_else(
-                    || ProviderSetupError::Credential {
-                        name: name.clone(),
-                        what: "secret key",
-                    },
-                )?,
-            ),
-        };
         Ok(CheckoutProvider {
-            name,
-            base_url,
-            authorization,
+            api: Api::new(&name, &SHAPE, base_url, secret_key.as_ref(), timeout)?,
             webhook_secret: None,
-            timeout,
-            client,
         })
     }
 
@@ -106,188 +75,12 @@ impl CheckoutProvider {
         self.webhook_secret = Some(key);
         self
     }
-
-    fn authorized(&self, builder: RequestBuilder) -> RequestBuilder {
-        match &self.authorization {
-            Some(value) => builder.header(reqwest::header::AUTHORIZATION, value.clone()),
-            None => builder,
-        }
-    }
-
-    #[tracing::instrument(
-        name = "checkout.capture",
-        skip_all,
-        fields(
-            otel.kind = "client",
-            provider = %self.name,
-            authorization_id = %request.authorization_id,
-            order_id = %request.order_id,
-            amount = request.amount.amount().get(),
-            currency = %request.amount.currency(),
-            is_final = request.is_final,
-            capture_sequence = request.sequence,
-            idempotency_key = %request.idempotency_key,
-            http_status = Empty,
-            provider_request_id = Empty,
-            provider_code = Empty,
-            outcome = Empty,
-        )
-    )]
-    async fn send_capture(&self, request: &CaptureRequest) -> CallResult {
-        let what = format!(
-            "capture of Checkout.com payment {}",
-            request.authorization_id
-        );
-        let url = match http::url_with(
-            &self.base_url,
-            &["payments", request.authorization_id.as_str(), "captures"],
-        ) {
-            Ok(url) => url,
-            Err(problem) => return http::unsendable(&what, problem),
-        };
-        let builder = self
-            .client
-            .post(url)
-            .header("Cko-Idempotency-Key", request.idempotency_key.as_str())
-            .json(&CaptureBody::from_request(request));
-        let exchange = http::exchange(self.authorized(builder)).await;
-        http::finish(
-            exchange,
-            &what,
-            self.timeout,
-            Replay::Idempotent,
-            REQUEST_ID,
-            |status, headers, body| answered(&what, status, headers, body),
-        )
-    }
-
-    #[tracing::instrument(
-        name = "checkout.release",
-        skip_all,
-        fields(
-            otel.kind = "client",
-            provider = %self.name,
-            authorization_id = %request.authorization_id,
-            order_id = %request.order_id,
-            idempotency_key = %request.idempotency_key,
-            http_status = Empty,
-            provider_request_id = Empty,
-            provider_code = Empty,
-            outcome = Empty,
-        )
-    )]
-    async fn send_void(&self, request: &ReleaseRequest) -> CallResult {
-        let what = format!("void of Checkout.com payment {}", request.authorization_id);
-        let url = match http::url_with(
-            &self.base_url,
-            &["payments", request.authorization_id.as_str(), "voids"],
-        ) {
-            Ok(url) => url,
-            Err(problem) => return http::unsendable(&what, problem),
-        };
-        let builder = self
-            .client
-            .post(url)
-            .header("Cko-Idempotency-Key", request.idempotency_key.as_str())
-            .json(&VoidBody::from_request(request));
-        let exchange = http::exchange(self.authorized(builder)).await;
-        http::finish(
-            exchange,
-            &what,
-            self.timeout,
-            Replay::Idempotent,
-            REQUEST_ID,
-            |status, headers, body| answered(&what, status, headers, body),
-        )
-    }
-
-    #[tracing::instrument(
-        name = "checkout.lookup",
-        skip_all,
-        fields(
-            otel.kind = "client",
-            provider = %self.name,
-            authorization_id = %authorization_id,
-            http_status = Empty,
-        ),
-        err(Display, level = "warn")
-    )]
-    async fn read_payment(
-        &self,
-        authorization_id: &AuthorizationId,
-    ) -> Result<AuthorizationSnapshot, LookupError> {
-        let retryable = |reason: String| LookupError::Retryable {
-            authorization_id: authorization_id.to_string(),
-            reason,
-        };
-        let permanent = |reason: String| LookupError::Permanent {
-            authorization_id: authorization_id.to_string(),
-            reason,
-        };
-        let url = http::url_with(&self.base_url, &["payments", authorization_id.as_str()])
-            .map_err(permanent)?;
-        let exchange = http::exchange(self.authorized(self.client.get(url))).await;
-        let answer = exchange.result.map_err(|error| {
-            retryable(format!(
-                "reading the payment failed in transport: {}",
-                http::error_chain(&error)
-            ))
-        })?;
-        let status = answer.status;
-        tracing::Span::current().record("http_status", status.as_u16());
-        let body = answer.body.map_err(|error| {
-            retryable(format!(
-                "reading the body of the HTTP {} answer failed: {}",
-                status.as_u16(),
-                http::error_chain(&error)
-            ))
-        })?;
-        if !status.is_success() {
-            let detail = describe(status, wire::parse_error(&body).as_ref());
-            return match status.as_u16() {
-                429 | 500..=599 => Err(retryable(detail)),
-                _ => Err(permanent(detail)),
-            };
-        }
-        let payment: PaymentDetails = serde_json::from_slice(&body).map_err(|error| {
-            permanent(format!(
-                "HTTP {} body is not a payment: {error}",
-                status.as_u16()
-            ))
-        })?;
-        match payment.status() {
-            PaymentStatus::Pending | PaymentStatus::RetryScheduled => {
-                return Err(retryable(format!(
-                    "payment {} is {}; waiting for it to settle",
-                    payment.id, payment.status
-                )));
-            }
-            PaymentStatus::Authorized
-            | PaymentStatus::CardVerified
-            | PaymentStatus::Voided
-            | PaymentStatus::PartiallyCaptured
-            | PaymentStatus::Captured
-            | PaymentStatus::PartiallyRefunded
-            | PaymentStatus::Refunded
-            | PaymentStatus::Declined
-            | PaymentStatus::Canceled
-            | PaymentStatus::Expired
-            | PaymentStatus::Paid => {}
-            PaymentStatus::Unrecognized => {
-                return Err(permanent(format!(
-                    "payment {} has a status this worker does not know: {:?}",
-                    payment.id, payment.status
-                )));
-            }
-        }
-        payment.into_snapshot(authorization_id).map_err(permanent)
-    }
 }
 
 #[async_trait]
 impl PaymentProvider for CheckoutProvider {
     fn name(&self) -> &str {
-        self.name.as_str()
+        self.api.name().as_str()
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -295,12 +88,40 @@ impl PaymentProvider for CheckoutProvider {
     }
 
     async fn capture(&self, request: &CaptureRequest) -> CallResult {
-        self.send_capture(request).await
+        let id = &request.authorization_id;
+        let what = format!("capture of Checkout.com payment {id}");
+        self.api
+            .post(
+                &what,
+                &["payments", id.as_str(), "captures"],
+                |builder| {
+                    builder
+                        .header("Cko-Idempotency-Key", request.idempotency_key.as_str())
+                        .json(&CaptureBody::from_request(request))
+                },
+                |status, headers, body| answered(&what, status, headers, body),
+            )
+            .instrument(self.api.capture_span(request))
+            .await
     }
 
     /// Voids what is left of the payment.
     async fn release(&self, request: &ReleaseRequest) -> CallResult {
-        self.send_void(request).await
+        let id = &request.authorization_id;
+        let what = format!("void of Checkout.com payment {id}");
+        self.api
+            .post(
+                &what,
+                &["payments", id.as_str(), "voids"],
+                |builder| {
+                    builder
+                        .header("Cko-Idempotency-Key", request.idempotency_key.as_str())
+                        .json(&VoidBody::from_request(request))
+                },
+                |status, headers, body| answered(&what, status, headers, body),
+            )
+            .instrument(self.api.release_span(request))
+            .await
     }
 
     /// Reads the payment's balances (`total_captured`, `available_to_capture`). A capture
@@ -309,7 +130,22 @@ impl PaymentProvider for CheckoutProvider {
         &self,
         authorization_id: &AuthorizationId,
     ) -> Result<AuthorizationSnapshot, LookupError> {
-        self.read_payment(authorization_id).await
+        let read = async {
+            let payment: PaymentDetails = self
+                .api
+                .get(
+                    authorization_id,
+                    &["payments", authorization_id.as_str()],
+                    "payment",
+                    |status, _, body| RefusedRead {
+                        detail: describe(status, wire::parse_error(body).as_ref()),
+                        retryable: false,
+                    },
+                )
+                .await?;
+            snapshot(authorization_id, payment)
+        };
+        self.api.traced_lookup(authorization_id, read).await
     }
 
     /// Webhooks signed with `Cko-Signature`; capture and void events settle what they name.
@@ -326,6 +162,40 @@ impl PaymentProvider for CheckoutProvider {
     }
 }
 
+/// What a payment read back says about the authorization.
+fn snapshot(
+    authorization_id: &AuthorizationId,
+    payment: PaymentDetails,
+) -> Result<AuthorizationSnapshot, LookupError> {
+    let permanent = LookupError::permanent_for(authorization_id);
+    match payment.status() {
+        PaymentStatus::Pending | PaymentStatus::RetryScheduled => {
+            return Err(LookupError::retryable_for(authorization_id)(format!(
+                "payment {} is {}; waiting for it to settle",
+                payment.id, payment.status
+            )));
+        }
+        PaymentStatus::Authorized
+        | PaymentStatus::CardVerified
+        | PaymentStatus::Voided
+        | PaymentStatus::PartiallyCaptured
+        | PaymentStatus::Captured
+        | PaymentStatus::PartiallyRefunded
+        | PaymentStatus::Refunded
+        | PaymentStatus::Declined
+        | PaymentStatus::Canceled
+        | PaymentStatus::Expired
+        | PaymentStatus::Paid => {}
+        PaymentStatus::Unrecognized => {
+            return Err(permanent(format!(
+                "payment {} has a status this worker does not know: {:?}",
+                payment.id, payment.status
+            )));
+        }
+    }
+    payment.into_snapshot(authorization_id).map_err(permanent)
+}
+
 /// Routes an answer to a capture or void (reference/providers.md §4).
 fn answered(
     what: &str,
@@ -334,52 +204,44 @@ fn answered(
     body: &[u8],
 ) -> (Outcome, Option<String>) {
     if status.is_success() {
-        let outcome = match serde_json::from_slice::<Accepted>(body) {
-            // Accepted and processed asynchronously: the webhook (or a read-back) settles it.
+        // Accepted and processed asynchronously: the webhook (or a read-back) settles it.
+        let outcome = match http::decode::<Accepted>(
+            what,
+            status,
+            body,
+            "accepted action",
+            Replay::Idempotent,
+        ) {
             Ok(accepted) => Outcome::Pending {
                 reference: Some(accepted.action_id),
             },
-            Err(error) => Outcome::Unknown {
-                reason: format!(
-                    "{what}: HTTP {} body has no action_id ({error}); it may have been accepted",
-                    status.as_u16()
-                ),
-                key_spent: false,
-            },
+            Err(unreadable) => unreadable,
         };
         return (outcome, None);
     }
     let error = wire::parse_error(body);
     let code = error.as_ref().map(ApiError::provider_code);
-    let detail = describe(status, error.as_ref());
-    let retry = |why: &str| Outcome::Retryable {
-        after: http::retry_after(headers),
-        reason: format!("{what}: {why}: {detail}"),
-    };
-    let failed = |why: &str| Outcome::Failed {
-        reason: format!("{what}: {why}: {detail}"),
-    };
+    let r = Refusal::new(what, headers, describe(status, error.as_ref()));
     let outcome = match status.as_u16() {
         // Concurrent requests with the same key: only one is processed.
-        409 => retry("the same request is in progress"),
-        429 => retry("rate limited"),
+        409 => r.retry("the same request is in progress"),
+        429 => r.retry("rate limited"),
         // No result is saved for a 5xx, so the same key re-attempts it.
-        500..=599 => retry("Checkout.com server error"),
-        401 => failed("Checkout.com refused the secret key (authentication)"),
-        403 => failed(
+        500..=599 => r.retry("Checkout.com server error"),
+        401 => r.failed("Checkout.com refused the secret key (authentication)"),
+        403 => r.failed(
             "capture not allowed (the payment is captured, voided or expired, or the key may not do this)",
         ),
-        404 => failed("no such payment for this account"),
-        422 => failed("Checkout.com refused the data"),
-        400 => failed("Checkout.com refused the request"),
-        _ => failed("unexpected HTTP status"),
+        404 => r.failed("no such payment for this account"),
+        422 => r.failed("Checkout.com refused the data"),
+        400 => r.failed("Checkout.com refused the request"),
+        _ => r.failed("unexpected HTTP status"),
     };
     (outcome, code)
 }
 
+/// `HTTP 422 request_invalid/amount_invalid`
 fn describe(status: StatusCode, error: Option<&ApiError>) -> String {
-    match error {
-        Some(error) => format!("HTTP {} {}", status.as_u16(), error.provider_code()),
-        None => format!("HTTP {} without a Checkout.com error body", status.as_u16()),
-    }
+    let code = error.map(ApiError::provider_code);
+    http::error_detail(status, code.as_deref().map(|c| (c, "")), "a Checkout.com")
 }

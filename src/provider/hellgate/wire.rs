@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{AuthorizationId, Currency, MinorUnits, Money};
-use crate::provider::http::{MESSAGE_LIMIT, capture_reference, clip};
+use crate::provider::http::capture_reference;
 use crate::provider::{AuthorizationSnapshot, CaptureRequest};
 
 /// A payment's `reference` is at most 80 characters.
@@ -134,22 +134,4 @@ impl Payment {
 
 /// Hellgate's error body as far as this adapter reads it: a `code` and a `message`,
 /// whichever are there (the shape is not pinned down in the public reference).
-#[derive(Debug, Deserialize)]
-pub(super) struct ApiError {
-    #[serde(default)]
-    pub(super) code: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
-}
-
-impl ApiError {
-    pub(super) fn message(&self) -> String {
-        clip(self.message.as_deref().unwrap_or(""), MESSAGE_LIMIT)
-    }
-}
-
-pub(super) fn parse_error(body: &[u8]) -> Option<ApiError> {
-    serde_json::from_slice::<ApiError>(body)
-        .ok()
-        .filter(|e| e.code.is_some() || e.message.is_some())
-}
+pub(super) use crate::provider::http::CodeAndMessage as ApiError;

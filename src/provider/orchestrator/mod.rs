@@ -19,17 +19,16 @@
 
 mod wire;
 
-use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{HeaderMap, HeaderValue};
-use reqwest::{Client, StatusCode, Url};
-use tracing::field::Empty;
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use tracing::Instrument as _;
 
 use crate::config::Secret;
 use crate::domain::{AuthorizationId, Capabilities, ProviderName};
-use crate::provider::http::{self, ProviderSetupError, Replay};
+use crate::provider::http::{self, Api, Credential, ProviderSetupError, Refusal, Replay, Shape};
 use crate::provider::{
     AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider,
     ReleaseRequest,
@@ -37,32 +36,22 @@ use crate::provider::{
 
 use self::wire::{ApiError, ApprovalStatus, CaptureBody, Transaction};
 
-const EXAMPLE_URL: &str = "https://api.orchestrator.example";
-const REQUEST_ID: &str = "x-request-id";
+/// Bearer API-key auth, `x-request-id`, and no idempotency header: a resend may apply the
+/// capture twice.
+static SHAPE: Shape = Shape {
+    kind: "orchestrator",
+    example_url: "https://api.orchestrator.example",
+    credential: Credential::Bearer("API key"),
+    request_id: "x-request-id",
+    replay: Replay::Unprotected,
+};
 
 /// One merchant on the orchestrator, reached over HTTPS.
+#[derive(Debug)]
 pub struct OrchestratorProvider {
-    name: ProviderName,
-    base_url: Url,
-    authorization: Option<HeaderValue>,
+    /// `Authorization: Bearer <API key>` on every call.
+    api: Api,
     max_captures: Option<u32>,
-    timeout: Duration,
-    client: Client,
-}
-
-impl fmt::Debug for OrchestratorProvider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OrchestratorProvider")
-            .field("name", &self.name)
-            .field("base_url", &self.base_url.as_str())
-            .field(
-                "api_key",
-                &self.authorization.as_ref().map(|_| "[redacted]"),
-            )
-            .field("max_captures", &self.max_captures)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
 }
 
 impl OrchestratorProvider {
@@ -76,76 +65,17 @@ impl OrchestratorProvider {
         max_captures: Option<u32>,
         timeout: Duration,
     ) -> Result<Self, ProviderSetupError> {
-        let base_url = http::parse_base_url(&name, base_url, EXAMPLE_URL)?;
-        let client = http::client(&name, timeout)?;
-        let authorization = match api_key {
-            None => None,
-            Some(key) => Some(
-                http::sensitive(key.expose(), format!("Bearer {}", key.expose())).ok_or_else(
-                    || ProviderSetupError::Credential {
-                        name: name.clone(),
-                        what: "API key",
-                    },
-                )?,
-            ),
-        };
         Ok(OrchestratorProvider {
-            name,
-            base_url,
-            authorization,
+            api: Api::new(&name, &SHAPE, base_url, api_key.as_ref(), timeout)?,
             max_captures,
-            timeout,
-            client,
         })
-    }
-
-    #[tracing::instrument(
-        name = "orchestrator.capture",
-        skip_all,
-        fields(
-            otel.kind = "client",
-            provider = %self.name,
-            authorization_id = %request.authorization_id,
-            order_id = %request.order_id,
-            amount = request.amount.amount().get(),
-            currency = %request.amount.currency(),
-            is_final = request.is_final,
-            capture_sequence = request.sequence,
-            http_status = Empty,
-            provider_request_id = Empty,
-            provider_code = Empty,
-            outcome = Empty,
-        )
-    )]
-    async fn send_capture(&self, request: &CaptureRequest) -> CallResult {
-        let what = format!("capture of transaction {}", request.authorization_id);
-        let url = match http::url_with(&self.base_url, &["v1", "transactions"]) {
-            Ok(url) => url,
-            Err(problem) => return http::unsendable(&what, problem),
-        };
-        let mut builder = self
-            .client
-            .post(url)
-            .json(&CaptureBody::from_request(request));
-        if let Some(value) = &self.authorization {
-            builder = builder.header(reqwest::header::AUTHORIZATION, value.clone());
-        }
-        let exchange = http::exchange(builder).await;
-        http::finish(
-            exchange,
-            &what,
-            self.timeout,
-            Replay::Unprotected,
-            REQUEST_ID,
-            |status, headers, body| answered(&what, request, status, headers, body),
-        )
     }
 }
 
 #[async_trait]
 impl PaymentProvider for OrchestratorProvider {
     fn name(&self) -> &str {
-        self.name.as_str()
+        self.api.name().as_str()
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -153,7 +83,16 @@ impl PaymentProvider for OrchestratorProvider {
     }
 
     async fn capture(&self, request: &CaptureRequest) -> CallResult {
-        self.send_capture(request).await
+        let what = format!("capture of transaction {}", request.authorization_id);
+        self.api
+            .post(
+                &what,
+                &["v1", "transactions"],
+                |builder| builder.json(&CaptureBody::from_request(request)),
+                |status, headers, body| answered(&what, request, status, headers, body),
+            )
+            .instrument(self.api.capture_span(request))
+            .await
     }
 
     /// Sends nothing: the transactions API documents no void. The authorization lapses at its
@@ -173,7 +112,7 @@ impl PaymentProvider for OrchestratorProvider {
         };
         tracing::warn!(
             event = "release_not_supported",
-            provider = %self.name,
+            provider = %self.api.name(),
             authorization_id = %request.authorization_id,
             order_id = %request.order_id,
             "the orchestrator has no documented void; the release needs an operator"
@@ -205,21 +144,11 @@ fn answered(
     if !status.is_success() {
         return refused(what, status, headers, body);
     }
-    let transaction: Transaction = match serde_json::from_slice(body) {
-        Ok(t) => t,
-        Err(error) => {
-            return (
-                Outcome::Unknown {
-                    reason: format!(
-                        "{what}: HTTP {} body is not a transaction ({error}); the capture may have happened",
-                        status.as_u16()
-                    ),
-                    key_spent: true,
-                },
-                None,
-            );
-        }
-    };
+    let transaction: Transaction =
+        match http::decode(what, status, body, "transaction", SHAPE.replay) {
+            Ok(transaction) => transaction,
+            Err(unreadable) => return (unreadable, None),
+        };
     let code = transaction.processor_code();
     let currency = request.amount.currency();
     let expected_currency = currency.code();
@@ -282,46 +211,26 @@ fn refused(
     headers: &HeaderMap,
     body: &[u8],
 ) -> (Outcome, Option<String>) {
-    let error = wire::parse_error(body);
+    let error = ApiError::parse(body);
     let code = error.as_ref().and_then(|e| e.code.clone());
-    let detail = describe(status, error.as_ref());
-    let failed = |why: &str| Outcome::Failed {
-        reason: format!("{what}: {why}: {detail}"),
-    };
+    let r = Refusal::new(what, headers, describe(status, error.as_ref()));
     let outcome = match status.as_u16() {
-        429 => Outcome::Retryable {
-            after: http::retry_after(headers),
-            reason: format!("{what}: rate limited: {detail}"),
-        },
-        500..=599 => Outcome::Unknown {
-            reason: format!(
-                "{what}: server error; without an idempotency key the capture may have been applied: {detail}"
-            ),
-            key_spent: true,
-        },
-        400 | 422 => failed(
+        429 => r.retry("rate limited"),
+        500..=599 => r.unknown(
+            "server error; without an idempotency key the capture may have been applied",
+        ),
+        400 | 422 => r.failed(
             "the orchestrator refused the capture (a follow-on capture the connection does not allow, or more than authorized)",
         ),
-        401 => failed("the orchestrator refused the API key (authentication)"),
-        403 => failed("the API key may not do this (permission)"),
-        404 => failed("no such transaction for this merchant"),
-        409 => failed("the transaction is not in a state that allows a capture"),
-        _ => failed("unexpected HTTP status"),
+        401 => r.failed("the orchestrator refused the API key (authentication)"),
+        403 => r.failed("the API key may not do this (permission)"),
+        404 => r.failed("no such transaction for this merchant"),
+        409 => r.failed("the transaction is not in a state that allows a capture"),
+        _ => r.failed("unexpected HTTP status"),
     };
     (outcome, code)
 }
 
 fn describe(status: StatusCode, error: Option<&ApiError>) -> String {
-    match error {
-        Some(error) => {
-            let code = error.code.as_deref().unwrap_or("error");
-            let message = error.message();
-            if message.is_empty() {
-                format!("HTTP {} {code}", status.as_u16())
-            } else {
-                format!("HTTP {} {code}: {message}", status.as_u16())
-            }
-        }
-        None => format!("HTTP {} without an error body", status.as_u16()),
-    }
+    ApiError::detail(status, error, "an orchestrator")
 }

@@ -103,22 +103,4 @@ impl Transaction {
 }
 
 /// An error body, as far as it can be read: a `code` and a `message`.
-#[derive(Debug, Deserialize)]
-pub(super) struct ApiError {
-    #[serde(default)]
-    pub(super) code: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
-}
-
-impl ApiError {
-    pub(super) fn message(&self) -> String {
-        clip(self.message.as_deref().unwrap_or(""), MESSAGE_LIMIT)
-    }
-}
-
-pub(super) fn parse_error(body: &[u8]) -> Option<ApiError> {
-    serde_json::from_slice::<ApiError>(body)
-        .ok()
-        .filter(|e| e.code.is_some() || e.message.is_some())
-}
+pub(super) use crate::provider::http::CodeAndMessage as ApiError;

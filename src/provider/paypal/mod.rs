@@ -25,13 +25,15 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::header::{HeaderMap, HeaderValue};
-use reqwest::{Client, RequestBuilder, StatusCode, Url};
+use reqwest::{Method, RequestBuilder, StatusCode};
 use tokio::sync::Mutex;
-use tracing::field::Empty;
+use tracing::Instrument as _;
 
 use crate::config::Secret;
 use crate::domain::{AuthorizationId, Capabilities, MinorUnits, ProviderName};
-use crate::provider::http::{self, ProviderSetupError, Replay};
+use crate::provider::http::{
+    self, Api, Credential, ProviderSetupError, Refusal, RefusedRead, Replay, Shape,
+};
 use crate::provider::{
     AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider,
     ReleaseRequest, WebhookError, WebhookEvent,
@@ -42,8 +44,15 @@ use self::wire::{
     CapturedTotal, Order, Token,
 };
 
-const EXAMPLE_URL: &str = "https://api-m.sandbox.paypal.com";
-const REQUEST_ID: &str = "paypal-debug-id";
+/// An OAuth access token per call (see `bearer`), `paypal-debug-id`, and the
+/// `PayPal-Request-Id` header (kept 45 days).
+static SHAPE: Shape = Shape {
+    kind: "paypal",
+    example_url: "https://api-m.sandbox.paypal.com",
+    credential: Credential::Bearer("access token"),
+    request_id: "paypal-debug-id",
+    replay: Replay::Idempotent,
+};
 /// A token is renewed this long before PayPal says it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(120);
 /// Used when PayPal's token answer gives no lifetime.
@@ -51,14 +60,12 @@ const TOKEN_DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 
 /// A PayPal REST app (client id and secret) reached over HTTPS.
 pub struct PayPalProvider {
-    name: ProviderName,
-    base_url: Url,
+    /// No headers of its own: each call carries the access token it fetched.
+    api: Api,
     /// `Basic base64(client_id:secret)` for the token call, sensitive; `None` sends no
     /// credentials at all (a sandbox dialect that needs none).
     basic: Option<HeaderValue>,
     token: Mutex<Option<CachedToken>>,
-    timeout: Duration,
-    client: Client,
 }
 
 struct CachedToken {
@@ -69,10 +76,8 @@ struct CachedToken {
 impl fmt::Debug for PayPalProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PayPalProvider")
-            .field("name", &self.name)
-            .field("base_url", &self.base_url.as_str())
+            .field("api", &self.api)
             .field("credentials", &self.basic.as_ref().map(|_| "[redacted]"))
-            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -92,8 +97,8 @@ impl PayPalProvider {
         client_secret: Option<Secret>,
         timeout: Duration,
     ) -> Result<Self, ProviderSetupError> {
-        let base_url = http::parse_base_url(&name, base_url, EXAMPLE_URL)?;
-        let client = http::client(&name, timeout)?;
+        // No key with every call: each call carries the access token it fetched.
+        let api = Api::new(&name, &SHAPE, base_url, None, timeout)?;
         let basic = match (client_id, client_secret) {
             (None, None) => None,
             (Some(id), Some(secret)) => {
@@ -127,12 +132,9 @@ impl PayPalProvider {
             }
         };
         Ok(PayPalProvider {
-            name,
-            base_url,
+            api,
             basic,
             token: Mutex::new(None),
-            timeout,
-            client,
         })
     }
 
@@ -148,7 +150,7 @@ impl PayPalProvider {
             return Ok(Some(token.bearer.clone()));
         }
         let what = "fetching a PayPal access token";
-        let url = http::url_with(&self.base_url, &["v1", "oauth2", "token"]).map_err(|p| {
+        let url = self.api.url(&["v1", "oauth2", "token"]).map_err(|p| {
             TokenProblem::Outcome(
                 Outcome::Failed {
                     reason: format!("{what}: {p}"),
@@ -157,8 +159,8 @@ impl PayPalProvider {
             )
         })?;
         let exchange = http::exchange(
-            self.client
-                .post(url)
+            self.api
+                .request(Method::POST, url)
                 .header(reqwest::header::AUTHORIZATION, basic.clone())
                 .header(reqwest::header::ACCEPT, "application/json")
                 .form(&[("grant_type", "client_credentials")]),
@@ -242,155 +244,84 @@ impl PayPalProvider {
         }
     }
 
-    /// Sends one call that needs a token, then routes the answer with `route`.
-    async fn call(
+    /// POSTs to `segments` with a token, under `request_id` (`PayPal-Request-Id`) and
+    /// `Prefer: return=representation`, then routes the answer with `route`.
+    async fn post(
         &self,
         what: &str,
-        url: Result<Url, String>,
-        build: impl FnOnce(Url) -> RequestBuilder,
+        segments: &[&str],
+        request_id: &str,
+        build: impl FnOnce(RequestBuilder) -> RequestBuilder,
         route: impl FnOnce(StatusCode, &HeaderMap, &[u8]) -> (Outcome, Option<String>),
     ) -> CallResult {
-        let url = match url {
+        let url = match self.api.url(segments) {
             Ok(url) => url,
             Err(problem) => return http::unsendable(what, problem),
         };
         let bearer = match self.bearer().await {
             Ok(bearer) => bearer,
             Err(TokenProblem::Outcome(outcome, http_status)) => {
-                let result = CallResult {
+                return CallResult {
                     outcome,
                     http_status,
                     provider_code: Some("oauth2_token".to_owned()),
                     provider_request_id: None,
                     latency: Duration::ZERO,
                 };
-                http::record(&result);
-                return result;
             }
         };
-        let exchange = http::exchange(Self::authorized(build(url), bearer)).await;
-        let result = http::finish(
-            exchange,
-            what,
-            self.timeout,
-            Replay::Idempotent,
-            REQUEST_ID,
-            route,
-        );
+        let request = self
+            .api
+            .request(Method::POST, url)
+            .header("PayPal-Request-Id", request_id)
+            .header("Prefer", "return=representation");
+        let request = build(Self::authorized(request, bearer));
+        let result = self.api.send(what, request, route).await;
         if result.http_status == Some(401) {
             self.forget_token().await;
         }
         result
     }
 
-    #[tracing::instrument(
-        name = "paypal.capture",
-        skip_all,
-        fields(
-            otel.kind = "client",
-            provider = %self.name,
-            authorization_id = %request.authorization_id,
-            order_id = %request.order_id,
-            amount = request.amount.amount().get(),
-            currency = %request.amount.currency(),
-            is_final = request.is_final,
-            capture_sequence = request.sequence,
-            idempotency_key = %request.idempotency_key,
-            http_status = Empty,
-            provider_request_id = Empty,
-            provider_code = Empty,
-            outcome = Empty,
-        )
-    )]
     async fn send_capture(&self, request: &CaptureRequest) -> CallResult {
         let what = format!(
             "capture of PayPal authorization {}",
             request.authorization_id
         );
-        let url = http::url_with(
-            &self.base_url,
-            &[
-                "v2",
-                "payments",
-                "authorizations",
-                request.authorization_id.as_str(),
-                "capture",
-            ],
-        );
         let body = CaptureBody::from_request(request);
-        self.call(
+        self.post(
             &what,
-            url,
-            |url| {
-                self.client
-                    .post(url)
-                    .header("PayPal-Request-Id", request.idempotency_key.as_str())
-                    .header("Prefer", "return=representation")
-                    .json(&body)
-            },
+            &authorization_path(&request.authorization_id, Some("capture")),
+            request.idempotency_key.as_str(),
+            |builder| builder.json(&body),
             |status, headers, body| capture_answer(&what, status, headers, body),
         )
         .await
     }
 
-    #[tracing::instrument(
-        name = "paypal.release",
-        skip_all,
-        fields(
-            otel.kind = "client",
-            provider = %self.name,
-            authorization_id = %request.authorization_id,
-            order_id = %request.order_id,
-            idempotency_key = %request.idempotency_key,
-            http_status = Empty,
-            provider_request_id = Empty,
-            provider_code = Empty,
-            outcome = Empty,
-        )
-    )]
     async fn send_void(&self, request: &ReleaseRequest) -> CallResult {
         let what = format!("void of PayPal authorization {}", request.authorization_id);
-        let url = http::url_with(
-            &self.base_url,
-            &[
-                "v2",
-                "payments",
-                "authorizations",
-                request.authorization_id.as_str(),
-                "void",
-            ],
-        );
         let id = request.authorization_id.to_string();
-        self.call(
+        self.post(
             &what,
-            url,
-            |url| {
-                self.client
-                    .post(url)
-                    .header("PayPal-Request-Id", request.idempotency_key.as_str())
-                    .header("Prefer", "return=representation")
-            },
+            &authorization_path(&request.authorization_id, Some("void")),
+            request.idempotency_key.as_str(),
+            |builder| builder,
             |status, headers, body| void_answer(&what, &id, status, headers, body),
         )
         .await
     }
 
-    /// GETs `segments` with a token and parses the 2xx body as `T`.
+    /// GETs `segments` with a token and decodes the 2xx body as `noun`.
     async fn read<T: serde::de::DeserializeOwned>(
         &self,
         authorization_id: &AuthorizationId,
         segments: &[&str],
         noun: &str,
     ) -> Result<T, LookupError> {
-        let retryable = |reason: String| LookupError::Retryable {
-            authorization_id: authorization_id.to_string(),
-            reason,
-        };
-        let permanent = |reason: String| LookupError::Permanent {
-            authorization_id: authorization_id.to_string(),
-            reason,
-        };
-        let url = http::url_with(&self.base_url, segments).map_err(permanent)?;
+        let retryable = LookupError::retryable_for(authorization_id);
+        let permanent = LookupError::permanent_for(authorization_id);
+        let url = self.api.url(segments).map_err(permanent)?;
         let bearer = match self.bearer().await {
             Ok(bearer) => bearer,
             Err(TokenProblem::Outcome(outcome, _)) => {
@@ -407,72 +338,32 @@ impl PayPalProvider {
                 });
             }
         };
-        let exchange = http::exchange(Self::authorized(self.client.get(url), bearer)).await;
-        let answer = exchange.result.map_err(|error| {
-            retryable(format!(
-                "reading the {noun} failed in transport: {}",
-                http::error_chain(&error)
-            ))
-        })?;
-        let status = answer.status;
-        tracing::Span::current().record("http_status", status.as_u16());
-        let body = answer.body.map_err(|error| {
-            retryable(format!(
-                "reading the body of the HTTP {} answer failed: {}",
-                status.as_u16(),
-                http::error_chain(&error)
-            ))
-        })?;
-        if !status.is_success() {
-            let detail = describe(status, wire::parse_error(&body).as_ref());
-            if status.as_u16() == 401 {
-                self.forget_token().await;
-            }
-            return match status.as_u16() {
-                401 | 409 | 429 | 500..=599 => Err(retryable(detail)),
-                _ => Err(permanent(detail)),
-            };
+        let exchange =
+            http::exchange(Self::authorized(self.api.request(Method::GET, url), bearer)).await;
+        if matches!(&exchange.result, Ok(answer) if answer.status == StatusCode::UNAUTHORIZED) {
+            self.forget_token().await;
         }
-        serde_json::from_slice(&body).map_err(|error| {
-            permanent(format!(
-                "HTTP {} body is not a {noun}: {error}",
-                status.as_u16()
-            ))
-        })
+        self.api
+            .read_back(exchange, authorization_id, noun, |status, _, body| {
+                RefusedRead {
+                    detail: describe(status, wire::parse_error(body).as_ref()),
+                    // 401: the refused token was dropped, the next read fetches a new one; 409:
+                    // the same request still in progress.
+                    retryable: matches!(status.as_u16(), 401 | 409),
+                }
+            })
     }
 
-    #[tracing::instrument(
-        name = "paypal.lookup",
-        skip_all,
-        fields(
-            otel.kind = "client",
-            provider = %self.name,
-            authorization_id = %authorization_id,
-            http_status = Empty,
-        ),
-        err(Display, level = "warn")
-    )]
     async fn read_authorization(
         &self,
         authorization_id: &AuthorizationId,
     ) -> Result<AuthorizationSnapshot, LookupError> {
-        let retryable = |reason: String| LookupError::Retryable {
-            authorization_id: authorization_id.to_string(),
-            reason,
-        };
-        let permanent = |reason: String| LookupError::Permanent {
-            authorization_id: authorization_id.to_string(),
-            reason,
-        };
+        let retryable = LookupError::retryable_for(authorization_id);
+        let permanent = LookupError::permanent_for(authorization_id);
         let authorization: Authorization = self
             .read(
                 authorization_id,
-                &[
-                    "v2",
-                    "payments",
-                    "authorizations",
-                    authorization_id.as_str(),
-                ],
+                &authorization_path(authorization_id, None),
                 "authorization",
             )
             .await?;
@@ -534,7 +425,7 @@ impl PayPalProvider {
 #[async_trait]
 impl PaymentProvider for PayPalProvider {
     fn name(&self) -> &str {
-        self.name.as_str()
+        self.api.name().as_str()
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -542,12 +433,16 @@ impl PaymentProvider for PayPalProvider {
     }
 
     async fn capture(&self, request: &CaptureRequest) -> CallResult {
-        self.send_capture(request).await
+        self.send_capture(request)
+            .instrument(self.api.capture_span(request))
+            .await
     }
 
     /// Voids the authorization: what was not captured is released.
     async fn release(&self, request: &ReleaseRequest) -> CallResult {
-        self.send_void(request).await
+        self.send_void(request)
+            .instrument(self.api.release_span(request))
+            .await
     }
 
     /// Reads the authorization, and its checkout order for the captures made against it.
@@ -555,7 +450,8 @@ impl PaymentProvider for PayPalProvider {
         &self,
         authorization_id: &AuthorizationId,
     ) -> Result<AuthorizationSnapshot, LookupError> {
-        self.read_authorization(authorization_id).await
+        let read = self.read_authorization(authorization_id);
+        self.api.traced_lookup(authorization_id, read).await
     }
 
     /// Capture and void events, read but not trusted: PayPal's certificate signature cannot
@@ -580,20 +476,9 @@ fn capture_answer(
     if !status.is_success() {
         return refused(what, status, headers, body);
     }
-    let capture: Capture = match serde_json::from_slice(body) {
+    let capture: Capture = match http::decode(what, status, body, "capture", Replay::Idempotent) {
         Ok(capture) => capture,
-        Err(error) => {
-            return (
-                Outcome::Unknown {
-                    reason: format!(
-                        "{what}: HTTP {} body is not a capture ({error}); it may have happened",
-                        status.as_u16()
-                    ),
-                    key_spent: false,
-                },
-                None,
-            );
-        }
+        Err(unreadable) => return (unreadable, None),
     };
     let label = capture.status.clone();
     let outcome = match capture.status() {
@@ -647,7 +532,9 @@ fn void_answer(
             None,
         );
     }
-    let outcome = match serde_json::from_slice::<Authorization>(body) {
+    let decoded =
+        http::decode::<Authorization>(what, status, body, "authorization", Replay::Idempotent);
+    let outcome = match decoded {
         Ok(auth) => match auth.status() {
             AuthorizationStatus::Voided => Outcome::Succeeded {
                 reference: Some(auth.id),
@@ -668,13 +555,7 @@ fn void_answer(
                 key_spent: true,
             },
         },
-        Err(error) => Outcome::Unknown {
-            reason: format!(
-                "{what}: HTTP {} body is not an authorization ({error})",
-                status.as_u16()
-            ),
-            key_spent: false,
-        },
+        Err(unreadable) => unreadable,
     };
     (outcome, None)
 }
@@ -727,14 +608,7 @@ fn refused(
 ) -> (Outcome, Option<String>) {
     let error = wire::parse_error(body);
     let code = error.as_ref().and_then(ApiError::provider_code);
-    let detail = describe(status, error.as_ref());
-    let retry = |why: &str| Outcome::Retryable {
-        after: http::retry_after(headers),
-        reason: format!("{what}: {why}: {detail}"),
-    };
-    let failed = |why: &str| Outcome::Failed {
-        reason: format!("{what}: {why}: {detail}"),
-    };
+    let r = Refusal::new(what, headers, describe(status, error.as_ref()));
     let issue_code = error.as_ref().and_then(ApiError::issue).unwrap_or("");
     let outcome = match status.as_u16() {
         422 => match issue(issue_code) {
@@ -742,42 +616,46 @@ fn refused(
                 code: issue_code.to_owned(),
                 message: error.as_ref().map(ApiError::message).unwrap_or_default(),
             },
-            Issue::AuthorizationClosed => failed("the authorization can no longer be captured"),
-            Issue::PayeeAccount => failed("the merchant's PayPal account cannot receive it"),
-            Issue::Request => failed("PayPal refused the request (a rule or limit)"),
-            Issue::InProgress => retry("the same request is still in progress"),
+            Issue::AuthorizationClosed => r.failed("the authorization can no longer be captured"),
+            Issue::PayeeAccount => r.failed("the merchant's PayPal account cannot receive it"),
+            Issue::Request => r.failed("PayPal refused the request (a rule or limit)"),
+            Issue::InProgress => r.retry("the same request is still in progress"),
             Issue::Unrecognized => {
-                failed("PayPal refused the request with an issue this worker does not know")
+                r.failed("PayPal refused the request with an issue this worker does not know")
             }
         },
         // RESOURCE_CONFLICT / PREVIOUS_REQUEST_IN_PROGRESS: the same request id in flight.
-        409 => retry("the same request is still in progress"),
+        409 => r.retry("the same request is still in progress"),
         // The token expired or was revoked: it is dropped and the next attempt fetches one.
-        401 => retry("PayPal refused the access token; a new one is fetched"),
-        429 => retry("rate limited"),
+        401 => r.retry("PayPal refused the access token; a new one is fetched"),
+        429 => r.retry("rate limited"),
         // PayPal keeps the request id 45 days: resending it cannot capture twice.
-        500..=599 => retry("PayPal server error"),
-        400 => failed("PayPal refused the request"),
-        403 => failed("the REST app may not do this (permission)"),
-        404 => failed("no such authorization for this account"),
-        _ => failed("unexpected HTTP status"),
+        500..=599 => r.retry("PayPal server error"),
+        400 => r.failed("PayPal refused the request"),
+        403 => r.failed("the REST app may not do this (permission)"),
+        404 => r.failed("no such authorization for this account"),
+        _ => r.failed("unexpected HTTP status"),
     };
     (outcome, code)
 }
 
 fn describe(status: StatusCode, error: Option<&ApiError>) -> String {
-    match error {
-        Some(error) => {
-            let code = error.provider_code().unwrap_or_else(|| "error".to_owned());
-            let message = error.message();
-            if message.is_empty() {
-                format!("HTTP {} {code}", status.as_u16())
-            } else {
-                format!("HTTP {} {code}: {message}", status.as_u16())
-            }
-        }
-        None => format!("HTTP {} without a PayPal error body", status.as_u16()),
-    }
+    let message = error.map(ApiError::message);
+    let code = error
+        .and_then(ApiError::provider_code)
+        .unwrap_or_else(|| "error".to_owned());
+    http::error_detail(
+        status,
+        message.as_deref().map(|m| (code.as_str(), m)),
+        "a PayPal",
+    )
+}
+
+/// `v2/payments/authorizations/{id}[/{action}]`.
+fn authorization_path<'a>(id: &'a AuthorizationId, action: Option<&'a str>) -> Vec<&'a str> {
+    let mut path = vec!["v2", "payments", "authorizations", id.as_str()];
+    path.extend(action);
+    path
 }
 
 fn outcome_reason(outcome: &Outcome) -> String {

@@ -8,11 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{AuthorizationId, Currency, MinorUnits, Money};
+use crate::provider::http::{MESSAGE_LIMIT, clip};
 use crate::provider::{AuthorizationSnapshot, CaptureRequest};
-
-/// Longest provider message copied into an outcome. Stripe allows 40 000 characters; the
-/// attempts table and logs need the gist, not an essay.
-const MESSAGE_LIMIT: usize = 500;
 
 /// The body of `POST /v1/payment_intents/{id}/capture`, form-encoded.
 ///
@@ -158,14 +155,10 @@ impl ApiError {
             .to_owned()
     }
 
-    /// Stripe's human message, shortened to [`MESSAGE_LIMIT`] characters.
+    /// Stripe's human message, shortened to [`MESSAGE_LIMIT`] characters (Stripe allows
+    /// 40 000; the attempts table and logs need the gist, not an essay).
     pub(super) fn message(&self) -> String {
-        self.message
-            .as_deref()
-            .unwrap_or("")
-            .chars()
-            .take(MESSAGE_LIMIT)
-            .collect()
+        clip(self.message.as_deref().unwrap_or(""), MESSAGE_LIMIT)
     }
 
     /// `code` if given, else `type`, for reasons.
