@@ -54,37 +54,9 @@ pub async fn claim_next(
     worker: &str,
     lease_seconds: f64,
 ) -> Result<Option<ClaimedCapture>, StorageError> {
-    const CTX: &str = "claiming the order's next capture";
-    let row = sqlx::query(
-        "with head as (
-             select capture_id, status, lease_expires_at from captures
-             where order_id = $1 and status not in ('succeeded', 'declined', 'failed', 'blocked')
-             order by sequence limit 1
-             for update
-         )
-         update captures c set
-             status = 'in_flight',
-             lease_owner = $2,
-             lease_expires_at = now() + make_interval(secs => $3),
-             attempts = c.attempts + 1,
-             first_attempt_at = coalesce(c.first_attempt_at, now()),
-             updated_at = now()
-         from head
-         where c.capture_id = head.capture_id
-           -- the decline latch (P4): nothing is sent for a declined order
-           and not exists (select 1 from orders o where o.order_id = c.order_id and o.phase = 'declined')
-           and ((head.status in ('queued', 'retrying', 'pending')
-                 and coalesce(c.next_attempt_at, '-infinity') <= now())
-                or (head.status = 'in_flight' and head.lease_expires_at < now()))
-         returning c.*, head.status = 'in_flight' as taken_over",
-    )
-    .bind(order_id)
-    .bind(worker)
-    .bind(lease_seconds)
-    .fetch_optional(pool)
-    .await
-    .ctx(CTX)?;
-    row.map(|r| claimed_from_row(&r)).transpose()
+    Ok(claim_many(pool, &[order_id], worker, lease_seconds)
+        .await?
+        .pop())
 }
 
 /// A claimed capture from a `returning c.*, … as taken_over` row.
