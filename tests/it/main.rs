@@ -7,6 +7,7 @@ mod bad_input;
 mod bench_smoke;
 mod capture_limits;
 mod config;
+mod db_socket;
 mod domain_examples;
 mod domain_properties;
 mod finance;
