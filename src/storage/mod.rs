@@ -20,6 +20,9 @@ use thiserror::Error;
 
 use crate::config::DatabaseSettings;
 
+/// A pooled connection idle this long is pinged before it is handed out.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
+
 /// Migrations embedded in the binary, from `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -136,6 +139,19 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+            // Ping only a connection that sat idle (a restart or a network cut may have
+            // broken it unnoticed), not one used a moment ago: under load a ping on every
+            // acquire is a round trip per transaction. A connection that breaks between
+            // uses fails its statement with a retryable error, and callers retry.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= IDLE_BEFORE_PING {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await
             .ctx("connecting to PostgreSQL (database.url)")?;
