@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::BenchOptions;
-use super::support::{self, Percentiles, ServiceCpu};
+use super::support::{self, Checkpoints, Percentiles, ServiceCpu};
 use crate::config::Settings;
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,6 +125,8 @@ pub struct Paced {
     pub shipments: usize,
     pub latency_ms: Percentiles,
     pub stages: StageLatency,
+    /// PostgreSQL checkpoint activity while the paced shipments were published and captured.
+    pub checkpoints: Checkpoints,
 }
 
 /// Where the time from publish to capture goes (each stage's own percentiles).
@@ -515,7 +517,7 @@ impl Report {
                 let st = &r.paced.stages;
                 let _ = writeln!(
                     t,
-                    "  L={:<4} {:.0}/{:.0} / {:.0}/{:.0} / {:.0}/{:.0} / {:.0}/{:.0}",
+                    "  L={:<4} {:.0}/{:.0} / {:.0}/{:.0} / {:.0}/{:.0} / {:.0}/{:.0}   (PostgreSQL checkpoints meanwhile: {} started, {} buffers written)",
                     r.latency_ms,
                     st.queue_and_intake_ms.p50,
                     st.queue_and_intake_ms.p99,
@@ -524,7 +526,9 @@ impl Report {
                     st.call_ms.p50,
                     st.call_ms.p99,
                     st.record_ms.p50,
-                    st.record_ms.p99
+                    st.record_ms.p99,
+                    r.paced.checkpoints.started,
+                    r.paced.checkpoints.buffers_written
                 );
             }
             let _ = writeln!(

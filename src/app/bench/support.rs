@@ -499,6 +499,47 @@ fn parent_pid(pid: u32) -> Option<u32> {
         .ok()
 }
 
+/// PostgreSQL's checkpoint activity so far: checkpoints started and buffers they wrote
+/// (server-wide). A checkpoint's final fsync can hold commits for hundreds of
+/// milliseconds on this kind of machine, so a phase that overlaps one shows it in its tail.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Checkpoints {
+    pub started: i64,
+    pub buffers_written: i64,
+}
+
+impl Checkpoints {
+    /// Activity between `self` (earlier) and `later`.
+    pub fn until(self, later: Checkpoints) -> Checkpoints {
+        Checkpoints {
+            started: later.started - self.started,
+            buffers_written: later.buffers_written - self.buffers_written,
+        }
+    }
+}
+
+/// Reads [`Checkpoints`] (PostgreSQL 15/16 keep them in `pg_stat_bgwriter`, 17 and later in
+/// `pg_stat_checkpointer`); zero when neither can be read.
+pub async fn checkpoints(store: &Store) -> Checkpoints {
+    for sql in [
+        "select (checkpoints_timed + checkpoints_req)::bigint, buffers_checkpoint::bigint
+         from pg_stat_bgwriter",
+        "select (num_timed + num_requested)::bigint, buffers_written::bigint
+         from pg_stat_checkpointer",
+    ] {
+        if let Ok((started, buffers_written)) = sqlx::query_as::<_, (i64, i64)>(sql)
+            .fetch_one(store.pool())
+            .await
+        {
+            return Checkpoints {
+                started,
+                buffers_written,
+            };
+        }
+    }
+    Checkpoints::default()
+}
+
 /// CPU seconds used so far by the services the pipeline runs on: the PostgreSQL server (the
 /// postmaster and every process it started: the worker's backends, the WAL writer…), the
 /// RabbitMQ node, and this process (the sandbox provider and the publisher). Backends that
