@@ -27,6 +27,7 @@ mod provider_registry;
 mod provider_stripe;
 mod provider_support;
 mod providers_e2e;
+mod python_tools;
 mod sandbox;
 mod support;
 mod telemetry;

@@ -4,7 +4,7 @@
 //! moves as work is done, `/readyz` follows the broker, and the deploy files parse and name
 //! only metrics the worker exports.
 //!
-//! Needs `python3 -m pip install pika==1.4.4 oteltest==0.49.0` (`.ci/run` does it).
+//! pika and oteltest run from the virtual environment `python_tools` builds on first use.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,7 @@ use capture_worker::provider::sandbox::{
 use serde_json::Value;
 
 use crate::harness::*;
+use crate::python_tools;
 
 const CANARY: &str = "sk_test_canary_key";
 const ORDER: &str = "ORD-1001";
@@ -97,18 +98,6 @@ for path in sys.argv[4:]:
 conn.close()
 "#;
 
-fn python_tools_present() {
-    let ok = Command::new("python3")
-        .args(["-c", "import pika, oteltest.sink"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "these tests need pika and oteltest: python3 -m pip install pika==1.4.4 oteltest==0.49.0"
-    );
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -138,7 +127,7 @@ impl Sink {
     async fn start(dir: &Path) -> Sink {
         let port = free_port();
         let file = dir.join("spans.jsonl");
-        let child = Command::new("python3")
+        let child = Command::new(python_tools::python())
             .args(["-c", SINK_PY, &port.to_string()])
             .arg(&file)
             .stdout(Stdio::null())
@@ -321,7 +310,7 @@ fn publish_with_pika(settings: &Settings, traceparent: &str, examples: &[&str]) 
             path
         })
         .collect();
-    let status = Command::new("python3")
+    let status = Command::new(python_tools::python())
         .args([
             "-c",
             PUBLISH_PY,
@@ -421,7 +410,6 @@ fn ancestors<'a>(spans: &'a [Value], span: &'a Value) -> Vec<&'a Value> {
 #[tokio::test]
 async fn a_shipment_published_by_pika_with_a_traceparent_is_traced_from_the_queue_to_the_provider()
 {
-    python_tools_present();
     // Arrange: a sandbox, a database, a receiver, and the real binary exporting to it.
     let (url, sb, _server) = sandbox::spawn(SandboxOptions {
         latency: Duration::ZERO,
@@ -587,7 +575,6 @@ async fn a_shipment_published_by_pika_with_a_traceparent_is_traced_from_the_queu
 #[tokio::test]
 async fn a_capture_retried_after_a_worker_crash_runs_in_a_trace_linked_to_the_one_that_created_it()
 {
-    python_tools_present();
     // Arrange: the sandbox captures, then holds its answer 5 s: the worker dies not knowing.
     let (url, sb, _server) = sandbox::spawn(SandboxOptions {
         latency: Duration::ZERO,
@@ -684,7 +671,6 @@ async fn a_capture_retried_after_a_worker_crash_runs_in_a_trace_linked_to_the_on
 
 #[tokio::test]
 async fn spans_still_waiting_for_their_batch_reach_the_collector_when_the_worker_stops() {
-    python_tools_present();
     // Arrange: a worker that would export only once a minute.
     let (url, sb, _server) = sandbox::spawn(SandboxOptions {
         latency: Duration::ZERO,
