@@ -109,7 +109,8 @@ pub struct TelemetrySettings {
     /// `http://127.0.0.1:4318/v1/traces`. Unset or empty: traces are not exported.
     #[serde(default)]
     pub otlp_endpoint: Option<String>,
-    /// `json` (one object per line) or `text`.
+    /// `auto` (text when stderr is a terminal, else JSON), `json` (one object per line) or
+    /// `text`.
     pub log_format: LogFormat,
     /// `tracing` filter directive, e.g. `info,capture_worker=debug`.
     pub log_level: String,
@@ -118,6 +119,7 @@ pub struct TelemetrySettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    Auto,
     Json,
     Text,
 }

@@ -13,6 +13,7 @@ mod logs;
 pub mod metrics;
 pub mod trace;
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -70,22 +71,20 @@ pub fn init(settings: &TelemetrySettings) -> TelemetryGuard {
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false);
-    let (json, text) = match settings.log_format {
-        LogFormat::Json => (
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_ansi(false)
-                    .with_writer(std::io::stderr)
-                    .map_event_format(logs::WithTraceIds::new),
-            ),
-            None,
-        ),
-        LogFormat::Text => (
-            None,
-            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
-        ),
+    let stderr_is_terminal = std::io::stderr().is_terminal();
+    let (json, text) = if logs_as_json(settings.log_format, stderr_is_terminal) {
+        let json = tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .map_event_format(logs::WithTraceIds::new);
+        (Some(json), None)
+    } else {
+        let text = tracing_subscriber::fmt::layer()
+            .with_ansi(stderr_is_terminal)
+            .with_writer(std::io::stderr);
+        (None, Some(text))
     };
     let subscriber = tracing_subscriber::registry()
         .with(filter)
@@ -112,6 +111,16 @@ pub fn init(settings: &TelemetrySettings) -> TelemetryGuard {
     }
     TelemetryGuard {
         provider: Some(provider),
+    }
+}
+
+/// Whether log lines are JSON: `auto` writes readable text for a person at a terminal and JSON
+/// for a pipe, a file or a log collector.
+pub fn logs_as_json(format: LogFormat, stderr_is_terminal: bool) -> bool {
+    match format {
+        LogFormat::Auto => !stderr_is_terminal,
+        LogFormat::Json => true,
+        LogFormat::Text => false,
     }
 }
 

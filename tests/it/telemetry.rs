@@ -982,3 +982,97 @@ fn alert_rules_and_the_dashboard_parse_and_name_only_exported_metrics() {
         );
     }
 }
+
+/// `auto` logs are readable text for a person at a terminal and JSON for anything else; `json`
+/// and `text` are what they say either way.
+#[test]
+fn auto_log_format_is_text_at_a_terminal_and_json_elsewhere() {
+    use capture_worker::config::LogFormat;
+    use capture_worker::telemetry::logs_as_json;
+    assert!(!logs_as_json(LogFormat::Auto, true));
+    assert!(logs_as_json(LogFormat::Auto, false));
+    for terminal in [true, false] {
+        assert!(logs_as_json(LogFormat::Json, terminal));
+        assert!(!logs_as_json(LogFormat::Text, terminal));
+    }
+}
+
+/// The real binary with the default `log_format = "auto"`: `config` with an OTLP endpoint logs
+/// `trace_export_enabled` at start and exits. `wrap` turns the command into the one to run.
+fn log_line_at_start(wrap: impl FnOnce(Command) -> Command) -> String {
+    let mut binary = Command::new(env!("CARGO_BIN_EXE_capture-worker"));
+    binary
+        .arg("config")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .env_remove("CAPTURE_ENV")
+        .env_remove("CAPTURE__TELEMETRY__LOG_FORMAT")
+        .env_remove("CAPTURE__TELEMETRY__LOG_LEVEL")
+        .env(
+            "CAPTURE__TELEMETRY__OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}/v1/traces", free_port()),
+        );
+    let output = wrap(binary).stdin(Stdio::null()).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    all.lines()
+        .find(|l| l.contains("exporting traces over OTLP/HTTP"))
+        .unwrap_or_else(|| panic!("no start-up log line in:\n{all}"))
+        .to_owned()
+}
+
+#[test]
+fn the_binary_logs_json_lines_into_a_pipe() {
+    let line = log_line_at_start(|mut c| {
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    });
+    let json: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(json["event"], "trace_export_enabled", "{line}");
+    assert_eq!(json["level"], "INFO", "{line}");
+}
+
+/// A terminal from util-linux's `script`, which runs the binary on a pseudo-terminal.
+#[test]
+fn the_binary_logs_readable_lines_to_a_terminal() {
+    let line = log_line_at_start(|binary| {
+        let shell_line = std::iter::once(binary.get_program())
+            .chain(binary.get_args())
+            .map(|a| format!("'{}'", a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut script = Command::new("script");
+        script.args(["--quiet", "--return", "--command", &shell_line, "/dev/null"]);
+        for (key, value) in binary.get_envs() {
+            match value {
+                Some(v) => script.env(key, v),
+                None => script.env_remove(key),
+            };
+        }
+        if let Some(dir) = binary.get_current_dir() {
+            script.current_dir(dir);
+        }
+        script
+    });
+    // Colours (SGR escapes) are for the terminal; the words are what a person reads.
+    let mut plain = String::new();
+    let mut rest = line.as_str();
+    while let Some(i) = rest.find("\x1b[") {
+        plain.push_str(&rest[..i]);
+        rest = rest[i..].split_once('m').map_or("", |(_, after)| after);
+    }
+    plain.push_str(rest);
+    assert!(
+        serde_json::from_str::<Value>(&plain).is_err(),
+        "a JSON line on a terminal: {plain}"
+    );
+    assert!(plain.contains(" INFO "), "{plain}");
+    assert!(
+        plain.contains("exporting traces over OTLP/HTTP event=\"trace_export_enabled\""),
+        "{plain}"
+    );
+}
