@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod architecture;
+mod asyncapi;
 mod bad_input;
 mod bench_smoke;
 mod capture_limits;
