@@ -16,6 +16,7 @@ mod harness;
 mod intake_batch;
 mod ledger_guards;
 mod operator;
+mod operator_output;
 mod pipeline;
 mod process;
 mod provider_adyen;
