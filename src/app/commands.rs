@@ -343,14 +343,40 @@ pub async fn demo(settings: Settings, wait: Duration) -> anyhow::Result<()> {
     .bind(&pattern)
     .fetch_all(store.pool())
     .await?;
-    println!(
-        "{:<26} {:>3} {:>8} {:>10} {:>8} {:>9} {:>8} {:>5}  status",
-        "order", "cur", "total", "authorized", "shipped", "captured", "pending", "caps"
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(
+            |(id, cur, total, auth, shipped, captured, pending, caps, status)| {
+                vec![
+                    id,
+                    cur,
+                    total.to_string(),
+                    auth.to_string(),
+                    shipped.to_string(),
+                    captured.to_string(),
+                    pending.to_string(),
+                    caps.to_string(),
+                    status,
+                ]
+            },
+        )
+        .collect();
+    print!(
+        "{}",
+        super::operator::table(
+            &[
+                "order",
+                "cur",
+                "total",
+                "authorized",
+                "shipped",
+                "captured",
+                "pending",
+                "caps",
+                "status"
+            ],
+            &rows
+        )
     );
-    for (id, cur, total, auth, shipped, captured, pending, caps, status) in rows {
-        println!(
-            "{id:<26} {cur:>3} {total:>8} {auth:>10} {shipped:>8} {captured:>9} {pending:>8} {caps:>5}  {status}"
-        );
-    }
     Ok(())
 }

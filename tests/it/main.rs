@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod architecture;
+mod asyncapi;
 mod bad_input;
 mod bench_smoke;
 mod capture_limits;
@@ -15,6 +16,7 @@ mod harness;
 mod intake_batch;
 mod ledger_guards;
 mod operator;
+mod operator_output;
 mod pipeline;
 mod process;
 mod provider_adyen;

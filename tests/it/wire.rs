@@ -19,7 +19,7 @@ fn contract_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("contract/v1")
 }
 
-fn example_files() -> Vec<PathBuf> {
+pub(crate) fn example_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(contract_dir().join("examples"))
         .unwrap()
         .map(|e| e.unwrap().path())

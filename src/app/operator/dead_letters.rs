@@ -35,7 +35,7 @@ use crate::queue::topology::Topology;
 use crate::storage::operator::{self as sql, RejectionRow};
 use crate::storage::{StorageError, Store};
 
-use super::{OperatorError, csv, table};
+use super::{Cell, OperatorError, csv, table};
 
 /// What `crate::redact` writes in place of a card-number-like digit run.
 pub const MASK_MARKER: &str = "[card-number-masked]";
@@ -246,26 +246,25 @@ const LIST_COLUMNS: [&str; 9] = [
     "detail",
 ];
 
-fn list_cells(r: &RejectionRow, detail_width: Option<usize>) -> Vec<String> {
+fn list_cells(r: &RejectionRow, detail_width: Option<usize>) -> Vec<Cell> {
     let detail = match detail_width {
         Some(w) if r.detail.chars().count() > w => {
             format!("{}…", r.detail.chars().take(w).collect::<String>())
         }
         _ => r.detail.clone(),
     };
+    let time =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     vec![
-        r.rejection_id.to_string(),
-        r.received_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        r.reason.clone(),
-        r.message_type.clone().unwrap_or_default(),
-        r.message_id.clone().unwrap_or_default(),
-        r.order_id.clone().unwrap_or_default(),
-        if r.has_body { "yes" } else { "no" }.to_owned(),
-        r.requeued_at
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-            .unwrap_or_default(),
-        detail,
+        Cell::number(r.rejection_id),
+        Cell::text(time(r.received_at)),
+        Cell::text(r.reason.clone()),
+        Cell::text(r.message_type.clone().unwrap_or_default()),
+        Cell::text(r.message_id.clone().unwrap_or_default()),
+        Cell::text(r.order_id.clone().unwrap_or_default()),
+        Cell::text(if r.has_body { "yes" } else { "no" }),
+        Cell::text(r.requeued_at.map(time).unwrap_or_default()),
+        Cell::text(detail),
     ]
 }
 
@@ -274,10 +273,10 @@ pub fn render_list(rows: &[RejectionRow], format: OutputFormat) -> Result<String
         OutputFormat::Json => serde_json::to_string_pretty(rows)
             .map(|s| s + "\n")
             .map_err(|e| OperatorError::Invalid(format!("encoding the list as JSON: {e}"))),
-        OutputFormat::Csv => Ok(csv(
+        OutputFormat::Csv => csv(
             &LIST_COLUMNS,
             &rows.iter().map(|r| list_cells(r, None)).collect::<Vec<_>>(),
-        )),
+        ),
         OutputFormat::Table if rows.is_empty() => Ok("no refused messages\n".to_owned()),
         OutputFormat::Table => Ok(table(
             &LIST_COLUMNS,

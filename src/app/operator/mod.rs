@@ -111,63 +111,95 @@ impl Progress {
     }
 }
 
-/// Aligned columns; numbers right-aligned.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    let mut numeric = vec![true; headers.len()];
+/// Aligned columns for a terminal, without borders; columns whose cells are all numbers are
+/// right-aligned. Cells are shown as they are: no wrapping or truncation.
+pub fn table<C: AsRef<str>>(headers: &[&str], rows: &[Vec<C>]) -> String {
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING)
+        .set_header(headers.to_vec());
     for row in rows {
-        for (i, cell) in row.iter().enumerate().take(headers.len()) {
-            widths[i] = widths[i].max(cell.chars().count());
-            if !cell.is_empty() && cell.parse::<i64>().is_err() {
-                numeric[i] = false;
-            }
+        t.add_row(row.iter().map(AsRef::as_ref).collect::<Vec<&str>>());
+    }
+    for (i, column) in t.column_iter_mut().enumerate() {
+        // Two spaces between columns, none before the first.
+        column.set_padding((if i == 0 { 0 } else { 1 }, 1));
+        let numeric = rows.iter().all(|row| {
+            row.get(i)
+                .is_none_or(|c| c.as_ref().is_empty() || is_number(c.as_ref()))
+        });
+        if numeric && !rows.is_empty() {
+            column.set_cell_alignment(comfy_table::CellAlignment::Right);
         }
     }
-    let line = |cells: Vec<&str>| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i > 0 {
-                out.push_str("  ");
-            }
-            let pad = widths[i].saturating_sub(cell.chars().count());
-            if numeric[i] {
-                out.push_str(&" ".repeat(pad));
-                out.push_str(cell);
-            } else {
-                out.push_str(cell);
-                if i + 1 < cells.len() {
-                    out.push_str(&" ".repeat(pad));
-                }
-            }
-        }
-        out.push('\n');
-        out
-    };
-    let mut out = line(headers.to_vec());
-    for row in rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
+    let mut out = t.trim_fmt();
+    out.push('\n');
     out
 }
 
-/// RFC 4180 CSV with a header row; fields with a comma, quote or line break are quoted.
-pub fn csv(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let field = |f: &str| {
-        if f.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", f.replace('"', "\"\""))
-        } else {
-            f.to_owned()
-        }
-    };
-    let mut out = String::new();
-    for row in std::iter::once(headers.iter().map(|h| h.to_string()).collect::<Vec<_>>())
-        .chain(rows.iter().cloned())
-    {
-        let cells: Vec<String> = row.iter().map(|c| field(c)).collect();
-        out.push_str(&cells.join(","));
-        out.push_str("\r\n");
+/// `-?digits(.digits)?`: how we write counts and amounts (minor or major units).
+fn is_number(s: &str) -> bool {
+    let unsigned = s.strip_prefix('-').unwrap_or(s);
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, "0"));
+    [whole, fraction]
+        .iter()
+        .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// One CSV cell. Text is anything that may come from a message or a provider (ids, reasons,
+/// details, statuses) and is guarded against formula injection; a number is a count or amount
+/// we formatted ourselves from an integer (`-?digits`, or `-?digits.digits` in major units) and
+/// is written as it is, so a spreadsheet reads it as a number and a negative amount stays
+/// negative.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cell {
+    Text(String),
+    Number(String),
+}
+
+impl Cell {
+    pub fn text(s: impl Into<String>) -> Cell {
+        Cell::Text(s.into())
     }
-    out
+
+    pub fn number(n: impl ToString) -> Cell {
+        Cell::Number(n.to_string())
+    }
+
+    /// The cell as written to CSV: text starting with `=`, `+`, `-`, `@`, a tab or a carriage
+    /// return (what spreadsheet software reads as the start of a formula) gets a leading `'`,
+    /// as OWASP's CSV injection guidance advises.
+    pub fn csv_field(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Cell::Text(s) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => {
+                format!("'{s}").into()
+            }
+            Cell::Text(s) | Cell::Number(s) => s.as_str().into(),
+        }
+    }
+}
+
+impl AsRef<str> for Cell {
+    fn as_ref(&self) -> &str {
+        match self {
+            Cell::Text(s) | Cell::Number(s) => s,
+        }
+    }
+}
+
+/// RFC 4180 CSV (CRLF line ends) with a header row, written by the `csv` crate; text cells are
+/// guarded against formula injection ([`Cell::csv_field`]).
+pub fn csv(headers: &[&str], rows: &[Vec<Cell>]) -> Result<String, OperatorError> {
+    let failed = |e: &dyn std::fmt::Display| OperatorError::Invalid(format!("writing CSV: {e}"));
+    let mut w = ::csv::WriterBuilder::new()
+        .terminator(::csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    w.write_record(headers).map_err(|e| failed(&e))?;
+    for row in rows {
+        w.write_record(row.iter().map(|c| c.csv_field().into_owned()))
+            .map_err(|e| failed(&e))?;
+    }
+    let bytes = w.into_inner().map_err(|e| failed(&e))?;
+    String::from_utf8(bytes).map_err(|e| failed(&e))
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<Store> {

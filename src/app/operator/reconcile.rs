@@ -20,7 +20,7 @@ use crate::provider::AuthorizationSnapshot;
 use crate::storage::operator::LedgerAuthorization;
 
 use super::super::providers::Providers;
-use super::{OperatorError, csv, table};
+use super::{Cell, OperatorError, csv, table};
 
 /// How much a difference matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -264,22 +264,22 @@ const COLUMNS: [&str; 13] = [
     "detail",
 ];
 
-fn cells(d: &Difference) -> Vec<String> {
-    let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+fn cells(d: &Difference) -> Vec<Cell> {
+    let opt = |v: Option<i64>| v.map(Cell::number).unwrap_or(Cell::text(""));
     vec![
-        format!("{:?}", d.severity).to_lowercase(),
-        d.kind.to_owned(),
-        d.order_id.clone(),
-        d.provider.clone(),
-        d.authorization_id.clone(),
-        d.currency.clone(),
-        d.ledger_status.clone(),
-        d.ledger_captured.to_string(),
-        d.ledger_pending.to_string(),
-        d.provider_status.clone().unwrap_or_default(),
+        Cell::text(format!("{:?}", d.severity).to_lowercase()),
+        Cell::text(d.kind),
+        Cell::text(d.order_id.clone()),
+        Cell::text(d.provider.clone()),
+        Cell::text(d.authorization_id.clone()),
+        Cell::text(d.currency.clone()),
+        Cell::text(d.ledger_status.clone()),
+        Cell::number(d.ledger_captured),
+        Cell::number(d.ledger_pending),
+        Cell::text(d.provider_status.clone().unwrap_or_default()),
         opt(d.provider_captured),
         opt(d.provider_capturable),
-        d.detail.clone(),
+        Cell::text(d.detail.clone()),
     ]
 }
 
@@ -290,10 +290,7 @@ pub fn render(r: &Reconciliation, format: OutputFormat) -> Result<String, Operat
         OutputFormat::Json => serde_json::to_string_pretty(r)
             .map(|s| s + "\n")
             .map_err(|e| OperatorError::Invalid(format!("encoding the result as JSON: {e}"))),
-        OutputFormat::Csv => Ok(csv(
-            &COLUMNS,
-            &rows.iter().map(|d| cells(d)).collect::<Vec<_>>(),
-        )),
+        OutputFormat::Csv => csv(&COLUMNS, &rows.iter().map(|d| cells(d)).collect::<Vec<_>>()),
         OutputFormat::Table => {
             let mut out = format!(
                 "{} authorizations checked: {} match, {} differences\n",

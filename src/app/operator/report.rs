@@ -11,7 +11,7 @@ use crate::cli::OutputFormat;
 use crate::storage::Store;
 use crate::storage::operator::{self as sql, DailyRow, ExceptionCount};
 
-use super::{OperatorError, csv, table};
+use super::{Cell, OperatorError, csv, table};
 
 /// The range's totals for one currency and provider.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -98,36 +98,42 @@ pub const DAY_COLUMNS: [&str; 18] = [
     "calls_unknown",
 ];
 
-fn day_cells(d: &DailyRow) -> Vec<String> {
-    vec![
-        d.day.to_string(),
-        d.currency.clone(),
-        d.provider.clone(),
-        d.authorized_amount.to_string(),
-        d.authorization_count.to_string(),
-        d.captured_amount.to_string(),
-        d.capture_count.to_string(),
-        d.released_amount.to_string(),
-        d.release_count.to_string(),
-        d.declined_amount.to_string(),
-        d.decline_count.to_string(),
-        d.provider_calls.to_string(),
-        d.calls_succeeded.to_string(),
-        d.calls_pending.to_string(),
-        d.calls_declined.to_string(),
-        d.calls_retryable.to_string(),
-        d.calls_failed.to_string(),
-        d.calls_unknown.to_string(),
-    ]
+fn day_cells(d: &DailyRow) -> Vec<Cell> {
+    let mut cells = vec![
+        Cell::text(d.day.to_string()),
+        Cell::text(d.currency.clone()),
+        Cell::text(d.provider.clone()),
+    ];
+    cells.extend(
+        [
+            d.authorized_amount,
+            d.authorization_count,
+            d.captured_amount,
+            d.capture_count,
+            d.released_amount,
+            d.release_count,
+            d.declined_amount,
+            d.decline_count,
+            d.provider_calls,
+            d.calls_succeeded,
+            d.calls_pending,
+            d.calls_declined,
+            d.calls_retryable,
+            d.calls_failed,
+            d.calls_unknown,
+        ]
+        .map(Cell::number),
+    );
+    cells
 }
 
 /// The report as text: a table for people, CSV (the day rows only) or JSON (everything).
 pub fn render(report: &Report, format: OutputFormat) -> Result<String, OperatorError> {
     match format {
-        OutputFormat::Csv => Ok(csv(
+        OutputFormat::Csv => csv(
             &DAY_COLUMNS,
             &report.days.iter().map(day_cells).collect::<Vec<_>>(),
-        )),
+        ),
         OutputFormat::Json => serde_json::to_string_pretty(report)
             .map(|s| s + "\n")
             .map_err(|e| OperatorError::Invalid(format!("encoding the report as JSON: {e}"))),
