@@ -138,7 +138,11 @@ pub async fn fresh_database() -> (String, Store) {
 
 pub struct TestApp {
     pub settings: Settings,
+    /// The database owner's store: tests read and arrange the ledger through it.
     pub store: Store,
+    /// What the workers use: the owner's store, or a login member of `capture_worker_app`'s.
+    worker_store: Store,
+    worker_login: Option<String>,
     pub sandbox: Sandbox,
     _sandbox_server: SandboxServer,
     workers: Vec<Worker>,
@@ -158,6 +162,16 @@ impl TestApp {
     }
 
     pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        TestApp::spawn_as(tweak, false).await
+    }
+
+    /// A running worker migrated by the database owner that logs in as a member of
+    /// `capture_worker_app`, as deployments run it (`run --no-migrate`).
+    pub async fn spawn_least_privileged(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        TestApp::spawn_as(tweak, true).await
+    }
+
+    async fn spawn_as(tweak: impl FnOnce(&mut Settings), least_privileged: bool) -> TestApp {
         let (url, sandbox, server) = sandbox::spawn(SandboxOptions {
             latency: Duration::ZERO,
             api_key: Some("sk_test_canary_key".into()),
@@ -168,9 +182,20 @@ impl TestApp {
         let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let mut settings = test_settings(&db, &tag, &url);
         tweak(&mut settings);
+        let (worker_store, worker_login) = if least_privileged {
+            let user = login_in_role("capture_worker_app").await;
+            let pool = sqlx::PgPool::connect(&format!("postgres://{user}@127.0.0.1:5432/{db}"))
+                .await
+                .unwrap();
+            (Store::from_pool(pool), Some(user))
+        } else {
+            (store.clone(), None)
+        };
         let mut app = TestApp {
             settings,
             store,
+            worker_store,
+            worker_login,
             sandbox,
             _sandbox_server: server,
             workers: Vec::new(),
@@ -184,9 +209,10 @@ impl TestApp {
     /// Starts one more worker process-equivalent on the same queue and database.
     pub async fn start_worker(&mut self) {
         let providers = Providers::from_settings(&self.settings).unwrap();
-        let app = Application::build_with(self.settings.clone(), self.store.clone(), providers)
-            .await
-            .unwrap();
+        let app =
+            Application::build_with(self.settings.clone(), self.worker_store.clone(), providers)
+                .await
+                .unwrap();
         let http = app.http_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
@@ -204,9 +230,11 @@ impl TestApp {
     }
 
     /// A running worker serving every sandbox dialect (see [`with_dialects`]), with the
-    /// sandbox posting its notifications to the worker's webhook endpoint.
+    /// sandbox posting its notifications to the worker's webhook endpoint. The worker logs in
+    /// as a member of `capture_worker_app`, so every notification and asynchronous outcome
+    /// these tests drive also proves the role's grants suffice.
     pub async fn spawn_with_dialects(tweak: impl FnOnce(&mut Settings)) -> TestApp {
-        let app = TestApp::spawn_with(|s| {
+        let app = TestApp::spawn_least_privileged(|s| {
             with_dialects(s);
             tweak(s);
         })
@@ -431,8 +459,36 @@ impl TestApp {
             }
             let _ = conn.close(200, "done".into()).await;
         }
+        self.worker_store.pool().close().await;
         self.store.pool().close().await;
         drop_database(&self.db).await;
+        if let Some(user) = &self.worker_login {
+            drop_login(user).await;
+        }
+    }
+}
+
+/// Creates a login user in `role`, returning its name.
+pub async fn login_in_role(role: &str) -> String {
+    let user = format!(
+        "cw_login_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let mut admin = PgConnection::connect(PG_ADMIN).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "create role {user} login in role {role}"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    user
+}
+
+pub async fn drop_login(user: &str) {
+    if let Ok(mut admin) = PgConnection::connect(PG_ADMIN).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("drop role if exists {user}")))
+            .execute(&mut admin)
+            .await;
     }
 }
 
