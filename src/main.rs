@@ -23,9 +23,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Publish { file, traceparent } => {
             commands::publish(settings, &file, traceparent.as_deref()).await
         }
-        Command::Demo { wait_seconds } => {
-            commands::demo(settings, Duration::from_secs(wait_seconds)).await
-        }
+        Command::Demo {
+            wait_seconds,
+            units,
+        } => commands::demo(settings, Duration::from_secs(wait_seconds), units).await,
         Command::Report(args) => operator::report(settings, args).await,
         Command::Order(cmd) => operator::order(settings, cmd).await,
         Command::Capture(cmd) => operator::capture(settings, cmd).await,

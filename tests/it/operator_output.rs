@@ -1,11 +1,15 @@
 //! What the operator commands print for people and spreadsheets: CSV cells that a spreadsheet
-//! would read as formulas are neutralised, amounts stay numbers, tables line up.
+//! would read as formulas are neutralised, amounts stay numbers, tables line up, and
+//! `--units major` shows decimals with each currency's exponent.
 
-use capture_worker::app::operator::{self, Cell};
-use capture_worker::cli::OutputFormat;
+use capture_worker::app::operator::{self, Cell, units};
+use capture_worker::cli::{OutputFormat, Units};
+use capture_worker::domain::{Currency, Money};
 use capture_worker::storage::operator::RejectionRow;
 
-use crate::operator::parse_csv;
+use crate::finance::{order_msg, ship_msg};
+use crate::harness::TestApp;
+use crate::operator::{cli, parse_csv};
 
 fn refusal(message_id: &str, order_id: &str, detail: &str) -> RejectionRow {
     RejectionRow {
@@ -98,4 +102,142 @@ fn tables_right_align_number_columns_and_leave_text_as_it_is() {
     assert!(lines[2].ends_with("  1000"), "{out}");
     assert!(lines[2].starts_with("=not-a-formula"), "{out}");
     assert_eq!(lines[1].len(), lines[2].len(), "{out}");
+}
+
+#[test]
+fn major_units_use_the_currency_s_exponent_and_integers_only() {
+    let major = |minor, currency| units::amount(Units::Major, minor, currency).unwrap();
+    assert_eq!(major(6979, "USD"), "69.79");
+    assert_eq!(major(5, "USD"), "0.05");
+    assert_eq!(major(1000, "JPY"), "1000");
+    assert_eq!(major(1234, "KWD"), "1.234");
+    assert_eq!(major(-1234, "KWD"), "-1.234");
+    assert_eq!(major(-5, "USD"), "-0.05");
+    assert_eq!(major(i64::MIN, "USD"), "-92233720368547758.08");
+    assert_eq!(units::amount(Units::Minor, 6979, "USD").unwrap(), "6979");
+    assert!(units::amount(Units::Major, 1, "XYZ").is_err());
+    // The inverse of the providers' parser, for every value it accepts.
+    for (minor, code) in [(6979, "USD"), (1000, "JPY"), (1234, "KWD"), (0, "KWD")] {
+        let currency = Currency::parse(code).unwrap();
+        assert_eq!(
+            Money::parse_major(&major(minor, code), currency)
+                .unwrap()
+                .amount()
+                .get(),
+            minor
+        );
+    }
+}
+
+/// One order per currency, each captured in full: 6979 USD, 1000 JPY, 1230 KWD.
+async fn three_currencies(app: &TestApp) {
+    for (order, auth, currency, amount) in [
+        ("ORD-USD", "pi_usd", "USD", 6979),
+        ("ORD-JPY", "pi_jpy", "JPY", 1000),
+        ("ORD-KWD", "pi_kwd", "KWD", 1230),
+    ] {
+        app.authorize(auth, amount, currency, None);
+        app.publish(&[order_msg(
+            order,
+            auth,
+            currency,
+            &[("L1", 1, amount, 0)],
+            0,
+            amount,
+            None,
+        )])
+        .await;
+    }
+    app.wait_count("select count(*) from orders", 3).await;
+    for order in ["ORD-USD", "ORD-JPY", "ORD-KWD"] {
+        app.publish(&[ship_msg(order, "S1", &[("L1", 1)])]).await;
+    }
+    for order in ["ORD-USD", "ORD-JPY", "ORD-KWD"] {
+        app.wait_settled(order, 1).await;
+    }
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn units_major_prints_decimals_with_each_currency_s_exponent() {
+    let app = TestApp::spawn().await;
+    three_currencies(&app).await;
+    let today = chrono::Utc::now().date_naive().to_string();
+
+    // report, CSV: the captured column per currency.
+    let rows = parse_csv(&stdout(
+        &cli(
+            &app,
+            &[
+                "report", "--from", &today, "--format", "csv", "--units", "major",
+            ],
+        )
+        .await,
+    ));
+    let col = |name: &str| rows[0].iter().position(|c| c == name).unwrap();
+    let captured = |currency: &str| {
+        rows[1..]
+            .iter()
+            .find(|r| r[col("currency")] == currency)
+            .map(|r| r[col("captured_amount")].clone())
+            .unwrap()
+    };
+    assert_eq!(captured("USD"), "69.79");
+    assert_eq!(captured("JPY"), "1000");
+    assert_eq!(captured("KWD"), "1.230");
+    // Counts stay counts.
+    assert!(rows[1..].iter().all(|r| r[col("capture_count")] == "1"));
+
+    // Minor units stay the default.
+    let rows = parse_csv(&stdout(
+        &cli(&app, &["report", "--from", &today, "--format", "csv"]).await,
+    ));
+    assert!(
+        rows[1..]
+            .iter()
+            .any(|r| r[col("captured_amount")] == "6979")
+    );
+
+    // report, table.
+    let table = stdout(&cli(&app, &["report", "--from", &today, "--units", "major"]).await);
+    assert!(table.contains("amounts in major units"), "{table}");
+    assert!(
+        table.contains("69.79") && table.contains("1.230") && !table.contains("6979"),
+        "{table}"
+    );
+
+    // order show.
+    let story = stdout(&cli(&app, &["order", "show", "ORD-USD", "--units", "major"]).await);
+    assert!(story.contains("total 69.79"), "{story}");
+    assert!(story.contains("69.79 USD"), "{story}");
+    assert!(!story.contains("6979"), "{story}");
+    let story = stdout(&cli(&app, &["order", "show", "ORD-KWD", "--units", "major"]).await);
+    assert!(story.contains("total 1.230"), "{story}");
+    let story = stdout(&cli(&app, &["order", "show", "ORD-JPY", "--units", "major"]).await);
+    assert!(story.contains("total 1000"), "{story}");
+
+    // JSON is for programs: integers, always.
+    let out = cli(
+        &app,
+        &[
+            "order", "show", "ORD-USD", "--format", "json", "--units", "major",
+        ],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("minor units"));
+    let json: serde_json::Value = serde_json::from_str(&stdout(
+        &cli(&app, &["order", "show", "ORD-USD", "--format", "json"]).await,
+    ))
+    .unwrap();
+    assert_eq!(json["order"]["captured_amount"], 6979);
+    app.cleanup().await;
 }

@@ -11,6 +11,7 @@ pub mod dead_letters;
 pub mod orders;
 pub mod reconcile;
 pub mod report;
+pub mod units;
 
 use std::io::IsTerminal;
 use std::time::Instant;
@@ -214,12 +215,13 @@ pub async fn report(settings: Settings, args: ReportArgs) -> anyhow::Result<()> 
     if to < args.from {
         bail!("--to {to} is before --from {}", args.from);
     }
+    units::only_for_people(args.units, args.format == crate::cli::OutputFormat::Json)?;
     let store = connect(&settings).await?;
     let progress = Progress::new("report", 1);
     eprintln!("report: reading {} to {} (UTC days)…", args.from, to);
     let r = report::build(&store, args.from, to).await?;
     progress.finish(&format!("{} day × currency × provider rows", r.days.len()));
-    print!("{}", report::render(&r, args.format)?);
+    print!("{}", report::render_in(&r, args.format, args.units)?);
     Ok(())
 }
 
@@ -227,8 +229,16 @@ pub async fn report(settings: Settings, args: ReportArgs) -> anyhow::Result<()> 
 pub async fn order(settings: Settings, command: OrderCommand) -> anyhow::Result<()> {
     let store = connect(&settings).await?;
     match command {
-        OrderCommand::Show { order_id, format } => {
-            let story = orders::story(&store, &order_id).await?;
+        OrderCommand::Show {
+            order_id,
+            format,
+            units,
+        } => {
+            units::only_for_people(units, format == crate::cli::StoryFormat::Json)?;
+            let mut story = orders::story(&store, &order_id).await?;
+            if units == crate::cli::Units::Major {
+                story = units::story_in_major_units(&story)?;
+            }
             print!("{}", orders::render_story(&story, format)?);
         }
         OrderCommand::Resume {
