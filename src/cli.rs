@@ -199,6 +199,10 @@ pub enum DeadLetterCommand {
         /// With --all: only this order's messages.
         #[arg(long, requires = "all")]
         order: Option<String>,
+        /// List what would be requeued and why the others would be skipped; publish nothing,
+        /// change nothing, and do not connect to RabbitMQ.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

@@ -2,13 +2,17 @@
 //! would read as formulas are neutralised, amounts stay numbers, tables line up, and
 //! `--units major` shows decimals with each currency's exponent.
 
+use std::time::Duration;
+
 use capture_worker::app::operator::{self, Cell, units};
 use capture_worker::cli::{OutputFormat, Units};
 use capture_worker::domain::{Currency, Money};
 use capture_worker::storage::operator::RejectionRow;
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 
 use crate::finance::{order_msg, ship_msg};
-use crate::harness::TestApp;
+use crate::harness::{AMQP, TestApp, eventually};
 use crate::operator::{cli, parse_csv};
 
 fn refusal(message_id: &str, order_id: &str, detail: &str) -> RejectionRow {
@@ -239,5 +243,122 @@ async fn units_major_prints_decimals_with_each_currency_s_exponent() {
     ))
     .unwrap();
     assert_eq!(json["order"]["captured_amount"], 6979);
+    app.cleanup().await;
+}
+
+/// Everything PostgreSQL knows about refusals and the inbox, as text to compare.
+async fn refusal_state(app: &TestApp) -> String {
+    sqlx::query_scalar(
+        "select coalesce((select jsonb_agg(to_jsonb(r) order by rejection_id) from rejected_messages r), '[]')::text
+              || coalesce((select jsonb_agg(to_jsonb(i) order by message_id) from inbox_messages i), '[]')::text",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap()
+}
+
+async fn message_count(channel: &lapin::Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count()
+}
+
+#[tokio::test]
+async fn dead_letter_requeue_dry_run_lists_what_would_be_requeued_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    app.publish_raw("shipment.shipped", b"{not json").await;
+    app.publish_raw("shipment.shipped", b"{card 4111 1111 1111 1111")
+        .await;
+    app.wait_count("select count(*) from rejected_messages", 2)
+        .await;
+    let ids: Vec<(i64, bool)> = sqlx::query_as(
+        "select rejection_id, body like '%card-number-masked%' from rejected_messages order by 1",
+    )
+    .fetch_all(app.store.pool())
+    .await
+    .unwrap();
+    let (plain, masked) = match ids[..] {
+        [(a, false), (b, true)] => (a, b),
+        [(a, true), (b, false)] => (b, a),
+        _ => panic!("{ids:?}"),
+    };
+    // A queue of the test's own, bound to the exchange for every routing key, receives
+    // whatever anyone publishes there.
+    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let spy = format!("{}.spy", app.settings.amqp.queue);
+    ch.queue_declare(
+        spy.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        spy.as_str().into(),
+        app.settings.amqp.exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let dead_letter_queue = app.topology().dead_letter();
+    eventually(Duration::from_secs(5), || async {
+        message_count(&ch, &dead_letter_queue).await == 2
+    })
+    .await;
+    let before = refusal_state(&app).await;
+
+    let out = stdout(&cli(&app, &["dead-letter", "requeue", "--all", "--dry-run"]).await);
+    assert!(
+        out.contains(&format!(
+            "rejection {plain} (malformed): would be requeued with routing key shipment.shipped"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("rejection {masked}: skipped, its body was masked")),
+        "{out}"
+    );
+    let out = stdout(
+        &cli(
+            &app,
+            &["dead-letter", "requeue", &plain.to_string(), "--dry-run"],
+        )
+        .await,
+    );
+    assert!(out.contains("would be requeued"), "{out}");
+
+    assert_eq!(refusal_state(&app).await, before, "PostgreSQL unchanged");
+    assert_eq!(message_count(&ch, &spy).await, 0, "nothing published");
+    assert_eq!(message_count(&ch, &dead_letter_queue).await, 2);
+
+    // Without --dry-run the same command publishes and records, so the checks above can fail.
+    let out = stdout(&cli(&app, &["dead-letter", "requeue", "--all"]).await);
+    assert!(
+        out.contains(&format!("rejection {plain} (malformed): requeued")),
+        "{out}"
+    );
+    eventually(Duration::from_secs(5), || async {
+        message_count(&ch, &spy).await == 1
+    })
+    .await;
+    assert_ne!(refusal_state(&app).await, before);
+    let _ = conn.close(200, "done".into()).await;
     app.cleanup().await;
 }

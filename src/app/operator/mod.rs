@@ -28,6 +28,7 @@ use crate::storage::operator::{self as sql, AuthorizationScope, RejectionFilter,
 use crate::storage::{StorageError, Store};
 
 use super::providers::Providers;
+use dead_letters::RequeueResult;
 
 /// Why an operator command could not do what was asked. Nothing was changed unless the
 /// variant says so.
@@ -346,6 +347,7 @@ pub async fn dead_letter(settings: Settings, command: DeadLetterCommand) -> anyh
             all,
             reason,
             order,
+            dry_run,
         } => {
             let ids = if all {
                 sql::list_rejections(
@@ -364,7 +366,11 @@ pub async fn dead_letter(settings: Settings, command: DeadLetterCommand) -> anyh
             } else {
                 ids
             };
-            let requeuer = dead_letters::Requeuer::connect(store, &settings).await?;
+            let requeuer = if dry_run {
+                dead_letters::Requeuer::dry_run(store)
+            } else {
+                dead_letters::Requeuer::connect(store, &settings).await?
+            };
             let mut progress = Progress::new("requeue", ids.len());
             let mut results = Vec::with_capacity(ids.len());
             for id in ids {
@@ -373,9 +379,17 @@ pub async fn dead_letter(settings: Settings, command: DeadLetterCommand) -> anyh
                 results.push(result);
             }
             requeuer.close().await;
-            let sent = results.iter().filter(|r| r.is_requeued()).count();
+            let sent = results
+                .iter()
+                .filter(|r| r.is_requeued() || matches!(r, RequeueResult::WouldRequeue { .. }))
+                .count();
             progress.finish(&format!(
-                "{sent} requeued, {} skipped",
+                "{sent} {}, {} skipped",
+                if dry_run {
+                    "would be requeued (dry run)"
+                } else {
+                    "requeued"
+                },
                 results.len() - sent
             ));
             print!("{}", dead_letters::render_requeue(&results));
