@@ -362,3 +362,65 @@ async fn dead_letter_requeue_dry_run_lists_what_would_be_requeued_and_changes_no
     let _ = conn.close(200, "done".into()).await;
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn provider_reconcile_exits_0_without_differences_1_with_them_and_2_when_it_cannot_run() {
+    let app = TestApp::spawn().await;
+    // ORD-A is captured and agrees with the provider; ORD-H's authorization is unknown to it.
+    app.authorize("pi_a", 1000, "USD", None);
+    app.publish(&[
+        order_msg("ORD-A", "pi_a", "USD", &[("A1", 1, 1000, 0)], 0, 1000, None),
+        order_msg("ORD-H", "pi_h", "USD", &[("H1", 1, 500, 0)], 0, 500, None),
+    ])
+    .await;
+    app.wait_count("select count(*) from orders", 2).await;
+    app.publish(&[ship_msg("ORD-A", "S1", &[("A1", 1)])]).await;
+    app.wait_settled("ORD-A", 1).await;
+
+    let agrees = cli(&app, &["provider", "reconcile", "--order", "ORD-A"]).await;
+    assert_eq!(
+        agrees.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&agrees.stderr)
+    );
+    assert!(String::from_utf8_lossy(&agrees.stdout).contains("1 match, 0 differences"));
+
+    let differs = cli(
+        &app,
+        &[
+            "provider",
+            "reconcile",
+            "--order",
+            "ORD-H",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(
+        differs.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&differs.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&differs.stdout).unwrap();
+    assert_eq!(json["differences"][0]["kind"], "lookup_failed");
+
+    let broken = crate::operator::cli_with(
+        &app,
+        &["provider", "reconcile"],
+        &[(
+            "CAPTURE__DATABASE__URL",
+            "postgres://postgres@127.0.0.1:1/none",
+        )],
+    )
+    .await;
+    assert_eq!(broken.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&broken.stderr).contains("PostgreSQL"),
+        "{}",
+        String::from_utf8_lossy(&broken.stderr)
+    );
+    app.cleanup().await;
+}

@@ -398,8 +398,9 @@ pub async fn dead_letter(settings: Settings, command: DeadLetterCommand) -> anyh
     Ok(())
 }
 
-/// `capture-worker provider reconcile`.
-pub async fn provider(settings: Settings, command: ProviderCommand) -> anyhow::Result<()> {
+/// `capture-worker provider reconcile`: whether it found differences that need attention
+/// (the binary then exits 1).
+pub async fn provider(settings: Settings, command: ProviderCommand) -> anyhow::Result<bool> {
     let store = connect(&settings).await?;
     match command {
         ProviderCommand::Reconcile {
@@ -425,7 +426,7 @@ pub async fn provider(settings: Settings, command: ProviderCommand) -> anyhow::R
                 result.differences.len()
             ));
             print!("{}", reconcile::render(&result, format)?);
+            Ok(result.needs_attention())
         }
     }
-    Ok(())
 }
