@@ -424,3 +424,68 @@ async fn provider_reconcile_exits_0_without_differences_1_with_them_and_2_when_i
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn progress_is_drawn_only_on_a_terminal_and_never_mixed_into_json_logs() {
+    let app = TestApp::spawn().await;
+    app.publish_raw("shipment.shipped", b"{not json").await;
+    app.wait_count("select count(*) from rejected_messages", 1)
+        .await;
+
+    // Not a terminal (a pipe): stderr holds only JSON log lines; the summary is one of them.
+    let out = crate::operator::cli_with(
+        &app,
+        &["dead-letter", "requeue", "--all"],
+        &[
+            ("CAPTURE__TELEMETRY__LOG_FORMAT", "json"),
+            ("CAPTURE__TELEMETRY__LOG_LEVEL", "info"),
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l:?}"))
+        })
+        .collect();
+    let summary = events
+        .iter()
+        .find(|e| e["event"] == "operator_progress")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(summary["command"], "requeue");
+    assert!(
+        summary["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 requeued, 0 skipped"),
+        "{summary}"
+    );
+
+    // A terminal (a pseudo-terminal from script(1)): the bar and a summary line for people.
+    app.wait_count("select count(*) from rejected_messages", 2)
+        .await;
+    let command = format!(
+        "{} dead-letter requeue --all --dry-run",
+        env!("CARGO_BIN_EXE_capture-worker")
+    );
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CAPTURE__DATABASE__URL", app.settings.database.url.expose())
+        .env("CAPTURE__TELEMETRY__LOG_FORMAT", "json")
+        .env("CAPTURE__TELEMETRY__LOG_LEVEL", "info");
+    let out = tokio::task::spawn_blocking(move || script.output().unwrap())
+        .await
+        .unwrap();
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{terminal}");
+    assert!(
+        terminal.contains("requeue: 1 would be requeued (dry run), 0 skipped in"),
+        "{terminal}"
+    );
+    assert!(!terminal.contains("operator_progress"), "{terminal}");
+    app.cleanup().await;
+}

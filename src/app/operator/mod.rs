@@ -66,50 +66,77 @@ pub enum OperatorError {
     Publish(#[from] Box<PublishError>),
 }
 
-/// Progress of a long command on stderr: a live counter on a terminal, a line every tenth of
-/// the way otherwise (logs, CI).
+/// Progress of a long command. On a terminal, a bar on stderr (indicatif) and a summary line
+/// at the end. Otherwise nothing is drawn (`ProgressDrawTarget::hidden`), so stderr keeps
+/// only log lines (one JSON object each with `telemetry.log_format = "json"`), and the notes
+/// and the summary are log events (`event = "operator_progress"`).
 pub struct Progress {
     label: &'static str,
-    total: usize,
-    done: usize,
+    bar: indicatif::ProgressBar,
     tty: bool,
     started: Instant,
 }
 
 impl Progress {
     pub fn new(label: &'static str, total: usize) -> Progress {
+        let tty = std::io::stderr().is_terminal();
+        let target = if tty {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        };
+        let bar = indicatif::ProgressBar::with_draw_target(Some(total as u64), target);
+        // A fixed template: it parses, so the fallback is only there to avoid a panic path.
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix}: [{bar:30}] {pos}/{len} {elapsed} (eta {eta}) {wide_msg}",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_prefix(label);
         Progress {
             label,
-            total,
-            done: 0,
-            tty: std::io::stderr().is_terminal(),
+            bar,
+            tty,
             started: Instant::now(),
+        }
+    }
+
+    /// Something worth saying before the work starts.
+    pub fn note(&self, note: &str) {
+        if self.tty {
+            self.bar.suspend(|| eprintln!("{}: {note}", self.label));
+        } else {
+            tracing::info!(
+                event = "operator_progress",
+                command = self.label,
+                note,
+                "{note}"
+            );
         }
     }
 
     /// One item done; `note` says which.
     pub fn step(&mut self, note: &str) {
-        self.done += 1;
-        if self.tty {
-            eprint!(
-                "\r\x1b[2K{}: {}/{} {note}",
-                self.label, self.done, self.total
-            );
-        } else if self.done == self.total || self.done.is_multiple_of((self.total / 10).max(1)) {
-            eprintln!("{}: {}/{} {note}", self.label, self.done, self.total);
-        }
+        self.bar.set_message(note.to_owned());
+        self.bar.inc(1);
     }
 
-    /// Ends the counter with a summary and the time taken.
+    /// Ends the bar with a summary and the time taken.
     pub fn finish(&self, summary: &str) {
+        self.bar.finish_and_clear();
+        let seconds = self.started.elapsed().as_secs_f64();
         if self.tty {
-            eprint!("\r\x1b[2K");
+            eprintln!("{}: {summary} in {seconds:.2} s", self.label);
+        } else {
+            tracing::info!(
+                event = "operator_progress",
+                command = self.label,
+                done = self.bar.position(),
+                seconds,
+                "{summary}"
+            );
         }
-        eprintln!(
-            "{}: {summary} in {:.2} s",
-            self.label,
-            self.started.elapsed().as_secs_f64()
-        );
     }
 }
 
@@ -219,7 +246,7 @@ pub async fn report(settings: Settings, args: ReportArgs) -> anyhow::Result<()> 
     units::only_for_people(args.units, args.format == crate::cli::OutputFormat::Json)?;
     let store = connect(&settings).await?;
     let progress = Progress::new("report", 1);
-    eprintln!("report: reading {} to {} (UTC days)…", args.from, to);
+    progress.note(&format!("reading {} to {} (UTC days)…", args.from, to));
     let r = report::build(&store, args.from, to).await?;
     progress.finish(&format!("{} day × currency × provider rows", r.days.len()));
     print!("{}", report::render_in(&r, args.format, args.units)?);
