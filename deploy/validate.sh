@@ -40,3 +40,17 @@ PY
 
 docker-compose -f deploy/compose.yaml config -q
 echo "deploy files: ok"
+
+# Prometheus alert rules: `promtool check rules` (Debian package `prometheus`) checks their
+# syntax, PromQL and templates, as committed and as rendered with a runbook base URL
+# (docs/runbook.md, "Alerts"). Skipped, saying so, where promtool is not installed.
+if command -v promtool >/dev/null 2>&1; then
+  rendered="$(mktemp)"
+  trap 'rm -f "$rendered"' EXIT
+  CAPTURE_WORKER_RUNBOOK_BASE_URL=https://runbooks.example.invalid \
+    envsubst '${CAPTURE_WORKER_RUNBOOK_BASE_URL}' <deploy/prometheus/alerts.yaml >"$rendered"
+  promtool check rules deploy/prometheus/alerts.yaml "$rendered"
+  echo "alert rules: ok"
+else
+  echo "alert rules: promtool not installed (apt-get install prometheus), not checked" >&2
+fi
