@@ -116,6 +116,11 @@ impl Progress {
         }
     }
 
+    /// `done` items done so far, for work counted elsewhere.
+    pub fn set_position(&self, done: u64) {
+        self.bar.set_position(done);
+    }
+
     /// One item done; `note` says which.
     pub fn step(&mut self, note: &str) {
         self.bar.set_message(note.to_owned());
