@@ -45,11 +45,10 @@ echo "deploy files: ok"
 # syntax, PromQL and templates, as committed and as rendered with a runbook base URL
 # (docs/runbook.md, "Alerts"). Skipped, saying so, where promtool is not installed.
 if command -v promtool >/dev/null 2>&1; then
-  rendered="$(mktemp)"
-  trap 'rm -f "$rendered"' EXIT
+  promtool check rules deploy/prometheus/alerts.yaml
   CAPTURE_WORKER_RUNBOOK_BASE_URL=https://runbooks.example.invalid \
-    envsubst '${CAPTURE_WORKER_RUNBOOK_BASE_URL}' <deploy/prometheus/alerts.yaml >"$rendered"
-  promtool check rules deploy/prometheus/alerts.yaml "$rendered"
+    envsubst '${CAPTURE_WORKER_RUNBOOK_BASE_URL}' <deploy/prometheus/alerts.yaml \
+    | promtool check rules /dev/stdin
   echo "alert rules: ok"
 else
   echo "alert rules: promtool not installed (apt-get install prometheus), not checked" >&2
