@@ -18,7 +18,7 @@ pub use currency::{Currency, UnknownCurrency};
 pub use ids::{
     AuthorizationId, EventId, IdempotencyKey, InvalidId, LineId, OrderId, ProviderName, ShipmentId,
 };
-pub use money::{MinorUnits, Money, MoneyError};
+pub use money::{MinorUnits, Money, MoneyError, major_string};
 pub use order::{
     Authorization, Cancellation, Item, Order, OrderDraft, OrderError, OrderLine, Quantity, Shipment,
 };

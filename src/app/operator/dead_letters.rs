@@ -22,6 +22,9 @@
 //!
 //! The copy in the RabbitMQ dead-letter queue is left alone; it is a convenience for the
 //! publisher's team, and PostgreSQL is the record.
+//!
+//! A dry run ([`Requeuer::dry_run`]) makes the same checks in a transaction it rolls back and
+//! never connects to RabbitMQ: it says what would be requeued and changes nothing.
 
 use std::fmt;
 
@@ -88,6 +91,13 @@ pub enum RequeueResult {
         rejection_id: i64,
         why: SkipReason,
     },
+    /// A dry run: this refusal would be requeued; nothing was changed.
+    WouldRequeue {
+        rejection_id: i64,
+        reason: String,
+        message_id: Option<String>,
+        routing_key: String,
+    },
 }
 
 impl RequeueResult {
@@ -113,15 +123,24 @@ impl fmt::Display for RequeueResult {
             RequeueResult::Skipped { rejection_id, why } => {
                 write!(f, "rejection {rejection_id}: skipped, {why}")
             }
+            RequeueResult::WouldRequeue {
+                rejection_id,
+                reason,
+                message_id,
+                routing_key,
+            } => write!(
+                f,
+                "rejection {rejection_id} ({reason}): would be requeued with routing key {routing_key} (message {}); dry run, nothing changed",
+                message_id.as_deref().unwrap_or("-")
+            ),
         }
     }
 }
 
-/// Publishes refused messages again, one transaction each.
+/// Publishes refused messages again, one transaction each; a dry run has no broker.
 pub struct Requeuer {
     store: Store,
-    connection: lapin::Connection,
-    publisher: Publisher,
+    broker: Option<(lapin::Connection, Publisher)>,
     exchange: String,
 }
 
@@ -147,10 +166,18 @@ impl Requeuer {
             .map_err(OperatorError::Broker)?;
         Ok(Requeuer {
             store,
-            connection,
-            publisher,
+            broker: Some((connection, publisher)),
             exchange: settings.amqp.exchange.clone(),
         })
+    }
+
+    /// A requeuer that only says what it would do: no broker, every transaction rolled back.
+    pub fn dry_run(store: Store) -> Requeuer {
+        Requeuer {
+            store,
+            broker: None,
+            exchange: String::new(),
+        }
     }
 
     /// Requeues one refusal (see the module's decisions), in one transaction committed after
@@ -186,6 +213,15 @@ impl Requeuer {
         else {
             return skipped(SkipReason::NoRoutingKey);
         };
+        let Some((_, publisher)) = &self.broker else {
+            // Dry run: the transaction is dropped, so rolled back.
+            return Ok(RequeueResult::WouldRequeue {
+                rejection_id,
+                reason: r.reason,
+                message_id: r.message_id,
+                routing_key,
+            });
+        };
         // Both before the publish, under this transaction: the worker that receives the copy
         // waits on these rows until the commit, then finds the message id forgotten and the
         // old refusal's dedupe key retired, so a second refusal is recorded as a new row.
@@ -199,7 +235,7 @@ impl Requeuer {
             REQUEUED_FROM_HEADER.into(),
             AMQPValue::LongString(LongString::from(rejection_id.to_string())),
         );
-        self.publisher
+        publisher
             .publish(
                 &self.exchange,
                 &routing_key,
@@ -230,7 +266,9 @@ impl Requeuer {
     }
 
     pub async fn close(self) {
-        let _ = self.connection.close(200, "done".into()).await;
+        if let Some((connection, _)) = self.broker {
+            let _ = connection.close(200, "done".into()).await;
+        }
     }
 }
 

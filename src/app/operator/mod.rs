@@ -11,6 +11,7 @@ pub mod dead_letters;
 pub mod orders;
 pub mod reconcile;
 pub mod report;
+pub mod units;
 
 use std::io::IsTerminal;
 use std::time::Instant;
@@ -27,6 +28,7 @@ use crate::storage::operator::{self as sql, AuthorizationScope, RejectionFilter,
 use crate::storage::{StorageError, Store};
 
 use super::providers::Providers;
+use dead_letters::RequeueResult;
 
 /// Why an operator command could not do what was asked. Nothing was changed unless the
 /// variant says so.
@@ -64,50 +66,82 @@ pub enum OperatorError {
     Publish(#[from] Box<PublishError>),
 }
 
-/// Progress of a long command on stderr: a live counter on a terminal, a line every tenth of
-/// the way otherwise (logs, CI).
+/// Progress of a long command. On a terminal, a bar on stderr (indicatif) and a summary line
+/// at the end. Otherwise nothing is drawn (`ProgressDrawTarget::hidden`), so stderr keeps
+/// only log lines (one JSON object each with `telemetry.log_format = "json"`), and the notes
+/// and the summary are log events (`event = "operator_progress"`).
 pub struct Progress {
     label: &'static str,
-    total: usize,
-    done: usize,
+    bar: indicatif::ProgressBar,
     tty: bool,
     started: Instant,
 }
 
 impl Progress {
     pub fn new(label: &'static str, total: usize) -> Progress {
+        let tty = std::io::stderr().is_terminal();
+        let target = if tty {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        };
+        let bar = indicatif::ProgressBar::with_draw_target(Some(total as u64), target);
+        // A fixed template: it parses, so the fallback is only there to avoid a panic path.
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix}: [{bar:30}] {pos}/{len} {elapsed} (eta {eta}) {wide_msg}",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_prefix(label);
         Progress {
             label,
-            total,
-            done: 0,
-            tty: std::io::stderr().is_terminal(),
+            bar,
+            tty,
             started: Instant::now(),
         }
     }
 
-    /// One item done; `note` says which.
-    pub fn step(&mut self, note: &str) {
-        self.done += 1;
+    /// Something worth saying before the work starts.
+    pub fn note(&self, note: &str) {
         if self.tty {
-            eprint!(
-                "\r\x1b[2K{}: {}/{} {note}",
-                self.label, self.done, self.total
+            self.bar.suspend(|| eprintln!("{}: {note}", self.label));
+        } else {
+            tracing::info!(
+                event = "operator_progress",
+                command = self.label,
+                note,
+                "{note}"
             );
-        } else if self.done == self.total || self.done.is_multiple_of((self.total / 10).max(1)) {
-            eprintln!("{}: {}/{} {note}", self.label, self.done, self.total);
         }
     }
 
-    /// Ends the counter with a summary and the time taken.
+    /// `done` items done so far, for work counted elsewhere.
+    pub fn set_position(&self, done: u64) {
+        self.bar.set_position(done);
+    }
+
+    /// One item done; `note` says which.
+    pub fn step(&mut self, note: &str) {
+        self.bar.set_message(note.to_owned());
+        self.bar.inc(1);
+    }
+
+    /// Ends the bar with a summary and the time taken.
     pub fn finish(&self, summary: &str) {
+        self.bar.finish_and_clear();
+        let seconds = self.started.elapsed().as_secs_f64();
         if self.tty {
-            eprint!("\r\x1b[2K");
+            eprintln!("{}: {summary} in {seconds:.2} s", self.label);
+        } else {
+            tracing::info!(
+                event = "operator_progress",
+                command = self.label,
+                done = self.bar.position(),
+                seconds,
+                "{summary}"
+            );
         }
-        eprintln!(
-            "{}: {summary} in {:.2} s",
-            self.label,
-            self.started.elapsed().as_secs_f64()
-        );
     }
 }
 
@@ -214,12 +248,13 @@ pub async fn report(settings: Settings, args: ReportArgs) -> anyhow::Result<()> 
     if to < args.from {
         bail!("--to {to} is before --from {}", args.from);
     }
+    units::only_for_people(args.units, args.format == crate::cli::OutputFormat::Json)?;
     let store = connect(&settings).await?;
     let progress = Progress::new("report", 1);
-    eprintln!("report: reading {} to {} (UTC days)…", args.from, to);
+    progress.note(&format!("reading {} to {} (UTC days)…", args.from, to));
     let r = report::build(&store, args.from, to).await?;
     progress.finish(&format!("{} day × currency × provider rows", r.days.len()));
-    print!("{}", report::render(&r, args.format)?);
+    print!("{}", report::render_in(&r, args.format, args.units)?);
     Ok(())
 }
 
@@ -227,8 +262,16 @@ pub async fn report(settings: Settings, args: ReportArgs) -> anyhow::Result<()> 
 pub async fn order(settings: Settings, command: OrderCommand) -> anyhow::Result<()> {
     let store = connect(&settings).await?;
     match command {
-        OrderCommand::Show { order_id, format } => {
-            let story = orders::story(&store, &order_id).await?;
+        OrderCommand::Show {
+            order_id,
+            format,
+            units,
+        } => {
+            units::only_for_people(units, format == crate::cli::StoryFormat::Json)?;
+            let mut story = orders::story(&store, &order_id).await?;
+            if units == crate::cli::Units::Major {
+                story = units::story_in_major_units(&story)?;
+            }
             print!("{}", orders::render_story(&story, format)?);
         }
         OrderCommand::Resume {
@@ -336,6 +379,7 @@ pub async fn dead_letter(settings: Settings, command: DeadLetterCommand) -> anyh
             all,
             reason,
             order,
+            dry_run,
         } => {
             let ids = if all {
                 sql::list_rejections(
@@ -354,7 +398,11 @@ pub async fn dead_letter(settings: Settings, command: DeadLetterCommand) -> anyh
             } else {
                 ids
             };
-            let requeuer = dead_letters::Requeuer::connect(store, &settings).await?;
+            let requeuer = if dry_run {
+                dead_letters::Requeuer::dry_run(store)
+            } else {
+                dead_letters::Requeuer::connect(store, &settings).await?
+            };
             let mut progress = Progress::new("requeue", ids.len());
             let mut results = Vec::with_capacity(ids.len());
             for id in ids {
@@ -363,9 +411,17 @@ pub async fn dead_letter(settings: Settings, command: DeadLetterCommand) -> anyh
                 results.push(result);
             }
             requeuer.close().await;
-            let sent = results.iter().filter(|r| r.is_requeued()).count();
+            let sent = results
+                .iter()
+                .filter(|r| r.is_requeued() || matches!(r, RequeueResult::WouldRequeue { .. }))
+                .count();
             progress.finish(&format!(
-                "{sent} requeued, {} skipped",
+                "{sent} {}, {} skipped",
+                if dry_run {
+                    "would be requeued (dry run)"
+                } else {
+                    "requeued"
+                },
                 results.len() - sent
             ));
             print!("{}", dead_letters::render_requeue(&results));
@@ -374,8 +430,9 @@ pub async fn dead_letter(settings: Settings, command: DeadLetterCommand) -> anyh
     Ok(())
 }
 
-/// `capture-worker provider reconcile`.
-pub async fn provider(settings: Settings, command: ProviderCommand) -> anyhow::Result<()> {
+/// `capture-worker provider reconcile`: whether it found differences that need attention
+/// (the binary then exits 1).
+pub async fn provider(settings: Settings, command: ProviderCommand) -> anyhow::Result<bool> {
     let store = connect(&settings).await?;
     match command {
         ProviderCommand::Reconcile {
@@ -401,7 +458,7 @@ pub async fn provider(settings: Settings, command: ProviderCommand) -> anyhow::R
                 result.differences.len()
             ));
             print!("{}", reconcile::render(&result, format)?);
+            Ok(result.needs_attention())
         }
     }
-    Ok(())
 }

@@ -5,9 +5,11 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use capture_worker::app::operator::Progress as ProgressBar;
 use capture_worker::provider::sandbox::{
     self, Fault, FaultRates, LedgerOutcome, NewAuthorization, Sandbox, SandboxOptions,
     SandboxServer, Scenario,
@@ -412,12 +414,27 @@ async fn storm(env: &mut Env, seed: u64, spec: Storm) -> anyhow::Result<Report> 
         messages,
         progress.clone(),
     ));
+    // On a terminal, a bar of the confirmed publishes while the faults strike.
+    let ticker = {
+        let progress = progress.clone();
+        let bar = ProgressBar::new("fault-harness publish", workload.messages.len());
+        tokio::spawn(async move {
+            while !progress.finished() {
+                bar.set_position(progress.confirmed.load(Ordering::Relaxed) as u64);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let confirmed = progress.confirmed.load(Ordering::Relaxed);
+            bar.set_position(confirmed as u64);
+            bar.finish(&format!("{confirmed} messages confirmed"));
+        })
+    };
     let mut frng = Rng::fork(seed, "faults");
     let mut notes = inject(env, &stage, &mut fleet, &progress, &mut frng, &spec.faults).await?;
     let reconnects = publisher
         .await
         .context("the publisher task failed")?
         .context("publishing")?;
+    let _ = ticker.await;
     if reconnects > 0 {
         notes.push(format!(
             "publisher reconnected {reconnects} times and retransmitted what was unconfirmed"
@@ -502,6 +519,8 @@ async fn settle(
 ) -> anyhow::Result<bool> {
     let deadline = Instant::now() + within;
     let mut quiet = 0;
+    // On a terminal, a bar of the messages accounted for (processed or refused).
+    let bar = ProgressBar::new("fault-harness settle", expected.len());
     while Instant::now() < deadline {
         if !fleet.reap().is_empty() {
             fleet.fill()?;
@@ -509,6 +528,7 @@ async fn settle(
         let ok = async {
             let accounted = stage.accounted().await?;
             let missing = expected.iter().filter(|k| !accounted.contains(*k)).count();
+            bar.set_position((expected.len() - missing) as u64);
             let (unsettled, parked) = stage.unsettled().await?;
             let ready = stage.ready(env).await?;
             anyhow::Ok(missing == 0 && unsettled == 0 && parked == 0 && ready == 0)
@@ -523,12 +543,14 @@ async fn settle(
                 .iter()
                 .any(|(name, ready, unacked)| *name == stage.queue && (*ready > 0 || *unacked > 0));
             if !busy {
+                bar.finish("every message accounted for, the queue empty");
                 return Ok(true);
             }
             quiet = 0;
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
+    bar.finish("did not settle in time");
     Ok(false)
 }
 
