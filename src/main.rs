@@ -13,6 +13,8 @@ use capture_worker::config::Settings;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load().context("loading settings")?;
+    // Whatever a command stores, logs or prints passes through this boundary.
+    capture_worker::sanitize::register_secrets(settings.secrets());
     let _telemetry = capture_worker::telemetry::init(&settings.telemetry);
     match cli.command {
         Command::Run { no_migrate } => commands::run(settings, !no_migrate).await,

@@ -934,7 +934,7 @@ async fn report_renders_a_table_and_csv_and_json_that_parse_to_the_views_figures
 
 /// Runs the binary against the test's database, broker and sandbox. On a blocking thread, so
 /// that the test's runtime keeps serving the sandbox and the worker meanwhile.
-async fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+pub async fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
     let sandbox = app.settings.providers["sandbox"].base_url.clone();
     let mut command = Command::new(env!("CARGO_BIN_EXE_capture-worker"));
     command

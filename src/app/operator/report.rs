@@ -18,13 +18,13 @@ use super::{OperatorError, csv, table};
 pub struct Total {
     pub currency: String,
     pub provider: String,
-    pub authorized_amount: i64,
+    pub authorized_amount: i128,
     pub authorization_count: i64,
-    pub captured_amount: i64,
+    pub captured_amount: i128,
     pub capture_count: i64,
-    pub released_amount: i64,
+    pub released_amount: i128,
     pub release_count: i64,
-    pub declined_amount: i64,
+    pub declined_amount: i128,
     pub decline_count: i64,
     pub provider_calls: i64,
 }
