@@ -142,43 +142,67 @@ pub fn bytes(raw: &[u8], max_chars: usize) -> String {
     }
 }
 
-/// Returns `text` with every Luhn-valid 13–19 digit run masked.
+/// Returns `text` with every card number masked: a Luhn-valid sequence of 13–19 digits, whole
+/// groups of a run of digits joined by single spaces or dashes (`4111 1111 1111 1111`,
+/// `4111-1111-1111-1111`, `4111111111111111`). A card number next to other digit groups
+/// (`qty 2 4111 1111 1111 1111`) is found too: every span of whole groups is tried, the
+/// longest first.
 pub fn mask_card_numbers(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < chars.len() {
-        if chars[i].is_ascii_digit() {
-            // Extend over digits and single separators between digits.
-            let mut j = i;
-            let mut digits = Vec::new();
-            let mut end = i;
-            while j < chars.len() {
-                let c = chars[j];
-                if c.is_ascii_digit() {
-                    digits.push(c as u8 - b'0');
-                    end = j + 1;
-                    j += 1;
-                } else if (c == ' ' || c == '-')
-                    && j + 1 < chars.len()
-                    && chars[j + 1].is_ascii_digit()
-                    && !digits.is_empty()
-                {
-                    j += 1;
-                } else {
-                    break;
-                }
-            }
-            if (13..=19).contains(&digits.len()) && luhn(&digits) {
-                out.push_str(CARD_MASKED);
-            } else {
-                out.extend(&chars[i..end]);
-            }
-            i = end;
-        } else {
+        if !chars[i].is_ascii_digit() {
             out.push(chars[i]);
             i += 1;
+            continue;
         }
+        // The run: groups of digits joined by single separators, as (start, end) positions.
+        let mut groups: Vec<(usize, usize)> = Vec::new();
+        let mut j = i;
+        loop {
+            let start = j;
+            while j < chars.len() && chars[j].is_ascii_digit() {
+                j += 1;
+            }
+            groups.push((start, j));
+            let joined = j + 1 < chars.len()
+                && (chars[j] == ' ' || chars[j] == '-')
+                && chars[j + 1].is_ascii_digit();
+            if !joined {
+                break;
+            }
+            j += 1;
+        }
+        let run_end = j;
+        let mut cursor = i;
+        let mut g = 0;
+        while g < groups.len() {
+            // The longest span of whole groups from `g` that is a card number; at most 19
+            // digits, so at most 19 groups are looked at.
+            let mut card = None;
+            let mut digits: Vec<u8> = Vec::with_capacity(19);
+            for (last, &(s, e)) in groups.iter().enumerate().skip(g) {
+                digits.extend(chars[s..e].iter().map(|c| *c as u8 - b'0'));
+                if digits.len() > 19 {
+                    break;
+                }
+                if digits.len() >= 13 && luhn(&digits) {
+                    card = Some(last);
+                }
+            }
+            match card {
+                Some(last) => {
+                    out.extend(&chars[cursor..groups[g].0]);
+                    out.push_str(CARD_MASKED);
+                    cursor = groups[last].1;
+                    g = last + 1;
+                }
+                None => g += 1,
+            }
+        }
+        out.extend(&chars[cursor..run_end]);
+        i = run_end;
     }
     out
 }
@@ -233,6 +257,22 @@ mod tests {
         let long = format!("{}4111111111111111", "x".repeat(10));
         assert_eq!(text(&long, 12), format!("xxxxxxxxxx[c{TRUNCATED}"));
         assert!(!bytes(long.repeat(1000).as_bytes(), 50).contains("4111111111111111"));
+    }
+
+    #[test]
+    fn masks_a_card_number_next_to_other_digit_groups() {
+        assert_eq!(
+            mask_card_numbers("ref a2 4111 1111 1111 1111 qty 3"),
+            "ref a2 [card-number-masked] qty 3"
+        );
+        assert_eq!(
+            mask_card_numbers("4111 1111 1111 1111 4242 4242 4242 4242"),
+            "[card-number-masked] [card-number-masked]"
+        );
+        assert_eq!(
+            mask_card_numbers("3782-822463-10005"),
+            "[card-number-masked]"
+        );
     }
 
     #[test]

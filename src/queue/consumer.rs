@@ -342,6 +342,8 @@ fn peek_message_id(body: &[u8]) -> Option<String> {
         .ok()
         .map(|p| p.message_id)
         .filter(|id| id.len() <= 128)
+        // From the body, unchecked: it goes into the span through the text boundary.
+        .map(|id| crate::sanitize::text(&id, 128))
 }
 
 async fn process_in_span(
