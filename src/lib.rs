@@ -20,7 +20,8 @@
 //!   `domain` only.
 //! - `queue`     — RabbitMQ via lapin: topology, the message contract (wire), consumer,
 //!   publisher, trace headers. Imports `domain` only.
-//! - `redact`    — masks card numbers in text we keep or forward.
+//! - `sanitize`  — the one boundary for outside text we store, log, forward or print: NUL and
+//!   invalid UTF-8 replaced, card numbers masked, the worker's own secrets removed, length capped.
 //! - `app`       — the use cases (intake, execution, recovery) and the composition root; the
 //!   only module that knows every adapter.
 //!
@@ -32,6 +33,8 @@ pub mod config;
 pub mod domain;
 pub mod provider;
 pub mod queue;
-pub mod redact;
+pub mod sanitize;
+/// The former name of [`sanitize`].
+pub use sanitize as redact;
 pub mod storage;
 pub mod telemetry;

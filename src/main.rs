@@ -31,6 +31,8 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load().context("loading settings")?;
+    // Whatever a command stores, logs or prints passes through this boundary.
+    capture_worker::sanitize::register_secrets(settings.secrets());
     let _telemetry = capture_worker::telemetry::init(&settings.telemetry);
     let done = match cli.command {
         Command::Run { no_migrate } => commands::run(settings, !no_migrate).await,

@@ -93,6 +93,8 @@ impl Application {
         // Metrics are process-wide; installing here covers programs that build an application
         // without `telemetry::init` (tests, embedding).
         crate::telemetry::metrics::install();
+        // Text the worker stores, logs or forwards never carries its own secrets.
+        crate::sanitize::register_secrets(settings.secrets());
         let c = &settings.capture;
         let policy = RetryPolicy {
             initial: Duration::from_millis(c.retry_initial_ms),
@@ -121,6 +123,7 @@ impl Application {
                 c.shipping_policy.into(),
                 c.parking_seconds,
             )
+            .with_max_message_bytes(settings.amqp.max_message_bytes)
             .claiming_for(executor.clone()),
         );
         let listener = tokio::net::TcpListener::bind(&settings.http.listen)
@@ -224,6 +227,7 @@ impl Application {
             store: self.store.clone(),
             providers: self.providers.clone(),
             executor: self.executor.clone(),
+            rejections: webhooks::RejectionBudget::default(),
         }));
         let mut http_stop = stop_rx.clone();
         let http_task = tokio::spawn(async move {

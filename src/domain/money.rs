@@ -197,14 +197,15 @@ impl Money {
 /// `minor` minor units of `currency` as a decimal string in major units with exactly the
 /// currency's exponent digits, from integers only: "69.79" for 6979 USD, "1000" for 1000 JPY,
 /// "-1.234" for -1234 KWD. Signed, for differences and reports; money itself never is.
-pub fn major_string(minor: i64, currency: Currency) -> String {
+pub fn major_string(minor: impl Into<i128>, currency: Currency) -> String {
+    let minor: i128 = minor.into();
     let exp = u32::from(currency.exponent());
     if exp == 0 {
         return minor.to_string();
     }
     let sign = if minor < 0 { "-" } else { "" };
     let abs = minor.unsigned_abs();
-    let scale = 10_u64.pow(exp);
+    let scale = 10_u128.pow(exp);
     format!(
         "{sign}{}.{:0width$}",
         abs / scale,

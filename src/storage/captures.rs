@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
 use super::ledger::{CaptureKind, StoredCaptureLine};
-use super::{Ctx, StorageError};
+use super::{Ctx, StorageError, outside};
 use crate::domain::IdempotencyKey;
 
 /// A capture this worker holds the lease on.
@@ -258,6 +258,11 @@ pub async fn record(
         ),
         Transition::Attention { error } => (None, None, Some(error.clone()), false, None),
     };
+    // The provider's words: they may echo the credentials the worker sent.
+    let (error, decline_code) = (
+        error.as_deref().map(outside),
+        decline_code.as_deref().map(outside),
+    );
     let terminal = matches!(
         transition,
         Transition::Succeeded { .. } | Transition::Declined { .. }
@@ -365,9 +370,9 @@ async fn insert_attempt(
     .bind(capture.is_final)
     .bind(a.outcome)
     .bind(a.http_status.map(i32::from))
-    .bind(a.provider_code)
+    .bind(a.provider_code.map(outside))
     .bind(a.provider_request_id)
-    .bind(a.error)
+    .bind(a.error.map(outside))
     .bind(i32::try_from(a.latency_ms).unwrap_or(i32::MAX))
     .bind(a.trace_id)
     .bind(a.worker_id)
@@ -438,9 +443,9 @@ pub async fn record_succeeded_many(
         finals.push(c.is_final);
         outcomes.push(a.outcome);
         statuses.push(a.http_status.map(i32::from));
-        codes.push(a.provider_code);
+        codes.push(a.provider_code.map(outside));
         request_ids.push(a.provider_request_id);
-        errors.push(a.error);
+        errors.push(a.error.map(outside));
         latencies.push(i32::try_from(a.latency_ms).unwrap_or(i32::MAX));
         traces.push(a.trace_id);
         workers.push(a.worker_id);

@@ -15,7 +15,7 @@ use crate::harness::*;
 
 /// The USD example order (total 12455; parcels worth 5182, 2890 and 4383) on `provider`,
 /// under its own order id, authorization and message ids.
-fn order_on(
+pub fn order_on(
     provider: &str,
     order_id: &str,
     authorization: &str,
@@ -49,7 +49,7 @@ fn three_captures() -> Vec<Row> {
     ]
 }
 
-fn authorization(id: &str, amount: i64, scenario: Scenario) -> NewAuthorization {
+pub fn authorization(id: &str, amount: i64, scenario: Scenario) -> NewAuthorization {
     let mut a = NewAuthorization::new(id, amount, "USD");
     a.scenario = Some(scenario);
     a
@@ -444,7 +444,7 @@ async fn an_order_cancelled_before_it_ships_releases_the_authorization_on_every_
 // Asynchronous outcomes.
 
 /// The pending capture's provider reference, once the provider accepted it.
-async fn pending_reference(app: &TestApp, order_id: &str) -> String {
+pub async fn pending_reference(app: &TestApp, order_id: &str) -> String {
     wait_for_order(
         app,
         "select count(*) from captures where order_id = $1 and accepted_at is not null
@@ -500,7 +500,7 @@ fn adyen_capture_notification(
     .to_string()
 }
 
-async fn post_webhook(app: &TestApp, provider: &str, body: String) -> u16 {
+pub async fn post_webhook(app: &TestApp, provider: &str, body: String) -> u16 {
     reqwest::Client::new()
         .post(format!("http://{}/webhooks/{provider}", app.worker_http(0)))
         .header("content-type", "application/json")
@@ -522,7 +522,7 @@ async fn assert_unsettled(app: &TestApp, order_id: &str) {
     );
 }
 
-async fn capture_status(app: &TestApp, order_id: &str) -> String {
+pub async fn capture_status(app: &TestApp, order_id: &str) -> String {
     sqlx::query_scalar("select status from captures where order_id = $1 order by sequence limit 1")
         .bind(order_id)
         .fetch_one(app.store.pool())

@@ -40,8 +40,8 @@ use crate::storage::{StorageError, Store};
 
 use super::{Cell, OperatorError, csv, table};
 
-/// What `crate::redact` writes in place of a card-number-like digit run.
-pub const MASK_MARKER: &str = "[card-number-masked]";
+/// What `crate::sanitize` writes in place of a card-number-like digit run.
+pub const MASK_MARKER: &str = crate::sanitize::CARD_MASKED;
 
 /// Header on a requeued message naming the refusal it came from.
 pub const REQUEUED_FROM_HEADER: &str = "x-capture-requeued-from";
@@ -65,7 +65,7 @@ impl fmt::Display for SkipReason {
             SkipReason::AlreadyRequeued => "already requeued",
             SkipReason::NoBody => "no body was kept",
             SkipReason::MaskedBody => {
-                "its body was masked (card-number-like digits); publish the original with `capture-worker publish`"
+                "its body was altered when kept (card-number-like digits masked, a secret removed, or cut to an excerpt); publish the original with `capture-worker publish`"
             }
             SkipReason::NoRoutingKey => "no routing key or message type was recorded",
             SkipReason::FirstMessageStands => {
@@ -199,7 +199,14 @@ impl Requeuer {
         let Some(body) = r.body.as_deref() else {
             return skipped(SkipReason::NoBody);
         };
-        if body.contains(MASK_MARKER) {
+        if [
+            MASK_MARKER,
+            crate::sanitize::SECRET_REMOVED,
+            crate::sanitize::TRUNCATED,
+        ]
+        .iter()
+        .any(|marker| body.contains(marker))
+        {
             return skipped(SkipReason::MaskedBody);
         }
         if r.reason == "message_conflict" {

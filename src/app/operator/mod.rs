@@ -17,7 +17,7 @@ use std::io::IsTerminal;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use chrono::{Duration as ChronoDuration, Utc};
+use chrono::{Duration as ChronoDuration, NaiveDate, Utc};
 use thiserror::Error;
 
 use crate::cli::{CaptureCommand, DeadLetterCommand, OrderCommand, ProviderCommand, ReportArgs};
@@ -28,7 +28,7 @@ use crate::storage::operator::{self as sql, AuthorizationScope, RejectionFilter,
 use crate::storage::{StorageError, Store};
 
 use super::providers::Providers;
-use dead_letters::RequeueResult;
+use dead_letters::{RequeueResult, SkipReason};
 
 /// Why an operator command could not do what was asked. Nothing was changed unless the
 /// variant says so.
@@ -252,10 +252,48 @@ pub async fn report(settings: Settings, args: ReportArgs) -> anyhow::Result<()> 
     let store = connect(&settings).await?;
     let progress = Progress::new("report", 1);
     progress.note(&format!("reading {} to {} (UTC days)…", args.from, to));
-    let r = report::build(&store, args.from, to).await?;
+    let r = report::build(&store, args.from, to)
+        .await
+        .map_err(|e| anyhow::anyhow!(report_failure(&e, args.from, to)))?;
     progress.finish(&format!("{} day × currency × provider rows", r.days.len()));
     print!("{}", report::render_in(&r, args.format, args.units)?);
     Ok(())
+}
+
+/// What `report` says when the ledger could not be read: what failed and what to do, not the
+/// database's own text.
+fn report_failure(e: &OperatorError, from: NaiveDate, to: NaiveDate) -> String {
+    let code = match e {
+        OperatorError::Storage(
+            StorageError::Permanent {
+                source: sqlx::Error::Database(db),
+                ..
+            }
+            | StorageError::Retryable {
+                source: sqlx::Error::Database(db),
+                ..
+            },
+        ) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    let what = match (e, code.as_deref()) {
+        (_, Some(c)) if c.starts_with("22") => format!(
+            "PostgreSQL could not compute the reconciliation figures (SQLSTATE {c}: a value out of range or invalid); run the report day by day to find the day, and tell the payments team"
+        ),
+        (_, Some("42501")) => "the database user may not read the reconciliation views (SQLSTATE 42501); run the report as a member of capture_finance or capture_operator".to_owned(),
+        (_, Some(c)) if c.starts_with("42") => format!(
+            "the reconciliation views are missing or out of date (SQLSTATE {c}); apply the migrations with `capture-worker migrate`"
+        ),
+        (OperatorError::Storage(StorageError::Retryable { .. }), _) => {
+            "PostgreSQL is unavailable; check database.url and try again".to_owned()
+        }
+        (OperatorError::Storage(StorageError::Corrupt { detail, .. }), _) => {
+            format!("the reconciliation views returned an unexpected value ({detail})")
+        }
+        (_, Some(c)) => format!("PostgreSQL refused the query (SQLSTATE {c})"),
+        (other, None) => other.to_string(),
+    };
+    format!("report for {from} to {to} failed: {what}")
 }
 
 /// `capture-worker order show|resume`.
@@ -272,7 +310,7 @@ pub async fn order(settings: Settings, command: OrderCommand) -> anyhow::Result<
             if units == crate::cli::Units::Major {
                 story = units::story_in_major_units(&story)?;
             }
-            print!("{}", orders::render_story(&story, format)?);
+            print!("{}", shown(&orders::render_story(&story, format)?));
         }
         OrderCommand::Resume {
             order_id,
@@ -372,7 +410,7 @@ pub async fn dead_letter(settings: Settings, command: DeadLetterCommand) -> anyh
                 },
             )
             .await?;
-            print!("{}", dead_letters::render_list(&rows, format)?);
+            print!("{}", shown(&dead_letters::render_list(&rows, format)?));
         }
         DeadLetterCommand::Requeue {
             ids,
@@ -425,9 +463,33 @@ pub async fn dead_letter(settings: Settings, command: DeadLetterCommand) -> anyh
                 results.len() - sent
             ));
             print!("{}", dead_letters::render_requeue(&results));
+            let missing: Vec<String> = results
+                .iter()
+                .filter_map(|r| match r {
+                    RequeueResult::Skipped {
+                        rejection_id,
+                        why: SkipReason::NotFound,
+                    } => Some(rejection_id.to_string()),
+                    _ => None,
+                })
+                .collect();
+            if !missing.is_empty() {
+                bail!(
+                    "no rejection {} exists: nothing was done for {}; `capture-worker dead-letter list --all` shows the ids",
+                    missing.join(", "),
+                    if missing.len() == 1 { "it" } else { "them" }
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// Outside text the ledger holds (message lines, provider errors, notification bodies) as an
+/// operator command prints it: through the text boundary, so rows stored before it existed
+/// show no card number or secret either.
+fn shown(output: &str) -> String {
+    crate::sanitize::text(output, usize::MAX)
 }
 
 /// `capture-worker provider reconcile`: whether it found differences that need attention

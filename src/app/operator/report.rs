@@ -19,13 +19,13 @@ use super::{Cell, OperatorError, csv, table, units};
 pub struct Total {
     pub currency: String,
     pub provider: String,
-    pub authorized_amount: i64,
+    pub authorized_amount: i128,
     pub authorization_count: i64,
-    pub captured_amount: i64,
+    pub captured_amount: i128,
     pub capture_count: i64,
-    pub released_amount: i64,
+    pub released_amount: i128,
     pub release_count: i64,
-    pub declined_amount: i64,
+    pub declined_amount: i128,
     pub decline_count: i64,
     pub provider_calls: i64,
 }
@@ -100,7 +100,7 @@ pub const DAY_COLUMNS: [&str; 18] = [
 ];
 
 fn day_cells(d: &DailyRow, units: Units) -> Result<Vec<Cell>, OperatorError> {
-    let money = |v: i64| units::amount(units, v, &d.currency).map(Cell::Number);
+    let money = |v: i128| units::amount(units, v, &d.currency).map(Cell::Number);
     Ok(vec![
         Cell::text(d.day.to_string()),
         Cell::text(d.currency.clone()),
@@ -124,7 +124,7 @@ fn day_cells(d: &DailyRow, units: Units) -> Result<Vec<Cell>, OperatorError> {
 }
 
 fn total_cells(t: &Total, units: Units) -> Result<Vec<Cell>, OperatorError> {
-    let money = |v: i64| units::amount(units, v, &t.currency).map(Cell::Number);
+    let money = |v: i128| units::amount(units, v, &t.currency).map(Cell::Number);
     Ok(vec![
         Cell::text(t.currency.clone()),
         Cell::text(t.provider.clone()),

@@ -12,7 +12,12 @@ use super::orders::OrderStory;
 
 /// `minor` minor units of `currency` (a code as stored: surrounding blanks are ignored) as
 /// the units ask.
-pub fn amount(units: Units, minor: i64, currency: &str) -> Result<String, OperatorError> {
+pub fn amount(
+    units: Units,
+    minor: impl Into<i128>,
+    currency: &str,
+) -> Result<String, OperatorError> {
+    let minor: i128 = minor.into();
     match units {
         Units::Minor => Ok(minor.to_string()),
         Units::Major => Ok(major_string(minor, currency_of(currency)?)),

@@ -14,7 +14,7 @@ use capture_worker::provider::sandbox::{
     self, Fault, FaultRates, LedgerOutcome, NewAuthorization, Sandbox, SandboxOptions,
     SandboxServer, Scenario,
 };
-use capture_worker::queue::publisher::REASON_HEADER;
+use capture_worker::queue::publisher::{DETAIL_HEADER, REASON_HEADER};
 use capture_worker::queue::topology::Topology;
 use capture_worker::queue::trace::header_str;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
@@ -233,6 +233,7 @@ impl Stage {
                 .unwrap_or_else(|| format!("broker:{}", x_death_reason(headers)));
             out.push(DeadLetter {
                 reason,
+                detail: header_str(headers, DETAIL_HEADER).unwrap_or_default(),
                 body: msg.delivery.data.clone(),
             });
             msg.delivery.ack(BasicAckOptions::default()).await?;

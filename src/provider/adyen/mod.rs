@@ -184,6 +184,12 @@ impl PaymentProvider for AdyenProvider {
             NotificationError::Malformed(m) => WebhookError::Malformed(m),
             other => WebhookError::Unauthenticated(other.to_string()),
         })?;
+        // Each item carries its own signature: a batch without items proves nothing.
+        if items.is_empty() {
+            return Err(WebhookError::Unauthenticated(
+                "the batch has no notification items, so nothing in it is signed".to_owned(),
+            ));
+        }
         Ok(items
             .into_iter()
             .map(|n| {
