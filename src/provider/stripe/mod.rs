@@ -216,6 +216,16 @@ fn refused(
     error: Option<&ApiError>,
 ) -> Outcome {
     let r = Refusal::new(what, headers, describe(status, error));
+    // Stripe replays the first answer under a key, 500s included, and marks the replay
+    // (`Idempotent-Replayed: true`, docs.stripe.com/error-low-level): the key will only ever
+    // give this answer again, so read the PaymentIntent back before any new key.
+    if status.is_server_error()
+        && http::header_text(headers, "idempotent-replayed").as_deref() == Some("true")
+    {
+        return r.unknown(
+            "Stripe replayed a server error saved under the idempotency key (Idempotent-Replayed: true); read the PaymentIntent back before any new key",
+        );
+    }
     // Stripe's own clients obey this header before looking at the status.
     match should_retry(headers) {
         Some(true) => return r.retry("Stripe asked for a retry (Stripe-Should-Retry: true)"),
