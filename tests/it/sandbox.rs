@@ -911,6 +911,113 @@ async fn each_dialect_replays_an_idempotent_request_and_moves_the_money_once() {
     }
 }
 
+/// The four keyed dialects' capture requests, each on its own authorization `<prefix>-<n>`.
+fn keyed_captures(prefix: &str) -> [(String, String, &'static str, Value); 4] {
+    let id = |n: &str| format!("{prefix}-{n}");
+    [
+        (
+            id("gr"),
+            format!("/gr4vy/transactions/{}/capture", id("gr")),
+            "idempotency-key",
+            json!({"amount": 2500, "final": false}),
+        ),
+        (
+            id("ad"),
+            format!("/adyen/v71/payments/{}/captures", id("ad")),
+            "idempotency-key",
+            json!({"merchantAccount": "M", "amount": {"currency": "USD", "value": 2500}, "reference": "O/S1"}),
+        ),
+        (
+            id("ck"),
+            format!("/checkout/payments/{}/captures", id("ck")),
+            "cko-idempotency-key",
+            json!({"amount": 2500, "capture_type": "NonFinal", "reference": "O/S1"}),
+        ),
+        (
+            id("pp"),
+            format!("/paypal/v2/payments/authorizations/{}/capture", id("pp")),
+            "paypal-request-id",
+            json!({"amount": {"currency_code": "USD", "value": "25.00"}, "invoice_id": "O/S1", "final_capture": false}),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_5xx_stored_before_the_capture_executed_is_replayed_by_the_dialects_that_store_errors() {
+    let p = start().await;
+    let fault = json!({"faults": [{"kind": "stored_error_before_capture"}]});
+    for (id, path, header, body) in keyed_captures("sb") {
+        p.authorize(&id, 10_000, Some(fault.clone())).await;
+        let first = post_json(&p, &path, &[(header, "key-1")], body.clone()).await;
+        let again = post_json(&p, &path, &[(header, "key-1")], body.clone()).await;
+        assert_eq!(first.0, StatusCode::INTERNAL_SERVER_ERROR, "{id}");
+        if id.ends_with("-ck") {
+            // Checkout.com saves no 5xx: the key executes the next request.
+            assert!(again.0.is_success(), "{id}: {again:?}");
+            assert_eq!(p.sandbox.authorization(&id).unwrap().amount_received, 2500);
+        } else {
+            assert_eq!(
+                first, again,
+                "{id}: every same-key request gets the stored 500"
+            );
+            assert_eq!(
+                p.sandbox.authorization(&id).unwrap().amount_received,
+                0,
+                "{id}: nothing captured"
+            );
+            // A new key captures normally.
+            let next = post_json(&p, &path, &[(header, "key-2")], body).await;
+            assert!(next.0.is_success(), "{id}: {next:?}");
+        }
+    }
+    // Stripe: the stored 500 (no Stripe-Should-Retry), then its marked replay.
+    p.authorize("pi_stored_before", 5000, Some(fault)).await;
+    let params = [("amount_to_capture", "1200"), ("final_capture", "false")];
+    let first = p.capture("pi_stored_before", Some("k"), &params).await;
+    assert_eq!(first.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(header(&first, "stripe-should-retry"), None);
+    let again = p.capture("pi_stored_before", Some("k"), &params).await;
+    assert_eq!(again.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(header(&again, "idempotent-replayed"), Some("true"));
+    assert_eq!(
+        p.payment_intent("pi_stored_before").await["amount_received"],
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_5xx_stored_after_the_capture_executed_hides_a_capture_that_happened() {
+    let p = start().await;
+    let fault = json!({"faults": [{"kind": "stored_error_after_capture"}]});
+    for (id, path, header, body) in keyed_captures("sa") {
+        p.authorize(&id, 10_000, Some(fault.clone())).await;
+        let first = post_json(&p, &path, &[(header, "key-1")], body.clone()).await;
+        assert_eq!(first.0, StatusCode::INTERNAL_SERVER_ERROR, "{id}");
+        assert_eq!(
+            p.sandbox.authorization(&id).unwrap().amount_received,
+            2500,
+            "{id}: the money moved"
+        );
+        let again = post_json(&p, &path, &[(header, "key-1")], body).await;
+        if id.ends_with("-ck") {
+            // Checkout.com saves no 5xx and processes the key again: a resend under the
+            // same key captures twice, which is why the worker reads back first.
+            assert!(again.0.is_success(), "{id}: {again:?}");
+        } else {
+            assert_eq!(first, again, "{id}: the stored 500 hides the capture");
+            assert_eq!(p.sandbox.authorization(&id).unwrap().captures.len(), 1);
+        }
+    }
+    p.authorize("pi_stored_after", 5000, Some(fault)).await;
+    let params = [("amount_to_capture", "1200"), ("final_capture", "false")];
+    let first = p.capture("pi_stored_after", Some("k"), &params).await;
+    assert_eq!(first.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let again = p.capture("pi_stored_after", Some("k"), &params).await;
+    assert_eq!(header(&again, "idempotent-replayed"), Some("true"));
+    let pi = p.payment_intent("pi_stored_after").await;
+    assert_eq!(pi["amount_received"], 1200, "captured once, under the 500s");
+}
+
 #[tokio::test]
 async fn hellgate_takes_one_capture_and_the_orchestrator_follow_ons_only_where_allowed() {
     let p = start().await;

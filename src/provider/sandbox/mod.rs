@@ -495,6 +495,38 @@ impl Sandbox {
                         None,
                     )
                 }
+                // Stripe stores a 500 under the key and replays it, marked
+                // `Idempotent-Replayed: true`; `Stripe-Should-Retry` is not always sent.
+                Some(Fault::StoredErrorBeforeCapture) => {
+                    let reply = save(
+                        state,
+                        &go.target,
+                        Refusal::new(500, server_error()).reply(call),
+                    );
+                    (
+                        self.finish(state, call, reply, LedgerOutcome::Error, 0),
+                        None,
+                    )
+                }
+                Some(Fault::StoredErrorAfterCapture) => {
+                    let command = CaptureCommand {
+                        amount: form.amount_to_capture,
+                        is_final: form.is_final(),
+                        idempotency_key: go.target.key.clone(),
+                        metadata: form.metadata,
+                        reference: None,
+                    };
+                    let (outcome, moved) = match state.model.capture(&go.target.id, &command, now) {
+                        Ok(captured) => (LedgerOutcome::Captured, captured.amount),
+                        Err(e) => (dialect::refusal_outcome(&e), 0),
+                    };
+                    let reply = save(
+                        state,
+                        &go.target,
+                        Refusal::new(500, server_error()).reply(call),
+                    );
+                    (self.finish(state, call, reply, outcome, moved), None)
+                }
                 Some(Fault::Unavailable) => {
                     let reply = unavailable().reply(call);
                     (

@@ -102,6 +102,15 @@ pub enum Fault {
     /// Captures (normal processing), saves the answer under the key, then waits `delay_ms`
     /// before answering: the money moved but the client times out without knowing.
     LostResponse { delay_ms: u64 },
+    /// A 500 the dialect stores under the idempotency key before the capture executed:
+    /// nothing is captured, and every later request with the key gets the stored 500 back
+    /// where the provider stores error answers (Stripe, without `Stripe-Should-Retry`; Gr4vy;
+    /// Adyen, a non-transient error; PayPal, whose docs are silent). Checkout.com stores no
+    /// 5xx, so its key executes the next request; dialects without a key store nothing.
+    StoredErrorBeforeCapture,
+    /// The capture executed (the money moved), then the answer was a 500, stored under the
+    /// key as [`Fault::StoredErrorBeforeCapture`] is: the replays hide that it captured.
+    StoredErrorAfterCapture,
 }
 
 fn one() -> u64 {
@@ -176,7 +185,10 @@ impl Scenario {
             .map(|f| match f {
                 Fault::Timeout { delay_ms } | Fault::LostResponse { delay_ms } => *delay_ms,
                 Fault::RateLimited { retry_after_secs } => retry_after_secs.saturating_mul(1000),
-                Fault::Unavailable | Fault::ServerErrorSaved => 0,
+                Fault::Unavailable
+                | Fault::ServerErrorSaved
+                | Fault::StoredErrorBeforeCapture
+                | Fault::StoredErrorAfterCapture => 0,
             })
             .chain([
                 self.latency_ms,
