@@ -1327,3 +1327,50 @@ async fn orchestrator_5xx_after_the_capture_executed_needs_an_operator_and_is_ne
     assert_eq!(capture_statuses(&app, auth), vec![500], "never sent again");
     app.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Currencies PayPal takes without decimals.
+
+/// The example order in HUF on `provider`: the USD amounts × 100 minor units (whole
+/// forints), with shipping 600 HUF and no order discount, so that every parcel's share is a
+/// whole number of forints too.
+fn huf_order_on(
+    provider: &str,
+    order_id: &str,
+    authorization: &str,
+) -> (Value, Value, Value, Value) {
+    let (mut order, s1, s2, s3) = order_on(provider, order_id, authorization, 1_400_000);
+    let data = &mut order["data"];
+    data["currency"] = json!("HUF");
+    data["payment"]["currency"] = json!("HUF");
+    for line in data["lines"].as_array_mut().unwrap() {
+        for field in ["unit_amount", "tax_amount", "discount_amount"] {
+            line[field] = json!(line[field].as_i64().unwrap() * 100);
+        }
+    }
+    data["shipping_amount"] = json!(60_000);
+    data["order_discount_amount"] = json!(0);
+    (order, s1, s2, s3)
+}
+
+#[tokio::test]
+async fn paypal_captures_a_huf_order_in_whole_forints() {
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let auth = "8HU12345HUF00001";
+    app.authorize_with(NewAuthorization::new(auth, 1_400_000, "HUF"));
+    let (order, s1, s2, s3) = huf_order_on("paypal", "ORD-PP-HUF", auth);
+    app.publish(&[order, s1, s2, s3]).await;
+    app.wait_settled("ORD-PP-HUF", 3).await;
+    let rows = app.captures("ORD-PP-HUF").await;
+    assert!(rows.iter().all(|r| r.4 == "succeeded"), "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.2 > 0 && r.2 % 100 == 0),
+        "whole forints: {rows:?}"
+    );
+    let total: i64 = rows.iter().map(|r| r.2).sum();
+    let a = app.sandbox.authorization(auth).unwrap();
+    assert_eq!((a.amount_received, a.captures.len()), (total, 3));
+    // The dialect refuses a decimal HUF amount (422 DECIMALS_NOT_SUPPORTED): none was sent.
+    assert_eq!(capture_statuses(&app, auth), vec![201, 201, 201]);
+    app.cleanup().await;
+}

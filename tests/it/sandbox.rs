@@ -1019,6 +1019,46 @@ async fn a_5xx_stored_after_the_capture_executed_hides_a_capture_that_happened()
 }
 
 #[tokio::test]
+async fn paypal_refuses_decimals_for_currencies_it_takes_without_them() {
+    let p = start().await;
+    let authorize = |id: &'static str, currency: &'static str| {
+        p.sandbox
+            .create_authorization(NewAuthorization::new(id, 1_000_000, currency))
+            .unwrap();
+    };
+    authorize("pp-huf", "HUF");
+    authorize("pp-usd", "USD");
+    let capture = |id: &str, currency: &str, value: &str| json!({"amount": {"currency_code": currency, "value": value}, "invoice_id": format!("O/{id}/{value}"), "final_capture": false});
+    let path = |id: &str| format!("/paypal/v2/payments/authorizations/{id}/capture");
+    let (status, body) = post_json(
+        &p,
+        &path("pp-huf"),
+        &[],
+        capture("pp-huf", "HUF", "7205.00"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        body["details"][0]["issue"], "DECIMALS_NOT_SUPPORTED",
+        "{body}"
+    );
+    assert_eq!(
+        p.sandbox.authorization("pp-huf").unwrap().amount_received,
+        0
+    );
+    let (status, body) =
+        post_json(&p, &path("pp-huf"), &[], capture("pp-huf", "HUF", "7205")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["amount"]["value"], "7205");
+    assert_eq!(
+        p.sandbox.authorization("pp-huf").unwrap().amount_received,
+        720_500
+    );
+    let (status, _) = post_json(&p, &path("pp-usd"), &[], capture("pp-usd", "USD", "72.05")).await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
 async fn hellgate_takes_one_capture_and_the_orchestrator_follow_ons_only_where_allowed() {
     let p = start().await;
     p.authorize("hg-1", 10_000, None).await;
