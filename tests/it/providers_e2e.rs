@@ -1374,3 +1374,56 @@ async fn paypal_captures_a_huf_order_in_whole_forints() {
     assert_eq!(capture_statuses(&app, auth), vec![201, 201, 201]);
     app.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Minimum capture amounts.
+
+#[tokio::test]
+async fn stripe_parcels_below_the_minimum_are_carried_into_the_next_capture_and_the_order_captured_in_full()
+ {
+    // Parcels worth 0.30, 0.40 and 20.00 USD; Stripe's minimum is 0.50 USD (the sandbox
+    // answers 400 amount_too_small below it).
+    let app = TestApp::spawn().await;
+    let auth = "pi_minimum_1";
+    let (mut order, mut s1, mut s2, mut s3) = order_on("sandbox", "ORD-ST-MIN", auth, 2070);
+    let data = &mut order["data"];
+    data["lines"] = json!([
+        {"line_id": "L1", "sku": "STICKER", "name": "Sticker", "quantity": 1, "unit_amount": 30, "tax_amount": 0, "discount_amount": 0},
+        {"line_id": "L2", "sku": "PIN", "name": "Pin", "quantity": 1, "unit_amount": 40, "tax_amount": 0, "discount_amount": 0},
+        {"line_id": "L3", "sku": "MUG", "name": "Mug", "quantity": 1, "unit_amount": 2000, "tax_amount": 0, "discount_amount": 0},
+    ]);
+    data["shipping_amount"] = json!(0);
+    data["order_discount_amount"] = json!(0);
+    for (s, line) in [(&mut s1, "L1"), (&mut s2, "L2"), (&mut s3, "L3")] {
+        s["data"]["items"] = json!([{"line_id": line, "quantity": 1}]);
+    }
+    app.authorize("pi_minimum_1", 2070, "USD", None);
+    app.publish(&[order, s1, s2, s3]).await;
+    app.wait_settled("ORD-ST-MIN", 2).await;
+    // The 0.30 waited; with the 0.40 it made 0.70; the last parcel is the final capture.
+    assert_eq!(
+        app.captures("ORD-ST-MIN").await,
+        vec![
+            row(1, "capture", 70, false, "succeeded"),
+            row(2, "capture", 2000, true, "succeeded"),
+        ]
+    );
+    let decisions: Vec<String> = sqlx::query_scalar(
+        "select decision from shipments where order_id = $1 order by shipment_id",
+    )
+    .bind("ORD-ST-MIN")
+    .fetch_all(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(decisions[0], "nothing:below_minimum", "{decisions:?}");
+    let a = app.sandbox.authorization(auth).unwrap();
+    assert_eq!((a.amount_received, a.status), (2070, Status::Succeeded));
+    assert!(
+        app.sandbox
+            .ledger_for(auth)
+            .iter()
+            .all(|e| e.http_status != 400),
+        "no capture was refused"
+    );
+    app.cleanup().await;
+}

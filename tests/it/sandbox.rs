@@ -305,6 +305,30 @@ async fn a_saved_server_error_replays_as_the_same_500_and_captures_nothing() {
 }
 
 #[tokio::test]
+async fn a_capture_below_stripes_minimum_for_the_currency_is_refused_as_amount_too_small() {
+    let p = start().await;
+    p.authorize("pi_small", 5000, None).await;
+    let r = p
+        .capture(
+            "pi_small",
+            Some("k1"),
+            &[("amount_to_capture", "30"), ("final_capture", "false")],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_of(r).await["code"], "amount_too_small");
+    assert_eq!(p.payment_intent("pi_small").await["amount_received"], 0);
+    let r = p
+        .capture(
+            "pi_small",
+            Some("k2"),
+            &[("amount_to_capture", "50"), ("final_capture", "false")],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "0.50 USD is the minimum");
+}
+
+#[tokio::test]
 async fn the_second_capture_is_declined_when_the_scenario_says_so() {
     let p = start().await;
     p.authorize("pi_decline", 6000, Some(json!({"decline_on_capture": 2})))
