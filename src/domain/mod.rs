@@ -11,6 +11,7 @@ pub mod ids;
 pub mod money;
 pub mod order;
 pub mod plan;
+pub mod readback;
 
 pub use allocation::{OverCaptureAllowance, ShippingPolicy};
 pub use capability::{Capabilities, CaptureMode, FinalFlag, ReleaseMethod};

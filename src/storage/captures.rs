@@ -628,3 +628,59 @@ pub async fn due_orders(pool: &PgPool, limit: i64) -> Result<Vec<String>, Storag
     .await
     .ctx("finding due captures")
 }
+
+/// The capture's recent calls, for deciding what follows a failure: the failed answers under
+/// `key` (newest first, read-backs skipped) and how many read-backs in a row, newest first,
+/// failed to say anything.
+pub async fn key_history(
+    pool: &PgPool,
+    capture_id: i64,
+    key: &str,
+) -> Result<KeyHistoryRows, StorageError> {
+    let rows = sqlx::query(
+        "select operation, idempotency_key, outcome, http_status, provider_code
+         from capture_attempts where capture_id = $1
+         order by attempt_id desc limit 50",
+    )
+    .bind(capture_id)
+    .fetch_all(pool)
+    .await
+    .ctx("reading the capture's recent calls")?;
+    let mut history = KeyHistoryRows::default();
+    let mut read_backs_in_a_row = true;
+    for r in &rows {
+        let operation: String = r.get("operation");
+        let outcome: String = r.get("outcome");
+        if operation == "lookup" {
+            if read_backs_in_a_row && outcome == "retryable" {
+                history.failed_read_backs += 1;
+            } else {
+                read_backs_in_a_row = false;
+            }
+            continue;
+        }
+        read_backs_in_a_row = false;
+        if r.get::<Option<String>, _>("idempotency_key").as_deref() != Some(key) {
+            break;
+        }
+        if !matches!(outcome.as_str(), "retryable" | "unknown" | "failed") {
+            break;
+        }
+        history.answers.push(crate::domain::readback::Answer {
+            http_status: r
+                .get::<Option<i32>, _>("http_status")
+                .and_then(|s| u16::try_from(s).ok()),
+            provider_code: r.get("provider_code"),
+        });
+    }
+    Ok(history)
+}
+
+/// What [`key_history`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyHistoryRows {
+    /// Failed answers under the key, newest first.
+    pub answers: Vec<crate::domain::readback::Answer>,
+    /// Read-backs in a row (newest first) that could not tell.
+    pub failed_read_backs: u32,
+}

@@ -160,7 +160,10 @@ async fn load(pool: &PgPool) -> anyhow::Result<Db> {
 }
 
 fn is_mutation(e: &LedgerEntry) -> bool {
-    e.method == "POST" && (e.path.ends_with("/capture") || e.path.ends_with("/cancel"))
+    e.method == "POST"
+        && (e.path.ends_with("/capture")
+            || e.path.ends_with("/cancel")
+            || e.path.ends_with("/void"))
 }
 
 /// Runs every check.

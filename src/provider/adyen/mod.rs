@@ -157,6 +157,11 @@ impl PaymentProvider for AdyenProvider {
 
     /// Adyen's Checkout API cannot read a payment's captures back: outcomes arrive only as
     /// `CAPTURE` / `CAPTURE_FAILED` notifications (see [`parse_notification`]).
+    /// No read-back is documented (the outcome arrives by notification or in the dashboard).
+    fn offers_read_back(&self) -> bool {
+        false
+    }
+
     async fn lookup(
         &self,
         authorization_id: &AuthorizationId,
