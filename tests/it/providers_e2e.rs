@@ -1115,6 +1115,75 @@ async fn stripe_5xx_stored_before_the_capture_executed_is_read_back_then_capture
     app.cleanup().await;
 }
 
+/// A Stripe order whose first capture meets a stored 500 and whose next `failed_reads`
+/// read-backs answer 503; waits until the first capture is settled.
+async fn stripe_stored_error_then_failed_reads(
+    app: &TestApp,
+    order_id: &str,
+    auth: &str,
+    failed_reads: u32,
+) {
+    let a = authorization(
+        auth,
+        12455,
+        Scenario {
+            faults: vec![Fault::StoredErrorBeforeCapture],
+            failed_reads,
+            ..Scenario::default()
+        },
+    );
+    let (order, s1, s2, s3) = order_on("sandbox", order_id, &a.id, a.amount);
+    app.authorize_with(a);
+    app.publish(&[order, s1, s2, s3]).await;
+    wait_for_order(
+        app,
+        "select count(*) from captures where order_id = $1 and sequence = 1
+         and status in ('succeeded', 'attention')",
+        order_id,
+        1,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn stripe_stored_5xx_whose_read_back_fails_twice_is_read_again_then_captured_under_a_new_key()
+{
+    let app = TestApp::spawn().await;
+    let (order, auth) = ("ORD-ST-RB", "pi_read_again");
+    stripe_stored_error_then_failed_reads(&app, order, auth, 2).await;
+    let (_, _, calls) = first_capture_calls(&app, order).await;
+    assert_eq!(
+        calls,
+        [
+            "capture:retryable",
+            "capture:unknown",
+            "lookup:retryable",
+            "lookup:retryable",
+            "lookup:not_captured",
+            "capture:succeeded"
+        ]
+    );
+    assert_captured_once_under_a_new_key(&app, "stripe", order, auth, 3).await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn stripe_stored_5xx_goes_to_an_operator_only_after_five_failed_read_backs() {
+    let app = TestApp::spawn().await;
+    let (order, auth) = ("ORD-ST-RF", "pi_read_fails");
+    stripe_stored_error_then_failed_reads(&app, order, auth, 50).await;
+    let (generation, status, calls) = first_capture_calls(&app, order).await;
+    assert_eq!(status, "attention", "{calls:?}");
+    assert_eq!(generation, 0, "no new key without a read-back: {calls:?}");
+    assert_eq!(
+        calls.iter().filter(|c| *c == "lookup:retryable").count(),
+        5,
+        "{calls:?}"
+    );
+    assert_eq!(app.sandbox.authorization(auth).unwrap().amount_received, 0);
+    app.cleanup().await;
+}
+
 #[tokio::test]
 async fn stripe_5xx_stored_after_the_capture_executed_is_read_back_and_recorded_succeeded() {
     let app = TestApp::spawn().await;

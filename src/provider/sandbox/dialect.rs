@@ -194,11 +194,13 @@ impl Sandbox {
                 );
                 match state.keys.claim(key, &fingerprint) {
                     Claim::Claimed => Ok(state.epoch),
+                    // Byte for byte, unmarked: only Stripe documents a replay marker
+                    // (`Idempotent-Replayed`), and its dialect keeps its own pipeline.
                     Claim::Replay(saved) => Err((
                         DialectReply {
                             status: saved.status,
                             body: saved.body,
-                            headers: vec![("idempotent-replayed", "true".to_owned())],
+                            headers: Vec::new(),
                         },
                         LedgerOutcome::Replayed,
                     )),

@@ -623,6 +623,10 @@ impl Sandbox {
             Err(_) => return poisoned(&call),
         };
         let state = &mut *guard;
+        if state.model.read_fails(&id) {
+            let reply = unavailable().reply(&call);
+            return self.finish(state, &call, reply, LedgerOutcome::Error, 0);
+        }
         let (reply, outcome) = match state.model.view(&id, Utc::now()) {
             Some(view) => (
                 Reply::json(&call, 200, &PaymentIntent::from(&view)),

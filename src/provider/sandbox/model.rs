@@ -163,6 +163,9 @@ pub struct Scenario {
     /// The provider's notifications for this authorization are lost: none is sent, so only a
     /// read-back settles its pending captures.
     pub silent: bool,
+    /// The next this many read-backs of the authorization (Stripe's `GET` of the
+    /// PaymentIntent) answer 503, as a provider that cannot be read for a while.
+    pub failed_reads: u32,
 }
 
 impl Scenario {
@@ -1008,6 +1011,18 @@ impl Model {
     /// The settled captures not yet handed out for notification.
     pub fn take_outbox(&mut self) -> Vec<Settled> {
         std::mem::take(&mut self.outbox)
+    }
+
+    /// Whether this read-back of the authorization fails (its scenario's `failed_reads`,
+    /// consumed one per read).
+    pub fn read_fails(&mut self, id: &str) -> bool {
+        match self.authorizations.get_mut(id) {
+            Some(a) if a.scenario.failed_reads > 0 => {
+                a.scenario.failed_reads -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether the authorization's scenario loses its notifications.
