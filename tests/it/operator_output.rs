@@ -332,7 +332,9 @@ async fn dead_letter_requeue_dry_run_lists_what_would_be_requeued_and_changes_no
         "{out}"
     );
     assert!(
-        out.contains(&format!("rejection {masked}: skipped, its body was masked")),
+        out.contains(&format!(
+            "rejection {masked}: skipped, its body was altered"
+        )),
         "{out}"
     );
     let out = stdout(
