@@ -30,6 +30,8 @@ const AUTH: &str = "pi_example_1";
 const KIND_INTERNAL: i64 = 1;
 const KIND_CLIENT: i64 = 3;
 const KIND_CONSUMER: i64 = 5;
+/// OTLP `Status.StatusCode` error.
+const STATUS_ERROR: i64 = 2;
 
 /// An OTLP/HTTP receiver built on oteltest's `HttpSink` (otelsink's server): it writes every
 /// span it receives as one JSON line, ids in hex, so the test can read the tree. otelsink
@@ -197,6 +199,47 @@ fn summary(spans: &[Value]) -> String {
 
 fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
     &span["attributes"][key]
+}
+
+/// The HTTP client span conventions: named by the method, kind client, the server's address
+/// and port from `base_url`, the status, and `error.type` (the status code) only on an error
+/// answer, with status error.
+fn assert_http_client_span(span: &Value, base_url: &str, method: &str, status: i64) {
+    let base = reqwest::Url::parse(base_url).unwrap();
+    assert_eq!(span["name"], method, "{span}");
+    assert_eq!(span["kind"], KIND_CLIENT, "{span}");
+    assert_eq!(attr(span, "http.request.method"), method, "{span}");
+    assert_eq!(
+        attr(span, "server.address"),
+        base.host_str().unwrap(),
+        "{span}"
+    );
+    assert_eq!(
+        attr(span, "server.port"),
+        i64::from(base.port_or_known_default().unwrap()),
+        "{span}"
+    );
+    assert!(
+        attr(span, "url.full")
+            .as_str()
+            .is_some_and(|u| u.starts_with(base_url)),
+        "{span}"
+    );
+    assert_eq!(attr(span, "http.response.status_code"), status, "{span}");
+    if status >= 400 {
+        assert_eq!(
+            attr(span, "error.type"),
+            status.to_string().as_str(),
+            "{span}"
+        );
+        assert_eq!(span["status"], STATUS_ERROR, "{span}");
+    } else {
+        assert!(attr(span, "error.type").is_null(), "{span}");
+        assert_ne!(span["status"], STATUS_ERROR, "{span}");
+    }
+    for key in ["http_status", "http.status_code", "http.method", "http.url"] {
+        assert!(attr(span, key).is_null(), "no {key} on {span}");
+    }
 }
 
 /// The real worker binary, exporting to the receiver.
@@ -448,7 +491,7 @@ async fn a_shipment_published_by_pika_with_a_traceparent_is_traced_from_the_queu
             let has_call = spans
                 .iter()
                 .filter(in_trace)
-                .any(|s| s["kind"] == KIND_CLIENT && s["name"] == "sandbox capture");
+                .any(|s| s["kind"] == KIND_CLIENT && s["name"] == "POST");
             (has_consumer && has_call).then(|| spans.to_vec())
         })
         .await;
@@ -506,7 +549,7 @@ async fn a_shipment_published_by_pika_with_a_traceparent_is_traced_from_the_queu
         .iter()
         .find(|s| s["name"] == "sandbox capture")
         .unwrap();
-    assert_eq!(call["kind"], KIND_CLIENT);
+    assert_eq!(call["kind"], KIND_INTERNAL);
     assert_eq!(call["parent_span_id"], capture["span_id"]);
     let chain: Vec<&str> = ancestors(&spans, call)
         .iter()
@@ -524,7 +567,24 @@ async fn a_shipment_published_by_pika_with_a_traceparent_is_traced_from_the_queu
     assert_eq!(attr(call, "payment.final"), false);
     assert_eq!(attr(call, "payment.attempt"), 1);
     assert_eq!(attr(call, "payment.outcome"), "succeeded");
-    assert_eq!(attr(call, "http.response.status_code"), 200);
+
+    // Inside it, the HTTP request is the trace's only client span, with the HTTP client span
+    // conventions' attributes.
+    let clients: Vec<&&Value> = in_trace
+        .iter()
+        .filter(|s| s["kind"] == KIND_CLIENT)
+        .collect();
+    assert_eq!(clients.len(), 1, "one client span per HTTP request");
+    let request = *clients[0];
+    let adapter = ancestors(&spans, request)[0];
+    assert_eq!(adapter["name"], "stripe.capture");
+    assert_eq!(adapter["kind"], KIND_INTERNAL);
+    assert_eq!(adapter["parent_span_id"], call["span_id"]);
+    assert_http_client_span(request, &url, "POST", 200);
+    assert_eq!(
+        attr(request, "url.full"),
+        format!("{url}/v1/payment_intents/{AUTH}/capture").as_str()
+    );
 
     // The attempt row names the trace; the log lines of the trace carry its id.
     let recorded: Option<String> = sqlx::query_scalar(
