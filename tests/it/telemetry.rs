@@ -29,7 +29,9 @@ const AUTH: &str = "pi_example_1";
 /// OTLP span kinds (opentelemetry-proto `Span.SpanKind`).
 const KIND_INTERNAL: i64 = 1;
 const KIND_CLIENT: i64 = 3;
+const KIND_SERVER: i64 = 2;
 const KIND_CONSUMER: i64 = 5;
+const KIND_PRODUCER: i64 = 4;
 /// OTLP `Status.StatusCode` error.
 const STATUS_ERROR: i64 = 2;
 
@@ -261,6 +263,19 @@ impl WorkerProcess {
         log: &Path,
         export_delay_ms: u64,
     ) -> Self {
+        Self::start_with_env(settings, sandbox_url, otlp, log, export_delay_ms, &[]).await
+    }
+
+    /// As [`WorkerProcess::start_with_export_delay`], with more environment variables; an
+    /// empty `otlp` leaves `telemetry.otlp_endpoint` unset.
+    async fn start_with_env(
+        settings: &Settings,
+        sandbox_url: &str,
+        otlp: &str,
+        log: &Path,
+        export_delay_ms: u64,
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -285,6 +300,7 @@ impl WorkerProcess {
             .env("CAPTURE__TELEMETRY__LOG_FORMAT", "json")
             .env("CAPTURE__TELEMETRY__LOG_LEVEL", "info")
             .env("OTEL_BSP_SCHEDULE_DELAY", export_delay_ms.to_string())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -340,16 +356,29 @@ impl WorkerProcess {
 /// Publishes example messages with pika under `traceparent`, each as its file reads except
 /// that an order's authorization is [`dated`] to this run.
 fn publish_with_pika(settings: &Settings, traceparent: &str, examples: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let files: Vec<PathBuf> = examples
+    let messages: Vec<Value> = examples
         .iter()
         .map(|name| {
-            let mut message = example(name);
+            let message = example(name);
             if message["type"] == "order.authorized" {
-                message = dated(message);
+                dated(message)
+            } else {
+                message
             }
-            let path = dir.path().join(name);
-            std::fs::write(&path, serde_json::to_vec(&message).unwrap()).unwrap();
+        })
+        .collect();
+    publish_messages_with_pika(settings, traceparent, &messages);
+}
+
+/// Publishes `messages` with pika under `traceparent`.
+fn publish_messages_with_pika(settings: &Settings, traceparent: &str, messages: &[Value]) {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, message)| {
+            let path = dir.path().join(format!("{i}.json"));
+            std::fs::write(&path, serde_json::to_vec(message).unwrap()).unwrap();
             path
         })
         .collect();
@@ -783,6 +812,195 @@ async fn spans_still_waiting_for_their_batch_reach_the_collector_when_the_worker
             .then_some(())
     })
     .await;
+    cleanup(&settings, &db, store).await;
+}
+
+#[tokio::test]
+async fn provider_requests_webhooks_and_dead_letter_copies_follow_the_semantic_conventions_and_otel_exporter_otlp_endpoint_alone_routes_them()
+ {
+    // Arrange: the sandbox answers the first capture with a 503; the worker has no
+    // `telemetry.otlp_endpoint`, only the standard variables.
+    let (url, sb, _server) = sandbox::spawn(SandboxOptions {
+        latency: Duration::ZERO,
+        api_key: Some(CANARY.into()),
+    })
+    .await
+    .unwrap();
+    let mut auth = NewAuthorization::new(AUTH, 12455, "USD");
+    auth.scenario = Some(Scenario {
+        faults: vec![Fault::Unavailable],
+        ..Scenario::default()
+    });
+    sb.create_authorization(auth).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("worker.log");
+    let sink = Sink::start(dir.path()).await;
+    let (db, store) = fresh_database().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let settings = test_settings(&db, &tag, &url);
+    let base = format!("http://127.0.0.1:{}", sink.port);
+    let worker = WorkerProcess::start_with_env(
+        &settings,
+        &url,
+        "",
+        &log,
+        100,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", base.as_str()),
+            ("OTEL_SERVICE_NAME", "capture-worker-semconv"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=test",
+            ),
+        ],
+    )
+    .await;
+
+    // Act: an order and its parcel, a shipment without its items, and two webhook posts.
+    let (traceparent, trace_id, _) = new_traceparent();
+    let mut broken = with_id(&example("shipment-shipped-usd-s2.json"), "wh-broken-0001");
+    broken["data"].as_object_mut().unwrap().remove("items");
+    publish_messages_with_pika(
+        &settings,
+        &traceparent,
+        &[
+            dated(example("order-authorized-usd.json")),
+            example("shipment-shipped-usd-s1.json"),
+            broken,
+        ],
+    );
+    let client = reqwest::Client::new();
+    for provider in ["sandbox", "nope"] {
+        let answer = client
+            .post(format!("{}/webhooks/{provider}", worker.http))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert!(answer.status().is_client_error(), "{answer:?}");
+    }
+
+    // Assert: every span reached the receiver named by OTEL_EXPORTER_OTLP_ENDPOINT, under the
+    // service name and resource attributes of the variables.
+    let spans = sink
+        .wait_for(
+            "a 503 and a 200 client span, two webhooks and a producer span",
+            |spans| {
+                let clients = spans
+                    .iter()
+                    .filter(|s| s["kind"] == KIND_CLIENT)
+                    .map(|s| attr(s, "http.response.status_code").as_i64())
+                    .collect::<Vec<_>>();
+                let webhooks = spans.iter().filter(|s| s["kind"] == KIND_SERVER).count();
+                let producer = spans.iter().any(|s| s["kind"] == KIND_PRODUCER);
+                (clients.contains(&Some(503))
+                    && clients.contains(&Some(200))
+                    && webhooks == 2
+                    && producer)
+                    .then(|| spans.to_vec())
+            },
+        )
+        .await;
+    for span in &spans {
+        assert_eq!(span["resource"]["service.name"], "capture-worker-semconv");
+        assert_eq!(span["resource"]["deployment.environment.name"], "test");
+    }
+
+    // Provider requests: one client span each, under the internal provider call span.
+    for (status, parent_trace) in [(503, true), (200, false)] {
+        let request = spans
+            .iter()
+            .find(|s| s["kind"] == KIND_CLIENT && attr(s, "http.response.status_code") == status)
+            .unwrap();
+        assert_http_client_span(request, &url, "POST", status);
+        let chain = ancestors(&spans, request);
+        assert_eq!(chain[0]["name"], "stripe.capture");
+        assert_eq!(chain[1]["name"], "sandbox capture");
+        assert_eq!(chain[1]["kind"], KIND_INTERNAL);
+        assert!(
+            chain.iter().all(|s| s["kind"] != KIND_CLIENT),
+            "no client span around another"
+        );
+        if parent_trace {
+            assert_eq!(request["trace_id"], trace_id.as_str(), "the first attempt");
+        }
+    }
+
+    // Webhooks: server spans with the HTTP server span attributes.
+    for provider in ["sandbox", "nope"] {
+        let path = format!("/webhooks/{provider}");
+        let server = spans
+            .iter()
+            .find(|s| s["kind"] == KIND_SERVER && attr(s, "url.path") == path.as_str())
+            .unwrap_or_else(|| panic!("no server span for {path}:\n{}", summary(&spans)));
+        assert_eq!(server["name"], "POST /webhooks/{provider}");
+        assert_eq!(attr(server, "http.request.method"), "POST");
+        assert_eq!(attr(server, "http.route"), "/webhooks/{provider}");
+        assert_eq!(attr(server, "url.scheme"), "http");
+        assert_eq!(attr(server, "provider"), provider);
+        let status = attr(server, "http.response.status_code").as_i64().unwrap();
+        assert!((400..500).contains(&status), "{server}");
+        assert!(
+            attr(server, "error.type").is_null() && server["status"] != STATUS_ERROR,
+            "a 4xx is not the server's error: {server}"
+        );
+    }
+
+    // The dead-letter copy: a producer span in the publisher's trace, with messaging
+    // attributes from the conventions only, whose traceparent the copy carries.
+    let topology = capture_worker::queue::topology::Topology::new(
+        settings.amqp.exchange.clone(),
+        settings.amqp.queue.clone(),
+    );
+    let producer = spans.iter().find(|s| s["kind"] == KIND_PRODUCER).unwrap();
+    assert_eq!(producer["trace_id"], trace_id.as_str(), "{producer}");
+    assert_eq!(
+        producer["name"],
+        format!("publish {}", topology.dead_letter()).as_str()
+    );
+    let expected = serde_json::json!({
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+        "messaging.destination.name": topology.dead_letter(),
+        "messaging.rabbitmq.destination.routing_key": "shipment.shipped",
+        "messaging.message.id": "wh-broken-0001",
+    });
+    for (key, value) in expected.as_object().unwrap() {
+        assert_eq!(attr(producer, key), value, "{key} on {producer}");
+    }
+    // `target` is the tracing layer's, on every span.
+    for key in producer["attributes"].as_object().unwrap().keys() {
+        assert!(
+            key.starts_with("messaging.") || key == "error.type" || key == "target",
+            "{key} is not a messaging attribute of the conventions: {producer}"
+        );
+    }
+    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let copy = ch
+        .basic_get(
+            topology.dead_letter().as_str().into(),
+            lapin::options::BasicGetOptions::default(),
+        )
+        .await
+        .unwrap()
+        .expect("the dead-letter copy");
+    let carried = capture_worker::queue::trace::header_str(
+        copy.delivery.properties.headers().as_ref(),
+        "traceparent",
+    );
+    assert_eq!(
+        carried.as_deref(),
+        Some(format!("00-{trace_id}-{}-01", producer["span_id"].as_str().unwrap()).as_str()),
+        "the copy's traceparent names the producer span"
+    );
+    let _ = conn.close(200, "done".into()).await;
+
+    assert!(!sink.text().contains(CANARY), "the API key reached a span");
+    worker.kill();
     cleanup(&settings, &db, store).await;
 }
 
