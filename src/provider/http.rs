@@ -863,6 +863,39 @@ pub(crate) fn capture_reference(order_id: &str, cause: &str, limit: usize) -> St
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_request_without_an_answer_has_an_error_class_for_error_type() {
+        let client = Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let refused = client
+            .get(format!("http://127.0.0.1:{closed_port}/"))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(error_class(&refused), "connect");
+        // Accepts and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_port = silent.local_addr().unwrap().port();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket);
+            }
+        });
+        let timed_out = client
+            .get(format!("http://127.0.0.1:{silent_port}/"))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(error_class(&timed_out), "timeout");
+        hold.abort();
+    }
+
     #[test]
     fn url_full_keeps_the_path_and_hides_query_values_and_user_info() {
         let url = Url::parse(

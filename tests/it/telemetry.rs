@@ -59,6 +59,7 @@ class Dump(RequestHandler):
     def handle_logs(self, request, headers): pass
     def handle_metrics(self, request, headers): pass
     def handle_trace(self, request, headers):
+        sent = {k.lower(): v for k, v in headers.items()}
         rows = []
         for rs in request.resource_spans:
             resource = {a.key: value(a.value) for a in rs.resource.attributes}
@@ -75,6 +76,7 @@ class Dump(RequestHandler):
                                     "attributes": {a.key: value(a.value) for a in e.attributes}}
                                    for e in s.events],
                         "resource": resource,
+                        "export_headers": sent,
                     })
         with lock, open(out, "a") as f:
             for r in rows:
@@ -852,6 +854,7 @@ async fn provider_requests_webhooks_and_dead_letter_copies_follow_the_semantic_c
                 "OTEL_RESOURCE_ATTRIBUTES",
                 "deployment.environment.name=test",
             ),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-otlp-tenant=payments"),
         ],
     )
     .await;
@@ -880,8 +883,8 @@ async fn provider_requests_webhooks_and_dead_letter_copies_follow_the_semantic_c
         assert!(answer.status().is_client_error(), "{answer:?}");
     }
 
-    // Assert: every span reached the receiver named by OTEL_EXPORTER_OTLP_ENDPOINT, under the
-    // service name and resource attributes of the variables.
+    // Assert: every span reached the receiver named by OTEL_EXPORTER_OTLP_ENDPOINT, with the
+    // headers, service name and resource attributes of the variables.
     let spans = sink
         .wait_for(
             "a 503 and a 200 client span, two webhooks and a producer span",
@@ -904,6 +907,7 @@ async fn provider_requests_webhooks_and_dead_letter_copies_follow_the_semantic_c
     for span in &spans {
         assert_eq!(span["resource"]["service.name"], "capture-worker-semconv");
         assert_eq!(span["resource"]["deployment.environment.name"], "test");
+        assert_eq!(span["export_headers"]["x-otlp-tenant"], "payments");
     }
 
     // Provider requests: one client span each, under the internal provider call span.
