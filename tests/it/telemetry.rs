@@ -519,10 +519,11 @@ async fn a_shipment_published_by_pika_with_a_traceparent_is_traced_from_the_queu
                 .iter()
                 .filter(in_trace)
                 .any(|s| s["kind"] == KIND_CONSUMER && s["name"] == "process shipment.shipped");
-            let has_call = spans
-                .iter()
-                .filter(in_trace)
-                .any(|s| s["kind"] == KIND_CLIENT && s["name"] == "POST");
+            let has_call = spans.iter().filter(in_trace).any(|s| {
+                // A child ends first and may come in an earlier batch than its parents:
+                // wait for the whole chain up to the consumer span.
+                s["kind"] == KIND_CLIENT && s["name"] == "POST" && ancestors(spans, s).len() >= 5
+            });
             (has_consumer && has_call).then(|| spans.to_vec())
         })
         .await;
@@ -887,11 +888,13 @@ async fn provider_requests_webhooks_and_dead_letter_copies_follow_the_semantic_c
     // headers, service name and resource attributes of the variables.
     let spans = sink
         .wait_for(
-            "a 503 and a 200 client span, two webhooks and a producer span",
+            "a 503 and a 200 client span with their provider call spans, two webhooks and a producer span",
             |spans| {
+                // A child ends first and may come in an earlier batch than its parents.
                 let clients = spans
                     .iter()
                     .filter(|s| s["kind"] == KIND_CLIENT)
+                    .filter(|s| ancestors(spans, s).len() >= 2)
                     .map(|s| attr(s, "http.response.status_code").as_i64())
                     .collect::<Vec<_>>();
                 let webhooks = spans.iter().filter(|s| s["kind"] == KIND_SERVER).count();
