@@ -246,6 +246,56 @@ fn assert_http_client_span(span: &Value, base_url: &str, method: &str, status: i
     }
 }
 
+/// Where an end-to-end telemetry test runs: a sandbox holding the order's authorization (which
+/// answers with `faults` first), a receiver, a fresh database and the run's settings.
+struct Scene {
+    url: String,
+    sb: sandbox::Sandbox,
+    _server: sandbox::SandboxServer,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+    sink: Sink,
+    db: String,
+    store: capture_worker::storage::Store,
+    settings: Settings,
+}
+
+impl Scene {
+    async fn arrange(faults: Vec<Fault>) -> Scene {
+        let (url, sb, _server) = sandbox::spawn(SandboxOptions {
+            latency: Duration::ZERO,
+            api_key: Some(CANARY.into()),
+        })
+        .await
+        .unwrap();
+        let mut auth = NewAuthorization::new(AUTH, 12455, "USD");
+        if !faults.is_empty() {
+            auth.scenario = Some(Scenario {
+                faults,
+                ..Scenario::default()
+            });
+        }
+        sb.create_authorization(auth).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("worker.log");
+        let sink = Sink::start(dir.path()).await;
+        let (db, store) = fresh_database().await;
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let settings = test_settings(&db, &tag, &url);
+        Scene {
+            url,
+            sb,
+            _server,
+            _dir: dir,
+            log,
+            sink,
+            db,
+            store,
+            settings,
+        }
+    }
+}
+
 /// The real worker binary, exporting to the receiver.
 struct WorkerProcess {
     child: ChildGuard,
@@ -485,20 +535,17 @@ fn ancestors<'a>(spans: &'a [Value], span: &'a Value) -> Vec<&'a Value> {
 async fn a_shipment_published_by_pika_with_a_traceparent_is_traced_from_the_queue_to_the_provider()
 {
     // Arrange: a sandbox, a database, a receiver, and the real binary exporting to it.
-    let (url, sb, _server) = sandbox::spawn(SandboxOptions {
-        latency: Duration::ZERO,
-        api_key: Some(CANARY.into()),
-    })
-    .await
-    .unwrap();
-    sb.create_authorization(NewAuthorization::new(AUTH, 12455, "USD"))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("worker.log");
-    let sink = Sink::start(dir.path()).await;
-    let (db, store) = fresh_database().await;
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let settings = test_settings(&db, &tag, &url);
+    let Scene {
+        url,
+        sb: _,
+        _server,
+        _dir,
+        log,
+        sink,
+        db,
+        store,
+        settings,
+    } = Scene::arrange(vec![]).await;
     let worker = WorkerProcess::start(&settings, &url, &sink.endpoint(), &log).await;
     let before = scrape(&worker.http).await;
 
@@ -668,24 +715,17 @@ async fn a_shipment_published_by_pika_with_a_traceparent_is_traced_from_the_queu
 async fn a_capture_retried_after_a_worker_crash_runs_in_a_trace_linked_to_the_one_that_created_it()
 {
     // Arrange: the sandbox captures, then holds its answer 5 s: the worker dies not knowing.
-    let (url, sb, _server) = sandbox::spawn(SandboxOptions {
-        latency: Duration::ZERO,
-        api_key: Some(CANARY.into()),
-    })
-    .await
-    .unwrap();
-    let mut auth = NewAuthorization::new(AUTH, 12455, "USD");
-    auth.scenario = Some(Scenario {
-        faults: vec![Fault::LostResponse { delay_ms: 5_000 }],
-        ..Scenario::default()
-    });
-    sb.create_authorization(auth).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("worker.log");
-    let sink = Sink::start(dir.path()).await;
-    let (db, store) = fresh_database().await;
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let settings = test_settings(&db, &tag, &url);
+    let Scene {
+        url,
+        sb,
+        _server,
+        _dir,
+        log,
+        sink,
+        db,
+        store,
+        settings,
+    } = Scene::arrange(vec![Fault::LostResponse { delay_ms: 5_000 }]).await;
     let first = WorkerProcess::start(&settings, &url, &sink.endpoint(), &log).await;
     let (traceparent, trace_id, _) = new_traceparent();
     publish_with_pika(
@@ -764,20 +804,17 @@ async fn a_capture_retried_after_a_worker_crash_runs_in_a_trace_linked_to_the_on
 #[tokio::test]
 async fn spans_still_waiting_for_their_batch_reach_the_collector_when_the_worker_stops() {
     // Arrange: a worker that would export only once a minute.
-    let (url, sb, _server) = sandbox::spawn(SandboxOptions {
-        latency: Duration::ZERO,
-        api_key: Some(CANARY.into()),
-    })
-    .await
-    .unwrap();
-    sb.create_authorization(NewAuthorization::new(AUTH, 12455, "USD"))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("worker.log");
-    let sink = Sink::start(dir.path()).await;
-    let (db, store) = fresh_database().await;
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let settings = test_settings(&db, &tag, &url);
+    let Scene {
+        url,
+        sb: _,
+        _server,
+        _dir,
+        log,
+        sink,
+        db,
+        store,
+        settings,
+    } = Scene::arrange(vec![]).await;
     let worker =
         WorkerProcess::start_with_export_delay(&settings, &url, &sink.endpoint(), &log, 60_000)
             .await;
@@ -823,24 +860,17 @@ async fn provider_requests_webhooks_and_dead_letter_copies_follow_the_semantic_c
  {
     // Arrange: the sandbox answers the first capture with a 503; the worker has no
     // `telemetry.otlp_endpoint`, only the standard variables.
-    let (url, sb, _server) = sandbox::spawn(SandboxOptions {
-        latency: Duration::ZERO,
-        api_key: Some(CANARY.into()),
-    })
-    .await
-    .unwrap();
-    let mut auth = NewAuthorization::new(AUTH, 12455, "USD");
-    auth.scenario = Some(Scenario {
-        faults: vec![Fault::Unavailable],
-        ..Scenario::default()
-    });
-    sb.create_authorization(auth).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("worker.log");
-    let sink = Sink::start(dir.path()).await;
-    let (db, store) = fresh_database().await;
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let settings = test_settings(&db, &tag, &url);
+    let Scene {
+        url,
+        sb: _,
+        _server,
+        _dir,
+        log,
+        sink,
+        db,
+        store,
+        settings,
+    } = Scene::arrange(vec![Fault::Unavailable]).await;
     let base = format!("http://127.0.0.1:{}", sink.port);
     let worker = WorkerProcess::start_with_env(
         &settings,
