@@ -117,7 +117,9 @@ pub struct HttpSettings {
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
     /// OTLP/HTTP traces endpoint including `/v1/traces`, e.g.
-    /// `http://127.0.0.1:4318/v1/traces`. Unset or empty: traces are not exported.
+    /// `http://127.0.0.1:4318/v1/traces`. Unset or empty: the standard
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT` decide, and without
+    /// them traces are not exported.
     #[serde(default)]
     pub otlp_endpoint: Option<String>,
     /// `auto` (text when stderr is a terminal, else JSON), `json` (one object per line) or

@@ -1217,13 +1217,14 @@ fn capture_span(c: &ClaimedCapture) -> tracing::Span {
     span
 }
 
-/// The span of one provider call (kind client). Only what identifies the call and its terms:
-/// never the API key, never card data.
+/// The span of one provider call (kind internal: each HTTP request inside it is a client span
+/// of its own). Only what identifies the call and its terms: never the API key, never card
+/// data.
 fn provider_span(c: &ClaimedCapture, operation: &'static str) -> tracing::Span {
     tracing::info_span!(
         "provider call",
         otel.name = %format!("{} {operation}", c.provider),
-        otel.kind = "client",
+        otel.kind = "internal",
         otel.status_code = Empty,
         payment.provider = %c.provider,
         payment.operation = operation,
@@ -1238,16 +1239,12 @@ fn provider_span(c: &ClaimedCapture, operation: &'static str) -> tracing::Span {
         payment.provider_code = Empty,
         payment.provider_status = Empty,
         payment.provider_request_id = Empty,
-        http.response.status_code = Empty,
     )
 }
 
 /// Writes what the provider answered onto the call's span.
 fn record_call(span: &tracing::Span, call: &CallResult) {
     span.record("payment.outcome", call.outcome.label());
-    if let Some(status) = call.http_status {
-        span.record("http.response.status_code", i64::from(status));
-    }
     if let Some(code) = &call.provider_code {
         span.record("payment.provider_code", code.as_str());
     }

@@ -26,6 +26,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::Utc;
+use tracing::Instrument as _;
 
 use crate::provider::{
     NotificationEffect, NotificationSubject, Outcome, WebhookError, WebhookEvent,
@@ -83,20 +84,53 @@ pub struct WebhookState {
 pub fn router(state: WebhookState) -> Router {
     Router::new()
         .route("/webhooks/{provider}", post(receive))
+        .route_layer(axum::middleware::from_fn(server_span))
         .with_state(state)
 }
 
-#[tracing::instrument(
-    name = "webhook",
-    skip_all,
-    fields(otel.kind = "server", provider = %name, events = tracing::field::Empty)
-)]
+/// Runs one webhook request in its server span, with the attributes of the OpenTelemetry HTTP
+/// server span conventions (semantic conventions 1.45): named `<method> <route>`,
+/// `http.request.method`, `http.route` (`/webhooks/{provider}`), `url.path`, `url.scheme`,
+/// `http.response.status_code`, and `error.type` with status error for a 5xx only (a 4xx is
+/// the sender's error, not the server's). The handler adds `provider` and `events`.
+async fn server_span(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let method = request.method().as_str().to_owned();
+    let span = tracing::info_span!(
+        "webhook",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method.as_str(),
+        http.route = route.as_str(),
+        url.path = sanitize::text(request.uri().path(), 256).as_str(),
+        url.scheme = "http",
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        provider = tracing::field::Empty,
+        events = tracing::field::Empty,
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.record("error.type", status.as_str());
+        span.record("otel.status_code", "ERROR");
+    }
+    response
+}
+
 async fn receive(
     State(state): State<WebhookState>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    tracing::Span::current().record("provider", sanitize::text(&name, 64).as_str());
     let Some(provider) = state.providers.get(&name) else {
         let shown: String = name.chars().take(64).collect();
         return refuse(

@@ -338,8 +338,8 @@ impl Api {
     /// Turns a read-back's exchange into the adapter's decoded body, `noun` naming it
     /// ("transaction"). A read changes nothing, so a transport failure or a lost body may be
     /// retried; an error answer is retryable on 429, 5xx or when `refused` says so, else
-    /// permanent; a 2xx body that is not `noun` is permanent. The HTTP status and the provider's
-    /// request id are recorded on the current span (the adapter's lookup span).
+    /// permanent; a 2xx body that is not `noun` is permanent. The provider's request id is
+    /// recorded on the current span (the adapter's lookup span).
     pub(crate) fn read_back<T: DeserializeOwned>(
         &self,
         exchange: Exchange,
@@ -357,7 +357,6 @@ impl Api {
         })?;
         let status = answer.status;
         let span = tracing::Span::current();
-        span.record("http_status", status.as_u16());
         if let Some(id) = header_text(&answer.headers, self.shape.request_id) {
             span.record("provider_request_id", id.as_str());
         }
@@ -416,12 +415,13 @@ impl Api {
         result
     }
 
-    /// The adapter's span around one call, named `<kind>.<operation>` (`gr4vy.capture`). Kind
-    /// internal: the executor's `provider call` span around it is the client span, and it
-    /// records the answer (outcome, HTTP status, provider code and request id) from the
+    /// The adapter's span around one operation, named `<kind>.<operation>` (`gr4vy.capture`).
+    /// Kind internal: each HTTP request inside it (a token request, then the capture) is a
+    /// client span of its own (see [`exchange`]), and the executor's `provider call` span
+    /// around it records the answer (outcome, provider code and request id) from the
     /// [`CallResult`]. This span adds what identifies the request at the provider: the
     /// authorization, and the idempotency key when the provider takes one. A read-back
-    /// records its HTTP status and request id here, since a lookup's result carries neither.
+    /// records its request id here, since a lookup's result carries none.
     fn span(
         &self,
         operation: &str,
@@ -439,7 +439,6 @@ impl Api {
             provider = %self.name,
             authorization_id = %authorization_id,
             idempotency_key,
-            http_status = tracing::field::Empty,
             provider_request_id = tracing::field::Empty,
         )
     }
@@ -458,11 +457,13 @@ pub(crate) struct Exchange {
     pub(crate) result: Result<Answer, reqwest::Error>,
 }
 
-/// Sends one request and reads the whole answer, timing it.
+/// Sends one request and reads the whole answer, timing it, in the request's client span
+/// (see [`client_span`]).
 pub(crate) async fn exchange(builder: RequestBuilder) -> Exchange {
     let started = Instant::now();
-    let response = match builder.send().await {
-        Ok(response) => response,
+    let (client, request) = builder.build_split();
+    let request = match request {
+        Ok(request) => request,
         Err(error) => {
             return Exchange {
                 latency: started.elapsed(),
@@ -470,16 +471,102 @@ pub(crate) async fn exchange(builder: RequestBuilder) -> Exchange {
             };
         }
     };
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.bytes().await.map(|b| b.to_vec());
-    Exchange {
-        latency: started.elapsed(),
-        result: Ok(Answer {
+    let span = client_span(request.method(), request.url());
+    let result = async {
+        let response = client.execute(request).await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map(|b| b.to_vec());
+        Ok(Answer {
             status,
             headers,
             body,
-        }),
+        })
+    }
+    .instrument(span.clone())
+    .await;
+    record_answer(&span, &result);
+    Exchange {
+        latency: started.elapsed(),
+        result,
+    }
+}
+
+/// The span of one HTTP request, kind client, named by its method, with the attributes of
+/// the OpenTelemetry HTTP client span conventions (semantic conventions 1.45, "HTTP client
+/// span"). `url.full` has every query value replaced by `REDACTED`; base URLs carry no user
+/// info (see [`parse_base_url`]) and paths only ids of the payment, never a credential.
+fn client_span(method: &Method, url: &Url) -> tracing::Span {
+    tracing::info_span!(
+        "HTTP request",
+        otel.name = method.as_str(),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method.as_str(),
+        server.address = url.host_str().unwrap_or_default(),
+        server.port = url.port_or_known_default().map(i64::from),
+        url.full = redacted_url(url).as_str(),
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// `url` with user info removed and every query value replaced by `REDACTED`, as the
+/// conventions ask of `url.full`.
+fn redacted_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_fragment(None);
+    if url.query().is_some() {
+        let keys: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        shown
+            .query_pairs_mut()
+            .clear()
+            .extend_pairs(keys.iter().map(|k| (k.as_str(), "REDACTED")));
+    }
+    shown.to_string()
+}
+
+/// Records the answer on the request's client span: the status, and `error.type` (the status
+/// code for a 4xx or 5xx, else the class of the transport failure) with status error.
+fn record_answer(span: &tracing::Span, result: &Result<Answer, reqwest::Error>) {
+    let error_type = match result {
+        Ok(answer) => {
+            span.record(
+                "http.response.status_code",
+                i64::from(answer.status.as_u16()),
+            );
+            if answer.status.is_client_error() || answer.status.is_server_error() {
+                Some(answer.status.as_str().to_owned())
+            } else {
+                answer
+                    .body
+                    .as_ref()
+                    .err()
+                    .map(|error| error_class(error).to_owned())
+            }
+        }
+        Err(error) => Some(error_class(error).to_owned()),
+    };
+    if let Some(error_type) = error_type {
+        span.record("error.type", error_type.as_str());
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// A low-cardinality class for a failed request, for `error.type`.
+fn error_class(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connect"
+    } else if error.is_body() || error.is_decode() {
+        "body"
+    } else if error.is_request() {
+        "request"
+    } else {
+        "_OTHER"
     }
 }
 
@@ -775,6 +862,53 @@ pub(crate) fn capture_reference(order_id: &str, cause: &str, limit: usize) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_request_without_an_answer_has_an_error_class_for_error_type() {
+        let client = Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let refused = client
+            .get(format!("http://127.0.0.1:{closed_port}/"))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(error_class(&refused), "connect");
+        // Accepts and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_port = silent.local_addr().unwrap().port();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket);
+            }
+        });
+        let timed_out = client
+            .get(format!("http://127.0.0.1:{silent_port}/"))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(error_class(&timed_out), "timeout");
+        hold.abort();
+    }
+
+    #[test]
+    fn url_full_keeps_the_path_and_hides_query_values_and_user_info() {
+        let url = Url::parse(
+            "https://user:pw@api.example.com/v1/payments/pi_1?key=sk_live_x&expand=a#frag",
+        )
+        .unwrap();
+        assert_eq!(
+            redacted_url(&url),
+            "https://api.example.com/v1/payments/pi_1?key=REDACTED&expand=REDACTED"
+        );
+        let plain = Url::parse("http://127.0.0.1:4010/v1/payment_intents/pi_1/capture").unwrap();
+        assert_eq!(redacted_url(&plain), plain.as_str());
+    }
 
     #[test]
     fn url_segments_are_escaped_and_dot_segments_refused() {

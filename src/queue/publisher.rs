@@ -1,12 +1,16 @@
 //! Publishing with publisher confirms and `mandatory`: a publish succeeds only when the broker
 //! acked it and did not return it as unroutable (STACK trap 6). Used for the dead-letter copies
-//! of refused messages and by the `publish` and `demo` commands.
+//! of refused messages and by the `publish` and `demo` commands. Every publish is a producer
+//! span whose `traceparent` the message carries.
 
 use crate::sanitize;
+use crate::telemetry::trace;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection};
 use thiserror::Error;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use super::topology::Topology;
 
@@ -61,8 +65,41 @@ impl Publisher {
         Ok(Publisher { channel })
     }
 
-    /// Publishes one persistent JSON message and waits for the broker's confirm.
+    /// Publishes one persistent JSON message and waits for the broker's confirm, in a producer
+    /// span (see [`producer_span`]) whose W3C `traceparent` the message carries. A message that
+    /// already carries a `traceparent` (a dead-letter copy, a requeue) stays in that trace: the
+    /// producer span is its child unless the current span is already in that trace.
     pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        mut headers: FieldTable,
+        message_id: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let span = producer_span(exchange, routing_key, body, message_id);
+        let carried = super::trace::header_str(Some(&headers), "traceparent");
+        if let Some(sc) = trace::span_context(carried.as_deref())
+            && trace::current_trace_id() != Some(sc.trace_id().to_string())
+        {
+            trace::set_remote_parent(&span, trace::remote_context(carried.as_deref(), None));
+        }
+        if let Some(traceparent) = trace::traceparent_of(&span) {
+            headers.insert("traceparent".into(), text(&traceparent));
+        }
+        let result = self
+            .confirmed(exchange, routing_key, body, headers, message_id)
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = &result {
+            span.record("error.type", error.class());
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    /// Publishes and waits for the broker's confirm (see [`Publisher::publish`]).
+    async fn confirmed(
         &self,
         exchange: &str,
         routing_key: &str,
@@ -147,6 +184,44 @@ impl Publisher {
             message_id,
         )
         .await
+    }
+}
+
+/// The span of one publish, kind producer, with the attributes of the OpenTelemetry messaging
+/// conventions for RabbitMQ (semantic conventions 1.45): named `publish <exchange>`,
+/// `messaging.operation.type` `send` (which replaced `publish` in 1.28),
+/// `messaging.destination.name` the exchange, the routing key and the message id.
+fn producer_span(
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    message_id: Option<&str>,
+) -> tracing::Span {
+    tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("publish {exchange}"),
+        otel.kind = "producer",
+        otel.status_code = Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = exchange,
+        messaging.rabbitmq.destination.routing_key = routing_key,
+        messaging.message.id = message_id,
+        messaging.message.body.size = body.len() as i64,
+        error.type = Empty,
+    )
+}
+
+impl PublishError {
+    /// A low-cardinality class of the failure, for `error.type`.
+    fn class(&self) -> &'static str {
+        match self {
+            PublishError::NoConfirm { .. } => "timeout",
+            PublishError::Broker { .. } => "broker_error",
+            PublishError::Nacked { .. } => "nack",
+            PublishError::Unroutable { .. } => "unroutable",
+        }
     }
 }
 

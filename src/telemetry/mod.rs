@@ -58,14 +58,17 @@ impl Drop for TelemetryGuard {
 ///
 /// Spans always get OpenTelemetry trace and span ids, so logs and `capture_attempts.trace_id`
 /// carry them even when no collector is configured; they are exported only when
-/// `telemetry.otlp_endpoint` is set. A collector that cannot be configured is reported and
+/// `telemetry.otlp_endpoint` or a standard endpoint variable is set (see [`export_endpoint`]). A collector that cannot be configured is reported and
 /// skipped: telemetry never stops payments.
 pub fn init(settings: &TelemetrySettings) -> TelemetryGuard {
     metrics::install();
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (provider, export_problem) = tracer_provider(settings.otlp_endpoint.as_deref());
+    let endpoint = export_endpoint(settings.otlp_endpoint.as_deref(), |name| {
+        std::env::var(name).ok()
+    });
+    let (provider, export_problem) = tracer_provider(endpoint.as_ref());
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("capture-worker"))
         .with_location(false)
@@ -97,15 +100,12 @@ pub fn init(settings: &TelemetrySettings) -> TelemetryGuard {
     if dispatch.try_init().is_ok() {
         let _ = DISPATCH.set(weak);
     }
-    let exporting = settings
-        .otlp_endpoint
-        .as_deref()
-        .is_some_and(|e| !e.trim().is_empty());
     if let Some(problem) = export_problem {
         tracing::warn!(event = "trace_export_disabled", error = %problem, "traces are not exported");
-    } else if exporting {
+    } else if let Some(endpoint) = &endpoint {
         tracing::info!(
             event = "trace_export_enabled",
+            endpoint_from = endpoint.source(),
             "exporting traces over OTLP/HTTP"
         );
     }
@@ -124,28 +124,98 @@ pub fn logs_as_json(format: LogFormat, stderr_is_terminal: bool) -> bool {
     }
 }
 
-/// The tracer provider: with a batch OTLP/HTTP exporter when an endpoint is configured, else
-/// one that only mints ids. The second value says why export is off despite an endpoint.
-fn tracer_provider(endpoint: Option<&str>) -> (SdkTracerProvider, Option<String>) {
-    let resource = Resource::builder()
-        .with_service_name("capture-worker")
-        .with_attribute(opentelemetry::KeyValue::new(
+/// Where traces are exported to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Endpoint {
+    /// `telemetry.otlp_endpoint`, as [`traces_url`] makes it.
+    Setting(String),
+    /// A standard variable, which the exporter reads itself: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+    /// used verbatim, else `OTEL_EXPORTER_OTLP_ENDPOINT` with `/v1/traces` appended.
+    Environment(&'static str),
+}
+
+impl Endpoint {
+    /// What configured the endpoint, for the start-up log line.
+    fn source(&self) -> &'static str {
+        match self {
+            Endpoint::Setting(_) => "telemetry.otlp_endpoint",
+            Endpoint::Environment(variable) => variable,
+        }
+    }
+}
+
+/// The standard endpoint variables, the signal's own first (OpenTelemetry OTLP exporter
+/// configuration).
+const ENDPOINT_VARIABLES: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+];
+
+/// The settings key when set (not empty), else the first standard variable that is set; none:
+/// traces are not exported. `env` reads a variable.
+fn export_endpoint(
+    setting: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<Endpoint> {
+    if let Some(endpoint) = setting.map(str::trim).filter(|e| !e.is_empty()) {
+        return Some(Endpoint::Setting(traces_url(endpoint)));
+    }
+    ENDPOINT_VARIABLES
+        .into_iter()
+        .find(|name| env(name).is_some_and(|v| !v.trim().is_empty()))
+        .map(Endpoint::Environment)
+}
+
+/// The service name: `OTEL_SERVICE_NAME`, else a `service.name` in `OTEL_RESOURCE_ATTRIBUTES`
+/// (`detected`, unless it is the SDK's `unknown_service` fallback), else `capture-worker`.
+fn service_name(env_service_name: Option<String>, detected: Option<String>) -> String {
+    env_service_name
+        .filter(|n| !n.trim().is_empty())
+        .or_else(|| detected.filter(|n| !n.starts_with("unknown_service")))
+        .unwrap_or_else(|| "capture-worker".to_owned())
+}
+
+/// The resource: what the SDK reads from `OTEL_RESOURCE_ATTRIBUTES`, the service name (see
+/// [`service_name`]) and, unless given there, our `service.version`.
+fn resource() -> Resource {
+    let detected = Resource::builder().build();
+    let name = service_name(
+        std::env::var("OTEL_SERVICE_NAME").ok(),
+        detected
+            .get(&opentelemetry::Key::from_static_str("service.name"))
+            .map(|v| v.to_string()),
+    );
+    let mut builder = Resource::builder().with_service_name(name);
+    if detected
+        .get(&opentelemetry::Key::from_static_str("service.version"))
+        .is_none()
+    {
+        builder = builder.with_attribute(opentelemetry::KeyValue::new(
             "service.version",
             env!("CARGO_PKG_VERSION"),
-        ))
-        .build();
-    let builder = SdkTracerProvider::builder().with_resource(resource);
-    let Some(endpoint) = endpoint.map(str::trim).filter(|e| !e.is_empty()) else {
+        ));
+    }
+    builder.build()
+}
+
+/// The tracer provider: with a batch OTLP/HTTP exporter when there is an endpoint, else one
+/// that only mints ids. The second value says why export is off despite an endpoint. The
+/// exporter reads `OTEL_EXPORTER_OTLP_HEADERS` (and `OTEL_EXPORTER_OTLP_TRACES_HEADERS`) itself.
+fn tracer_provider(endpoint: Option<&Endpoint>) -> (SdkTracerProvider, Option<String>) {
+    let builder = SdkTracerProvider::builder().with_resource(resource());
+    let Some(endpoint) = endpoint else {
         return (builder.build(), None);
     };
-    let url = traces_url(endpoint);
-    match opentelemetry_otlp::SpanExporter::builder()
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
-        .with_endpoint(url)
-        .with_timeout(Duration::from_secs(10))
-        .build()
-    {
+        .with_timeout(Duration::from_secs(10));
+    // A programmatic endpoint is used verbatim and wins over the variables (STACK trap 9).
+    let exporter = match endpoint {
+        Endpoint::Setting(url) => exporter.with_endpoint(url),
+        Endpoint::Environment(_) => exporter,
+    };
+    match exporter.build() {
         Ok(exporter) => (builder.with_batch_exporter(exporter).build(), None),
         Err(e) => (builder.build(), Some(e.to_string())),
     }
@@ -170,7 +240,54 @@ fn dispatch() -> Option<tracing::Dispatch> {
 
 #[cfg(test)]
 mod tests {
-    use super::traces_url;
+    use super::*;
+
+    #[test]
+    fn the_settings_key_wins_only_when_set_then_the_standard_variables() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let both: &[(&str, &str)] = &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/t"),
+        ];
+        assert_eq!(
+            export_endpoint(Some("http://key:4318"), env(both)),
+            Some(Endpoint::Setting("http://key:4318/v1/traces".to_owned()))
+        );
+        assert_eq!(
+            export_endpoint(Some("  "), env(both)),
+            Some(Endpoint::Environment("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        );
+        assert_eq!(
+            export_endpoint(
+                None,
+                env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318")])
+            ),
+            Some(Endpoint::Environment("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        );
+        assert_eq!(
+            export_endpoint(None, env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")])),
+            None
+        );
+    }
+
+    #[test]
+    fn otel_service_name_then_resource_attributes_then_ours() {
+        let named = |s: &str| Some(s.to_owned());
+        assert_eq!(service_name(named("billing"), named("other")), "billing");
+        assert_eq!(service_name(None, named("other")), "other");
+        assert_eq!(service_name(named(""), named("other")), "other");
+        assert_eq!(
+            service_name(None, named("unknown_service:capture-worker")),
+            "capture-worker"
+        );
+        assert_eq!(service_name(None, None), "capture-worker");
+    }
 
     #[test]
     fn a_bare_collector_address_gets_the_traces_path() {

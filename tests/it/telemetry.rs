@@ -29,7 +29,11 @@ const AUTH: &str = "pi_example_1";
 /// OTLP span kinds (opentelemetry-proto `Span.SpanKind`).
 const KIND_INTERNAL: i64 = 1;
 const KIND_CLIENT: i64 = 3;
+const KIND_SERVER: i64 = 2;
 const KIND_CONSUMER: i64 = 5;
+const KIND_PRODUCER: i64 = 4;
+/// OTLP `Status.StatusCode` error.
+const STATUS_ERROR: i64 = 2;
 
 /// An OTLP/HTTP receiver built on oteltest's `HttpSink` (otelsink's server): it writes every
 /// span it receives as one JSON line, ids in hex, so the test can read the tree. otelsink
@@ -55,6 +59,7 @@ class Dump(RequestHandler):
     def handle_logs(self, request, headers): pass
     def handle_metrics(self, request, headers): pass
     def handle_trace(self, request, headers):
+        sent = {k.lower(): v for k, v in headers.items()}
         rows = []
         for rs in request.resource_spans:
             resource = {a.key: value(a.value) for a in rs.resource.attributes}
@@ -71,6 +76,7 @@ class Dump(RequestHandler):
                                     "attributes": {a.key: value(a.value) for a in e.attributes}}
                                    for e in s.events],
                         "resource": resource,
+                        "export_headers": sent,
                     })
         with lock, open(out, "a") as f:
             for r in rows:
@@ -199,6 +205,97 @@ fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
     &span["attributes"][key]
 }
 
+/// The HTTP client span conventions: named by the method, kind client, the server's address
+/// and port from `base_url`, the status, and `error.type` (the status code) only on an error
+/// answer, with status error.
+fn assert_http_client_span(span: &Value, base_url: &str, method: &str, status: i64) {
+    let base = reqwest::Url::parse(base_url).unwrap();
+    assert_eq!(span["name"], method, "{span}");
+    assert_eq!(span["kind"], KIND_CLIENT, "{span}");
+    assert_eq!(attr(span, "http.request.method"), method, "{span}");
+    assert_eq!(
+        attr(span, "server.address"),
+        base.host_str().unwrap(),
+        "{span}"
+    );
+    assert_eq!(
+        attr(span, "server.port"),
+        i64::from(base.port_or_known_default().unwrap()),
+        "{span}"
+    );
+    assert!(
+        attr(span, "url.full")
+            .as_str()
+            .is_some_and(|u| u.starts_with(base_url)),
+        "{span}"
+    );
+    assert_eq!(attr(span, "http.response.status_code"), status, "{span}");
+    if status >= 400 {
+        assert_eq!(
+            attr(span, "error.type"),
+            status.to_string().as_str(),
+            "{span}"
+        );
+        assert_eq!(span["status"], STATUS_ERROR, "{span}");
+    } else {
+        assert!(attr(span, "error.type").is_null(), "{span}");
+        assert_ne!(span["status"], STATUS_ERROR, "{span}");
+    }
+    for key in ["http_status", "http.status_code", "http.method", "http.url"] {
+        assert!(attr(span, key).is_null(), "no {key} on {span}");
+    }
+}
+
+/// Where an end-to-end telemetry test runs: a sandbox holding the order's authorization (which
+/// answers with `faults` first), a receiver, a fresh database and the run's settings.
+struct Scene {
+    url: String,
+    sb: sandbox::Sandbox,
+    _server: sandbox::SandboxServer,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+    sink: Sink,
+    db: String,
+    store: capture_worker::storage::Store,
+    settings: Settings,
+}
+
+impl Scene {
+    async fn arrange(faults: Vec<Fault>) -> Scene {
+        let (url, sb, _server) = sandbox::spawn(SandboxOptions {
+            latency: Duration::ZERO,
+            api_key: Some(CANARY.into()),
+        })
+        .await
+        .unwrap();
+        let mut auth = NewAuthorization::new(AUTH, 12455, "USD");
+        if !faults.is_empty() {
+            auth.scenario = Some(Scenario {
+                faults,
+                ..Scenario::default()
+            });
+        }
+        sb.create_authorization(auth).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("worker.log");
+        let sink = Sink::start(dir.path()).await;
+        let (db, store) = fresh_database().await;
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let settings = test_settings(&db, &tag, &url);
+        Scene {
+            url,
+            sb,
+            _server,
+            _dir: dir,
+            log,
+            sink,
+            db,
+            store,
+            settings,
+        }
+    }
+}
+
 /// The real worker binary, exporting to the receiver.
 struct WorkerProcess {
     child: ChildGuard,
@@ -217,6 +314,19 @@ impl WorkerProcess {
         otlp: &str,
         log: &Path,
         export_delay_ms: u64,
+    ) -> Self {
+        Self::start_with_env(settings, sandbox_url, otlp, log, export_delay_ms, &[]).await
+    }
+
+    /// As [`WorkerProcess::start_with_export_delay`], with more environment variables; an
+    /// empty `otlp` leaves `telemetry.otlp_endpoint` unset.
+    async fn start_with_env(
+        settings: &Settings,
+        sandbox_url: &str,
+        otlp: &str,
+        log: &Path,
+        export_delay_ms: u64,
+        env: &[(&str, &str)],
     ) -> Self {
         let port = free_port();
         let log = std::fs::OpenOptions::new()
@@ -242,6 +352,7 @@ impl WorkerProcess {
             .env("CAPTURE__TELEMETRY__LOG_FORMAT", "json")
             .env("CAPTURE__TELEMETRY__LOG_LEVEL", "info")
             .env("OTEL_BSP_SCHEDULE_DELAY", export_delay_ms.to_string())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -297,16 +408,29 @@ impl WorkerProcess {
 /// Publishes example messages with pika under `traceparent`, each as its file reads except
 /// that an order's authorization is [`dated`] to this run.
 fn publish_with_pika(settings: &Settings, traceparent: &str, examples: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let files: Vec<PathBuf> = examples
+    let messages: Vec<Value> = examples
         .iter()
         .map(|name| {
-            let mut message = example(name);
+            let message = example(name);
             if message["type"] == "order.authorized" {
-                message = dated(message);
+                dated(message)
+            } else {
+                message
             }
-            let path = dir.path().join(name);
-            std::fs::write(&path, serde_json::to_vec(&message).unwrap()).unwrap();
+        })
+        .collect();
+    publish_messages_with_pika(settings, traceparent, &messages);
+}
+
+/// Publishes `messages` with pika under `traceparent`.
+fn publish_messages_with_pika(settings: &Settings, traceparent: &str, messages: &[Value]) {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, message)| {
+            let path = dir.path().join(format!("{i}.json"));
+            std::fs::write(&path, serde_json::to_vec(message).unwrap()).unwrap();
             path
         })
         .collect();
@@ -411,20 +535,17 @@ fn ancestors<'a>(spans: &'a [Value], span: &'a Value) -> Vec<&'a Value> {
 async fn a_shipment_published_by_pika_with_a_traceparent_is_traced_from_the_queue_to_the_provider()
 {
     // Arrange: a sandbox, a database, a receiver, and the real binary exporting to it.
-    let (url, sb, _server) = sandbox::spawn(SandboxOptions {
-        latency: Duration::ZERO,
-        api_key: Some(CANARY.into()),
-    })
-    .await
-    .unwrap();
-    sb.create_authorization(NewAuthorization::new(AUTH, 12455, "USD"))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("worker.log");
-    let sink = Sink::start(dir.path()).await;
-    let (db, store) = fresh_database().await;
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let settings = test_settings(&db, &tag, &url);
+    let Scene {
+        url,
+        sb: _,
+        _server,
+        _dir,
+        log,
+        sink,
+        db,
+        store,
+        settings,
+    } = Scene::arrange(vec![]).await;
     let worker = WorkerProcess::start(&settings, &url, &sink.endpoint(), &log).await;
     let before = scrape(&worker.http).await;
 
@@ -445,10 +566,11 @@ async fn a_shipment_published_by_pika_with_a_traceparent_is_traced_from_the_queu
                 .iter()
                 .filter(in_trace)
                 .any(|s| s["kind"] == KIND_CONSUMER && s["name"] == "process shipment.shipped");
-            let has_call = spans
-                .iter()
-                .filter(in_trace)
-                .any(|s| s["kind"] == KIND_CLIENT && s["name"] == "sandbox capture");
+            let has_call = spans.iter().filter(in_trace).any(|s| {
+                // A child ends first and may come in an earlier batch than its parents:
+                // wait for the whole chain up to the consumer span.
+                s["kind"] == KIND_CLIENT && s["name"] == "POST" && ancestors(spans, s).len() >= 5
+            });
             (has_consumer && has_call).then(|| spans.to_vec())
         })
         .await;
@@ -506,7 +628,7 @@ async fn a_shipment_published_by_pika_with_a_traceparent_is_traced_from_the_queu
         .iter()
         .find(|s| s["name"] == "sandbox capture")
         .unwrap();
-    assert_eq!(call["kind"], KIND_CLIENT);
+    assert_eq!(call["kind"], KIND_INTERNAL);
     assert_eq!(call["parent_span_id"], capture["span_id"]);
     let chain: Vec<&str> = ancestors(&spans, call)
         .iter()
@@ -524,7 +646,24 @@ async fn a_shipment_published_by_pika_with_a_traceparent_is_traced_from_the_queu
     assert_eq!(attr(call, "payment.final"), false);
     assert_eq!(attr(call, "payment.attempt"), 1);
     assert_eq!(attr(call, "payment.outcome"), "succeeded");
-    assert_eq!(attr(call, "http.response.status_code"), 200);
+
+    // Inside it, the HTTP request is the trace's only client span, with the HTTP client span
+    // conventions' attributes.
+    let clients: Vec<&&Value> = in_trace
+        .iter()
+        .filter(|s| s["kind"] == KIND_CLIENT)
+        .collect();
+    assert_eq!(clients.len(), 1, "one client span per HTTP request");
+    let request = *clients[0];
+    let adapter = ancestors(&spans, request)[0];
+    assert_eq!(adapter["name"], "stripe.capture");
+    assert_eq!(adapter["kind"], KIND_INTERNAL);
+    assert_eq!(adapter["parent_span_id"], call["span_id"]);
+    assert_http_client_span(request, &url, "POST", 200);
+    assert_eq!(
+        attr(request, "url.full"),
+        format!("{url}/v1/payment_intents/{AUTH}/capture").as_str()
+    );
 
     // The attempt row names the trace; the log lines of the trace carry its id.
     let recorded: Option<String> = sqlx::query_scalar(
@@ -576,24 +715,17 @@ async fn a_shipment_published_by_pika_with_a_traceparent_is_traced_from_the_queu
 async fn a_capture_retried_after_a_worker_crash_runs_in_a_trace_linked_to_the_one_that_created_it()
 {
     // Arrange: the sandbox captures, then holds its answer 5 s: the worker dies not knowing.
-    let (url, sb, _server) = sandbox::spawn(SandboxOptions {
-        latency: Duration::ZERO,
-        api_key: Some(CANARY.into()),
-    })
-    .await
-    .unwrap();
-    let mut auth = NewAuthorization::new(AUTH, 12455, "USD");
-    auth.scenario = Some(Scenario {
-        faults: vec![Fault::LostResponse { delay_ms: 5_000 }],
-        ..Scenario::default()
-    });
-    sb.create_authorization(auth).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("worker.log");
-    let sink = Sink::start(dir.path()).await;
-    let (db, store) = fresh_database().await;
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let settings = test_settings(&db, &tag, &url);
+    let Scene {
+        url,
+        sb,
+        _server,
+        _dir,
+        log,
+        sink,
+        db,
+        store,
+        settings,
+    } = Scene::arrange(vec![Fault::LostResponse { delay_ms: 5_000 }]).await;
     let first = WorkerProcess::start(&settings, &url, &sink.endpoint(), &log).await;
     let (traceparent, trace_id, _) = new_traceparent();
     publish_with_pika(
@@ -672,20 +804,17 @@ async fn a_capture_retried_after_a_worker_crash_runs_in_a_trace_linked_to_the_on
 #[tokio::test]
 async fn spans_still_waiting_for_their_batch_reach_the_collector_when_the_worker_stops() {
     // Arrange: a worker that would export only once a minute.
-    let (url, sb, _server) = sandbox::spawn(SandboxOptions {
-        latency: Duration::ZERO,
-        api_key: Some(CANARY.into()),
-    })
-    .await
-    .unwrap();
-    sb.create_authorization(NewAuthorization::new(AUTH, 12455, "USD"))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("worker.log");
-    let sink = Sink::start(dir.path()).await;
-    let (db, store) = fresh_database().await;
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let settings = test_settings(&db, &tag, &url);
+    let Scene {
+        url,
+        sb: _,
+        _server,
+        _dir,
+        log,
+        sink,
+        db,
+        store,
+        settings,
+    } = Scene::arrange(vec![]).await;
     let worker =
         WorkerProcess::start_with_export_delay(&settings, &url, &sink.endpoint(), &log, 60_000)
             .await;
@@ -723,6 +852,192 @@ async fn spans_still_waiting_for_their_batch_reach_the_collector_when_the_worker
             .then_some(())
     })
     .await;
+    cleanup(&settings, &db, store).await;
+}
+
+#[tokio::test]
+async fn provider_requests_webhooks_and_dead_letter_copies_follow_the_semantic_conventions_and_otel_exporter_otlp_endpoint_alone_routes_them()
+ {
+    // Arrange: the sandbox answers the first capture with a 503; the worker has no
+    // `telemetry.otlp_endpoint`, only the standard variables.
+    let Scene {
+        url,
+        sb: _,
+        _server,
+        _dir,
+        log,
+        sink,
+        db,
+        store,
+        settings,
+    } = Scene::arrange(vec![Fault::Unavailable]).await;
+    let base = format!("http://127.0.0.1:{}", sink.port);
+    let worker = WorkerProcess::start_with_env(
+        &settings,
+        &url,
+        "",
+        &log,
+        100,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", base.as_str()),
+            ("OTEL_SERVICE_NAME", "capture-worker-semconv"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=test",
+            ),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-otlp-tenant=payments"),
+        ],
+    )
+    .await;
+
+    // Act: an order and its parcel, a shipment without its items, and two webhook posts.
+    let (traceparent, trace_id, _) = new_traceparent();
+    let mut broken = with_id(&example("shipment-shipped-usd-s2.json"), "wh-broken-0001");
+    broken["data"].as_object_mut().unwrap().remove("items");
+    publish_messages_with_pika(
+        &settings,
+        &traceparent,
+        &[
+            dated(example("order-authorized-usd.json")),
+            example("shipment-shipped-usd-s1.json"),
+            broken,
+        ],
+    );
+    let client = reqwest::Client::new();
+    for provider in ["sandbox", "nope"] {
+        let answer = client
+            .post(format!("{}/webhooks/{provider}", worker.http))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert!(answer.status().is_client_error(), "{answer:?}");
+    }
+
+    // Assert: every span reached the receiver named by OTEL_EXPORTER_OTLP_ENDPOINT, with the
+    // headers, service name and resource attributes of the variables.
+    let spans = sink
+        .wait_for(
+            "a 503 and a 200 client span with their provider call spans, two webhooks and a producer span",
+            |spans| {
+                // A child ends first and may come in an earlier batch than its parents.
+                let clients = spans
+                    .iter()
+                    .filter(|s| s["kind"] == KIND_CLIENT)
+                    .filter(|s| ancestors(spans, s).len() >= 2)
+                    .map(|s| attr(s, "http.response.status_code").as_i64())
+                    .collect::<Vec<_>>();
+                let webhooks = spans.iter().filter(|s| s["kind"] == KIND_SERVER).count();
+                let producer = spans.iter().any(|s| s["kind"] == KIND_PRODUCER);
+                (clients.contains(&Some(503))
+                    && clients.contains(&Some(200))
+                    && webhooks == 2
+                    && producer)
+                    .then(|| spans.to_vec())
+            },
+        )
+        .await;
+    for span in &spans {
+        assert_eq!(span["resource"]["service.name"], "capture-worker-semconv");
+        assert_eq!(span["resource"]["deployment.environment.name"], "test");
+        assert_eq!(span["export_headers"]["x-otlp-tenant"], "payments");
+    }
+
+    // Provider requests: one client span each, under the internal provider call span.
+    for (status, parent_trace) in [(503, true), (200, false)] {
+        let request = spans
+            .iter()
+            .find(|s| s["kind"] == KIND_CLIENT && attr(s, "http.response.status_code") == status)
+            .unwrap();
+        assert_http_client_span(request, &url, "POST", status);
+        let chain = ancestors(&spans, request);
+        assert_eq!(chain[0]["name"], "stripe.capture");
+        assert_eq!(chain[1]["name"], "sandbox capture");
+        assert_eq!(chain[1]["kind"], KIND_INTERNAL);
+        assert!(
+            chain.iter().all(|s| s["kind"] != KIND_CLIENT),
+            "no client span around another"
+        );
+        if parent_trace {
+            assert_eq!(request["trace_id"], trace_id.as_str(), "the first attempt");
+        }
+    }
+
+    // Webhooks: server spans with the HTTP server span attributes.
+    for provider in ["sandbox", "nope"] {
+        let path = format!("/webhooks/{provider}");
+        let server = spans
+            .iter()
+            .find(|s| s["kind"] == KIND_SERVER && attr(s, "url.path") == path.as_str())
+            .unwrap_or_else(|| panic!("no server span for {path}:\n{}", summary(&spans)));
+        assert_eq!(server["name"], "POST /webhooks/{provider}");
+        assert_eq!(attr(server, "http.request.method"), "POST");
+        assert_eq!(attr(server, "http.route"), "/webhooks/{provider}");
+        assert_eq!(attr(server, "url.scheme"), "http");
+        assert_eq!(attr(server, "provider"), provider);
+        let status = attr(server, "http.response.status_code").as_i64().unwrap();
+        assert!((400..500).contains(&status), "{server}");
+        assert!(
+            attr(server, "error.type").is_null() && server["status"] != STATUS_ERROR,
+            "a 4xx is not the server's error: {server}"
+        );
+    }
+
+    // The dead-letter copy: a producer span in the publisher's trace, with messaging
+    // attributes from the conventions only, whose traceparent the copy carries.
+    let topology = capture_worker::queue::topology::Topology::new(
+        settings.amqp.exchange.clone(),
+        settings.amqp.queue.clone(),
+    );
+    let producer = spans.iter().find(|s| s["kind"] == KIND_PRODUCER).unwrap();
+    assert_eq!(producer["trace_id"], trace_id.as_str(), "{producer}");
+    assert_eq!(
+        producer["name"],
+        format!("publish {}", topology.dead_letter()).as_str()
+    );
+    let expected = serde_json::json!({
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+        "messaging.destination.name": topology.dead_letter(),
+        "messaging.rabbitmq.destination.routing_key": "shipment.shipped",
+        "messaging.message.id": "wh-broken-0001",
+    });
+    for (key, value) in expected.as_object().unwrap() {
+        assert_eq!(attr(producer, key), value, "{key} on {producer}");
+    }
+    // `target` is the tracing layer's, on every span.
+    for key in producer["attributes"].as_object().unwrap().keys() {
+        assert!(
+            key.starts_with("messaging.") || key == "error.type" || key == "target",
+            "{key} is not a messaging attribute of the conventions: {producer}"
+        );
+    }
+    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let copy = ch
+        .basic_get(
+            topology.dead_letter().as_str().into(),
+            lapin::options::BasicGetOptions::default(),
+        )
+        .await
+        .unwrap()
+        .expect("the dead-letter copy");
+    let carried = capture_worker::queue::trace::header_str(
+        copy.delivery.properties.headers().as_ref(),
+        "traceparent",
+    );
+    assert_eq!(
+        carried.as_deref(),
+        Some(format!("00-{trace_id}-{}-01", producer["span_id"].as_str().unwrap()).as_str()),
+        "the copy's traceparent names the producer span"
+    );
+    let _ = conn.close(200, "done".into()).await;
+
+    assert!(!sink.text().contains(CANARY), "the API key reached a span");
+    worker.kill();
     cleanup(&settings, &db, store).await;
 }
 
