@@ -31,9 +31,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Capture(cmd) => operator::capture(settings, cmd).await,
         Command::DeadLetter(cmd) => operator::dead_letter(settings, cmd).await,
         Command::Provider(cmd) => operator::provider(settings, cmd).await,
-        Command::Bench(args) => capture_worker::app::bench::run(settings, args.into())
-            .await
-            .map(drop),
         Command::Config => {
             println!(
                 "{}",

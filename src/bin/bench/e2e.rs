@@ -25,8 +25,8 @@ use super::support::{
     BenchEnv, PUBLISH_WINDOW, Percentiles, PipelinedPublisher, WorkerProcess, Workload,
     checkpoints, service_cpu_seconds,
 };
-use crate::provider::sandbox::{self, NewAuthorization, Sandbox, SandboxOptions};
-use crate::storage::Store;
+use capture_worker::provider::sandbox::{self, NewAuthorization, Sandbox, SandboxOptions};
+use capture_worker::storage::Store;
 
 /// No capture recorded for this long while work remains: the run has stalled.
 const STALL: Duration = Duration::from_secs(60);
