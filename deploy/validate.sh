@@ -142,3 +142,16 @@ python3 -m kubernetes_validate --strict --quiet deploy/k8s/base/secret.example.y
 command -v docker-compose >/dev/null || need docker-compose "apt-get install docker-compose"
 docker-compose -f deploy/compose.yaml config -q
 echo "deploy files: ok"
+
+# Prometheus alert rules: `promtool check rules` (Debian package `prometheus`) checks their
+# syntax, PromQL and templates, as committed and as rendered with a runbook base URL
+# (docs/runbook.md, "Alerts"). Skipped, saying so, where promtool is not installed.
+if command -v promtool >/dev/null 2>&1; then
+  promtool check rules deploy/prometheus/alerts.yaml
+  CAPTURE_WORKER_RUNBOOK_BASE_URL=https://runbooks.example.invalid \
+    envsubst '${CAPTURE_WORKER_RUNBOOK_BASE_URL}' <deploy/prometheus/alerts.yaml \
+    | promtool check rules /dev/stdin
+  echo "alert rules: ok"
+else
+  echo "alert rules: promtool not installed (apt-get install prometheus), not checked" >&2
+fi

@@ -48,6 +48,9 @@ pub enum Command {
         /// How long to wait for the captures to settle, in seconds.
         #[arg(long, default_value_t = 30)]
         wait_seconds: u64,
+        /// Amounts in minor units (default) or decimal major units.
+        #[arg(long, value_enum, default_value_t = Units::Minor)]
+        units: Units,
     },
     /// Print the effective settings as JSON, secrets redacted.
     Config,
@@ -80,6 +83,18 @@ pub enum OutputFormat {
     Json,
 }
 
+/// How amounts are printed in tables and CSV. JSON always carries integer minor units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Units {
+    /// Integer minor units of the currency, as stored and sent: `6979` for $69.79. The default,
+    /// for programs.
+    #[default]
+    Minor,
+    /// Decimals in the currency's major unit with its ISO 4217 exponent: `69.79` for 6979 USD,
+    /// `1000` for 1000 JPY, `1.234` for 1234 KWD. For people.
+    Major,
+}
+
 /// How one order's story is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StoryFormat {
@@ -97,6 +112,9 @@ pub struct ReportArgs {
     pub to: Option<NaiveDate>,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
+    /// Amounts in minor units (default) or decimal major units (table and CSV only).
+    #[arg(long, value_enum, default_value_t = Units::Minor)]
+    pub units: Units,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +126,9 @@ pub enum OrderCommand {
         order_id: String,
         #[arg(long, value_enum, default_value_t = StoryFormat::Text)]
         format: StoryFormat,
+        /// Amounts in minor units (default) or decimal major units (text only).
+        #[arg(long, value_enum, default_value_t = Units::Minor)]
+        units: Units,
     },
     /// Lift a decline latch with a new authorization: the declined and blocked captures'
     /// value is captured again under it, with new keys. Nothing else lifts the latch.
@@ -173,6 +194,10 @@ pub enum DeadLetterCommand {
         /// With --all: only this order's messages.
         #[arg(long, requires = "all")]
         order: Option<String>,
+        /// List what would be requeued and why the others would be skipped; publish nothing,
+        /// change nothing, and do not connect to RabbitMQ.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

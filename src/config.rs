@@ -93,6 +93,17 @@ pub struct AmqpSettings {
     pub queue: String,
     /// Unacknowledged deliveries per consumer (per-consumer QoS). Example: 64.
     pub prefetch: u16,
+    /// Largest message body read, in bytes (at most 16 MiB). A larger one is refused as
+    /// `too_large`: only a bounded excerpt is kept and dead-lettered. The worker holds at
+    /// most `prefetch` deliveries, so what it keeps of message bodies stays under prefetch ×
+    /// this limit; set the broker's `max_message_size` near it too, as the broker hands over
+    /// whole bodies. Default 262144 (256 KiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+fn default_max_message_bytes() -> usize {
+    256 * 1024
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -384,5 +395,21 @@ impl Settings {
             settings.telemetry.otlp_endpoint = None;
         }
         Ok(settings)
+    }
+
+    /// The worker's own secrets, for [`crate::sanitize::register_secrets`]: provider API keys
+    /// and webhook secrets (from their files too, when readable) and the passwords in
+    /// `database.url` and `amqp.url`.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out = crate::sanitize::url_password(self.database.url.expose());
+        out.extend(crate::sanitize::url_password(self.amqp.url.expose()));
+        for p in self.providers.values() {
+            for secret in [p.resolve_api_key(), p.resolve_webhook_secret()] {
+                if let Ok(Some(s)) = secret {
+                    out.push(s.expose().to_owned());
+                }
+            }
+        }
+        out
     }
 }

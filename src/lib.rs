@@ -11,17 +11,19 @@
 //! - `config`    — typed settings: `config/default.toml` → `config/{CAPTURE_ENV}.toml` →
 //!   `CAPTURE__SECTION__KEY` environment variables. Secrets are redacted types.
 //! - `cli`       — clap definitions of the `capture-worker` command line only; used by
-//!   `main.rs` and, until they take their own request types, the operator commands.
+//!   `main.rs` and, until they take their own request types, the operator commands and
+//!   `demo`.
 //! - `telemetry` — the tracing subscriber (JSON logs with trace ids), OpenTelemetry traces
 //!   over OTLP, Prometheus metrics and the named events we alert on. Process-global; any layer
 //!   but `domain` may use it. Imports no adapter.
 //! - `provider`  — the payment-provider trait and outcome, one adapter per provider, and the
 //!   sandbox provider server. Imports `domain` and `config` (`Secret`).
 //! - `storage`   — PostgreSQL via sqlx: migrations, the ledger, the capture queue. Imports
-//!   `domain` and `config` (`DatabaseSettings`).
+//!   `domain`, `config` (`DatabaseSettings`) and `sanitize`.
 //! - `queue`     — RabbitMQ via lapin: topology, the message contract (wire), consumer,
-//!   publisher, trace headers. Imports `domain` and `telemetry`.
-//! - `redact`    — masks card numbers in text we keep or forward.
+//!   publisher, trace headers. Imports `domain`, `telemetry` and `sanitize`.
+//! - `sanitize`  — the one boundary for outside text we store, log, forward or print: NUL and
+//!   invalid UTF-8 replaced, card numbers masked, the worker's own secrets removed, length capped.
 //! - `app`       — the use cases (intake, execution, recovery, the expiry sweep, webhooks,
 //!   the operator commands) and the composition root; the only module that knows every
 //!   adapter.
@@ -39,6 +41,8 @@ pub mod config;
 pub mod domain;
 pub mod provider;
 pub mod queue;
-pub mod redact;
+pub mod sanitize;
+/// The former name of [`sanitize`].
+pub use sanitize as redact;
 pub mod storage;
 pub mod telemetry;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
+use crate::cli::Units;
 use crate::config::Settings;
 use crate::provider::sandbox::{self, SandboxOptions};
 use crate::queue::publisher::Publisher;
@@ -289,7 +290,7 @@ fn demo_messages(run: &str) -> (Vec<serde_json::Value>, Vec<DemoAuthorization>) 
 }
 
 /// `capture-worker demo`.
-pub async fn demo(settings: Settings, wait: Duration) -> anyhow::Result<()> {
+pub async fn demo(settings: Settings, wait: Duration, units: Units) -> anyhow::Result<()> {
     let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let (messages, auths) = demo_messages(run);
     let sandbox_url = settings
@@ -343,24 +344,21 @@ pub async fn demo(settings: Settings, wait: Duration) -> anyhow::Result<()> {
     .bind(&pattern)
     .fetch_all(store.pool())
     .await?;
-    let rows: Vec<Vec<String>> = rows
-        .into_iter()
-        .map(
-            |(id, cur, total, auth, shipped, captured, pending, caps, status)| {
-                vec![
-                    id,
-                    cur,
-                    total.to_string(),
-                    auth.to_string(),
-                    shipped.to_string(),
-                    captured.to_string(),
-                    pending.to_string(),
-                    caps.to_string(),
-                    status,
-                ]
-            },
-        )
-        .collect();
+    let mut table_rows = Vec::with_capacity(rows.len());
+    for (id, cur, total, auth, shipped, captured, pending, caps, status) in rows {
+        let money = |v: i64| super::operator::units::amount(units, v, &cur);
+        table_rows.push(vec![
+            id,
+            cur.clone(),
+            money(total)?,
+            money(auth)?,
+            money(shipped)?,
+            money(captured)?,
+            money(pending)?,
+            caps.to_string(),
+            status,
+        ]);
+    }
     print!(
         "{}",
         super::operator::table(
@@ -375,7 +373,7 @@ pub async fn demo(settings: Settings, wait: Duration) -> anyhow::Result<()> {
                 "caps",
                 "status"
             ],
-            &rows
+            &table_rows
         )
     );
     Ok(())

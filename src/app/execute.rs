@@ -28,6 +28,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use crate::domain::readback;
 use crate::domain::{
     AuthorizationId, Currency, IdempotencyKey, LineId, MinorUnits, Money, OrderId,
 };
@@ -311,7 +312,7 @@ impl Executor {
         .await;
         record_call(&call_span, &call);
         metrics::provider_call(&capture.provider, op, call.outcome.label(), call.latency);
-        let transition = self.transition_for(&capture, &call.outcome);
+        let transition = self.transition_after(&capture, &provider, &call).await?;
         let key = capture.idempotency_key.clone();
         self.record(&capture, op, Some(&key), &call, started, transition)
             .await
@@ -372,7 +373,71 @@ impl Executor {
         Ok(captures::Recorded { held, more: true })
     }
 
-    fn transition_for(&self, c: &ClaimedCapture, outcome: &Outcome) -> Transition {
+    /// Calls the retry budget still allows after the capture's current one (0 once its
+    /// attempts or its age are used up).
+    fn attempts_left(&self, c: &ClaimedCapture) -> u32 {
+        let policy = &self.inner.policy;
+        if policy.exhausted(0, c.first_attempt_at, Utc::now()) {
+            return 0;
+        }
+        policy
+            .max_attempts
+            .saturating_sub(u32::try_from(c.attempts).unwrap_or(0))
+    }
+
+    /// Whether the capture is younger than the retry budget's age limit.
+    fn within_age(&self, c: &ClaimedCapture) -> bool {
+        !self
+            .inner
+            .policy
+            .exhausted(0, c.first_attempt_at, Utc::now())
+    }
+
+    /// What follows a call: for a failure without a definite answer, the read-back rule
+    /// ([`readback::after_failure`]) over the key's history; otherwise by the outcome alone.
+    async fn transition_after(
+        &self,
+        c: &ClaimedCapture,
+        provider: &Arc<dyn PaymentProvider>,
+        call: &CallResult,
+    ) -> Result<Transition, StorageError> {
+        let failure = match &call.outcome {
+            Outcome::Retryable { .. } => readback::Failure::Retryable,
+            Outcome::Unknown { key_spent, .. } => readback::Failure::Ambiguous {
+                key_spent: *key_spent,
+            },
+            outcome => return Ok(self.transition_for(c, outcome, None)),
+        };
+        let mut answers = vec![readback::Answer {
+            http_status: call.http_status,
+            provider_code: call.provider_code.clone(),
+        }];
+        answers.extend(
+            captures::key_history(self.inner.store.pool(), c.capture_id, &c.idempotency_key)
+                .await?
+                .answers,
+        );
+        let next = readback::after_failure(&readback::KeyHistory {
+            failure,
+            answers: &answers,
+            attempts_left: self.attempts_left(c),
+            read_back: if provider.offers_read_back() {
+                readback::ReadBack::Offered
+            } else {
+                readback::ReadBack::NotOffered
+            },
+        });
+        Ok(self.transition_for(c, &call.outcome, Some(next)))
+    }
+
+    /// The transition for an outcome; `next` is the read-back rule's step for a failure
+    /// without a definite answer.
+    fn transition_for(
+        &self,
+        c: &ClaimedCapture,
+        outcome: &Outcome,
+        next_step: Option<readback::NextStep>,
+    ) -> Transition {
         let now = Utc::now();
         let policy = &self.inner.policy;
         let exhausted = policy.exhausted(c.attempts, c.first_attempt_at, now);
@@ -392,30 +457,44 @@ impl Executor {
                 code: code.clone(),
                 message: message.clone(),
             },
-            Outcome::Retryable { after, reason } => {
-                if exhausted {
-                    Transition::Attention {
-                        error: format!("gave up after {} attempts: {reason}", c.attempts),
-                    }
+            Outcome::Retryable { reason, .. } | Outcome::Unknown { reason, .. } => {
+                let after = match outcome {
+                    Outcome::Retryable { after, .. } => *after,
+                    _ => None,
+                };
+                let step = next_step.unwrap_or(if exhausted {
+                    readback::NextStep::Attention
                 } else {
-                    Transition::Retry {
-                        next_at: next(*after),
+                    readback::NextStep::RetrySameKey
+                });
+                match step {
+                    readback::NextStep::RetrySameKey => Transition::Retry {
+                        next_at: next(after),
                         error: reason.clone(),
                         needs_lookup: false,
                         key_spent: false,
-                    }
+                    },
+                    // Read the payment back before anything is sent again: it moves the
+                    // capture to succeeded, the same key, a new key, or attention.
+                    readback::NextStep::ReadBackFirst { key_stuck } => Transition::Retry {
+                        next_at: next(after),
+                        error: reason.clone(),
+                        needs_lookup: true,
+                        key_spent: key_stuck,
+                    },
+                    readback::NextStep::Attention if exhausted => Transition::Attention {
+                        error: format!("gave up after {} attempts: {reason}", c.attempts),
+                    },
+                    readback::NextStep::Attention => Transition::Attention {
+                        error: format!(
+                            "the outcome of this {} is unknown (the provider may have stored this answer under the key) and the provider offers no read-back to show whether it happened; check it in the provider's dashboard before any resend: {reason}",
+                            c.kind.as_str()
+                        ),
+                    },
                 }
             }
             Outcome::Failed { reason } => Transition::Attention {
                 error: reason.clone(),
-            },
-            // An unknown outcome never ends in attention by itself: it is resolved by reading
-            // the authorization back, which moves it to succeeded, a new key, or attention.
-            Outcome::Unknown { reason, key_spent } => Transition::Retry {
-                next_at: next(None),
-                error: reason.clone(),
-                needs_lookup: *key_spent || exhausted,
-                key_spent: *key_spent,
             },
         }
     }
@@ -586,7 +665,28 @@ impl Executor {
         let snapshot = match snapshot {
             Ok(s) => s,
             Err(crate::provider::LookupError::Retryable { reason, .. }) => {
-                if let Some(error) = self.waited_too_long(c, &reason) {
+                let failed_before = if c.accepted_at.is_none() {
+                    captures::key_history(self.inner.store.pool(), c.capture_id, &c.idempotency_key)
+                        .await?
+                        .failed_read_backs
+                } else {
+                    0
+                };
+                let gave_up = readback::after_read_back(
+                    readback::Finding::Unclear,
+                    c.key_spent,
+                    self.within_age(c),
+                    failed_before,
+                ) == readback::AfterReadBack::Attention;
+                let gave_up = gave_up.then(|| {
+                    format!(
+                        "the read-back of {} failed {} times in a row, so whether this {} happened is unknown; check it in the provider's dashboard: {reason}",
+                        c.authorization_id,
+                        failed_before + 1,
+                        c.kind.as_str()
+                    )
+                });
+                if let Some(error) = self.waited_too_long(c, &reason).or(gave_up) {
                     self.record(
                         c,
                         "lookup",
@@ -738,30 +838,67 @@ impl Executor {
                     self.still_pending(provider, c, &snapshot, started, latency)
                         .await?;
                     Ok(Resolution::Settled)
-                } else if theirs == ours && !c.key_spent {
-                    // Nothing captured yet, but the key's request may still be running at the
-                    // provider (its answer was lost, not refused): resend under the same key,
-                    // which the provider either executes once or answers from its store.
-                    captures::record_lookup(
-                        self.inner.store.pool(),
-                        c,
-                        &attempt_ok("not_captured_yet"),
-                    )
-                    .await?;
-                    Ok(Resolution::Send)
                 } else if theirs == ours {
-                    // The provider saved an error under the old key and will only replay it,
-                    // and it shows nothing captured: safe to send under a new key.
-                    captures::record_lookup(
-                        self.inner.store.pool(),
-                        c,
-                        &attempt_ok("not_captured"),
-                    )
-                    .await?;
-                    captures::new_key_generation(self.inner.store.pool(), c, &self.inner.worker_id)
-                        .await?;
-                    tracing::info!(event = "capture_rekeyed", capture_id = c.capture_id, order_id = %c.order_id, generation = c.key_generation, "the provider shows nothing captured under the old key; sending under a new key");
-                    Ok(Resolution::Send)
+                    let next = readback::after_read_back(
+                        readback::Finding::NothingCaptured,
+                        c.key_spent,
+                        self.within_age(c),
+                        0,
+                    );
+                    match next {
+                        readback::AfterReadBack::SendNewKey => {
+                            // The provider stored an answer under the old key and will only
+                            // replay it, and it shows nothing captured: safe to send under a
+                            // new key.
+                            captures::record_lookup(
+                                self.inner.store.pool(),
+                                c,
+                                &attempt_ok("not_captured"),
+                            )
+                            .await?;
+                            captures::new_key_generation(
+                                self.inner.store.pool(),
+                                c,
+                                &self.inner.worker_id,
+                            )
+                            .await?;
+                            tracing::info!(event = "capture_rekeyed", capture_id = c.capture_id, order_id = %c.order_id, generation = c.key_generation, "the provider shows nothing captured under the old key; sending under a new key");
+                            Ok(Resolution::Send)
+                        }
+                        readback::AfterReadBack::Attention => {
+                            let error = format!(
+                                "gave up after {} attempts and the retry age: the read-back of {} shows nothing captured under key {}, and the last answers were not a stored error (so no new key is taken); send it again or release it",
+                                c.attempts, c.authorization_id, c.idempotency_key
+                            );
+                            self.record(
+                                c,
+                                "lookup",
+                                None,
+                                &lookup_call(Outcome::Failed {
+                                    reason: error.clone(),
+                                }),
+                                started,
+                                Transition::Attention { error },
+                            )
+                            .await?;
+                            Ok(Resolution::Settled)
+                        }
+                        readback::AfterReadBack::SendSameKey
+                        | readback::AfterReadBack::RecordSucceeded
+                        | readback::AfterReadBack::ReadAgain => {
+                            // Nothing captured yet, but the key's request may still be running
+                            // at the provider (its answer was lost, not refused): resend under
+                            // the same key, which the provider either executes once or
+                            // answers from its store.
+                            captures::record_lookup(
+                                self.inner.store.pool(),
+                                c,
+                                &attempt_ok("not_captured_yet"),
+                            )
+                            .await?;
+                            Ok(Resolution::Send)
+                        }
+                    }
                 } else {
                     let error = format!(
                         "the provider reports {theirs} captured on {}, but the ledger expects {ours} (or {} if this capture happened); reconcile by hand",

@@ -25,7 +25,7 @@ use crate::domain::{
 };
 use crate::queue::consumer::{Disposition, IncomingMessage};
 use crate::queue::wire::{self, Command, Parsed};
-use crate::redact::mask_card_numbers;
+use crate::sanitize;
 use crate::storage::ledger::{
     self, CaptureKind, InboxStatus, NewCapture, NewInbox, NewRejection, StoredCaptureLine,
 };
@@ -63,6 +63,24 @@ pub struct Intake {
     /// When set, batched intake claims the captures it creates for this executor in the same
     /// transaction and hands them over, saving a claim round trip per capture.
     claimer: Option<super::execute::Executor>,
+    /// Largest body read (`amqp.max_message_bytes`); a larger one is refused as `too_large`.
+    max_message_bytes: usize,
+}
+
+/// Reason of a message the ledger cannot store (a data exception): refused, never redelivered.
+pub const UNSTORABLE: &str = "unstorable";
+
+/// Characters of a `too_large` body kept in `rejected_messages` and forwarded to the
+/// dead-letter queue.
+pub const TOO_LARGE_EXCERPT_CHARS: usize = 4_096;
+
+/// A refusal decided without the ledger's state.
+struct Unread {
+    reason: &'static str,
+    detail: String,
+    message_id: Option<String>,
+    message_type: Option<String>,
+    order_id: Option<String>,
 }
 
 /// A refusal decided inside a transaction.
@@ -86,7 +104,15 @@ impl Intake {
                 i64::try_from(parking_seconds).unwrap_or(i64::MAX / 2_000),
             ),
             claimer: None,
+            max_message_bytes: 256 * 1024,
         }
+    }
+
+    /// Refuses bodies over `bytes` as `too_large` (`amqp.max_message_bytes`), at most
+    /// [`wire::MAX_MESSAGE_BYTES`].
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes.min(wire::MAX_MESSAGE_BYTES);
+        self
     }
 
     /// Batched intake claims the captures it creates for `executor` and hands them over
@@ -108,12 +134,92 @@ impl Intake {
         message: &IncomingMessage,
         span: tracing::Span,
     ) -> Result<IntakeOutcome, StorageError> {
-        let outcome = self
+        let outcome = match self
             .handle_with_retries(message)
             .instrument(span.clone())
-            .await;
+            .await
+        {
+            // The same message would fail the same way on every delivery: refuse it (P7).
+            Err(e) if e.refuses_data() => {
+                self.refuse_unstorable(message, &e)
+                    .instrument(span.clone())
+                    .await
+            }
+            other => other,
+        };
         record_outcome(&span, &outcome);
         outcome
+    }
+
+    /// Records a message the ledger cannot store as refused (`unstorable`), with the database's
+    /// reason, in a transaction of its own.
+    async fn refuse_unstorable(
+        &self,
+        message: &IncomingMessage,
+        error: &StorageError,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let body_hash = hex::encode(Sha256::digest(&message.body));
+        let parsed = wire::parse(&message.body, Some(&message.routing_key)).ok();
+        let envelope = parsed.as_ref().map(|p| &p.envelope);
+        let unread = Unread {
+            reason: UNSTORABLE,
+            detail: format!(
+                "the ledger cannot store this message ({error}); it is refused, not retried. Remove control characters or out-of-range values and publish it again with a new message_id"
+            ),
+            message_id: envelope.map(|e| e.message_id.as_str().to_owned()),
+            message_type: envelope.map(|e| e.message_type.as_str().to_owned()),
+            order_id: parsed
+                .as_ref()
+                .map(|p| p.command.order_id().as_str().to_owned()),
+        };
+        let body = String::from_utf8_lossy(&message.body);
+        self.refuse_unread(message, &body_hash, unread, &body).await
+    }
+
+    /// Records a refusal decided without the ledger (the body could not be read, or was too
+    /// large, or the ledger cannot store it), in a transaction of its own.
+    async fn refuse_unread(
+        &self,
+        message: &IncomingMessage,
+        body_hash: &str,
+        unread: Unread,
+        body: &str,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| StorageError::classify("starting intake", e))?;
+        ledger::insert_rejection(
+            &mut tx,
+            &NewRejection {
+                message_id: unread.message_id.as_deref(),
+                message_type: unread.message_type.as_deref(),
+                order_id: unread.order_id.as_deref(),
+                reason: unread.reason,
+                detail: &unread.detail,
+                routing_key: Some(&message.routing_key),
+                body: Some(body),
+                body_hash,
+            },
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(|e| StorageError::classify("committing intake", e))?;
+        events::MessageRejected {
+            reason: unread.reason,
+            message_id: unread.message_id.as_deref().unwrap_or_default(),
+            order_id: unread.order_id.as_deref().unwrap_or_default(),
+            detail: &unread.detail,
+        }
+        .emit();
+        Ok(IntakeOutcome::Rejected {
+            reason: unread.reason.to_owned(),
+            detail: unread.detail,
+            message_id: unread.message_id,
+        })
     }
 
     async fn handle_with_retries(
@@ -139,45 +245,36 @@ impl Intake {
 
     async fn handle_once(&self, message: &IncomingMessage) -> Result<IntakeOutcome, StorageError> {
         let body_hash = hex::encode(Sha256::digest(&message.body));
+        if message.body.len() > self.max_message_bytes {
+            // Not parsed, and only an excerpt is kept: the body is dropped with the delivery.
+            let unread = Unread {
+                reason: wire::RejectReason::TooLarge.as_str(),
+                detail: format!(
+                    "the body is {} bytes; at most {} bytes are read (amqp.max_message_bytes); only its first {TOO_LARGE_EXCERPT_CHARS} characters are kept",
+                    message.body.len(),
+                    self.max_message_bytes
+                ),
+                message_id: None,
+                message_type: None,
+                order_id: None,
+            };
+            let excerpt = sanitize::bytes(&message.body, TOO_LARGE_EXCERPT_CHARS);
+            return self
+                .refuse_unread(message, &body_hash, unread, &excerpt)
+                .await;
+        }
         let parsed = match wire::parse(&message.body, Some(&message.routing_key)) {
             Ok(p) => p,
             Err(rej) => {
-                let mut tx = self
-                    .store
-                    .pool()
-                    .begin()
-                    .await
-                    .map_err(|e| StorageError::classify("starting intake", e))?;
-                let masked = mask_card_numbers(&String::from_utf8_lossy(&message.body));
-                ledger::insert_rejection(
-                    &mut tx,
-                    &NewRejection {
-                        message_id: rej.message_id.as_deref(),
-                        message_type: rej.message_type.as_deref(),
-                        order_id: None,
-                        reason: rej.reason.as_str(),
-                        detail: &rej.detail,
-                        routing_key: Some(&message.routing_key),
-                        body: Some(&masked),
-                        body_hash: &body_hash,
-                    },
-                )
-                .await?;
-                tx.commit()
-                    .await
-                    .map_err(|e| StorageError::classify("committing intake", e))?;
-                events::MessageRejected {
+                let unread = Unread {
                     reason: rej.reason.as_str(),
-                    message_id: rej.message_id.as_deref().unwrap_or_default(),
-                    order_id: "",
-                    detail: &rej.detail,
-                }
-                .emit();
-                return Ok(IntakeOutcome::Rejected {
-                    reason: rej.reason.as_str().to_owned(),
                     detail: rej.detail,
                     message_id: rej.message_id,
-                });
+                    message_type: rej.message_type,
+                    order_id: None,
+                };
+                let body = String::from_utf8_lossy(&message.body);
+                return self.refuse_unread(message, &body_hash, unread, &body).await;
             }
         };
         let message_id = parsed.envelope.message_id.as_str().to_owned();
@@ -543,7 +640,8 @@ impl Intake {
         refusal: Refusal,
         in_inbox: bool,
     ) -> Result<IntakeOutcome, StorageError> {
-        let masked = mask_card_numbers(&String::from_utf8_lossy(&message.body));
+        // Stored through the text boundary (storage).
+        let body = String::from_utf8_lossy(&message.body);
         ledger::insert_rejection(
             tx,
             &NewRejection {
@@ -553,7 +651,7 @@ impl Intake {
                 reason: &refusal.reason,
                 detail: &refusal.detail,
                 routing_key: Some(&message.routing_key),
-                body: Some(&masked),
+                body: Some(&body),
                 body_hash,
             },
         )
@@ -764,7 +862,7 @@ impl Intake {
         let mut outcomes: Vec<Option<Result<IntakeOutcome, StorageError>>> =
             messages.iter().map(|_| None).collect();
         let mut spans: Vec<Option<tracing::Span>> = spans.into_iter().map(Some).collect();
-        let candidates = batch_candidates(messages, &spans);
+        let candidates = batch_candidates(messages, &spans, self.max_message_bytes);
         if !candidates.is_empty() {
             match self.apply_batch(&candidates).await {
                 Ok(done) => {
@@ -1109,10 +1207,13 @@ impl Candidate<'_> {
 fn batch_candidates<'a>(
     messages: &'a [IncomingMessage],
     spans: &[Option<tracing::Span>],
+    max_message_bytes: usize,
 ) -> Vec<Candidate<'a>> {
     let parsed: Vec<(usize, &IncomingMessage, Parsed)> = messages
         .iter()
         .enumerate()
+        // A body over the limit is refused on its own, unread.
+        .filter(|(_, m)| m.body.len() <= max_message_bytes)
         .filter_map(|(i, m)| Some((i, m, wire::parse(&m.body, Some(&m.routing_key)).ok()?)))
         .collect();
     let mut per_order: HashMap<String, usize> = HashMap::new();
@@ -1298,12 +1399,20 @@ pub fn disposition(outcome: Result<IntakeOutcome, StorageError>, body: &[u8]) ->
             reason,
             detail,
             message_id,
-        }) => Disposition::DeadLetter {
-            reason,
-            detail,
-            message_id,
-            masked_body: mask_card_numbers(&String::from_utf8_lossy(body)).into_bytes(),
-        },
+        }) => {
+            // A body over the limit is forwarded as the excerpt kept of it.
+            let chars = if reason == wire::RejectReason::TooLarge.as_str() {
+                TOO_LARGE_EXCERPT_CHARS
+            } else {
+                sanitize::BODY_CHARS
+            };
+            Disposition::DeadLetter {
+                reason,
+                detail,
+                message_id,
+                masked_body: sanitize::bytes(body, chars).into_bytes(),
+            }
+        }
         Err(e) => Disposition::Retry { why: e.to_string() },
     }
 }

@@ -17,7 +17,8 @@
 //! - `providers` — the providers this worker can call, built from `providers.<name>`.
 //! - `http`, `webhooks` — health, readiness, metrics and the provider webhooks on
 //!   `http.listen`.
-//! - `commands`  — the commands behind the command line: run, migrate, sandbox, publish, demo.
+//! - `commands`  — the commands behind the command line: run, migrate, sandbox, publish, demo
+//!   (`demo` still takes `cli`'s `Units`).
 //! - `operator`  — the operator and finance commands (report, order, capture, dead-letter,
 //!   provider); they still take `cli`'s clap types.
 //!
@@ -110,6 +111,8 @@ impl Application {
         // Metrics are process-wide; installing here covers programs that build an application
         // without `telemetry::init` (tests, embedding).
         crate::telemetry::metrics::install();
+        // Text the worker stores, logs or forwards never carries its own secrets.
+        crate::sanitize::register_secrets(settings.secrets());
         let c = &settings.capture;
         let policy = RetryPolicy {
             initial: Duration::from_millis(c.retry_initial_ms),
@@ -138,6 +141,7 @@ impl Application {
                 c.shipping_policy.into(),
                 c.parking_seconds,
             )
+            .with_max_message_bytes(settings.amqp.max_message_bytes)
             .claiming_for(executor.clone()),
         );
         let listener = tokio::net::TcpListener::bind(&settings.http.listen)
@@ -241,6 +245,7 @@ impl Application {
             store: self.store.clone(),
             providers: self.providers.clone(),
             executor: self.executor.clone(),
+            rejections: webhooks::RejectionBudget::default(),
         }));
         let mut http_stop = stop_rx.clone();
         let http_task = tokio::spawn(async move {

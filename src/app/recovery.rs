@@ -20,7 +20,6 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::queue::dead_letter::DeadLetterSink;
-use crate::redact::mask_card_numbers;
 use crate::storage::{StorageError, Store, captures, ledger};
 use crate::telemetry::events::{self, Emit};
 
@@ -117,10 +116,10 @@ impl Sweeper {
         } = self.intake.expire_parked(&parked).await?
             && let Some(sink) = &self.dead_letters
         {
-            let masked = mask_card_numbers(&String::from_utf8_lossy(&parked.body));
+            // The sink's publisher passes the copy through the text boundary.
             if let Err(e) = sink
                 .dead_letter(
-                    masked.as_bytes(),
+                    &parked.body,
                     parked.routing_key.as_deref().unwrap_or(""),
                     &reason,
                     &detail,
@@ -150,10 +149,9 @@ impl Sweeper {
             return Ok(());
         };
         for owed in ledger::owed_dead_letters(self.store.pool(), 200).await? {
-            let masked = mask_card_numbers(&String::from_utf8_lossy(&owed.body));
             match sink
                 .dead_letter(
-                    masked.as_bytes(),
+                    &owed.body,
                     owed.routing_key.as_deref().unwrap_or(""),
                     &owed.reason,
                     &owed.detail,

@@ -10,6 +10,14 @@
 //! changed); 400 for a body that is not the provider's shape; 404 for a provider that is not
 //! configured or sends nothing the worker reads; 500 when the event could not be recorded —
 //! never a 200, so the provider sends it again.
+//!
+//! Anyone can post here, so refusals are bounded: at most [`REJECTIONS_RECORDED_PER_MINUTE`]
+//! per worker are recorded, each with at most [`REJECTED_BODY_LIMIT`] characters of body;
+//! the rest get the same answer and are counted (`notifications_total{result="unrecorded"}`)
+//! without a row.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -22,7 +30,7 @@ use chrono::Utc;
 use crate::provider::{
     NotificationEffect, NotificationSubject, Outcome, WebhookError, WebhookEvent,
 };
-use crate::redact::mask_card_numbers;
+use crate::sanitize;
 use crate::storage::Store;
 use crate::storage::ledger::CaptureKind;
 use crate::storage::webhooks::{
@@ -36,6 +44,32 @@ use super::providers::Providers;
 
 /// Longest body kept in the ledger, in characters.
 const BODY_LIMIT: usize = 16_000;
+/// Longest body of a refused notification kept, in characters.
+pub const REJECTED_BODY_LIMIT: usize = 2_000;
+/// Refused notifications recorded per minute by one worker.
+pub const REJECTIONS_RECORDED_PER_MINUTE: u32 = 60;
+
+/// How many refused notifications this worker may still record in the current minute.
+#[derive(Clone, Default)]
+pub struct RejectionBudget(Arc<Mutex<Option<(Instant, u32)>>>);
+
+impl RejectionBudget {
+    /// Takes one recording from the current window's budget; false when it is spent.
+    fn take(&self) -> bool {
+        let mut window = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match window.as_mut() {
+            Some((start, used)) if now.duration_since(*start) < Duration::from_secs(60) => {
+                *used += 1;
+                *used <= REJECTIONS_RECORDED_PER_MINUTE
+            }
+            _ => {
+                *window = Some((now, 1));
+                true
+            }
+        }
+    }
+}
 
 /// What the webhook routes need.
 #[derive(Clone)]
@@ -43,6 +77,7 @@ pub struct WebhookState {
     pub store: Store,
     pub providers: Providers,
     pub executor: Executor,
+    pub rejections: RejectionBudget,
 }
 
 pub fn router(state: WebhookState) -> Router {
@@ -62,10 +97,6 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let masked: String = mask_card_numbers(&String::from_utf8_lossy(&body))
-        .chars()
-        .take(BODY_LIMIT)
-        .collect();
     let Some(provider) = state.providers.get(&name) else {
         let shown: String = name.chars().take(64).collect();
         return refuse(
@@ -73,7 +104,7 @@ async fn receive(
             "unknown",
             RejectionReason::UnknownProvider,
             &format!("no provider {shown:?} is configured on this worker"),
-            &masked,
+            &body,
         )
         .await;
     };
@@ -87,9 +118,10 @@ async fn receive(
                 WebhookError::Unauthenticated(_) => RejectionReason::BadSignature,
                 WebhookError::Malformed(_) => RejectionReason::Malformed,
             };
-            return refuse(&state, &name, reason, &e.to_string(), &masked).await;
+            return refuse(&state, &name, reason, &e.to_string(), &body).await;
         }
     };
+    let masked = sanitize::bytes(&body, BODY_LIMIT);
     tracing::Span::current().record("events", events.len() as i64);
     let mut dispatch = Vec::new();
     for event in &events {
@@ -143,14 +175,14 @@ async fn receive(
     (StatusCode::OK, "[accepted]").into_response()
 }
 
-/// Records a refused notification and answers with the matching status; 500 if even the
-/// refusal could not be recorded.
+/// Records a refused notification (within the budget) and answers with the matching status;
+/// 500 if even the refusal could not be recorded.
 async fn refuse(
     state: &WebhookState,
     provider: &str,
     reason: RejectionReason,
     detail: &str,
-    body: &str,
+    body: &[u8],
 ) -> Response {
     events::NotificationRejected {
         provider,
@@ -158,9 +190,14 @@ async fn refuse(
         detail,
     }
     .emit();
-    if let Err(e) =
-        webhooks::record_rejection(state.store.pool(), provider, reason, detail, body).await
-    {
+    let recorded = if state.rejections.take() {
+        let body = sanitize::bytes(body, REJECTED_BODY_LIMIT);
+        webhooks::record_rejection(state.store.pool(), provider, reason, detail, &body).await
+    } else {
+        metrics::notification(provider, "unrecorded");
+        Ok(())
+    };
+    if let Err(e) = recorded {
         tracing::error!(event = "notification_not_recorded", provider = %provider, error = %e, "a refused notification could not be recorded");
         return (
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -6,6 +6,8 @@
 use chrono::Duration;
 
 use super::allocation::OverCaptureAllowance;
+use super::currency::Currency;
+use super::money::MinorUnits;
 
 /// How many captures one authorization accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +53,51 @@ pub struct Capabilities {
     pub authorization_window: Option<Duration>,
     /// How long before the deadline deferred value is captured rather than kept waiting.
     pub capture_ahead: Duration,
+    /// The provider's documented minimum capture per currency (ISO code, minor units); a
+    /// currency not listed has none. A capture below it is refused by the provider, so the
+    /// plan carries such a value into the order's next capture.
+    pub minimums: &'static [(&'static str, i64)],
+}
+
+/// Stripe's minimum charge amounts per currency, in minor units
+/// (docs.stripe.com/currencies#minimum-and-maximum-charge-amounts; below them Stripe answers
+/// `amount_too_small`). The page gives them per settlement currency; each capture is treated
+/// as subject to them.
+pub const STRIPE_MINIMUMS: &[(&str, i64)] = &[
+    ("USD", 50),
+    ("AED", 200),
+    ("AUD", 50),
+    ("BGN", 100),
+    ("BRL", 50),
+    ("CAD", 50),
+    ("CHF", 50),
+    ("CZK", 1500),
+    ("DKK", 250),
+    ("EUR", 50),
+    ("GBP", 30),
+    ("HKD", 400),
+    ("HUF", 17500),
+    ("INR", 50),
+    ("JPY", 50),
+    ("MXN", 1000),
+    ("MYR", 200),
+    ("NOK", 300),
+    ("NZD", 50),
+    ("PLN", 200),
+    ("RON", 200),
+    ("SEK", 300),
+    ("SGD", 50),
+    ("THB", 1000),
+];
+
+impl Capabilities {
+    /// The minimum capture in `currency`, when the provider documents one.
+    pub fn minimum_for(&self, currency: Currency) -> Option<MinorUnits> {
+        self.minimums
+            .iter()
+            .find(|(code, _)| *code == currency.code())
+            .and_then(|&(_, minor)| MinorUnits::new(minor).ok())
+    }
 }
 
 impl Capabilities {
@@ -63,12 +110,14 @@ impl Capabilities {
             over_capture: OverCaptureAllowance::NONE,
             authorization_window: None,
             capture_ahead: Duration::hours(12),
+            minimums: &[],
         }
     }
 
     /// Stripe's PaymentIntent multicapture: up to 50 captures, `final_capture` explicit, about
     /// seven days to capture, and the remainder released by a final capture of the rest
-    /// (a zero-amount final capture is not accepted, so the cancel call releases it).
+    /// (a zero-amount final capture is not accepted, so the cancel call releases it), and
+    /// Stripe's per-currency minimum charge amounts ([`STRIPE_MINIMUMS`]).
     pub fn stripe() -> Self {
         Capabilities {
             mode: CaptureMode::Multiple {
@@ -79,6 +128,7 @@ impl Capabilities {
             over_capture: OverCaptureAllowance::NONE,
             authorization_window: Some(Duration::days(7)),
             capture_ahead: Duration::hours(12),
+            minimums: STRIPE_MINIMUMS,
         }
     }
 
@@ -95,6 +145,7 @@ impl Capabilities {
             over_capture: OverCaptureAllowance::NONE,
             authorization_window: Some(Duration::days(7)),
             capture_ahead: Duration::hours(12),
+            minimums: &[],
         }
     }
 
@@ -108,6 +159,7 @@ impl Capabilities {
             over_capture: OverCaptureAllowance::NONE,
             authorization_window: Some(Duration::days(7)),
             capture_ahead: Duration::hours(12),
+            minimums: &[],
         }
     }
 
@@ -124,6 +176,7 @@ impl Capabilities {
             over_capture: OverCaptureAllowance::NONE,
             authorization_window: Some(Duration::days(7)),
             capture_ahead: Duration::hours(12),
+            minimums: &[],
         }
     }
 
@@ -139,6 +192,7 @@ impl Capabilities {
             over_capture: OverCaptureAllowance::NONE,
             authorization_window: Some(Duration::days(29)),
             capture_ahead: Duration::hours(12),
+            minimums: &[],
         }
     }
 
@@ -154,6 +208,7 @@ impl Capabilities {
             over_capture: OverCaptureAllowance::NONE,
             authorization_window: Some(Duration::days(7)),
             capture_ahead: Duration::hours(12),
+            minimums: &[],
         }
     }
 
@@ -177,6 +232,7 @@ impl Capabilities {
             over_capture: OverCaptureAllowance::NONE,
             authorization_window: Some(Duration::days(7)),
             capture_ahead: Duration::hours(12),
+            minimums: &[],
         }
     }
 
@@ -189,6 +245,7 @@ impl Capabilities {
             over_capture: OverCaptureAllowance::NONE,
             authorization_window: Some(Duration::days(7)),
             capture_ahead: Duration::hours(12),
+            minimums: &[],
         }
     }
 }

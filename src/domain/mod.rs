@@ -11,6 +11,7 @@ pub mod ids;
 pub mod money;
 pub mod order;
 pub mod plan;
+pub mod readback;
 
 pub use allocation::{OverCaptureAllowance, ShippingPolicy};
 pub use capability::{Capabilities, CaptureMode, FinalFlag, ReleaseMethod};
@@ -18,7 +19,7 @@ pub use currency::{Currency, UnknownCurrency};
 pub use ids::{
     AuthorizationId, EventId, IdempotencyKey, InvalidId, LineId, OrderId, ProviderName, ShipmentId,
 };
-pub use money::{MinorUnits, Money, MoneyError};
+pub use money::{MinorUnits, Money, MoneyError, major_string};
 pub use order::{
     Authorization, Cancellation, Item, Order, OrderDraft, OrderError, OrderLine, Quantity, Shipment,
 };

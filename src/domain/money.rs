@@ -162,13 +162,7 @@ impl Money {
     /// digits ("12.34" for 1234 USD, "1234" for 1234 JPY, "1.234" for 1234 KWD). Built from
     /// integers only, for providers whose wire format wants decimals.
     pub fn to_major_string(&self) -> String {
-        let exp = u32::from(self.currency.exponent());
-        let v = self.amount.get();
-        if exp == 0 {
-            return v.to_string();
-        }
-        let scale = 10_i64.pow(exp);
-        format!("{}.{:0width$}", v / scale, v % scale, width = exp as usize)
+        major_string(self.amount.get(), self.currency)
     }
 
     /// Parses a major-unit decimal string with at most the currency's exponent digits after
@@ -198,6 +192,26 @@ impl Money {
         }
         Ok(Money::new(MinorUnits(value), currency))
     }
+}
+
+/// `minor` minor units of `currency` as a decimal string in major units with exactly the
+/// currency's exponent digits, from integers only: "69.79" for 6979 USD, "1000" for 1000 JPY,
+/// "-1.234" for -1234 KWD. Signed, for differences and reports; money itself never is.
+pub fn major_string(minor: impl Into<i128>, currency: Currency) -> String {
+    let minor: i128 = minor.into();
+    let exp = u32::from(currency.exponent());
+    if exp == 0 {
+        return minor.to_string();
+    }
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    let scale = 10_u128.pow(exp);
+    format!(
+        "{sign}{}.{:0width$}",
+        abs / scale,
+        abs % scale,
+        width = exp as usize
+    )
 }
 
 /// A major-unit decimal string that is not a valid amount in its currency.

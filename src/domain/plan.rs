@@ -263,6 +263,9 @@ pub enum NothingReason {
     /// recorded and a deadline tick does nothing. No capture, release or void is sent: the
     /// provider would refuse it, and the hold is already gone.
     AuthorizationLapsed,
+    /// The value is below the provider's minimum capture for the currency: it stays shipped
+    /// but uncharged and rides with the order's next capture.
+    BelowMinimum,
 }
 
 impl NothingReason {
@@ -276,6 +279,7 @@ impl NothingReason {
             NothingReason::Latched => "latched",
             NothingReason::NotOpen => "not_open",
             NothingReason::AuthorizationLapsed => "authorization_lapsed",
+            NothingReason::BelowMinimum => "below_minimum",
         }
     }
 }
@@ -668,6 +672,21 @@ fn decide(
             state: next,
         });
     }
+    // A capture below the provider's minimum would be refused (Stripe `amount_too_small`).
+    // Before the order completes its value waits, uncharged, for the next capture; a final
+    // remainder still below the minimum is not sent but recorded as shortfall for finance,
+    // and the rest of the authorization is released as after any final capture.
+    let below_minimum = !raw.is_zero()
+        && caps
+            .minimum_for(order.currency())
+            .is_some_and(|minimum| raw < minimum);
+    if below_minimum && !complete && !deadline {
+        return Ok(Plan {
+            decision: Decision::Nothing(NothingReason::BelowMinimum),
+            shortfall: MinorUnits::ZERO,
+            state: next,
+        });
+    }
     if !complete && trigger == Trigger::Cancellation && !deadline {
         // A cancellation with units still to ship moves no money; any value it adds (prorated
         // shipping) rides with the next capture.
@@ -678,7 +697,11 @@ fn decide(
         });
     }
 
-    let amount = raw.min(headroom(order, &next, caps)?);
+    let amount = if below_minimum && complete {
+        MinorUnits::ZERO
+    } else {
+        raw.min(headroom(order, &next, caps)?)
+    };
     let shortfall = raw.checked_sub(amount)?;
     next.charged.clone_from(&next.shipped);
     next.shipping_charged = shipping_due;

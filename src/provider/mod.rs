@@ -262,6 +262,13 @@ pub trait PaymentProvider: Send + Sync {
         Err(WebhookError::NotSupported)
     }
 
+    /// Whether [`PaymentProvider::lookup`] can show what was captured on an authorization.
+    /// Without one, a capture whose outcome is unknown goes to an operator rather than being
+    /// sent under a new key. Default: it can.
+    fn offers_read_back(&self) -> bool {
+        true
+    }
+
     /// For a capture the provider accepted and whose amount the read-back does not show: the
     /// provider's decline code when the read-back says the capture was refused (Hellgate's
     /// `failed` payment). Default: a read-back cannot tell, so the capture keeps waiting.

@@ -342,17 +342,21 @@ fn peek_message_id(body: &[u8]) -> Option<String> {
         .ok()
         .map(|p| p.message_id)
         .filter(|id| id.len() <= 128)
+        // From the body, unchecked: it goes into the span through the text boundary.
+        .map(|id| crate::sanitize::text(&id, 128))
 }
 
 async fn process_in_span(
-    delivery: Delivery,
+    mut delivery: Delivery,
     handler: Arc<dyn DeliveryHandler>,
     publisher: Publisher,
     topology: Topology,
 ) {
     let headers = delivery.properties.headers().as_ref();
+    // Moved, not copied: a delivery's body is held once.
+    let body = std::mem::take(&mut delivery.data);
     let message = IncomingMessage {
-        body: delivery.data.clone(),
+        body,
         routing_key: delivery.routing_key.to_string(),
         traceparent: header_str(headers, "traceparent"),
         tracestate: header_str(headers, "tracestate"),

@@ -2,6 +2,7 @@
 //! acked it and did not return it as unroutable (STACK trap 6). Used for the dead-letter copies
 //! of refused messages and by the `publish` and `demo` commands.
 
+use crate::sanitize;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection};
@@ -114,7 +115,8 @@ impl Publisher {
     }
 
     /// Sends a refused message to the dead-letter queue with our reason in its headers. The
-    /// body must already be masked (P9).
+    /// body and the headers pass through the text boundary ([`crate::sanitize`]): NUL and
+    /// invalid UTF-8 replaced, card numbers masked (P9), the worker's secrets removed.
     // Each argument is one header or the body; a struct would only rename them.
     #[allow(clippy::too_many_arguments)]
     pub async fn dead_letter(
@@ -129,16 +131,18 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let mut headers = FieldTable::default();
         headers.insert(REASON_HEADER.into(), text(reason));
-        let detail: String = detail.chars().take(512).collect();
+        let detail = sanitize::text(detail, 512);
         headers.insert(DETAIL_HEADER.into(), text(&detail));
-        headers.insert(ORIGINAL_ROUTING_KEY_HEADER.into(), text(routing_key));
+        let routing_key = sanitize::text(routing_key, 255);
+        headers.insert(ORIGINAL_ROUTING_KEY_HEADER.into(), text(&routing_key));
+        let body = sanitize::bytes(body, sanitize::BODY_CHARS);
         if let Some(tp) = traceparent {
             headers.insert("traceparent".into(), text(tp));
         }
         self.publish(
             &topology.dead_letter(),
-            routing_key,
-            body,
+            &routing_key,
+            body.as_bytes(),
             headers,
             message_id,
         )

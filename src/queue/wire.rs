@@ -36,8 +36,10 @@ use crate::domain::{
 /// The only `schema_version` this worker reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// Largest body read, in bytes. Larger bodies are rejected as `too_large` without parsing.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Largest body ever read, in bytes: the ceiling of `amqp.max_message_bytes` (intake refuses
+/// bodies over the setting before they reach here). Larger bodies are rejected as `too_large`
+/// without parsing.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The message types of contract v1. The routing key of a message equals its type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
 use super::ledger::{CaptureKind, StoredCaptureLine};
-use super::{Ctx, StorageError};
+use super::{Ctx, StorageError, outside};
 use crate::domain::IdempotencyKey;
 
 /// A capture this worker holds the lease on.
@@ -258,6 +258,11 @@ pub async fn record(
         ),
         Transition::Attention { error } => (None, None, Some(error.clone()), false, None),
     };
+    // The provider's words: they may echo the credentials the worker sent.
+    let (error, decline_code) = (
+        error.as_deref().map(outside),
+        decline_code.as_deref().map(outside),
+    );
     let terminal = matches!(
         transition,
         Transition::Succeeded { .. } | Transition::Declined { .. }
@@ -365,9 +370,9 @@ async fn insert_attempt(
     .bind(capture.is_final)
     .bind(a.outcome)
     .bind(a.http_status.map(i32::from))
-    .bind(a.provider_code)
+    .bind(a.provider_code.map(outside))
     .bind(a.provider_request_id)
-    .bind(a.error)
+    .bind(a.error.map(outside))
     .bind(i32::try_from(a.latency_ms).unwrap_or(i32::MAX))
     .bind(a.trace_id)
     .bind(a.worker_id)
@@ -438,9 +443,9 @@ pub async fn record_succeeded_many(
         finals.push(c.is_final);
         outcomes.push(a.outcome);
         statuses.push(a.http_status.map(i32::from));
-        codes.push(a.provider_code);
+        codes.push(a.provider_code.map(outside));
         request_ids.push(a.provider_request_id);
-        errors.push(a.error);
+        errors.push(a.error.map(outside));
         latencies.push(i32::try_from(a.latency_ms).unwrap_or(i32::MAX));
         traces.push(a.trace_id);
         workers.push(a.worker_id);
@@ -622,4 +627,60 @@ pub async fn due_orders(pool: &PgPool, limit: i64) -> Result<Vec<String>, Storag
     .fetch_all(pool)
     .await
     .ctx("finding due captures")
+}
+
+/// The capture's recent calls, for deciding what follows a failure: the failed answers under
+/// `key` (newest first, read-backs skipped) and how many read-backs in a row, newest first,
+/// failed to say anything.
+pub async fn key_history(
+    pool: &PgPool,
+    capture_id: i64,
+    key: &str,
+) -> Result<KeyHistoryRows, StorageError> {
+    let rows = sqlx::query(
+        "select operation, idempotency_key, outcome, http_status, provider_code
+         from capture_attempts where capture_id = $1
+         order by attempt_id desc limit 50",
+    )
+    .bind(capture_id)
+    .fetch_all(pool)
+    .await
+    .ctx("reading the capture's recent calls")?;
+    let mut history = KeyHistoryRows::default();
+    let mut read_backs_in_a_row = true;
+    for r in &rows {
+        let operation: String = r.get("operation");
+        let outcome: String = r.get("outcome");
+        if operation == "lookup" {
+            if read_backs_in_a_row && outcome == "retryable" {
+                history.failed_read_backs += 1;
+            } else {
+                read_backs_in_a_row = false;
+            }
+            continue;
+        }
+        read_backs_in_a_row = false;
+        if r.get::<Option<String>, _>("idempotency_key").as_deref() != Some(key) {
+            break;
+        }
+        if !matches!(outcome.as_str(), "retryable" | "unknown" | "failed") {
+            break;
+        }
+        history.answers.push(crate::domain::readback::Answer {
+            http_status: r
+                .get::<Option<i32>, _>("http_status")
+                .and_then(|s| u16::try_from(s).ok()),
+            provider_code: r.get("provider_code"),
+        });
+    }
+    Ok(history)
+}
+
+/// What [`key_history`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyHistoryRows {
+    /// Failed answers under the key, newest first.
+    pub answers: Vec<crate::domain::readback::Answer>,
+    /// Read-backs in a row (newest first) that could not tell.
+    pub failed_read_backs: u32,
 }

@@ -8,12 +8,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Row};
 
-use super::{Ctx, StorageError};
+use super::{Ctx, StorageError, outside};
 use crate::domain::{
     Authorization, AuthorizationId, Cancellation, Currency, EventId, IdempotencyKey, Item, LineId,
     MinorUnits, Order, OrderDraft, OrderId, OrderLine, OrderState, Phase, ProviderName, Quantity,
     Shipment, ShipmentId,
 };
+use crate::sanitize;
 
 /// Serializes every intake transaction that touches `order_id`, including one that registers
 /// the order, so a shipment and its order can never miss each other.
@@ -330,8 +331,8 @@ pub async fn insert_order(
     let lines = order.lines();
     let nos: Vec<i32> = (0..lines.len() as i32).collect();
     let ids: Vec<&str> = lines.iter().map(|l| l.line_id.as_str()).collect();
-    let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
-    let names: Vec<&str> = lines.iter().map(|l| l.name.as_str()).collect();
+    let skus: Vec<String> = lines.iter().map(|l| outside(&l.sku)).collect();
+    let names: Vec<String> = lines.iter().map(|l| outside(&l.name)).collect();
     let qty: Vec<i32> = lines.iter().map(|l| l.quantity.get() as i32).collect();
     let unit: Vec<i64> = lines.iter().map(|l| l.unit_amount.get()).collect();
     let tax: Vec<i64> = lines.iter().map(|l| l.tax_amount.get()).collect();
@@ -678,6 +679,18 @@ pub struct StoredCaptureLine {
     pub amount: i64,
 }
 
+/// Capture lines as stored, their free text through the text boundary.
+fn clean_lines(lines: &[StoredCaptureLine]) -> Vec<StoredCaptureLine> {
+    lines
+        .iter()
+        .map(|l| StoredCaptureLine {
+            sku: outside(&l.sku),
+            name: outside(&l.name),
+            ..l.clone()
+        })
+        .collect()
+}
+
 /// A capture row to insert.
 #[derive(Debug, Clone)]
 pub struct NewCapture<'a> {
@@ -715,7 +728,8 @@ pub async fn insert_capture(
 ) -> Result<i64, StorageError> {
     let auth = c.order.authorization();
     let key = capture_key(c);
-    let lines = serde_json::to_value(&c.lines).map_err(|e| corrupt("encoding capture lines", e))?;
+    let lines = serde_json::to_value(clean_lines(&c.lines))
+        .map_err(|e| corrupt("encoding capture lines", e))?;
     let id: i64 = sqlx::query_scalar(
         "insert into captures (order_id, provider, authorization_id, sequence, kind, cause_kind,
              cause_id, amount, currency, is_final, release_after, lines, shipping_amount,
@@ -780,10 +794,10 @@ pub async fn insert_rejection(
         Some(id) => format!("{id}:{}", r.reason),
         None => format!("sha256:{}:{}", r.body_hash, r.reason),
     };
-    // PostgreSQL text cannot hold NUL: a body with a 0x00 byte would make the rejection
-    // impossible to record, and the message would be redelivered until the broker gives up.
-    let detail = without_nul(r.detail);
-    let body = r.body.map(without_nul);
+    // Outside text: a NUL would make the rejection impossible to record (the message would
+    // be redelivered until the broker gives up); a detail may quote a card number.
+    let detail = outside(r.detail);
+    let body = r.body.map(|b| sanitize::text(b, sanitize::BODY_CHARS));
     sqlx::query(
         "insert into rejected_messages (rejection_key, message_id, message_type, order_id, reason,
              detail, routing_key, body)
@@ -795,22 +809,13 @@ pub async fn insert_rejection(
     .bind(r.message_type)
     .bind(r.order_id)
     .bind(r.reason)
-    .bind(detail.as_ref())
+    .bind(&detail)
     .bind(r.routing_key)
     .bind(body.as_deref())
     .execute(tx)
     .await
     .ctx("recording the rejected message")?;
     Ok(())
-}
-
-/// `text` with NUL characters replaced by U+FFFD, which PostgreSQL text columns can store.
-fn without_nul(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains('\0') {
-        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
-    } else {
-        std::borrow::Cow::Borrowed(text)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1018,8 +1023,8 @@ pub async fn store_intake_batch(
             nl_orders.push(order.order_id().as_str());
             nl_no.push(i as i32);
             nl_ids.push(l.line_id.as_str());
-            nl_skus.push(l.sku.as_str());
-            nl_names.push(l.name.as_str());
+            nl_skus.push(outside(&l.sku));
+            nl_names.push(outside(&l.name));
             nl_qty.push(l.quantity.get() as i32);
             nl_unit.push(l.unit_amount.get());
             nl_tax.push(l.tax_amount.get());
@@ -1077,7 +1082,8 @@ pub async fn store_intake_batch(
         c_finals.push(c.is_final);
         c_release.push(c.release_after);
         c_lines.push(
-            serde_json::to_string(&c.lines).map_err(|e| corrupt("encoding capture lines", e))?,
+            serde_json::to_string(&clean_lines(&c.lines))
+                .map_err(|e| corrupt("encoding capture lines", e))?,
         );
         c_shipping.push(c.shipping.get());
         c_shortfall.push(c.shortfall.get());

@@ -3,7 +3,9 @@
 //! Finance reads the views this schema defines; the worker writes through the functions here.
 //! Errors are classified at this edge by SQLSTATE: retryable (connection loss, serialization
 //! failure, deadlock, pool timeout), conflict (a named unique constraint), invariant (a check
-//! or trigger that guards a promise refused the write) or permanent. Imports `domain` only.
+//! or trigger that guards a promise refused the write) or permanent. Imports `domain` only,
+//! and `sanitize`: every text that came from outside (a message's free text, a provider's
+//! answer, a notification) passes through it on its way into the ledger.
 
 pub mod captures;
 pub mod deadlines;
@@ -46,6 +48,8 @@ pub enum StorageError {
     #[error("{context}: refused by the ledger's guard {constraint}: {message}")]
     Invariant {
         context: &'static str,
+        /// The SQLSTATE.
+        code: String,
         constraint: String,
         message: String,
     },
@@ -68,6 +72,22 @@ impl StorageError {
         matches!(self, StorageError::Retryable { .. })
     }
 
+    /// The data itself cannot be stored: a data exception (SQLSTATE class 22: a NUL in text, a
+    /// number out of range, an invalid value) or an integrity rule (class 23) other than the
+    /// unique conflicts callers expect. The same data fails the same way every time, so a
+    /// message that meets it is refused rather than redelivered. A permission error (42501)
+    /// is not one: granting the privilege fixes it.
+    pub fn refuses_data(&self) -> bool {
+        match self {
+            StorageError::Permanent {
+                source: sqlx::Error::Database(db),
+                ..
+            } => db.code().is_some_and(|c| c.starts_with("22")),
+            StorageError::Invariant { code, .. } => code.starts_with("23"),
+            _ => false,
+        }
+    }
+
     /// Classifies an sqlx error by SQLSTATE; `context` says what we were doing.
     pub fn classify(context: &'static str, source: sqlx::Error) -> StorageError {
         match &source {
@@ -86,6 +106,7 @@ impl StorageError {
                     },
                     "23514" | "23503" | "23502" | "42501" => StorageError::Invariant {
                         context,
+                        code,
                         constraint,
                         message: db.message().to_owned(),
                     },
@@ -104,6 +125,12 @@ impl StorageError {
             _ => StorageError::Permanent { context, source },
         }
     }
+}
+
+/// Text that came from outside, as stored in a short column: NUL replaced, the worker's own
+/// secrets removed, card numbers masked, capped (see [`crate::sanitize`]).
+pub(crate) fn outside(text: &str) -> String {
+    crate::sanitize::text(text, crate::sanitize::FIELD_CHARS)
 }
 
 /// Shorthand for mapping sqlx errors with a context.

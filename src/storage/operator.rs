@@ -12,19 +12,20 @@ use sqlx::{PgConnection, PgPool, Row};
 use super::ledger::StoredCaptureLine;
 use super::{Ctx, StorageError};
 
-/// One row of `reconciliation_daily`: a UTC day, a currency and a provider.
+/// One row of `reconciliation_daily`: a UTC day, a currency and a provider. The view's amounts
+/// are numeric (a day's sum can exceed 64 bits); they are read as 128-bit integers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DailyRow {
     pub day: NaiveDate,
     pub currency: String,
     pub provider: String,
-    pub authorized_amount: i64,
+    pub authorized_amount: i128,
     pub authorization_count: i64,
-    pub captured_amount: i64,
+    pub captured_amount: i128,
     pub capture_count: i64,
-    pub released_amount: i64,
+    pub released_amount: i128,
     pub release_count: i64,
-    pub declined_amount: i64,
+    pub declined_amount: i128,
     pub decline_count: i64,
     pub provider_calls: i64,
     pub calls_succeeded: i64,
@@ -42,9 +43,11 @@ pub async fn daily(
     to: NaiveDate,
 ) -> Result<Vec<DailyRow>, StorageError> {
     let rows = sqlx::query(
-        "select day, trim(currency) as currency, provider, authorized_amount, authorization_count,
-                captured_amount, capture_count, released_amount, release_count, declined_amount,
-                decline_count, provider_calls, calls_succeeded, calls_pending, calls_declined,
+        "select day, trim(currency) as currency, provider,
+                authorized_amount::text as authorized_amount, authorization_count,
+                captured_amount::text as captured_amount, capture_count,
+                released_amount::text as released_amount, release_count,
+                declined_amount::text as declined_amount, decline_count, provider_calls, calls_succeeded, calls_pending, calls_declined,
                 calls_retryable, calls_failed, calls_unknown
          from reconciliation_daily where day between $1 and $2
          order by day, currency, provider",
@@ -54,29 +57,37 @@ pub async fn daily(
     .fetch_all(pool)
     .await
     .ctx("reading reconciliation_daily")?;
-    Ok(rows
-        .into_iter()
-        .map(|r| DailyRow {
-            day: r.get("day"),
-            currency: r.get("currency"),
-            provider: r.get("provider"),
-            authorized_amount: r.get("authorized_amount"),
-            authorization_count: r.get("authorization_count"),
-            captured_amount: r.get("captured_amount"),
-            capture_count: r.get("capture_count"),
-            released_amount: r.get("released_amount"),
-            release_count: r.get("release_count"),
-            declined_amount: r.get("declined_amount"),
-            decline_count: r.get("decline_count"),
-            provider_calls: r.get("provider_calls"),
-            calls_succeeded: r.get("calls_succeeded"),
-            calls_pending: r.get("calls_pending"),
-            calls_declined: r.get("calls_declined"),
-            calls_retryable: r.get("calls_retryable"),
-            calls_failed: r.get("calls_failed"),
-            calls_unknown: r.get("calls_unknown"),
+    let amount = |r: &sqlx::postgres::PgRow, column: &str| -> Result<i128, StorageError> {
+        let text: String = r.get(column);
+        text.parse().map_err(|_| StorageError::Corrupt {
+            context: "reading reconciliation_daily",
+            detail: format!("{column} {text:?} is not a whole number of minor units"),
         })
-        .collect())
+    };
+    rows.into_iter()
+        .map(|r| {
+            Ok(DailyRow {
+                day: r.get("day"),
+                currency: r.get("currency"),
+                provider: r.get("provider"),
+                authorized_amount: amount(&r, "authorized_amount")?,
+                authorization_count: r.get("authorization_count"),
+                captured_amount: amount(&r, "captured_amount")?,
+                capture_count: r.get("capture_count"),
+                released_amount: amount(&r, "released_amount")?,
+                release_count: r.get("release_count"),
+                declined_amount: amount(&r, "declined_amount")?,
+                decline_count: r.get("decline_count"),
+                provider_calls: r.get("provider_calls"),
+                calls_succeeded: r.get("calls_succeeded"),
+                calls_pending: r.get("calls_pending"),
+                calls_declined: r.get("calls_declined"),
+                calls_retryable: r.get("calls_retryable"),
+                calls_failed: r.get("calls_failed"),
+                calls_unknown: r.get("calls_unknown"),
+            })
+        })
+        .collect()
 }
 
 /// Open problems of one kind in `reconciliation_exceptions` (default thresholds).

@@ -12,7 +12,8 @@ use sqlx::{PgPool, Row};
 
 use super::captures::latch;
 use super::ledger::CaptureKind;
-use super::{Ctx, StorageError};
+use super::{Ctx, StorageError, outside};
+use crate::sanitize;
 
 /// What a notification is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +71,7 @@ pub struct NewEvent<'a> {
     pub merchant_reference: Option<&'a str>,
     pub subject: Subject,
     pub effect: &'a Effect,
-    /// The body, already masked.
+    /// The body as received (it is stored through the text boundary).
     pub body: &'a str,
 }
 
@@ -131,6 +132,26 @@ const UNSETTLED: &[&str] = &["in_flight", "pending", "retrying", "attention"];
 /// Records one notification event and applies it, in one transaction.
 pub async fn record_event(pool: &PgPool, ev: &NewEvent<'_>) -> Result<Recorded, StorageError> {
     const CTX: &str = "recording a provider notification";
+    // Every field came from outside: a NUL in any of them would make the notification
+    // impossible to record (and the provider would send it forever).
+    let (provider, reference, event_type) = (
+        outside(ev.provider),
+        outside(ev.reference),
+        outside(ev.event_type),
+    );
+    let authorization_id = ev.authorization_id.map(outside);
+    let merchant_reference = ev.merchant_reference.map(outside);
+    let body = sanitize::text(ev.body, sanitize::BODY_CHARS);
+    let ev = &NewEvent {
+        provider: &provider,
+        reference: &reference,
+        event_type: &event_type,
+        authorization_id: authorization_id.as_deref(),
+        merchant_reference: merchant_reference.as_deref(),
+        subject: ev.subject,
+        effect: ev.effect,
+        body: &body,
+    };
     let mut tx = pool.begin().await.ctx(CTX)?;
     // Two deliveries of the same event at once: the second waits, then sees the first.
     sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 7412))")
@@ -324,6 +345,10 @@ async fn apply(
         }
         Settlement::Failed { reason } => ("attention", None, Some(reason.clone()), None),
     };
+    let (error, decline_code) = (
+        error.as_deref().map(outside),
+        decline_code.as_deref().map(outside),
+    );
     let terminal = new_status != "attention";
     sqlx::query(
         "update captures set status = $2,
@@ -375,7 +400,8 @@ impl RejectionReason {
     }
 }
 
-/// Records a refused notification for on-call. `body` is already masked.
+/// Records a refused notification for on-call; `detail` and `body` are stored through the
+/// text boundary.
 pub async fn record_rejection(
     pool: &PgPool,
     provider: &str,
@@ -386,10 +412,10 @@ pub async fn record_rejection(
     sqlx::query(
         "insert into webhook_rejections (provider, reason, detail, body) values ($1, $2, $3, $4)",
     )
-    .bind(provider)
+    .bind(outside(provider))
     .bind(reason.as_str())
-    .bind(detail)
-    .bind(body)
+    .bind(outside(detail))
+    .bind(sanitize::text(body, sanitize::BODY_CHARS))
     .execute(pool)
     .await
     .ctx("recording a refused notification")?;

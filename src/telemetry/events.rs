@@ -12,6 +12,11 @@ use metrics::counter;
 use super::metrics::{self as m, label};
 
 /// A named event: one log line and one counter, same labels.
+/// Outside text in a log field, through the one text boundary.
+fn clean(text: &str) -> String {
+    crate::sanitize::text(text, crate::sanitize::FIELD_CHARS)
+}
+
 pub trait Emit {
     fn emit(self);
 }
@@ -32,8 +37,8 @@ impl Emit for MessageRejected<'_> {
             reason = %reason,
             message_id = %self.message_id,
             order_id = %self.order_id,
-            // The detail may quote the message; card-number-like digit runs never leave here.
-            detail = %crate::redact::mask_card_numbers(self.detail),
+            // The detail may quote the message: it leaves through the text boundary.
+            detail = %clean(self.detail),
             "message refused"
         );
         counter!(m::MESSAGES_REJECTED, "reason" => reason).increment(1);
@@ -90,7 +95,8 @@ impl Emit for CaptureNeedsAttention<'_> {
             outcome = self.outcome,
             order_id = %self.order_id,
             capture_id = self.capture_id,
-            error = %self.error,
+            // Provider text: it may echo what the worker sent.
+            error = %clean(self.error),
             "capture needs attention: fix the cause, then put it back in the queue (docs/runbook.md)"
         );
         counter!(m::ATTENTION, "provider" => provider, "outcome" => self.outcome).increment(1);
@@ -231,7 +237,7 @@ impl Emit for NotificationRejected<'_> {
             event = "notification_rejected",
             provider = %provider,
             reason = self.reason,
-            detail = %self.detail,
+            detail = %clean(self.detail),
             "provider notification refused and recorded in webhook_rejections; nothing changed"
         );
         counter!(m::NOTIFICATIONS, "provider" => provider, "result" => self.reason).increment(1);
@@ -260,7 +266,7 @@ impl Emit for NotificationConflict<'_> {
             provider_reference = %self.provider_reference,
             order_id = %self.order_id,
             capture_id = self.capture_id,
-            detail = %self.detail,
+            detail = %clean(self.detail),
             "a provider notification contradicts a settled capture: reconcile it by hand (docs/runbook.md)"
         );
         counter!(m::NOTIFICATIONS, "provider" => provider, "result" => "conflict").increment(1);

@@ -69,7 +69,7 @@ pub const LEDGER_SCRAPE_OK: &str = "capture_worker_ledger_scrape_ok";
 /// (`applied`, `read_back`, `unmatched`, `ignored`, `conflict`, `duplicate`, `error`) or why
 /// the delivery was refused (`bad_signature`, `not_configured`, `malformed`,
 /// `unknown_provider`, `not_supported`; events `notification_rejected`,
-/// `notification_conflict`).
+/// `notification_conflict`), and `unrecorded`: a refusal beyond the per-minute record cap.
 pub const NOTIFICATIONS: &str = "capture_worker_notifications_total";
 /// Open orders found with their authorization about to expire, by `provider` and `action`
 /// (`captured`: what had shipped was captured; `at_risk`: nothing could be done; event

@@ -704,3 +704,51 @@ fn a_declined_order_resumed_with_a_fresh_authorization_accepts_shipments_after_t
         "authorization_inactive"
     );
 }
+
+/// Stripe's minimum (0.50 USD): a 0.30 parcel waits for the next capture; a final remainder
+/// still below the minimum is not sent but recorded as shortfall, and the rest of the hold
+/// released.
+#[test]
+fn value_below_the_minimum_rides_with_the_next_capture_and_a_final_remainder_below_it_is_shortfall()
+{
+    let o = order(
+        "USD",
+        &[
+            ("L1", 1, 30, 0, 0),
+            ("L2", 1, 2000, 0, 0),
+            ("L3", 1, 20, 0, 0),
+        ],
+        0,
+        0,
+        2050,
+    )
+    .unwrap();
+    let s1 = shipment("S1", &[("L1", 1)], false);
+    let s2 = shipment("S2", &[("L2", 1)], false);
+    let s3 = shipment("S3", &[("L3", 1)], false);
+    let (d, state) = run(
+        &o,
+        &ctx(Capabilities::stripe()),
+        &[
+            Event::Shipment(&s1),
+            Event::Shipment(&s2),
+            Event::Shipment(&s3),
+        ],
+    );
+    assert_eq!(d[0], Decision::Nothing(NothingReason::BelowMinimum));
+    assert_eq!(cap(&d[1]), (2030, false), "the 0.30 rides with the 20.00");
+    assert_eq!(
+        d[2],
+        Decision::ReleaseRemainder {
+            method: ReleaseMethod::Cancel,
+            sequence: 2
+        }
+    );
+    assert_eq!(
+        state.shortfall,
+        m(20),
+        "the 0.20 remainder is recorded for finance"
+    );
+    assert_eq!(state.claimed, m(2030));
+    assert_eq!(state.phase, Phase::Completed);
+}

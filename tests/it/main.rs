@@ -12,6 +12,7 @@ mod db_socket;
 mod domain_examples;
 mod domain_properties;
 mod finance;
+mod hardening;
 mod harness;
 mod intake_batch;
 mod ledger_guards;

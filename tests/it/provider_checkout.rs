@@ -209,12 +209,30 @@ async fn client_errors_fail_naming_what_went_wrong() {
 }
 
 #[tokio::test]
-async fn conflicts_rate_limits_and_server_errors_are_retryable() {
-    for status in [409, 429, 500, 502, 503] {
+async fn conflicts_and_rate_limits_are_retryable() {
+    for status in [409, 429] {
         let result = capture_answered_with(ResponseTemplate::new(status)).await;
 
         assert!(
             matches!(result.outcome, Outcome::Retryable { .. }),
+            "HTTP {status}: {result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn server_errors_are_read_back_before_any_resend_because_checkout_saves_no_5xx() {
+    for status in [500, 502, 503] {
+        let result = capture_answered_with(ResponseTemplate::new(status)).await;
+
+        assert!(
+            matches!(
+                result.outcome,
+                Outcome::Unknown {
+                    key_spent: true,
+                    ..
+                }
+            ),
             "HTTP {status}: {result:?}"
         );
     }

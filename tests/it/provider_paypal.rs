@@ -201,6 +201,39 @@ async fn a_zero_decimal_currency_is_sent_without_a_decimal_point() {
 }
 
 #[tokio::test]
+async fn huf_and_twd_are_sent_as_whole_units_because_paypal_takes_them_without_decimals() {
+    for (minor, code, value) in [(720500, "HUF", "7205"), (120000, "TWD", "1200")] {
+        let server = MockServer::start().await;
+        token_mock(1).mount(&server).await;
+        let request = capture_request(Money::new(m(minor), cur(code)), false);
+        capture_mock(&request, value, answer(201, capture("COMPLETED", None)))
+            .mount(&server)
+            .await;
+
+        let result = paypal(&server).capture(&request).await;
+
+        assert!(
+            matches!(result.outcome, Outcome::Succeeded { .. }),
+            "{code}: {result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_huf_amount_with_a_fraction_is_refused_without_calling_paypal() {
+    let server = MockServer::start().await;
+    let request = capture_request(Money::new(m(720550), cur("HUF")), false);
+
+    let result = paypal(&server).capture(&request).await;
+
+    assert!(
+        failure_reason(&result).contains("whole units"),
+        "{result:?}"
+    );
+    assert!(server.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn release_voids_the_authorization_under_its_request_id() {
     let server = MockServer::start().await;
     token_mock(1).mount(&server).await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use capture_worker::config::Secret;
 use capture_worker::domain::*;
-use capture_worker::provider::stripe::StripeProvider;
+use capture_worker::provider::stripe::{STRIPE_VERSION, StripeProvider};
 use capture_worker::provider::{
     CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider, ReleaseRequest,
 };
@@ -142,6 +142,7 @@ fn capture_mock(request: &CaptureRequest, response: ResponseTemplate) -> Mock {
             format!("Bearer {API_KEY}").as_str(),
         ))
         .and(header("Content-Type", "application/x-www-form-urlencoded"))
+        .and(header("Stripe-Version", STRIPE_VERSION))
         .and(form_of(request))
         .respond_with(response)
         .expect(1)
@@ -436,6 +437,40 @@ async fn saved_server_error_with_should_retry_false_spends_the_key() {
 }
 
 #[tokio::test]
+async fn a_replayed_server_error_spends_the_key_even_without_should_retry() {
+    let result = capture_answered_with(
+        answer(
+            500,
+            stripe_error("api_error", None, None, "An unknown error occurred"),
+        )
+        .insert_header("Idempotent-Replayed", "true"),
+    )
+    .await;
+
+    match &result.outcome {
+        Outcome::Unknown { key_spent, reason } => {
+            assert!(*key_spent);
+            assert!(reason.contains("Idempotent-Replayed"), "{reason}");
+        }
+        other => panic!("expected Unknown, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_first_server_error_without_headers_is_retried_under_the_same_key() {
+    let result = capture_answered_with(answer(
+        500,
+        stripe_error("api_error", None, None, "An unknown error occurred"),
+    ))
+    .await;
+
+    assert!(
+        matches!(result.outcome, Outcome::Retryable { .. }),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
 async fn conflict_on_the_idempotency_key_is_retryable() {
     let result = capture_answered_with(answer(
         409,
@@ -718,6 +753,7 @@ async fn lookup_reads_captured_capturable_and_currency() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path(INTENT_PATH))
+        .and(header("Stripe-Version", "2024-06-20"))
         .and(header(
             "Authorization",
             format!("Bearer {API_KEY}").as_str(),

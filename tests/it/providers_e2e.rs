@@ -15,7 +15,7 @@ use crate::harness::*;
 
 /// The USD example order (total 12455; parcels worth 5182, 2890 and 4383) on `provider`,
 /// under its own order id, authorization and message ids.
-fn order_on(
+pub fn order_on(
     provider: &str,
     order_id: &str,
     authorization: &str,
@@ -49,7 +49,7 @@ fn three_captures() -> Vec<Row> {
     ]
 }
 
-fn authorization(id: &str, amount: i64, scenario: Scenario) -> NewAuthorization {
+pub fn authorization(id: &str, amount: i64, scenario: Scenario) -> NewAuthorization {
     let mut a = NewAuthorization::new(id, amount, "USD");
     a.scenario = Some(scenario);
     a
@@ -444,7 +444,7 @@ async fn an_order_cancelled_before_it_ships_releases_the_authorization_on_every_
 // Asynchronous outcomes.
 
 /// The pending capture's provider reference, once the provider accepted it.
-async fn pending_reference(app: &TestApp, order_id: &str) -> String {
+pub async fn pending_reference(app: &TestApp, order_id: &str) -> String {
     wait_for_order(
         app,
         "select count(*) from captures where order_id = $1 and accepted_at is not null
@@ -500,7 +500,7 @@ fn adyen_capture_notification(
     .to_string()
 }
 
-async fn post_webhook(app: &TestApp, provider: &str, body: String) -> u16 {
+pub async fn post_webhook(app: &TestApp, provider: &str, body: String) -> u16 {
     reqwest::Client::new()
         .post(format!("http://{}/webhooks/{provider}", app.worker_http(0)))
         .header("content-type", "application/json")
@@ -522,7 +522,7 @@ async fn assert_unsettled(app: &TestApp, order_id: &str) {
     );
 }
 
-async fn capture_status(app: &TestApp, order_id: &str) -> String {
+pub async fn capture_status(app: &TestApp, order_id: &str) -> String {
     sqlx::query_scalar("select status from captures where order_id = $1 order by sequence limit 1")
         .bind(order_id)
         .fetch_one(app.store.pool())
@@ -954,5 +954,545 @@ async fn a_notification_that_cannot_be_recorded_gets_an_error_and_settles_the_ca
         .unwrap();
     assert_eq!(post_webhook(&app, "adyen", genuine).await, 200);
     assert_eq!(capture_status(&app, "ORD-AD-E").await, "succeeded");
+    app.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// A 5xx stored under the idempotency key and replayed, before or after the capture executed
+// (each dialect as its provider documents it; Checkout.com stores no 5xx; Hellgate and the
+// orchestrator have no key: the same 5xx, answer lost or not).
+
+/// Ships the three parcels of a `provider` order whose first capture meets `fault`, and
+/// waits until its first capture is settled (succeeded, or attention). The dialect's
+/// notifications are lost, so only the worker's read-back can tell what happened.
+async fn first_capture_meets(
+    app: &TestApp,
+    provider: &str,
+    order_id: &str,
+    auth: &str,
+    fault: Fault,
+) {
+    first_capture_meets_with(app, provider, order_id, auth, fault, true).await;
+}
+
+/// [`first_capture_meets`], the dialect's notifications lost when `silent`.
+async fn first_capture_meets_with(
+    app: &TestApp,
+    provider: &str,
+    order_id: &str,
+    auth: &str,
+    fault: Fault,
+    silent: bool,
+) {
+    let a = authorization(
+        auth,
+        12455,
+        Scenario {
+            faults: vec![fault],
+            silent,
+            ..Scenario::default()
+        },
+    );
+    let (order, s1, s2, s3) = order_on(provider, order_id, &a.id, a.amount);
+    app.authorize_with(a);
+    app.publish(&[order, s1, s2, s3]).await;
+    wait_for_order(
+        app,
+        "select count(*) from captures where order_id = $1 and sequence = 1
+         and status in ('succeeded', 'attention')",
+        order_id,
+        1,
+    )
+    .await;
+}
+
+/// The first capture's key generation, status and calls (`operation:outcome`, in order).
+async fn first_capture_calls(app: &TestApp, order_id: &str) -> (i32, String, Vec<String>) {
+    sqlx::query_as(
+        "select c.key_generation, c.status,
+                array_agg(a.operation || ':' || a.outcome order by a.attempt_id)
+         from captures c join capture_attempts a using (capture_id)
+         where c.order_id = $1 and c.sequence = 1
+         group by c.key_generation, c.status",
+    )
+    .bind(order_id)
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap()
+}
+
+/// Before: every same-key request got the stored 5xx; the read-back showed nothing captured,
+/// so the capture went under a new key, once. The whole order is captured, nothing twice.
+async fn assert_captured_once_under_a_new_key(
+    app: &TestApp,
+    provider: &str,
+    order_id: &str,
+    auth: &str,
+    captures: i64,
+) {
+    app.wait_settled(order_id, captures).await;
+    let (generation, status, calls) = first_capture_calls(app, order_id).await;
+    assert_eq!(status, "succeeded", "{provider}: {calls:?}");
+    assert_eq!(generation, 1, "{provider}: a new key generation: {calls:?}");
+    let read_back = calls
+        .iter()
+        .position(|c| c == "lookup:not_captured")
+        .unwrap_or_else(|| panic!("{provider}: no read-back before the new key: {calls:?}"));
+    // Sent once after the read-back (an asynchronous provider's answer is `pending`, then a
+    // notification or a read-back settles it).
+    let sent: Vec<&String> = calls[read_back + 1..]
+        .iter()
+        .filter(|c| c.starts_with("capture:"))
+        .collect();
+    assert!(
+        sent == ["capture:succeeded"] || sent == ["capture:pending"],
+        "{provider}: sent once after the read-back: {calls:?}"
+    );
+    let a = app.sandbox.authorization(auth).unwrap();
+    assert_eq!(a.amount_received, 12455, "{provider}");
+    assert_eq!(
+        a.captures.len() as i64,
+        captures,
+        "{provider}: nothing twice"
+    );
+    app.assert_keys_sound();
+}
+
+/// After: the capture executed under the first key and the stored 5xx hid it; the read-back
+/// showed it, so it was recorded as succeeded and never sent again.
+async fn assert_recorded_after_a_read_back(
+    app: &TestApp,
+    provider: &str,
+    order_id: &str,
+    auth: &str,
+    captures: i64,
+) {
+    app.wait_settled(order_id, captures).await;
+    let (generation, status, calls) = first_capture_calls(app, order_id).await;
+    assert_eq!(status, "succeeded", "{provider}: {calls:?}");
+    assert_eq!(generation, 0, "{provider}: the key was kept: {calls:?}");
+    assert_eq!(
+        calls.last().map(String::as_str),
+        Some("lookup:succeeded"),
+        "{provider}: settled by the read-back, not sent again: {calls:?}"
+    );
+    assert!(
+        calls.iter().all(|c| c != "capture:succeeded"),
+        "{provider}: {calls:?}"
+    );
+    let a = app.sandbox.authorization(auth).unwrap();
+    assert_eq!(a.amount_received, 12455, "{provider}");
+    assert_eq!(
+        a.captures.len() as i64,
+        captures,
+        "{provider}: nothing twice"
+    );
+    app.assert_keys_sound();
+}
+
+#[tokio::test]
+async fn stripe_5xx_stored_before_the_capture_executed_is_read_back_then_captured_once_under_a_new_key()
+ {
+    let app = TestApp::spawn().await;
+    let (order, auth) = ("ORD-ST-SB", "pi_stored_before");
+    first_capture_meets(
+        &app,
+        "sandbox",
+        order,
+        auth,
+        Fault::StoredErrorBeforeCapture,
+    )
+    .await;
+    assert_captured_once_under_a_new_key(&app, "stripe", order, auth, 3).await;
+    // Stripe marks its replay: one replay, then the read-back.
+    let replays = app
+        .sandbox
+        .ledger_for(auth)
+        .iter()
+        .filter(|e| e.replayed)
+        .count();
+    assert_eq!(replays, 1);
+    app.cleanup().await;
+}
+
+/// A Stripe order whose first capture meets a stored 500 and whose next `failed_reads`
+/// read-backs answer 503; waits until the first capture is settled.
+async fn stripe_stored_error_then_failed_reads(
+    app: &TestApp,
+    order_id: &str,
+    auth: &str,
+    failed_reads: u32,
+) {
+    let a = authorization(
+        auth,
+        12455,
+        Scenario {
+            faults: vec![Fault::StoredErrorBeforeCapture],
+            failed_reads,
+            ..Scenario::default()
+        },
+    );
+    let (order, s1, s2, s3) = order_on("sandbox", order_id, &a.id, a.amount);
+    app.authorize_with(a);
+    app.publish(&[order, s1, s2, s3]).await;
+    wait_for_order(
+        app,
+        "select count(*) from captures where order_id = $1 and sequence = 1
+         and status in ('succeeded', 'attention')",
+        order_id,
+        1,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn stripe_stored_5xx_whose_read_back_fails_twice_is_read_again_then_captured_under_a_new_key()
+{
+    let app = TestApp::spawn().await;
+    let (order, auth) = ("ORD-ST-RB", "pi_read_again");
+    stripe_stored_error_then_failed_reads(&app, order, auth, 2).await;
+    let (_, _, calls) = first_capture_calls(&app, order).await;
+    assert_eq!(
+        calls,
+        [
+            "capture:retryable",
+            "capture:unknown",
+            "lookup:retryable",
+            "lookup:retryable",
+            "lookup:not_captured",
+            "capture:succeeded"
+        ]
+    );
+    assert_captured_once_under_a_new_key(&app, "stripe", order, auth, 3).await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn stripe_stored_5xx_goes_to_an_operator_only_after_five_failed_read_backs() {
+    let app = TestApp::spawn().await;
+    let (order, auth) = ("ORD-ST-RF", "pi_read_fails");
+    stripe_stored_error_then_failed_reads(&app, order, auth, 50).await;
+    let (generation, status, calls) = first_capture_calls(&app, order).await;
+    assert_eq!(status, "attention", "{calls:?}");
+    assert_eq!(generation, 0, "no new key without a read-back: {calls:?}");
+    assert_eq!(
+        calls.iter().filter(|c| *c == "lookup:retryable").count(),
+        5,
+        "{calls:?}"
+    );
+    assert_eq!(app.sandbox.authorization(auth).unwrap().amount_received, 0);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn stripe_5xx_stored_after_the_capture_executed_is_read_back_and_recorded_succeeded() {
+    let app = TestApp::spawn().await;
+    let (order, auth) = ("ORD-ST-SA", "pi_stored_after");
+    first_capture_meets(&app, "sandbox", order, auth, Fault::StoredErrorAfterCapture).await;
+    assert_recorded_after_a_read_back(&app, "stripe", order, auth, 3).await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn gr4vy_5xx_stored_before_the_capture_executed_is_read_back_then_captured_once_under_a_new_key()
+ {
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let (order, auth) = ("ORD-GR-SB", "3d0c5a7e-1b2f-4c6d-8e9f-0a1b2c3d4e01");
+    first_capture_meets(&app, "gr4vy", order, auth, Fault::StoredErrorBeforeCapture).await;
+    assert_captured_once_under_a_new_key(&app, "gr4vy", order, auth, 3).await;
+    // Gr4vy marks no replay: the same stored 500, three times, then the read-back.
+    assert_eq!(&capture_statuses(&app, auth)[..4], &[500, 500, 500, 200]);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn gr4vy_5xx_stored_after_the_capture_executed_is_read_back_and_recorded_succeeded() {
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let (order, auth) = ("ORD-GR-SA", "3d0c5a7e-1b2f-4c6d-8e9f-0a1b2c3d4e02");
+    first_capture_meets(&app, "gr4vy", order, auth, Fault::StoredErrorAfterCapture).await;
+    assert_recorded_after_a_read_back(&app, "gr4vy", order, auth, 3).await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn paypal_5xx_stored_before_the_capture_executed_is_read_back_then_captured_once_under_a_new_key()
+ {
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let (order, auth) = ("ORD-PP-SB", "5PP12345SB000001");
+    first_capture_meets(&app, "paypal", order, auth, Fault::StoredErrorBeforeCapture).await;
+    assert_captured_once_under_a_new_key(&app, "paypal", order, auth, 3).await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn paypal_5xx_stored_after_the_capture_executed_is_read_back_and_recorded_succeeded() {
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let (order, auth) = ("ORD-PP-SA", "5PP12345SA000001");
+    first_capture_meets(&app, "paypal", order, auth, Fault::StoredErrorAfterCapture).await;
+    assert_recorded_after_a_read_back(&app, "paypal", order, auth, 3).await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn checkout_5xx_before_the_capture_executed_is_read_back_then_captured_once_under_a_new_key()
+{
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let (order, auth) = ("ORD-CK-SB", "pay_sbx_stored_before");
+    first_capture_meets(
+        &app,
+        "checkout",
+        order,
+        auth,
+        Fault::StoredErrorBeforeCapture,
+    )
+    .await;
+    assert_captured_once_under_a_new_key(&app, "checkout", order, auth, 3).await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn checkout_5xx_after_the_capture_executed_is_read_back_and_recorded_succeeded() {
+    // Checkout.com saves no 5xx: a resend under the same key would capture again, so the
+    // payment is read back after the first 5xx.
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let (order, auth) = ("ORD-CK-SA", "pay_sbx_stored_after");
+    first_capture_meets(
+        &app,
+        "checkout",
+        order,
+        auth,
+        Fault::StoredErrorAfterCapture,
+    )
+    .await;
+    assert_recorded_after_a_read_back(&app, "checkout", order, auth, 3).await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn hellgate_5xx_before_the_capture_executed_is_read_back_then_captured_once() {
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let (order, auth) = ("ORD-HG-SB", "hg-payment-stored-before");
+    first_capture_meets(
+        &app,
+        "hellgate",
+        order,
+        auth,
+        Fault::StoredErrorBeforeCapture,
+    )
+    .await;
+    assert_captured_once_under_a_new_key(&app, "hellgate", order, auth, 1).await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn hellgate_5xx_after_the_capture_executed_is_read_back_and_recorded_succeeded() {
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let (order, auth) = ("ORD-HG-SA", "hg-payment-stored-after");
+    first_capture_meets(
+        &app,
+        "hellgate",
+        order,
+        auth,
+        Fault::StoredErrorAfterCapture,
+    )
+    .await;
+    assert_recorded_after_a_read_back(&app, "hellgate", order, auth, 1).await;
+    app.cleanup().await;
+}
+
+/// Without a read-back (Adyen's Checkout API, the orchestrator), a stuck key or an unknown
+/// outcome goes to an operator with no read-back, and the capture is never sent again.
+async fn assert_needs_an_operator_without_a_read_back(
+    app: &TestApp,
+    provider: &str,
+    order_id: &str,
+    auth: &str,
+    captured: i64,
+) {
+    let (generation, status, calls) = first_capture_calls(app, order_id).await;
+    assert_eq!(status, "attention", "{provider}: {calls:?}");
+    assert_eq!(generation, 0, "{provider}: no new key: {calls:?}");
+    assert!(
+        calls.iter().all(|c| c.starts_with("capture:")),
+        "{provider}: no read-back is offered: {calls:?}"
+    );
+    let a = app.sandbox.authorization(auth).unwrap();
+    assert_eq!(a.amount_received, captured, "{provider}");
+    app.assert_keys_sound();
+}
+
+#[tokio::test]
+async fn adyen_5xx_stored_before_the_capture_executed_needs_an_operator_as_adyen_offers_no_read_back()
+ {
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let (order, auth) = ("ORD-AD-SB", "ADYENPSPSTORED01");
+    first_capture_meets(&app, "adyen", order, auth, Fault::StoredErrorBeforeCapture).await;
+    assert_needs_an_operator_without_a_read_back(&app, "adyen", order, auth, 0).await;
+    // The stored 500, three times, then nothing more.
+    assert_eq!(capture_statuses(&app, auth), vec![500, 500, 500]);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn adyen_5xx_stored_after_the_capture_executed_is_settled_by_its_capture_notification() {
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let (order, auth) = ("ORD-AD-SA", "ADYENPSPSTORED02");
+    first_capture_meets_with(
+        &app,
+        "adyen",
+        order,
+        auth,
+        Fault::StoredErrorAfterCapture,
+        false,
+    )
+    .await;
+    let (generation, status, calls) = first_capture_calls(&app, order).await;
+    assert_eq!(status, "succeeded", "{calls:?}");
+    assert_eq!(generation, 0, "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.starts_with("capture:") && c != "capture:pending"),
+        "only the stored 500s were answered: {calls:?}"
+    );
+    app.wait_settled(order, 3).await;
+    let a = app.sandbox.authorization(auth).unwrap();
+    assert_eq!((a.amount_received, a.captures.len()), (12455, 3));
+    app.assert_keys_sound();
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn orchestrator_5xx_before_the_capture_executed_needs_an_operator_as_it_offers_no_read_back()
+{
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let (order, auth) = ("ORD-OR-SB", "txn_stored_before");
+    first_capture_meets(
+        &app,
+        "orchestrator",
+        order,
+        auth,
+        Fault::StoredErrorBeforeCapture,
+    )
+    .await;
+    assert_needs_an_operator_without_a_read_back(&app, "orchestrator", order, auth, 0).await;
+    assert_eq!(capture_statuses(&app, auth), vec![500], "never sent again");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn orchestrator_5xx_after_the_capture_executed_needs_an_operator_and_is_never_sent_again() {
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let (order, auth) = ("ORD-OR-SA", "txn_stored_after");
+    first_capture_meets(
+        &app,
+        "orchestrator",
+        order,
+        auth,
+        Fault::StoredErrorAfterCapture,
+    )
+    .await;
+    assert_needs_an_operator_without_a_read_back(&app, "orchestrator", order, auth, 12455).await;
+    assert_eq!(capture_statuses(&app, auth), vec![500], "never sent again");
+    app.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Currencies PayPal takes without decimals.
+
+/// The example order in HUF on `provider`: the USD amounts × 100 minor units (whole
+/// forints), with shipping 600 HUF and no order discount, so that every parcel's share is a
+/// whole number of forints too.
+fn huf_order_on(
+    provider: &str,
+    order_id: &str,
+    authorization: &str,
+) -> (Value, Value, Value, Value) {
+    let (mut order, s1, s2, s3) = order_on(provider, order_id, authorization, 1_400_000);
+    let data = &mut order["data"];
+    data["currency"] = json!("HUF");
+    data["payment"]["currency"] = json!("HUF");
+    for line in data["lines"].as_array_mut().unwrap() {
+        for field in ["unit_amount", "tax_amount", "discount_amount"] {
+            line[field] = json!(line[field].as_i64().unwrap() * 100);
+        }
+    }
+    data["shipping_amount"] = json!(60_000);
+    data["order_discount_amount"] = json!(0);
+    (order, s1, s2, s3)
+}
+
+#[tokio::test]
+async fn paypal_captures_a_huf_order_in_whole_forints() {
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let auth = "8HU12345HUF00001";
+    app.authorize_with(NewAuthorization::new(auth, 1_400_000, "HUF"));
+    let (order, s1, s2, s3) = huf_order_on("paypal", "ORD-PP-HUF", auth);
+    app.publish(&[order, s1, s2, s3]).await;
+    app.wait_settled("ORD-PP-HUF", 3).await;
+    let rows = app.captures("ORD-PP-HUF").await;
+    assert!(rows.iter().all(|r| r.4 == "succeeded"), "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.2 > 0 && r.2 % 100 == 0),
+        "whole forints: {rows:?}"
+    );
+    let total: i64 = rows.iter().map(|r| r.2).sum();
+    let a = app.sandbox.authorization(auth).unwrap();
+    assert_eq!((a.amount_received, a.captures.len()), (total, 3));
+    // The dialect refuses a decimal HUF amount (422 DECIMALS_NOT_SUPPORTED): none was sent.
+    assert_eq!(capture_statuses(&app, auth), vec![201, 201, 201]);
+    app.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Minimum capture amounts.
+
+#[tokio::test]
+async fn stripe_parcels_below_the_minimum_are_carried_into_the_next_capture_and_the_order_captured_in_full()
+ {
+    // Parcels worth 0.30, 0.40 and 20.00 USD; Stripe's minimum is 0.50 USD (the sandbox
+    // answers 400 amount_too_small below it).
+    let app = TestApp::spawn().await;
+    let auth = "pi_minimum_1";
+    let (mut order, mut s1, mut s2, mut s3) = order_on("sandbox", "ORD-ST-MIN", auth, 2070);
+    let data = &mut order["data"];
+    data["lines"] = json!([
+        {"line_id": "L1", "sku": "STICKER", "name": "Sticker", "quantity": 1, "unit_amount": 30, "tax_amount": 0, "discount_amount": 0},
+        {"line_id": "L2", "sku": "PIN", "name": "Pin", "quantity": 1, "unit_amount": 40, "tax_amount": 0, "discount_amount": 0},
+        {"line_id": "L3", "sku": "MUG", "name": "Mug", "quantity": 1, "unit_amount": 2000, "tax_amount": 0, "discount_amount": 0},
+    ]);
+    data["shipping_amount"] = json!(0);
+    data["order_discount_amount"] = json!(0);
+    for (s, line) in [(&mut s1, "L1"), (&mut s2, "L2"), (&mut s3, "L3")] {
+        s["data"]["items"] = json!([{"line_id": line, "quantity": 1}]);
+    }
+    app.authorize("pi_minimum_1", 2070, "USD", None);
+    app.publish(&[order, s1, s2, s3]).await;
+    app.wait_settled("ORD-ST-MIN", 2).await;
+    // The 0.30 waited; with the 0.40 it made 0.70; the last parcel is the final capture.
+    assert_eq!(
+        app.captures("ORD-ST-MIN").await,
+        vec![
+            row(1, "capture", 70, false, "succeeded"),
+            row(2, "capture", 2000, true, "succeeded"),
+        ]
+    );
+    let decisions: Vec<String> = sqlx::query_scalar(
+        "select decision from shipments where order_id = $1 order by shipment_id",
+    )
+    .bind("ORD-ST-MIN")
+    .fetch_all(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(decisions[0], "nothing:below_minimum", "{decisions:?}");
+    let a = app.sandbox.authorization(auth).unwrap();
+    assert_eq!((a.amount_received, a.status), (2070, Status::Succeeded));
+    assert!(
+        app.sandbox
+            .ledger_for(auth)
+            .iter()
+            .all(|e| e.http_status != 400),
+        "no capture was refused"
+    );
     app.cleanup().await;
 }

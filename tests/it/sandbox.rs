@@ -305,6 +305,30 @@ async fn a_saved_server_error_replays_as_the_same_500_and_captures_nothing() {
 }
 
 #[tokio::test]
+async fn a_capture_below_stripes_minimum_for_the_currency_is_refused_as_amount_too_small() {
+    let p = start().await;
+    p.authorize("pi_small", 5000, None).await;
+    let r = p
+        .capture(
+            "pi_small",
+            Some("k1"),
+            &[("amount_to_capture", "30"), ("final_capture", "false")],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_of(r).await["code"], "amount_too_small");
+    assert_eq!(p.payment_intent("pi_small").await["amount_received"], 0);
+    let r = p
+        .capture(
+            "pi_small",
+            Some("k2"),
+            &[("amount_to_capture", "50"), ("final_capture", "false")],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "0.50 USD is the minimum");
+}
+
+#[tokio::test]
 async fn the_second_capture_is_declined_when_the_scenario_says_so() {
     let p = start().await;
     p.authorize("pi_decline", 6000, Some(json!({"decline_on_capture": 2})))
@@ -909,6 +933,153 @@ async fn each_dialect_replays_an_idempotent_request_and_moves_the_money_once() {
         );
         assert!(p.sandbox.ledger_for(id).iter().any(|e| e.replayed), "{id}");
     }
+}
+
+/// The four keyed dialects' capture requests, each on its own authorization `<prefix>-<n>`.
+fn keyed_captures(prefix: &str) -> [(String, String, &'static str, Value); 4] {
+    let id = |n: &str| format!("{prefix}-{n}");
+    [
+        (
+            id("gr"),
+            format!("/gr4vy/transactions/{}/capture", id("gr")),
+            "idempotency-key",
+            json!({"amount": 2500, "final": false}),
+        ),
+        (
+            id("ad"),
+            format!("/adyen/v71/payments/{}/captures", id("ad")),
+            "idempotency-key",
+            json!({"merchantAccount": "M", "amount": {"currency": "USD", "value": 2500}, "reference": "O/S1"}),
+        ),
+        (
+            id("ck"),
+            format!("/checkout/payments/{}/captures", id("ck")),
+            "cko-idempotency-key",
+            json!({"amount": 2500, "capture_type": "NonFinal", "reference": "O/S1"}),
+        ),
+        (
+            id("pp"),
+            format!("/paypal/v2/payments/authorizations/{}/capture", id("pp")),
+            "paypal-request-id",
+            json!({"amount": {"currency_code": "USD", "value": "25.00"}, "invoice_id": "O/S1", "final_capture": false}),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_5xx_stored_before_the_capture_executed_is_replayed_by_the_dialects_that_store_errors() {
+    let p = start().await;
+    let fault = json!({"faults": [{"kind": "stored_error_before_capture"}]});
+    for (id, path, header, body) in keyed_captures("sb") {
+        p.authorize(&id, 10_000, Some(fault.clone())).await;
+        let first = post_json(&p, &path, &[(header, "key-1")], body.clone()).await;
+        let again = post_json(&p, &path, &[(header, "key-1")], body.clone()).await;
+        assert_eq!(first.0, StatusCode::INTERNAL_SERVER_ERROR, "{id}");
+        if id.ends_with("-ck") {
+            // Checkout.com saves no 5xx: the key executes the next request.
+            assert!(again.0.is_success(), "{id}: {again:?}");
+            assert_eq!(p.sandbox.authorization(&id).unwrap().amount_received, 2500);
+        } else {
+            assert_eq!(
+                first, again,
+                "{id}: every same-key request gets the stored 500"
+            );
+            assert_eq!(
+                p.sandbox.authorization(&id).unwrap().amount_received,
+                0,
+                "{id}: nothing captured"
+            );
+            // A new key captures normally.
+            let next = post_json(&p, &path, &[(header, "key-2")], body).await;
+            assert!(next.0.is_success(), "{id}: {next:?}");
+        }
+    }
+    // Stripe: the stored 500 (no Stripe-Should-Retry), then its marked replay.
+    p.authorize("pi_stored_before", 5000, Some(fault)).await;
+    let params = [("amount_to_capture", "1200"), ("final_capture", "false")];
+    let first = p.capture("pi_stored_before", Some("k"), &params).await;
+    assert_eq!(first.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(header(&first, "stripe-should-retry"), None);
+    let again = p.capture("pi_stored_before", Some("k"), &params).await;
+    assert_eq!(again.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(header(&again, "idempotent-replayed"), Some("true"));
+    assert_eq!(
+        p.payment_intent("pi_stored_before").await["amount_received"],
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_5xx_stored_after_the_capture_executed_hides_a_capture_that_happened() {
+    let p = start().await;
+    let fault = json!({"faults": [{"kind": "stored_error_after_capture"}]});
+    for (id, path, header, body) in keyed_captures("sa") {
+        p.authorize(&id, 10_000, Some(fault.clone())).await;
+        let first = post_json(&p, &path, &[(header, "key-1")], body.clone()).await;
+        assert_eq!(first.0, StatusCode::INTERNAL_SERVER_ERROR, "{id}");
+        assert_eq!(
+            p.sandbox.authorization(&id).unwrap().amount_received,
+            2500,
+            "{id}: the money moved"
+        );
+        let again = post_json(&p, &path, &[(header, "key-1")], body).await;
+        if id.ends_with("-ck") {
+            // Checkout.com saves no 5xx and processes the key again: a resend under the
+            // same key captures twice, which is why the worker reads back first.
+            assert!(again.0.is_success(), "{id}: {again:?}");
+        } else {
+            assert_eq!(first, again, "{id}: the stored 500 hides the capture");
+            assert_eq!(p.sandbox.authorization(&id).unwrap().captures.len(), 1);
+        }
+    }
+    p.authorize("pi_stored_after", 5000, Some(fault)).await;
+    let params = [("amount_to_capture", "1200"), ("final_capture", "false")];
+    let first = p.capture("pi_stored_after", Some("k"), &params).await;
+    assert_eq!(first.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let again = p.capture("pi_stored_after", Some("k"), &params).await;
+    assert_eq!(header(&again, "idempotent-replayed"), Some("true"));
+    let pi = p.payment_intent("pi_stored_after").await;
+    assert_eq!(pi["amount_received"], 1200, "captured once, under the 500s");
+}
+
+#[tokio::test]
+async fn paypal_refuses_decimals_for_currencies_it_takes_without_them() {
+    let p = start().await;
+    let authorize = |id: &'static str, currency: &'static str| {
+        p.sandbox
+            .create_authorization(NewAuthorization::new(id, 1_000_000, currency))
+            .unwrap();
+    };
+    authorize("pp-huf", "HUF");
+    authorize("pp-usd", "USD");
+    let capture = |id: &str, currency: &str, value: &str| json!({"amount": {"currency_code": currency, "value": value}, "invoice_id": format!("O/{id}/{value}"), "final_capture": false});
+    let path = |id: &str| format!("/paypal/v2/payments/authorizations/{id}/capture");
+    let (status, body) = post_json(
+        &p,
+        &path("pp-huf"),
+        &[],
+        capture("pp-huf", "HUF", "7205.00"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        body["details"][0]["issue"], "DECIMALS_NOT_SUPPORTED",
+        "{body}"
+    );
+    assert_eq!(
+        p.sandbox.authorization("pp-huf").unwrap().amount_received,
+        0
+    );
+    let (status, body) =
+        post_json(&p, &path("pp-huf"), &[], capture("pp-huf", "HUF", "7205")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["amount"]["value"], "7205");
+    assert_eq!(
+        p.sandbox.authorization("pp-huf").unwrap().amount_received,
+        720_500
+    );
+    let (status, _) = post_json(&p, &path("pp-usd"), &[], capture("pp-usd", "USD", "72.05")).await;
+    assert_eq!(status, StatusCode::CREATED);
 }
 
 #[tokio::test]

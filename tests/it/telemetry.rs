@@ -906,7 +906,7 @@ async fn metrics_move_as_messages_are_handled_and_readyz_follows_the_broker() {
 }
 
 /// Every alert rule and the dashboard parse, use only metrics the worker exports, and every
-/// alert has a runbook entry.
+/// alert has a description and a runbook entry linked by a `runbook_url` on the configured base.
 #[test]
 fn alert_rules_and_the_dashboard_parse_and_name_only_exported_metrics() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -931,9 +931,19 @@ fn alert_rules_and_the_dashboard_parse_and_name_only_exported_metrics() {
             );
             assert!(rule["annotations"]["summary"].is_string(), "{name} summary");
             assert!(
-                rule["annotations"]["runbook"]
+                rule["annotations"]["description"]
                     .as_str()
-                    .is_some_and(|r| r.contains("docs/runbook.md#")),
+                    .is_some_and(|d| d.len() > 40),
+                "{name} has a description"
+            );
+            // runbook_url: the configurable base, then this alert's section.
+            let anchor = format!(
+                "${{CAPTURE_WORKER_RUNBOOK_BASE_URL}}/docs/runbook.md#{}",
+                name.to_lowercase()
+            );
+            assert_eq!(
+                rule["annotations"]["runbook_url"].as_str(),
+                Some(anchor.as_str()),
                 "{name} links its runbook section"
             );
             assert!(

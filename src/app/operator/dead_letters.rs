@@ -22,6 +22,9 @@
 //!
 //! The copy in the RabbitMQ dead-letter queue is left alone; it is a convenience for the
 //! publisher's team, and PostgreSQL is the record.
+//!
+//! A dry run ([`Requeuer::dry_run`]) makes the same checks in a transaction it rolls back and
+//! never connects to RabbitMQ: it says what would be requeued and changes nothing.
 
 use std::fmt;
 
@@ -37,8 +40,8 @@ use crate::storage::{StorageError, Store};
 
 use super::{Cell, OperatorError, csv, table};
 
-/// What `crate::redact` writes in place of a card-number-like digit run.
-pub const MASK_MARKER: &str = "[card-number-masked]";
+/// What `crate::sanitize` writes in place of a card-number-like digit run.
+pub const MASK_MARKER: &str = crate::sanitize::CARD_MASKED;
 
 /// Header on a requeued message naming the refusal it came from.
 pub const REQUEUED_FROM_HEADER: &str = "x-capture-requeued-from";
@@ -62,7 +65,7 @@ impl fmt::Display for SkipReason {
             SkipReason::AlreadyRequeued => "already requeued",
             SkipReason::NoBody => "no body was kept",
             SkipReason::MaskedBody => {
-                "its body was masked (card-number-like digits); publish the original with `capture-worker publish`"
+                "its body was altered when kept (card-number-like digits masked, a secret removed, or cut to an excerpt); publish the original with `capture-worker publish`"
             }
             SkipReason::NoRoutingKey => "no routing key or message type was recorded",
             SkipReason::FirstMessageStands => {
@@ -87,6 +90,13 @@ pub enum RequeueResult {
     Skipped {
         rejection_id: i64,
         why: SkipReason,
+    },
+    /// A dry run: this refusal would be requeued; nothing was changed.
+    WouldRequeue {
+        rejection_id: i64,
+        reason: String,
+        message_id: Option<String>,
+        routing_key: String,
     },
 }
 
@@ -113,15 +123,24 @@ impl fmt::Display for RequeueResult {
             RequeueResult::Skipped { rejection_id, why } => {
                 write!(f, "rejection {rejection_id}: skipped, {why}")
             }
+            RequeueResult::WouldRequeue {
+                rejection_id,
+                reason,
+                message_id,
+                routing_key,
+            } => write!(
+                f,
+                "rejection {rejection_id} ({reason}): would be requeued with routing key {routing_key} (message {}); dry run, nothing changed",
+                message_id.as_deref().unwrap_or("-")
+            ),
         }
     }
 }
 
-/// Publishes refused messages again, one transaction each.
+/// Publishes refused messages again, one transaction each; a dry run has no broker.
 pub struct Requeuer {
     store: Store,
-    connection: lapin::Connection,
-    publisher: Publisher,
+    broker: Option<(lapin::Connection, Publisher)>,
     exchange: String,
 }
 
@@ -147,10 +166,18 @@ impl Requeuer {
             .map_err(OperatorError::Broker)?;
         Ok(Requeuer {
             store,
-            connection,
-            publisher,
+            broker: Some((connection, publisher)),
             exchange: settings.amqp.exchange.clone(),
         })
+    }
+
+    /// A requeuer that only says what it would do: no broker, every transaction rolled back.
+    pub fn dry_run(store: Store) -> Requeuer {
+        Requeuer {
+            store,
+            broker: None,
+            exchange: String::new(),
+        }
     }
 
     /// Requeues one refusal (see the module's decisions), in one transaction committed after
@@ -172,7 +199,14 @@ impl Requeuer {
         let Some(body) = r.body.as_deref() else {
             return skipped(SkipReason::NoBody);
         };
-        if body.contains(MASK_MARKER) {
+        if [
+            MASK_MARKER,
+            crate::sanitize::SECRET_REMOVED,
+            crate::sanitize::TRUNCATED,
+        ]
+        .iter()
+        .any(|marker| body.contains(marker))
+        {
             return skipped(SkipReason::MaskedBody);
         }
         if r.reason == "message_conflict" {
@@ -185,6 +219,15 @@ impl Requeuer {
             .filter(|k| !k.is_empty())
         else {
             return skipped(SkipReason::NoRoutingKey);
+        };
+        let Some((_, publisher)) = &self.broker else {
+            // Dry run: the transaction is dropped, so rolled back.
+            return Ok(RequeueResult::WouldRequeue {
+                rejection_id,
+                reason: r.reason,
+                message_id: r.message_id,
+                routing_key,
+            });
         };
         // Both before the publish, under this transaction: the worker that receives the copy
         // waits on these rows until the commit, then finds the message id forgotten and the
@@ -199,7 +242,7 @@ impl Requeuer {
             REQUEUED_FROM_HEADER.into(),
             AMQPValue::LongString(LongString::from(rejection_id.to_string())),
         );
-        self.publisher
+        publisher
             .publish(
                 &self.exchange,
                 &routing_key,
@@ -230,7 +273,9 @@ impl Requeuer {
     }
 
     pub async fn close(self) {
-        let _ = self.connection.close(200, "done".into()).await;
+        if let Some((connection, _)) = self.broker {
+            let _ = connection.close(200, "done".into()).await;
+        }
     }
 }
 

@@ -11,12 +11,13 @@ pub mod dead_letters;
 pub mod orders;
 pub mod reconcile;
 pub mod report;
+pub mod units;
 
 use std::io::IsTerminal;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use chrono::{Duration as ChronoDuration, Utc};
+use chrono::{Duration as ChronoDuration, NaiveDate, Utc};
 use thiserror::Error;
 
 use crate::cli::{CaptureCommand, DeadLetterCommand, OrderCommand, ProviderCommand, ReportArgs};
@@ -27,6 +28,7 @@ use crate::storage::operator::{self as sql, AuthorizationScope, RejectionFilter,
 use crate::storage::{StorageError, Store};
 
 use super::providers::Providers;
+use dead_letters::{RequeueResult, SkipReason};
 
 /// Why an operator command could not do what was asked. Nothing was changed unless the
 /// variant says so.
@@ -64,50 +66,82 @@ pub enum OperatorError {
     Publish(#[from] Box<PublishError>),
 }
 
-/// Progress of a long command on stderr: a live counter on a terminal, a line every tenth of
-/// the way otherwise (logs, CI).
+/// Progress of a long command. On a terminal, a bar on stderr (indicatif) and a summary line
+/// at the end. Otherwise nothing is drawn (`ProgressDrawTarget::hidden`), so stderr keeps
+/// only log lines (one JSON object each with `telemetry.log_format = "json"`), and the notes
+/// and the summary are log events (`event = "operator_progress"`).
 pub struct Progress {
     label: &'static str,
-    total: usize,
-    done: usize,
+    bar: indicatif::ProgressBar,
     tty: bool,
     started: Instant,
 }
 
 impl Progress {
     pub fn new(label: &'static str, total: usize) -> Progress {
+        let tty = std::io::stderr().is_terminal();
+        let target = if tty {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        };
+        let bar = indicatif::ProgressBar::with_draw_target(Some(total as u64), target);
+        // A fixed template: it parses, so the fallback is only there to avoid a panic path.
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix}: [{bar:30}] {pos}/{len} {elapsed} (eta {eta}) {wide_msg}",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_prefix(label);
         Progress {
             label,
-            total,
-            done: 0,
-            tty: std::io::stderr().is_terminal(),
+            bar,
+            tty,
             started: Instant::now(),
         }
     }
 
-    /// One item done; `note` says which.
-    pub fn step(&mut self, note: &str) {
-        self.done += 1;
+    /// Something worth saying before the work starts.
+    pub fn note(&self, note: &str) {
         if self.tty {
-            eprint!(
-                "\r\x1b[2K{}: {}/{} {note}",
-                self.label, self.done, self.total
+            self.bar.suspend(|| eprintln!("{}: {note}", self.label));
+        } else {
+            tracing::info!(
+                event = "operator_progress",
+                command = self.label,
+                note,
+                "{note}"
             );
-        } else if self.done == self.total || self.done.is_multiple_of((self.total / 10).max(1)) {
-            eprintln!("{}: {}/{} {note}", self.label, self.done, self.total);
         }
     }
 
-    /// Ends the counter with a summary and the time taken.
+    /// `done` items done so far, for work counted elsewhere.
+    pub fn set_position(&self, done: u64) {
+        self.bar.set_position(done);
+    }
+
+    /// One item done; `note` says which.
+    pub fn step(&mut self, note: &str) {
+        self.bar.set_message(note.to_owned());
+        self.bar.inc(1);
+    }
+
+    /// Ends the bar with a summary and the time taken.
     pub fn finish(&self, summary: &str) {
+        self.bar.finish_and_clear();
+        let seconds = self.started.elapsed().as_secs_f64();
         if self.tty {
-            eprint!("\r\x1b[2K");
+            eprintln!("{}: {summary} in {seconds:.2} s", self.label);
+        } else {
+            tracing::info!(
+                event = "operator_progress",
+                command = self.label,
+                done = self.bar.position(),
+                seconds,
+                "{summary}"
+            );
         }
-        eprintln!(
-            "{}: {summary} in {:.2} s",
-            self.label,
-            self.started.elapsed().as_secs_f64()
-        );
     }
 }
 
@@ -214,22 +248,69 @@ pub async fn report(settings: Settings, args: ReportArgs) -> anyhow::Result<()> 
     if to < args.from {
         bail!("--to {to} is before --from {}", args.from);
     }
+    units::only_for_people(args.units, args.format == crate::cli::OutputFormat::Json)?;
     let store = connect(&settings).await?;
     let progress = Progress::new("report", 1);
-    eprintln!("report: reading {} to {} (UTC days)…", args.from, to);
-    let r = report::build(&store, args.from, to).await?;
+    progress.note(&format!("reading {} to {} (UTC days)…", args.from, to));
+    let r = report::build(&store, args.from, to)
+        .await
+        .map_err(|e| anyhow::anyhow!(report_failure(&e, args.from, to)))?;
     progress.finish(&format!("{} day × currency × provider rows", r.days.len()));
-    print!("{}", report::render(&r, args.format)?);
+    print!("{}", report::render_in(&r, args.format, args.units)?);
     Ok(())
+}
+
+/// What `report` says when the ledger could not be read: what failed and what to do, not the
+/// database's own text.
+fn report_failure(e: &OperatorError, from: NaiveDate, to: NaiveDate) -> String {
+    let code = match e {
+        OperatorError::Storage(
+            StorageError::Permanent {
+                source: sqlx::Error::Database(db),
+                ..
+            }
+            | StorageError::Retryable {
+                source: sqlx::Error::Database(db),
+                ..
+            },
+        ) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    let what = match (e, code.as_deref()) {
+        (_, Some(c)) if c.starts_with("22") => format!(
+            "PostgreSQL could not compute the reconciliation figures (SQLSTATE {c}: a value out of range or invalid); run the report day by day to find the day, and tell the payments team"
+        ),
+        (_, Some("42501")) => "the database user may not read the reconciliation views (SQLSTATE 42501); run the report as a member of capture_finance or capture_operator".to_owned(),
+        (_, Some(c)) if c.starts_with("42") => format!(
+            "the reconciliation views are missing or out of date (SQLSTATE {c}); apply the migrations with `capture-worker migrate`"
+        ),
+        (OperatorError::Storage(StorageError::Retryable { .. }), _) => {
+            "PostgreSQL is unavailable; check database.url and try again".to_owned()
+        }
+        (OperatorError::Storage(StorageError::Corrupt { detail, .. }), _) => {
+            format!("the reconciliation views returned an unexpected value ({detail})")
+        }
+        (_, Some(c)) => format!("PostgreSQL refused the query (SQLSTATE {c})"),
+        (other, None) => other.to_string(),
+    };
+    format!("report for {from} to {to} failed: {what}")
 }
 
 /// `capture-worker order show|resume`.
 pub async fn order(settings: Settings, command: OrderCommand) -> anyhow::Result<()> {
     let store = connect(&settings).await?;
     match command {
-        OrderCommand::Show { order_id, format } => {
-            let story = orders::story(&store, &order_id).await?;
-            print!("{}", orders::render_story(&story, format)?);
+        OrderCommand::Show {
+            order_id,
+            format,
+            units,
+        } => {
+            units::only_for_people(units, format == crate::cli::StoryFormat::Json)?;
+            let mut story = orders::story(&store, &order_id).await?;
+            if units == crate::cli::Units::Major {
+                story = units::story_in_major_units(&story)?;
+            }
+            print!("{}", shown(&orders::render_story(&story, format)?));
         }
         OrderCommand::Resume {
             order_id,
@@ -329,13 +410,14 @@ pub async fn dead_letter(settings: Settings, command: DeadLetterCommand) -> anyh
                 },
             )
             .await?;
-            print!("{}", dead_letters::render_list(&rows, format)?);
+            print!("{}", shown(&dead_letters::render_list(&rows, format)?));
         }
         DeadLetterCommand::Requeue {
             ids,
             all,
             reason,
             order,
+            dry_run,
         } => {
             let ids = if all {
                 sql::list_rejections(
@@ -354,7 +436,11 @@ pub async fn dead_letter(settings: Settings, command: DeadLetterCommand) -> anyh
             } else {
                 ids
             };
-            let requeuer = dead_letters::Requeuer::connect(store, &settings).await?;
+            let requeuer = if dry_run {
+                dead_letters::Requeuer::dry_run(store)
+            } else {
+                dead_letters::Requeuer::connect(store, &settings).await?
+            };
             let mut progress = Progress::new("requeue", ids.len());
             let mut results = Vec::with_capacity(ids.len());
             for id in ids {
@@ -363,19 +449,52 @@ pub async fn dead_letter(settings: Settings, command: DeadLetterCommand) -> anyh
                 results.push(result);
             }
             requeuer.close().await;
-            let sent = results.iter().filter(|r| r.is_requeued()).count();
+            let sent = results
+                .iter()
+                .filter(|r| r.is_requeued() || matches!(r, RequeueResult::WouldRequeue { .. }))
+                .count();
             progress.finish(&format!(
-                "{sent} requeued, {} skipped",
+                "{sent} {}, {} skipped",
+                if dry_run {
+                    "would be requeued (dry run)"
+                } else {
+                    "requeued"
+                },
                 results.len() - sent
             ));
             print!("{}", dead_letters::render_requeue(&results));
+            let missing: Vec<String> = results
+                .iter()
+                .filter_map(|r| match r {
+                    RequeueResult::Skipped {
+                        rejection_id,
+                        why: SkipReason::NotFound,
+                    } => Some(rejection_id.to_string()),
+                    _ => None,
+                })
+                .collect();
+            if !missing.is_empty() {
+                bail!(
+                    "no rejection {} exists: nothing was done for {}; `capture-worker dead-letter list --all` shows the ids",
+                    missing.join(", "),
+                    if missing.len() == 1 { "it" } else { "them" }
+                );
+            }
         }
     }
     Ok(())
 }
 
-/// `capture-worker provider reconcile`.
-pub async fn provider(settings: Settings, command: ProviderCommand) -> anyhow::Result<()> {
+/// Outside text the ledger holds (message lines, provider errors, notification bodies) as an
+/// operator command prints it: through the text boundary, so rows stored before it existed
+/// show no card number or secret either.
+fn shown(output: &str) -> String {
+    crate::sanitize::text(output, usize::MAX)
+}
+
+/// `capture-worker provider reconcile`: whether it found differences that need attention
+/// (the binary then exits 1).
+pub async fn provider(settings: Settings, command: ProviderCommand) -> anyhow::Result<bool> {
     let store = connect(&settings).await?;
     match command {
         ProviderCommand::Reconcile {
@@ -401,7 +520,7 @@ pub async fn provider(settings: Settings, command: ProviderCommand) -> anyhow::R
                 result.differences.len()
             ));
             print!("{}", reconcile::render(&result, format)?);
+            Ok(result.needs_attention())
         }
     }
-    Ok(())
 }

@@ -121,6 +121,10 @@ fn summary(row: &TimelineRow) -> String {
             text(&f["status"]),
             match &f["shortfall_amount"] {
                 Value::Number(n) if n.as_i64().unwrap_or(0) > 0 => format!(" · shortfall {n}"),
+                // In major units (--units major): shown unless it is zero.
+                Value::String(s) if s.bytes().any(|b| b.is_ascii_digit() && b != b'0') => {
+                    format!(" · shortfall {s}")
+                }
                 _ => String::new(),
             }
         ),

@@ -63,6 +63,16 @@ pub struct Reconciliation {
     pub differences: Vec<Difference>,
 }
 
+impl Reconciliation {
+    /// Whether a person must look: a difference of severity error or warning. Informational
+    /// ones (a capture in progress, a hold still held) are listed but do not count.
+    pub fn needs_attention(&self) -> bool {
+        self.differences
+            .iter()
+            .any(|d| matches!(d.severity, Severity::Error | Severity::Warning))
+    }
+}
+
 fn difference(
     a: &LedgerAuthorization,
     snapshot: Option<&AuthorizationSnapshot>,

@@ -1,30 +1,31 @@
 //! `report`: reconciliation for a range of UTC days from `reconciliation_daily`, with totals
 //! per currency and provider and the open exceptions, as a table, CSV or JSON. Amounts are
-//! integer minor units of the row's currency, in every format.
+//! integer minor units of the row's currency unless `--units major` asks for decimals (table
+//! and CSV only; JSON always carries minor units).
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
-use crate::cli::OutputFormat;
+use crate::cli::{OutputFormat, Units};
 use crate::storage::Store;
 use crate::storage::operator::{self as sql, DailyRow, ExceptionCount};
 
-use super::{Cell, OperatorError, csv, table};
+use super::{Cell, OperatorError, csv, table, units};
 
 /// The range's totals for one currency and provider.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Total {
     pub currency: String,
     pub provider: String,
-    pub authorized_amount: i64,
+    pub authorized_amount: i128,
     pub authorization_count: i64,
-    pub captured_amount: i64,
+    pub captured_amount: i128,
     pub capture_count: i64,
-    pub released_amount: i64,
+    pub released_amount: i128,
     pub release_count: i64,
-    pub declined_amount: i64,
+    pub declined_amount: i128,
     pub decline_count: i64,
     pub provider_calls: i64,
 }
@@ -98,49 +99,79 @@ pub const DAY_COLUMNS: [&str; 18] = [
     "calls_unknown",
 ];
 
-fn day_cells(d: &DailyRow) -> Vec<Cell> {
-    let mut cells = vec![
+fn day_cells(d: &DailyRow, units: Units) -> Result<Vec<Cell>, OperatorError> {
+    let money = |v: i128| units::amount(units, v, &d.currency).map(Cell::Number);
+    Ok(vec![
         Cell::text(d.day.to_string()),
         Cell::text(d.currency.clone()),
         Cell::text(d.provider.clone()),
-    ];
-    cells.extend(
-        [
-            d.authorized_amount,
-            d.authorization_count,
-            d.captured_amount,
-            d.capture_count,
-            d.released_amount,
-            d.release_count,
-            d.declined_amount,
-            d.decline_count,
-            d.provider_calls,
-            d.calls_succeeded,
-            d.calls_pending,
-            d.calls_declined,
-            d.calls_retryable,
-            d.calls_failed,
-            d.calls_unknown,
-        ]
-        .map(Cell::number),
-    );
-    cells
+        money(d.authorized_amount)?,
+        Cell::number(d.authorization_count),
+        money(d.captured_amount)?,
+        Cell::number(d.capture_count),
+        money(d.released_amount)?,
+        Cell::number(d.release_count),
+        money(d.declined_amount)?,
+        Cell::number(d.decline_count),
+        Cell::number(d.provider_calls),
+        Cell::number(d.calls_succeeded),
+        Cell::number(d.calls_pending),
+        Cell::number(d.calls_declined),
+        Cell::number(d.calls_retryable),
+        Cell::number(d.calls_failed),
+        Cell::number(d.calls_unknown),
+    ])
 }
 
-/// The report as text: a table for people, CSV (the day rows only) or JSON (everything).
+fn total_cells(t: &Total, units: Units) -> Result<Vec<Cell>, OperatorError> {
+    let money = |v: i128| units::amount(units, v, &t.currency).map(Cell::Number);
+    Ok(vec![
+        Cell::text(t.currency.clone()),
+        Cell::text(t.provider.clone()),
+        money(t.authorized_amount)?,
+        Cell::number(t.authorization_count),
+        money(t.captured_amount)?,
+        Cell::number(t.capture_count),
+        money(t.released_amount)?,
+        Cell::number(t.release_count),
+        money(t.declined_amount)?,
+        Cell::number(t.decline_count),
+        Cell::number(t.provider_calls),
+    ])
+}
+
+/// The report in minor units.
 pub fn render(report: &Report, format: OutputFormat) -> Result<String, OperatorError> {
+    render_in(report, format, Units::Minor)
+}
+
+/// The report as text: a table for people, CSV (the day rows only) or JSON (everything, in
+/// minor units).
+pub fn render_in(
+    report: &Report,
+    format: OutputFormat,
+    units: Units,
+) -> Result<String, OperatorError> {
+    units::only_for_people(units, format == OutputFormat::Json)?;
+    let days = report
+        .days
+        .iter()
+        .map(|d| day_cells(d, units))
+        .collect::<Result<Vec<_>, _>>()?;
     match format {
-        OutputFormat::Csv => csv(
-            &DAY_COLUMNS,
-            &report.days.iter().map(day_cells).collect::<Vec<_>>(),
-        ),
+        OutputFormat::Csv => csv(&DAY_COLUMNS, &days),
         OutputFormat::Json => serde_json::to_string_pretty(report)
             .map(|s| s + "\n")
             .map_err(|e| OperatorError::Invalid(format!("encoding the report as JSON: {e}"))),
         OutputFormat::Table => {
             let mut out = format!(
-                "Reconciliation {} to {} (UTC days; amounts in minor units)\n\n",
-                report.from, report.to
+                "Reconciliation {} to {} (UTC days; amounts in {} units)\n\n",
+                report.from,
+                report.to,
+                match units {
+                    Units::Minor => "minor",
+                    Units::Major => "major",
+                }
             );
             let headers = [
                 "day",
@@ -165,31 +196,14 @@ pub fn render(report: &Report, format: OutputFormat) -> Result<String, OperatorE
             if report.days.is_empty() {
                 out.push_str("no activity in this range\n");
             } else {
-                out.push_str(&table(
-                    &headers,
-                    &report.days.iter().map(day_cells).collect::<Vec<_>>(),
-                ));
+                out.push_str(&table(&headers, &days));
             }
             out.push_str("\nTotals\n");
-            let rows: Vec<Vec<String>> = report
+            let rows = report
                 .totals
                 .iter()
-                .map(|t| {
-                    vec![
-                        t.currency.clone(),
-                        t.provider.clone(),
-                        t.authorized_amount.to_string(),
-                        t.authorization_count.to_string(),
-                        t.captured_amount.to_string(),
-                        t.capture_count.to_string(),
-                        t.released_amount.to_string(),
-                        t.release_count.to_string(),
-                        t.declined_amount.to_string(),
-                        t.decline_count.to_string(),
-                        t.provider_calls.to_string(),
-                    ]
-                })
-                .collect();
+                .map(|t| total_cells(t, units))
+                .collect::<Result<Vec<_>, _>>()?;
             out.push_str(&table(
                 &[
                     "cur",

@@ -192,17 +192,21 @@ pub async fn backlog_run(
     let mut publisher = PipelinedPublisher::open(&conn, &topology.exchange, PUBLISH_WINDOW).await?;
     let started = Instant::now();
     let now = Utc::now();
+    let bar = capture_worker::app::operator::Progress::new("bench publish", messages);
     for i in 0..work.orders {
         publisher
             .publish("order.authorized", &work.authorized(i, now))
             .await?;
+        bar.set_position(i as u64 + 1);
     }
-    for (i, j) in work.shipment_order() {
+    for (n, (i, j)) in work.shipment_order().enumerate() {
         publisher
             .publish("shipment.shipped", &work.shipment(i, j, now))
             .await?;
+        bar.set_position((work.orders + n + 1) as u64);
     }
     publisher.close().await?;
+    bar.finish(&format!("{messages} messages published"));
     let publish_seconds = started.elapsed().as_secs_f64();
     let _ = conn.close(200, "published".into()).await;
 
@@ -458,8 +462,11 @@ async fn wait_captured(
         max_unsettled: 0,
         rss_samples: Vec::new(),
     };
+    // On a terminal, a bar through the whole wait (a backlog drain takes minutes).
+    let bar = capture_worker::app::operator::Progress::new("bench captures", expected as usize);
     loop {
         let done = i64::try_from(provider.captured().saturating_sub(baseline)).unwrap_or(0);
+        bar.set_position(u64::try_from(done).unwrap_or(0));
         if let Some(rss) = worker.rss_kib() {
             progress
                 .rss_samples
@@ -491,6 +498,7 @@ async fn wait_captured(
                 bail!("{bad} capture(s) ended declined, failed, blocked or needing attention");
             }
             if recorded >= expected {
+                bar.finish(&format!("{recorded} captures succeeded"));
                 return Ok(progress);
             }
             if stalled {

@@ -17,6 +17,8 @@ use crate::workload::{Expect, OrderSpec, PLANTED_PAN, ShipSpec, Workload};
 pub struct DeadLetter {
     /// Our reason header, or `broker:<x-death reason>` when the broker dead-lettered it.
     pub reason: String,
+    /// Our detail header (empty when the broker dead-lettered it).
+    pub detail: String,
     pub body: Vec<u8>,
 }
 
@@ -158,7 +160,10 @@ async fn load(pool: &PgPool) -> anyhow::Result<Db> {
 }
 
 fn is_mutation(e: &LedgerEntry) -> bool {
-    e.method == "POST" && (e.path.ends_with("/capture") || e.path.ends_with("/cancel"))
+    e.method == "POST"
+        && (e.path.ends_with("/capture")
+            || e.path.ends_with("/cancel")
+            || e.path.ends_with("/void"))
 }
 
 /// Runs every check.
@@ -174,7 +179,52 @@ pub async fn check(ev: &Evidence<'_>) -> anyhow::Result<Findings> {
     check_orders(ev, &db, &ledger, &mut f);
     check_dead_letters(ev, &db, &mut f);
     check_logs(ev, &mut f);
+    check_database_text(ev, &mut f).await?;
     Ok(f)
+}
+
+/// Where `text` breaks P9: the planted card number, any card-number-like digit run, or one of
+/// the worker's own secrets.
+fn p9_breach(ev: &Evidence<'_>, text: &str) -> Option<String> {
+    if contains_pan(text) {
+        return Some("the planted card number".into());
+    }
+    if let Some(hit) = text.lines().find_map(find_card_number) {
+        return Some(format!(
+            "a card-number-like digit run ({} digits)",
+            hit.chars().filter(char::is_ascii_digit).count()
+        ));
+    }
+    ev.canaries
+        .iter()
+        .any(|c| !c.is_empty() && text.contains(c.as_str()))
+        .then(|| "a secret of the worker".into())
+}
+
+/// P9 on PostgreSQL: no card number and no secret of the worker in any text column of any
+/// table or view (bodies of parked messages are bytea, kept only until their order arrives).
+async fn check_database_text(ev: &Evidence<'_>, f: &mut Findings) -> anyhow::Result<()> {
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "select c.table_name::text, c.column_name::text from information_schema.columns c
+         where c.table_schema = 'public'
+           and c.data_type in ('text', 'character varying', 'character', 'jsonb', 'json')
+         order by 1, 2",
+    )
+    .fetch_all(ev.pool)
+    .await
+    .context("listing the ledger's text columns")?;
+    for (table, column) in columns {
+        let sql =
+            format!("select coalesce(string_agg(\"{column}\"::text, E'\\n'), '') from \"{table}\"");
+        let text: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(ev.pool)
+            .await
+            .with_context(|| format!("reading {table}.{column}"))?;
+        if let Some(what) = p9_breach(ev, &text) {
+            f.violation("P9", format!("{what} is stored in {table}.{column}"));
+        }
+    }
+    Ok(())
 }
 
 /// P7: every published message ends processed, or rejected with the reason it deserves.
@@ -692,10 +742,13 @@ fn check_dead_letters(ev: &Evidence<'_>, db: &Db, f: &mut Findings) {
             );
         }
         ours.entry(d.reason.clone()).or_default().insert(&d.body);
-        if contains_pan(&String::from_utf8_lossy(&d.body)) {
+        if let Some(what) = p9_breach(ev, &String::from_utf8_lossy(&d.body)) {
+            f.violation("P9", format!("a dead-letter copy holds {what}"));
+        }
+        if let Some(what) = p9_breach(ev, &d.detail) {
             f.violation(
                 "P9",
-                "a dead-letter copy holds the card number in clear".into(),
+                format!("a dead-letter copy's detail header holds {what}"),
             );
         }
     }

@@ -124,6 +124,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     println!("  run directory: {}", dir.display());
     let t = Instant::now();
     let api_key = format!("sk_test_fh_canary_{seed}");
+    let _ = workload::ECHOED_CREDENTIAL.set(api_key.clone());
     let pg = tokio::task::block_in_place(|| {
         infra::PrivatePostgres::start(&dir, &format!("pgcanary{seed}x"))
     })

@@ -5,14 +5,16 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use capture_worker::app::operator::Progress as ProgressBar;
 use capture_worker::provider::sandbox::{
     self, Fault, FaultRates, LedgerOutcome, NewAuthorization, Sandbox, SandboxOptions,
     SandboxServer, Scenario,
 };
-use capture_worker::queue::publisher::REASON_HEADER;
+use capture_worker::queue::publisher::{DETAIL_HEADER, REASON_HEADER};
 use capture_worker::queue::topology::Topology;
 use capture_worker::queue::trace::header_str;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
@@ -231,6 +233,7 @@ impl Stage {
                 .unwrap_or_else(|| format!("broker:{}", x_death_reason(headers)));
             out.push(DeadLetter {
                 reason,
+                detail: header_str(headers, DETAIL_HEADER).unwrap_or_default(),
                 body: msg.delivery.data.clone(),
             });
             msg.delivery.ack(BasicAckOptions::default()).await?;
@@ -328,8 +331,14 @@ struct ProviderMix {
     timeout_pct: u8,
     lost_response_pct: u8,
     rate_limited_pct: u8,
+    /// Capture requests answered with a 5xx the provider stores under the key and replays,
+    /// before the capture executed (nothing captured) and after it (captured, answer hidden).
+    stored_before_pct: u8,
+    stored_after_pct: u8,
     /// Authorizations whose first capture requests meet explicit 503s and a 429, per mille.
     unavailable_first_per_mille: u64,
+    /// Orders paid through the Gr4vy dialect instead of Stripe's, per mille.
+    gr4vy_per_mille: u64,
 }
 
 impl ProviderMix {
@@ -340,7 +349,10 @@ impl ProviderMix {
             timeout_pct: 0,
             lost_response_pct: 1,
             rate_limited_pct: 2,
+            stored_before_pct: 0,
+            stored_after_pct: 0,
             unavailable_first_per_mille: 0,
+            gr4vy_per_mille: 0,
         }
     }
 }
@@ -362,7 +374,15 @@ async fn storm(env: &mut Env, seed: u64, spec: Storm) -> anyhow::Result<Report> 
     let started = Instant::now();
     let stage = Stage::new(env, spec.name, seed).await?;
     let mut rng = Rng::fork(seed, "workload");
-    let workload = workload::generate(&mut rng, &stage.tag, &spec.mix);
+    let mut workload = workload::generate(&mut rng, &stage.tag, &spec.mix);
+    let mut grng = Rng::fork(seed, "gr4vy");
+    let gr4vy: HashSet<String> = workload
+        .orders
+        .iter()
+        .filter(|_| grng.chance(spec.provider.gr4vy_per_mille))
+        .map(|o| o.order_id.clone())
+        .collect();
+    pay_through(&mut workload, &gr4vy, "gr4vy");
     let mut prng = Rng::fork(seed, "provider");
     for (i, o) in workload.orders.iter().enumerate() {
         let p = spec.provider;
@@ -382,6 +402,8 @@ async fn storm(env: &mut Env, seed: u64, spec: Storm) -> anyhow::Result<Report> 
             timeout_pct: p.timeout_pct,
             lost_response_pct: p.lost_response_pct,
             rate_limited_pct: p.rate_limited_pct,
+            stored_error_before_pct: p.stored_before_pct,
+            stored_error_after_pct: p.stored_after_pct,
             timeout_ms: 1_500,
         };
         stage.authorize(
@@ -395,7 +417,17 @@ async fn storm(env: &mut Env, seed: u64, spec: Storm) -> anyhow::Result<Report> 
             },
         )?;
     }
-    let config = stage.worker_config(env, &env.rabbit.amqp_url(), &stage.sandbox_url, &[]);
+    let gr4vy_url = format!("{}/gr4vy", stage.sandbox_url);
+    let dialects: &[(&str, &str)] = if gr4vy.is_empty() {
+        &[]
+    } else {
+        &[
+            ("CAPTURE__PROVIDERS__GR4VY__KIND", "gr4vy"),
+            ("CAPTURE__PROVIDERS__GR4VY__BASE_URL", &gr4vy_url),
+            ("CAPTURE__PROVIDERS__GR4VY__API_KEY", &env.api_key),
+        ]
+    };
+    let config = stage.worker_config(env, &env.rabbit.amqp_url(), &stage.sandbox_url, dialects);
     let mut fleet = Fleet::new(config, spec.workers);
     fleet.start_all()?;
     fleet.wait_all_ready(Duration::from_secs(60)).await?;
@@ -412,12 +444,27 @@ async fn storm(env: &mut Env, seed: u64, spec: Storm) -> anyhow::Result<Report> 
         messages,
         progress.clone(),
     ));
+    // On a terminal, a bar of the confirmed publishes while the faults strike.
+    let ticker = {
+        let progress = progress.clone();
+        let bar = ProgressBar::new("fault-harness publish", workload.messages.len());
+        tokio::spawn(async move {
+            while !progress.finished() {
+                bar.set_position(progress.confirmed.load(Ordering::Relaxed) as u64);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let confirmed = progress.confirmed.load(Ordering::Relaxed);
+            bar.set_position(confirmed as u64);
+            bar.finish(&format!("{confirmed} messages confirmed"));
+        })
+    };
     let mut frng = Rng::fork(seed, "faults");
     let mut notes = inject(env, &stage, &mut fleet, &progress, &mut frng, &spec.faults).await?;
     let reconnects = publisher
         .await
         .context("the publisher task failed")?
         .context("publishing")?;
+    let _ = ticker.await;
     if reconnects > 0 {
         notes.push(format!(
             "publisher reconnected {reconnects} times and retransmitted what was unconfirmed"
@@ -438,6 +485,9 @@ async fn storm(env: &mut Env, seed: u64, spec: Storm) -> anyhow::Result<Report> 
     if left != 0 {
         findings_extra.push(format!("P7: {left} messages left in the work queue"));
     }
+    if spec.provider.stored_before_pct > 0 || spec.provider.stored_after_pct > 0 {
+        notes.extend(stored_error_notes(&stage).await);
+    }
     let report = finish(
         env,
         stage,
@@ -451,6 +501,50 @@ async fn storm(env: &mut Env, seed: u64, spec: Storm) -> anyhow::Result<Report> 
     )
     .await?;
     Ok(report)
+}
+
+/// What the stored-error faults came to: per dialect, capture requests, 500 answers and
+/// replays of them; in the ledger, read-backs and their findings, new key generations.
+async fn stored_error_notes(stage: &Stage) -> Vec<String> {
+    let ledger = stage.sandbox.ledger();
+    let mut notes = Vec::new();
+    for (dialect, prefix) in [("stripe", "/v1/"), ("gr4vy", "/gr4vy/")] {
+        let captures: Vec<_> = ledger
+            .iter()
+            .filter(|e| {
+                e.method == "POST" && e.path.starts_with(prefix) && e.path.ends_with("/capture")
+            })
+            .collect();
+        let errors = captures.iter().filter(|e| e.http_status == 500).count();
+        let replayed = captures
+            .iter()
+            .filter(|e| e.http_status == 500 && e.replayed)
+            .count();
+        let hidden = captures
+            .iter()
+            .filter(|e| e.http_status == 500 && e.captured_amount > 0)
+            .count();
+        notes.push(format!(
+            "{dialect}: {} capture requests, {errors} answered 500 ({replayed} of them replays of a stored 500, {hidden} hiding a capture that happened)",
+            captures.len()
+        ));
+    }
+    let counts: Result<(i64, i64, i64, i64, i64), _> = sqlx::query_as(
+        "select count(*) filter (where operation = 'lookup' and outcome = 'succeeded'),
+                count(*) filter (where operation = 'lookup' and outcome = 'not_captured'),
+                count(*) filter (where operation = 'lookup'),
+                (select count(*) from captures where key_generation > 0),
+                (select count(*) from captures where status = 'attention')
+         from capture_attempts",
+    )
+    .fetch_one(&stage.pool)
+    .await;
+    if let Ok((found, nothing, lookups, rekeyed, attention)) = counts {
+        notes.push(format!(
+            "read-backs {lookups}: {found} found the capture (recorded succeeded), {nothing} found nothing under a stuck key; {rekeyed} captures went under a new key; {attention} in attention"
+        ));
+    }
+    notes
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -502,6 +596,8 @@ async fn settle(
 ) -> anyhow::Result<bool> {
     let deadline = Instant::now() + within;
     let mut quiet = 0;
+    // On a terminal, a bar of the messages accounted for (processed or refused).
+    let bar = ProgressBar::new("fault-harness settle", expected.len());
     while Instant::now() < deadline {
         if !fleet.reap().is_empty() {
             fleet.fill()?;
@@ -509,6 +605,7 @@ async fn settle(
         let ok = async {
             let accounted = stage.accounted().await?;
             let missing = expected.iter().filter(|k| !accounted.contains(*k)).count();
+            bar.set_position((expected.len() - missing) as u64);
             let (unsettled, parked) = stage.unsettled().await?;
             let ready = stage.ready(env).await?;
             anyhow::Ok(missing == 0 && unsettled == 0 && parked == 0 && ready == 0)
@@ -523,12 +620,14 @@ async fn settle(
                 .iter()
                 .any(|(name, ready, unacked)| *name == stage.queue && (*ready > 0 || *unacked > 0));
             if !busy {
+                bar.finish("every message accounted for, the queue empty");
                 return Ok(true);
             }
             quiet = 0;
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
+    bar.finish("did not settle in time");
     Ok(false)
 }
 
@@ -740,7 +839,7 @@ pub async fn run(env: &mut Env, name: &str, seed: u64) -> anyhow::Result<Report>
         "S5" => {
             storm(env, seed, Storm {
                 name: "S5",
-                title: "provider faults: 20% saved 5xx, 5% timeouts, 5% lost responses, 429s, 503s",
+                title: "provider faults: 20% saved 5xx, 5% stored 5xx before and 5% after the capture executed, 5% timeouts, 5% lost responses, 429s, 503s; a quarter of the orders on Gr4vy",
                 workers: 1,
                 mix: Mix::standard(pick(100, 1_000), pick(500, 5_000)),
                 rate: if full { 150 } else { 100 },
@@ -750,7 +849,10 @@ pub async fn run(env: &mut Env, name: &str, seed: u64) -> anyhow::Result<Report>
                     timeout_pct: 5,
                     lost_response_pct: 5,
                     rate_limited_pct: 5,
+                    stored_before_pct: 5,
+                    stored_after_pct: 5,
                     unavailable_first_per_mille: 100,
+                    gr4vy_per_mille: 250,
                 },
                 faults: Faults::None,
                 settle_within: within,
@@ -1184,5 +1286,28 @@ where
             bail!("condition not met within {within:?}");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Makes the orders in `orders` pay through `provider` (every copy of their
+/// `order.authorized` message, so duplicates stay duplicates).
+fn pay_through(workload: &mut workload::Workload, orders: &HashSet<String>, provider: &str) {
+    if orders.is_empty() {
+        return;
+    }
+    for m in &mut workload.messages {
+        let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&m.body) else {
+            continue;
+        };
+        let ours = body["type"] == "order.authorized"
+            && body["data"]["order_id"]
+                .as_str()
+                .is_some_and(|id| orders.contains(id));
+        if ours {
+            body["data"]["payment"]["provider"] = serde_json::Value::String(provider.to_owned());
+            if let Ok(bytes) = serde_json::to_vec(&body) {
+                m.body = bytes;
+            }
+        }
     }
 }

@@ -14,6 +14,25 @@ use crate::rng::Rng;
 /// must never reach a log, the dead-letter copy or a stored rejection in clear (P9).
 pub const PLANTED_PAN: &str = "4111 1111 1111 1111";
 
+/// Text a careless publisher (or a proxy) may echo: the worker's own API key, when the harness
+/// set it (once, at startup, from the key it configures the workers with). Planted in some bad
+/// messages; the checker finds it nowhere afterwards.
+pub static ECHOED_CREDENTIAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Body size of the oversized bad messages: over the workers' `amqp.max_message_bytes`
+/// (default 262,144).
+pub const OVERSIZED_BYTES: usize = 300_000;
+
+/// Every string in `v` (keys aside) passed through `f`.
+fn every_string(v: &mut Value, f: &dyn Fn(&str) -> String) {
+    match v {
+        Value::String(s) => *s = f(s),
+        Value::Array(a) => a.iter_mut().for_each(|x| every_string(x, f)),
+        Value::Object(o) => o.values_mut().for_each(|x| every_string(x, f)),
+        _ => {}
+    }
+}
+
 /// How much of what.
 #[derive(Debug, Clone)]
 pub struct Mix {
@@ -324,7 +343,22 @@ fn bad_message(rng: &mut Rng, tag: &str, n: usize, orders: &[OrderSpec]) -> Mess
         extra(&mut m);
         m
     };
-    let kind = rng.below(9);
+    // A new order of its own, refused for what its strings carry (ids are checked first).
+    let tainted_order = |taint: &dyn Fn(&str) -> String| {
+        let mut o = order.clone();
+        o.order_id = format!("ORD-T-{nonce}");
+        o.auth_id = format!("pi_t_{nonce}");
+        let mut m = order_message(&o, &id);
+        every_string(&mut m, taint);
+        to_bytes(&m)
+    };
+    const TAINTED: &[&str] = &[
+        "invalid_id",
+        "invalid_schema",
+        "unknown_type",
+        "invalid_currency",
+    ];
+    let kind = rng.below(13);
     let (reasons, routing_key, body, has_id): (&'static [&'static str], &str, Vec<u8>, bool) =
         match kind {
             0 => (
@@ -386,6 +420,41 @@ fn bad_message(rng: &mut Rng, tag: &str, n: usize, orders: &[OrderSpec]) -> Mess
                 &["invalid_quantity"],
                 "shipment.shipped",
                 to_bytes(&ship(&|m| m["data"]["items"][0]["quantity"] = json!("3"))),
+                true,
+            ),
+            // NUL in every string field.
+            9 => (
+                TAINTED,
+                "order.authorized",
+                tainted_order(&|s| format!("{s}\u{0}x")),
+                false,
+            ),
+            // A card number in every string field.
+            10 => (
+                TAINTED,
+                "order.authorized",
+                tainted_order(&|s| format!("{s} {PLANTED_PAN}")),
+                false,
+            ),
+            // A body over the size limit, a card number at its start.
+            11 => (
+                &["too_large"],
+                "shipment.shipped",
+                to_bytes(&ship(&|m| {
+                    m["data"]["note"] =
+                        json!(format!("{PLANTED_PAN} {}", "x".repeat(OVERSIZED_BYTES)));
+                })),
+                false,
+            ),
+            // The worker's own credential echoed back in a refused message.
+            12 => (
+                &["invalid_quantity"],
+                "shipment.shipped",
+                to_bytes(&ship(&|m| {
+                    m["data"]["items"][0]["quantity"] = json!(0);
+                    let echoed = ECHOED_CREDENTIAL.get().map_or("", String::as_str);
+                    m["data"]["note"] = json!(format!("Authorization: Bearer {echoed}"));
+                })),
                 true,
             ),
             _ => (

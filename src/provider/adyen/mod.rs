@@ -157,6 +157,11 @@ impl PaymentProvider for AdyenProvider {
 
     /// Adyen's Checkout API cannot read a payment's captures back: outcomes arrive only as
     /// `CAPTURE` / `CAPTURE_FAILED` notifications (see [`parse_notification`]).
+    /// No read-back is documented (the outcome arrives by notification or in the dashboard).
+    fn offers_read_back(&self) -> bool {
+        false
+    }
+
     async fn lookup(
         &self,
         authorization_id: &AuthorizationId,
@@ -184,6 +189,12 @@ impl PaymentProvider for AdyenProvider {
             NotificationError::Malformed(m) => WebhookError::Malformed(m),
             other => WebhookError::Unauthenticated(other.to_string()),
         })?;
+        // Each item carries its own signature: a batch without items proves nothing.
+        if items.is_empty() {
+            return Err(WebhookError::Unauthenticated(
+                "the batch has no notification items, so nothing in it is signed".to_owned(),
+            ));
+        }
         Ok(items
             .into_iter()
             .map(|n| {

@@ -226,8 +226,13 @@ fn answered(
         // Concurrent requests with the same key: only one is processed.
         409 => r.retry("the same request is in progress"),
         429 => r.retry("rate limited"),
-        // No result is saved for a 5xx, so the same key re-attempts it.
-        500..=599 => r.retry("Checkout.com server error"),
+        // "If the original request returns a 4xx or 5xxx response code, no idempotent result
+        // is saved and the payment is reattempted" (checkout.com/docs/payments/manage-payments/
+        // idempotency): the key does not protect a resend after a 5xx, and the 5xx may have
+        // come after the capture executed. Read the payment back before sending again.
+        500..=599 => r.unknown(
+            "Checkout.com server error; Checkout.com saves no result for a 5xx and would process a resend under the same key again, so the payment is read back first",
+        ),
         401 => r.failed("Checkout.com refused the secret key (authentication)"),
         403 => r.failed(
             "capture not allowed (the payment is captured, voided or expired, or the key may not do this)",

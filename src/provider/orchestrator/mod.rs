@@ -122,6 +122,11 @@ impl PaymentProvider for OrchestratorProvider {
 
     /// Reports that no read-back is documented, so an unknown capture goes to an operator
     /// rather than being sent again without an idempotency key.
+    /// No read-back is documented (the outcome arrives by notification or in the dashboard).
+    fn offers_read_back(&self) -> bool {
+        false
+    }
+
     async fn lookup(
         &self,
         authorization_id: &AuthorizationId,

@@ -288,7 +288,10 @@ impl PayPalProvider {
             "capture of PayPal authorization {}",
             request.authorization_id
         );
-        let body = CaptureBody::from_request(request);
+        let body = match CaptureBody::from_request(request) {
+            Ok(body) => body,
+            Err(problem) => return http::unsendable(&what, problem),
+        };
         self.post(
             &what,
             &authorization_path(&request.authorization_id, Some("capture")),

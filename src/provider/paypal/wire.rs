@@ -23,13 +23,36 @@ pub(super) struct Amount {
     pub(super) value: String,
 }
 
+/// Currencies PayPal takes without decimals although ISO 4217 gives them some (HUF, TWD) or
+/// none (JPY): "This currency does not support decimals. If you pass a decimal amount, an
+/// error occurs." (developer.paypal.com/docs/api/reference/currency-codes/); the capture then
+/// answers 422 `DECIMALS_NOT_SUPPORTED` (payments_payment_v2.json).
+const WHOLE_UNIT_CURRENCIES: [&str; 3] = ["HUF", "JPY", "TWD"];
+
 impl Amount {
-    /// `Money` as PayPal writes it: "12.34" USD, "1234" JPY.
-    pub(super) fn from_money(money: &Money) -> Self {
-        Amount {
-            currency_code: money.currency().code().to_owned(),
-            value: money.to_major_string(),
-        }
+    /// `Money` as PayPal writes it: "12.34" USD, "1234" JPY, "7205" HUF (whole units where
+    /// PayPal takes no decimals). An amount with a fraction PayPal cannot take is refused
+    /// here, before anything is sent.
+    pub(super) fn from_money(money: &Money) -> Result<Self, String> {
+        let currency = money.currency();
+        let code = currency.code();
+        let value = if WHOLE_UNIT_CURRENCIES.contains(&code) && currency.exponent() > 0 {
+            let unit = 10_i64.pow(u32::from(currency.exponent()));
+            let minor = money.amount().get();
+            if minor % unit != 0 {
+                return Err(format!(
+                    "PayPal takes {code} amounts in whole units only (no decimals), but the amount is {} {code}; capture whole units or use another provider",
+                    money.to_major_string()
+                ));
+            }
+            (minor / unit).to_string()
+        } else {
+            money.to_major_string()
+        };
+        Ok(Amount {
+            currency_code: code.to_owned(),
+            value,
+        })
     }
 
     /// The inverse of [`Amount::from_money`].
@@ -51,16 +74,16 @@ pub(super) struct CaptureBody {
 }
 
 impl CaptureBody {
-    pub(super) fn from_request(request: &CaptureRequest) -> Self {
-        CaptureBody {
-            amount: Amount::from_money(&request.amount),
+    pub(super) fn from_request(request: &CaptureRequest) -> Result<Self, String> {
+        Ok(CaptureBody {
+            amount: Amount::from_money(&request.amount)?,
             invoice_id: capture_reference(
                 request.order_id.as_str(),
                 &request.cause,
                 INVOICE_ID_LIMIT,
             ),
             final_capture: request.is_final,
-        }
+        })
     }
 }
 
@@ -373,12 +396,22 @@ mod tests {
             (1234, "JPY", "1234"),
             (1234, "BHD", "1.234"),
             (0, "USD", "0.00"),
-            (i64::MAX, "HUF", "92233720368547758.07"),
+            (i64::MAX, "GBP", "92233720368547758.07"),
+            (720500, "HUF", "7205"),
+            (120000, "TWD", "1200"),
         ] {
-            let amount = Amount::from_money(&money(minor, code));
+            let amount = Amount::from_money(&money(minor, code)).unwrap();
             assert_eq!(amount.value, text, "{minor} {code}");
             assert_eq!(amount.currency_code, code);
             assert_eq!(amount.to_money(), Ok(money(minor, code)));
+        }
+    }
+
+    #[test]
+    fn a_fraction_paypal_cannot_take_is_refused_before_sending() {
+        for (minor, code) in [(720550, "HUF"), (1, "TWD")] {
+            let refused = Amount::from_money(&money(minor, code)).unwrap_err();
+            assert!(refused.contains("whole units"), "{refused}");
         }
     }
 

@@ -35,6 +35,11 @@ fn error(status: u16, kind: &str, codes: &[&str]) -> DialectReply {
 }
 
 impl Dialect for Checkout {
+    /// "If the original request returns a 4xx or 5xx response code, no idempotent result is
+    /// saved and the payment is reattempted" (checkout.com/docs, idempotency).
+    fn stores_server_errors() -> bool {
+        false
+    }
     const NAME: &'static str = "checkout";
     fn authorized(sandbox: &Sandbox, headers: &HeaderMap) -> bool {
         bearer_ok(sandbox, headers)

@@ -90,6 +90,12 @@ pub(super) trait Dialect {
             .with_status(429)
             .with_header("retry-after", retry_after_secs.to_string())
     }
+    /// Whether a 5xx answer is stored under the idempotency key and replayed
+    /// ([`Fault::StoredErrorBeforeCapture`], [`Fault::StoredErrorAfterCapture`]). Default: yes,
+    /// as Gr4vy and Adyen document it and as assumed where a provider's docs are silent.
+    fn stores_server_errors() -> bool {
+        true
+    }
     /// Whether an executed answer with this status is saved under its idempotency key.
     fn saves(status: u16) -> bool {
         (200..300).contains(&status)
@@ -188,11 +194,13 @@ impl Sandbox {
                 );
                 match state.keys.claim(key, &fingerprint) {
                     Claim::Claimed => Ok(state.epoch),
+                    // Byte for byte, unmarked: only Stripe documents a replay marker
+                    // (`Idempotent-Replayed`), and its dialect keeps its own pipeline.
                     Claim::Replay(saved) => Err((
                         DialectReply {
                             status: saved.status,
                             body: saved.body,
-                            headers: vec![("idempotent-replayed", "true".to_owned())],
+                            headers: Vec::new(),
                         },
                         LedgerOutcome::Replayed,
                     )),
@@ -242,6 +250,25 @@ impl Sandbox {
                     Some(Duration::from_millis(delay_ms)),
                 ),
                 Some(Fault::ServerErrorSaved) => (None, None),
+                Some(Fault::StoredErrorBeforeCapture) => {
+                    let reply = D::server_error();
+                    store_error::<D>(state, store_key.as_deref(), &reply, &call);
+                    log(state, &call, reply.status, LedgerOutcome::Error, 0);
+                    (Some(Executed::reply(reply, LedgerOutcome::Error)), None)
+                }
+                Some(Fault::StoredErrorAfterCapture) => {
+                    let mut done = exec(state, &call, now);
+                    let moved = done.moved;
+                    let outcome = done.outcome;
+                    let reply = D::server_error();
+                    store_error::<D>(state, store_key.as_deref(), &reply, &call);
+                    // The ledger shows what happened: the money moved, the answer was a 500.
+                    log(state, &call, reply.status, outcome, moved);
+                    done.reply = reply;
+                    done.outcome = LedgerOutcome::Error;
+                    done.moved = 0;
+                    (Some(done), None)
+                }
                 Some(Fault::Unavailable) => (None, None),
                 Some(Fault::Timeout { delay_ms }) => (None, Some(Duration::from_millis(delay_ms))),
                 Some(Fault::RateLimited { retry_after_secs }) => {
@@ -250,7 +277,12 @@ impl Sandbox {
                     return reply;
                 }
             };
+            let logged = matches!(
+                fault,
+                Some(Fault::StoredErrorBeforeCapture | Fault::StoredErrorAfterCapture)
+            );
             match executed {
+                Some(done) if logged => (done.reply, hold, done.settle, done.notify),
                 Some(done) => {
                     if let Some(key) = &store_key
                         && D::saves(done.reply.status)
@@ -355,6 +387,28 @@ impl Sandbox {
             .filter_map(|s| super::notify::for_settled(&s))
             .collect();
         self.deliver(outgoing);
+    }
+}
+
+/// Stores a 5xx answer under the request's idempotency key when the dialect stores them.
+fn store_error<D: Dialect>(
+    state: &mut SandboxState,
+    key: Option<&str>,
+    reply: &DialectReply,
+    call: &Call,
+) {
+    if let Some(key) = key
+        && D::stores_server_errors()
+    {
+        state.keys.save(
+            key,
+            Saved {
+                status: reply.status,
+                body: reply.body.clone(),
+                should_retry: None,
+                request_id: call.request_id.clone(),
+            },
+        );
     }
 }
 

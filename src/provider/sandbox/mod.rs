@@ -495,6 +495,38 @@ impl Sandbox {
                         None,
                     )
                 }
+                // Stripe stores a 500 under the key and replays it, marked
+                // `Idempotent-Replayed: true`; `Stripe-Should-Retry` is not always sent.
+                Some(Fault::StoredErrorBeforeCapture) => {
+                    let reply = save(
+                        state,
+                        &go.target,
+                        Refusal::new(500, server_error()).reply(call),
+                    );
+                    (
+                        self.finish(state, call, reply, LedgerOutcome::Error, 0),
+                        None,
+                    )
+                }
+                Some(Fault::StoredErrorAfterCapture) => {
+                    let command = CaptureCommand {
+                        amount: form.amount_to_capture,
+                        is_final: form.is_final(),
+                        idempotency_key: go.target.key.clone(),
+                        metadata: form.metadata,
+                        reference: None,
+                    };
+                    let (outcome, moved) = match state.model.capture(&go.target.id, &command, now) {
+                        Ok(captured) => (LedgerOutcome::Captured, captured.amount),
+                        Err(e) => (dialect::refusal_outcome(&e), 0),
+                    };
+                    let reply = save(
+                        state,
+                        &go.target,
+                        Refusal::new(500, server_error()).reply(call),
+                    );
+                    (self.finish(state, call, reply, outcome, moved), None)
+                }
                 Some(Fault::Unavailable) => {
                     let reply = unavailable().reply(call);
                     (
@@ -547,7 +579,11 @@ impl Sandbox {
             metadata: form.metadata,
             reference: None,
         };
-        let (reply, outcome, moved) = match state.model.capture(&target.id, &command, now) {
+        let captured = match below_stripe_minimum(state, &target.id, command.amount, now) {
+            Some(requested) => Err(ModelError::AmountTooSmall { requested }),
+            None => state.model.capture(&target.id, &command, now),
+        };
+        let (reply, outcome, moved) = match captured {
             Ok(captured) => (
                 Reply::json(call, 200, &PaymentIntent::from(&captured.view)),
                 LedgerOutcome::Captured,
@@ -587,6 +623,10 @@ impl Sandbox {
             Err(_) => return poisoned(&call),
         };
         let state = &mut *guard;
+        if state.model.read_fails(&id) {
+            let reply = unavailable().reply(&call);
+            return self.finish(state, &call, reply, LedgerOutcome::Error, 0);
+        }
         let (reply, outcome) = match state.model.view(&id, Utc::now()) {
             Some(view) => (
                 Reply::json(&call, 200, &PaymentIntent::from(&view)),
@@ -748,6 +788,28 @@ fn model_refusal(
         Refusal::new(status, api_error.with_payment_intent(view.as_ref())).reply(call),
         outcome,
     )
+}
+
+/// The amount asked for when it is below Stripe's minimum charge amount for the
+/// authorization's currency (docs.stripe.com/currencies#minimum-and-maximum-charge-amounts):
+/// Stripe refuses it with 400 `amount_too_small`. A final capture of 0 is not a charge.
+fn below_stripe_minimum(
+    state: &mut SandboxState,
+    id: &str,
+    amount: Option<i64>,
+    now: DateTime<Utc>,
+) -> Option<i64> {
+    let view = state.model.view(id, now)?;
+    // The PaymentIntent's state is checked first (a succeeded one refuses any capture).
+    if view.status != model::Status::RequiresCapture {
+        return None;
+    }
+    let requested = amount.unwrap_or(view.amount_capturable);
+    let minimum = crate::domain::capability::STRIPE_MINIMUMS
+        .iter()
+        .find(|(code, _)| *code == view.currency.code())?
+        .1;
+    (requested > 0 && requested < minimum).then_some(requested)
 }
 
 /// Saves an executed request's answer under its key, as Stripe does for every answer once

@@ -102,6 +102,15 @@ pub enum Fault {
     /// Captures (normal processing), saves the answer under the key, then waits `delay_ms`
     /// before answering: the money moved but the client times out without knowing.
     LostResponse { delay_ms: u64 },
+    /// A 500 the dialect stores under the idempotency key before the capture executed:
+    /// nothing is captured, and every later request with the key gets the stored 500 back
+    /// where the provider stores error answers (Stripe, without `Stripe-Should-Retry`; Gr4vy;
+    /// Adyen, a non-transient error; PayPal, whose docs are silent). Checkout.com stores no
+    /// 5xx, so its key executes the next request; dialects without a key store nothing.
+    StoredErrorBeforeCapture,
+    /// The capture executed (the money moved), then the answer was a 500, stored under the
+    /// key as [`Fault::StoredErrorBeforeCapture`] is: the replays hide that it captured.
+    StoredErrorAfterCapture,
 }
 
 fn one() -> u64 {
@@ -123,6 +132,10 @@ pub struct FaultRates {
     pub lost_response_pct: u8,
     /// Share answered with [`Fault::RateLimited`] (`Retry-After: 1`).
     pub rate_limited_pct: u8,
+    /// Share answered with [`Fault::StoredErrorBeforeCapture`].
+    pub stored_error_before_pct: u8,
+    /// Share answered with [`Fault::StoredErrorAfterCapture`].
+    pub stored_error_after_pct: u8,
     /// Delay of the timeouts and lost responses, in milliseconds.
     pub timeout_ms: u64,
 }
@@ -150,6 +163,9 @@ pub struct Scenario {
     /// The provider's notifications for this authorization are lost: none is sent, so only a
     /// read-back settles its pending captures.
     pub silent: bool,
+    /// The next this many read-backs of the authorization (Stripe's `GET` of the
+    /// PaymentIntent) answer 503, as a provider that cannot be read for a while.
+    pub failed_reads: u32,
 }
 
 impl Scenario {
@@ -176,7 +192,10 @@ impl Scenario {
             .map(|f| match f {
                 Fault::Timeout { delay_ms } | Fault::LostResponse { delay_ms } => *delay_ms,
                 Fault::RateLimited { retry_after_secs } => retry_after_secs.saturating_mul(1000),
-                Fault::Unavailable | Fault::ServerErrorSaved => 0,
+                Fault::Unavailable
+                | Fault::ServerErrorSaved
+                | Fault::StoredErrorBeforeCapture
+                | Fault::StoredErrorAfterCapture => 0,
             })
             .chain([
                 self.latency_ms,
@@ -192,7 +211,9 @@ impl Scenario {
             let total = u32::from(r.server_error_pct)
                 + u32::from(r.timeout_pct)
                 + u32::from(r.lost_response_pct)
-                + u32::from(r.rate_limited_pct);
+                + u32::from(r.rate_limited_pct)
+                + u32::from(r.stored_error_before_pct)
+                + u32::from(r.stored_error_after_pct);
             if total > 100 {
                 return Err(ModelError::Invalid(format!(
                     "fault rates add up to {total}%, more than 100%"
@@ -704,6 +725,11 @@ impl Model {
                     retry_after_secs: 1,
                 },
             ),
+            (
+                rates.stored_error_before_pct,
+                Fault::StoredErrorBeforeCapture,
+            ),
+            (rates.stored_error_after_pct, Fault::StoredErrorAfterCapture),
         ];
         for (pct, fault) in table {
             edge += u64::from(pct);
@@ -987,6 +1013,18 @@ impl Model {
         std::mem::take(&mut self.outbox)
     }
 
+    /// Whether this read-back of the authorization fails (its scenario's `failed_reads`,
+    /// consumed one per read).
+    pub fn read_fails(&mut self, id: &str) -> bool {
+        match self.authorizations.get_mut(id) {
+            Some(a) if a.scenario.failed_reads > 0 => {
+                a.scenario.failed_reads -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the authorization's scenario loses its notifications.
     pub fn silent(&self, id: &str) -> bool {
         self.authorizations
@@ -1190,8 +1228,10 @@ mod tests {
                     seed: 7,
                     server_error_pct: 25,
                     timeout_pct: 25,
-                    lost_response_pct: 25,
+                    lost_response_pct: 15,
                     rate_limited_pct: 0,
+                    stored_error_before_pct: 5,
+                    stored_error_after_pct: 5,
                     timeout_ms: 10,
                 }),
                 ..Scenario::default()
@@ -1203,6 +1243,8 @@ mod tests {
         assert_eq!(a, draw());
         assert!(a.iter().any(Option::is_none));
         assert!(a.contains(&Some(Fault::ServerErrorSaved)));
+        assert!(a.contains(&Some(Fault::StoredErrorBeforeCapture)));
+        assert!(a.contains(&Some(Fault::StoredErrorAfterCapture)));
         assert!(
             !a.iter()
                 .any(|f| matches!(f, Some(Fault::RateLimited { .. })))

@@ -158,10 +158,20 @@ struct CaptureBody {
     soft_descriptor: Option<String>,
 }
 
+/// Currencies PayPal takes and shows without decimals: "This currency does not support
+/// decimals. If you pass a decimal amount, an error occurs."
+/// (developer.paypal.com/docs/api/reference/currency-codes/: HUF, JPY, TWD).
+const NO_DECIMALS: [&str; 3] = ["HUF", "JPY", "TWD"];
+
 fn amount(currency: Currency, minor: i64) -> Value {
     let value = MinorUnits::new(minor)
         .map(|m| Money::new(m, currency).to_major_string())
         .unwrap_or_default();
+    let value = if NO_DECIMALS.contains(&currency.code()) {
+        value.split('.').next().unwrap_or_default().to_owned()
+    } else {
+        value
+    };
     json!({"currency_code": currency.code(), "value": value})
 }
 
@@ -264,6 +274,15 @@ async fn capture(
                             unprocessable(
                                 "AUTH_CAPTURE_CURRENCY_MISMATCH",
                                 "Currency of capture must be the same as currency of authorization.",
+                            ),
+                            LedgerOutcome::Error,
+                        );
+                    }
+                    if NO_DECIMALS.contains(&currency.code()) && a.value.contains('.') {
+                        return Executed::reply(
+                            unprocessable(
+                                "DECIMALS_NOT_SUPPORTED",
+                                "Currency does not support decimals.",
                             ),
                             LedgerOutcome::Error,
                         );

@@ -178,7 +178,7 @@ impl ApiError {
                 400,
                 ApiError::invalid(
                     Some("amount_too_small"),
-                    format!("The amount to capture must be at least 1; got {requested}."),
+                    format!("Amount must be at least the minimum charge amount for the currency (and at least 1); got {requested}."),
                 )
                 .with_param("amount_to_capture"),
             ),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderValue};
 use tracing::Instrument as _;
 
 use crate::config::Secret;
@@ -38,6 +38,14 @@ static SHAPE: Shape = Shape {
     replay: Replay::Idempotent,
 };
 
+/// The API version every call pins (`Stripe-Version`), so the PaymentIntent shape and the
+/// error codes the adapter reads do not change with the account's default version
+/// (docs.stripe.com/api/versioning: "requests ... use your Stripe account's default API
+/// version ... unless you override it by setting the `Stripe-Version` header"). 2024-06-20
+/// has the multicapture fields (`amount_to_capture`, `final_capture`) and the PaymentIntent
+/// without the `charges` list (removed 2022-11-15) that `wire.rs` reads.
+pub const STRIPE_VERSION: &str = "2024-06-20";
+
 /// A Stripe (or Stripe-dialect sandbox) account reached over HTTPS.
 #[derive(Debug)]
 pub struct StripeProvider {
@@ -54,9 +62,9 @@ impl StripeProvider {
         api_key: Option<Secret>,
         timeout: Duration,
     ) -> Result<Self, ProviderSetupError> {
-        Ok(StripeProvider {
-            api: Api::new(&name, &SHAPE, base_url, api_key.as_ref(), timeout)?,
-        })
+        let api = Api::new(&name, &SHAPE, base_url, api_key.as_ref(), timeout)?
+            .with_header("stripe-version", HeaderValue::from_static(STRIPE_VERSION));
+        Ok(StripeProvider { api })
     }
 
     /// POSTs `form` to `/v1/payment_intents/{id}/capture` (or `/cancel`) under the
@@ -216,6 +224,16 @@ fn refused(
     error: Option<&ApiError>,
 ) -> Outcome {
     let r = Refusal::new(what, headers, describe(status, error));
+    // Stripe replays the first answer under a key, 500s included, and marks the replay
+    // (`Idempotent-Replayed: true`, docs.stripe.com/error-low-level): the key will only ever
+    // give this answer again, so read the PaymentIntent back before any new key.
+    if status.is_server_error()
+        && http::header_text(headers, "idempotent-replayed").as_deref() == Some("true")
+    {
+        return r.unknown(
+            "Stripe replayed a server error saved under the idempotency key (Idempotent-Replayed: true); read the PaymentIntent back before any new key",
+        );
+    }
     // Stripe's own clients obey this header before looking at the status.
     match should_retry(headers) {
         Some(true) => return r.retry("Stripe asked for a retry (Stripe-Should-Retry: true)"),
