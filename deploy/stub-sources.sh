@@ -5,7 +5,8 @@
 # deploy/validate.sh checks that the stubs and Cargo.lock still resolve.
 set -eu
 cd "$1"
-mkdir -p src/bin/fault-harness
+mkdir -p src/bin/fault-harness src/bin/bench
 printf '' > src/lib.rs
 echo 'fn main() {}' > src/main.rs
 echo 'fn main() {}' > src/bin/fault-harness/main.rs
+echo 'fn main() {}' > src/bin/bench/main.rs

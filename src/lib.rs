@@ -10,22 +10,30 @@
 //!   Imports no I/O or runtime crate and never reads the clock.
 //! - `config`    — typed settings: `config/default.toml` → `config/{CAPTURE_ENV}.toml` →
 //!   `CAPTURE__SECTION__KEY` environment variables. Secrets are redacted types.
-//! - `cli`       — clap definitions only.
+//! - `cli`       — clap definitions of the `capture-worker` command line only; used by
+//!   `main.rs` and, until they take their own request types, the operator commands and
+//!   `demo`.
 //! - `telemetry` — the tracing subscriber (JSON logs with trace ids), OpenTelemetry traces
 //!   over OTLP, Prometheus metrics and the named events we alert on. Process-global; any layer
 //!   but `domain` may use it. Imports no adapter.
 //! - `provider`  — the payment-provider trait and outcome, one adapter per provider, and the
-//!   sandbox provider server. Imports `domain` only.
+//!   sandbox provider server. Imports `domain` and `config` (`Secret`).
 //! - `storage`   — PostgreSQL via sqlx: migrations, the ledger, the capture queue. Imports
-//!   `domain` only.
+//!   `domain`, `config` (`DatabaseSettings`) and `sanitize`.
 //! - `queue`     — RabbitMQ via lapin: topology, the message contract (wire), consumer,
-//!   publisher, trace headers. Imports `domain` only.
+//!   publisher, trace headers. Imports `domain`, `telemetry` and `sanitize`.
 //! - `sanitize`  — the one boundary for outside text we store, log, forward or print: NUL and
 //!   invalid UTF-8 replaced, card numbers masked, the worker's own secrets removed, length capped.
-//! - `app`       — the use cases (intake, execution, recovery) and the composition root; the
-//!   only module that knows every adapter.
+//! - `app`       — the use cases (intake, execution, recovery, the expiry sweep, webhooks,
+//!   the operator commands) and the composition root; the only module that knows every
+//!   adapter.
 //!
 //! Dependencies point inward: adapters depend on `domain`, never on each other.
+//!
+//! The tools are binaries of their own under `src/bin/`, beside `capture-worker` (`main.rs`):
+//! `bench`, the benchmark (docs/performance.md), and `fault-harness` (docs/reliability.md).
+//! They use this library's public API only; the library holds none of their code.
+//! `tests/it/architecture.rs` checks that, the domain's purity, and who uses `cli`.
 
 pub mod app;
 pub mod cli;

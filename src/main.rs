@@ -59,9 +59,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             });
         }
-        Command::Bench(args) => capture_worker::app::bench::run(settings, args.into())
-            .await
-            .map(drop),
         Command::Config => {
             println!(
                 "{}",

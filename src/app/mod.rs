@@ -5,8 +5,26 @@
 //! (health, metrics and provider webhooks);
 //! [`Application::run_until_stopped`] runs them until the given shutdown future resolves, then
 //! stops consuming, lets in-flight captures record their outcome, and returns.
+//!
+//! # Layout
+//!
+//! - `intake`    — one message (or one batch of deliveries), one transaction, then the
+//!   acknowledgement.
+//! - `execute`   — sends each capture to its provider and records what happened.
+//! - `recovery`  — the sweeper: captures whose retry is due or whose lease expired.
+//! - `expiry`    — the authorization-expiry sweep.
+//! - `retry`     — the retry schedule.
+//! - `providers` — the providers this worker can call, built from `providers.<name>`.
+//! - `http`, `webhooks` — health, readiness, metrics and the provider webhooks on
+//!   `http.listen`.
+//! - `commands`  — the commands behind the command line: run, migrate, sandbox, publish, demo
+//!   (`demo` still takes `cli`'s `Units`).
+//! - `operator`  — the operator and finance commands (report, order, capture, dead-letter,
+//!   provider); they still take `cli`'s clap types.
+//!
+//! The tools (the benchmark, the fault harness) are not here: they are binaries of their own
+//! under `src/bin/`.
 
-pub mod bench;
 pub mod commands;
 pub mod execute;
 pub mod expiry;

@@ -1,4 +1,4 @@
-//! The benchmark in CI: `capture-worker bench --quick` completes and writes its report. It
+//! The benchmark in CI: the `bench` tool's `--quick` run completes and writes its report. It
 //! asserts nothing about speed (figures on a shared machine drift); only that every section
 //! ran, the promises held, and the run cleaned up after itself.
 
@@ -15,9 +15,12 @@ async fn the_quick_benchmark_completes_and_writes_its_report() {
     let output = tokio::task::spawn_blocking({
         let out = out.clone();
         move || {
-            Command::new(env!("CARGO_BIN_EXE_capture-worker"))
-                .args(["bench", "--quick", "--out"])
+            Command::new(env!("CARGO_BIN_EXE_bench"))
+                .args(["--quick", "--out"])
                 .arg(&out)
+                // The worker this test run built, named rather than looked up beside the tool.
+                .arg("--worker-binary")
+                .arg(env!("CARGO_BIN_EXE_capture-worker"))
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .env("CAPTURE__TELEMETRY__LOG_LEVEL", "warn")
                 .output()

@@ -1,5 +1,14 @@
-//! `capture-worker bench`: end-to-end throughput and latency beside the machine's raw limits,
-//! measured in one run (issue 8, DESIGN §6).
+//! bench: end-to-end throughput and latency beside the machine's raw limits, measured in one
+//! run (docs/performance.md).
+//!
+//! ```sh
+//! cargo run --release --bin bench
+//! cargo run --release --bin bench -- --quick --out bench.json
+//! ```
+//!
+//! A tool of its own, like the fault harness: it uses the library's public API and runs the
+//! real `capture-worker` binary as its worker; neither the library nor the `capture-worker`
+//! command line knows it.
 //!
 //! One run, against the local RabbitMQ and PostgreSQL and an in-process sandbox provider:
 //!
@@ -30,10 +39,79 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use clap::Parser;
 
-use crate::config::Settings;
+use capture_worker::config::Settings;
 
-pub use report::Report;
+use report::Report;
+
+/// Measure end-to-end throughput and latency beside the machine's raw limits (RabbitMQ,
+/// PostgreSQL, HTTP) in one run, against the local services and an in-process sandbox.
+/// Prints a table and writes a JSON report. Uses fresh, uniquely named databases and
+/// queues and removes them at the end.
+///
+/// Sizes not given take the full benchmark's (or `--quick`'s).
+#[derive(Debug, Parser)]
+#[command(name = "bench", version)]
+struct Args {
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench.json")]
+    out: PathBuf,
+    /// The smoke size: completes in a few seconds (CI).
+    #[arg(long)]
+    quick: bool,
+    /// Orders per end-to-end run (full: 4000).
+    #[arg(long)]
+    orders: Option<usize>,
+    /// Shipments per order, each one capture (full: 5; at most 50).
+    #[arg(long)]
+    shipments_per_order: Option<usize>,
+    /// Provider latencies to run end to end, in milliseconds (full: 0,50,200).
+    #[arg(long, value_delimiter = ',')]
+    latencies: Option<Vec<u64>>,
+    /// Shipments queued before the worker starts in the backlog drain; 0 skips it
+    /// (full: 100000).
+    #[arg(long)]
+    backlog: Option<usize>,
+    /// Provider latency during the backlog drain, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    backlog_latency: u64,
+    /// Shipments queued for a slow provider so that captures pile up unsettled, for the
+    /// worker's memory with that many in flight; 0 skips it (full: 16000, quick: 0).
+    #[arg(long)]
+    inflight: Option<usize>,
+    /// Provider latency of that run, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    inflight_latency: u64,
+    /// Seconds each raw-limit measurement runs (full: 5).
+    #[arg(long)]
+    raw_seconds: Option<f64>,
+    /// Seconds the half-throughput latency run publishes (full: 10).
+    #[arg(long)]
+    paced_seconds: Option<f64>,
+    /// The worker's `capture.concurrency` (orders whose captures are sent at once, one in
+    /// flight per order). Provider latency is hidden only while concurrency ≥ throughput ×
+    /// latency, so the benchmark runs with more than the default.
+    #[arg(long, default_value_t = 1024)]
+    concurrency: usize,
+    /// The worker's `amqp.prefetch`: deliveries in hand at once, which is also the largest
+    /// intake batch.
+    #[arg(long, default_value_t = 256)]
+    prefetch: u16,
+    /// The worker binary to run as a child process (default: `capture-worker` next to this
+    /// binary, built first when run through cargo).
+    #[arg(long)]
+    worker_binary: Option<PathBuf>,
+}
+
+/// Settings and telemetry as `capture-worker` loads them, then the run.
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let settings = Settings::load().context("loading settings")?;
+    let _telemetry = capture_worker::telemetry::init(&settings.telemetry);
+    run(settings, args.into()).await.map(drop)
+}
 
 /// What to measure and how much.
 #[derive(Debug, Clone)]
@@ -59,7 +137,7 @@ pub struct BenchOptions {
     pub paced_duration: Duration,
     /// Where the JSON report goes.
     pub out: PathBuf,
-    /// The worker binary to run; this executable when `None`.
+    /// The worker binary to run; `capture-worker` next to this binary when `None`.
     pub worker_binary: Option<PathBuf>,
     /// The worker's `capture.concurrency`; the configured value when `None`.
     pub concurrency: Option<usize>,
@@ -111,8 +189,8 @@ impl BenchOptions {
     }
 }
 
-impl From<crate::cli::BenchArgs> for BenchOptions {
-    fn from(a: crate::cli::BenchArgs) -> Self {
+impl From<Args> for BenchOptions {
+    fn from(a: Args) -> Self {
         let base = if a.quick {
             BenchOptions::quick(a.out)
         } else {
@@ -152,7 +230,7 @@ pub async fn run(settings: Settings, options: BenchOptions) -> anyhow::Result<Re
     );
     let worker_binary = match &options.worker_binary {
         Some(p) => p.clone(),
-        None => std::env::current_exe().context("finding this executable to run as the worker")?,
+        None => support::worker_binary()?,
     };
     support::check_writable(&options.out)?;
     let started = Instant::now();

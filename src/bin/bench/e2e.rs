@@ -25,8 +25,8 @@ use super::support::{
     BenchEnv, PUBLISH_WINDOW, Percentiles, PipelinedPublisher, WorkerProcess, Workload,
     checkpoints, service_cpu_seconds,
 };
-use crate::provider::sandbox::{self, NewAuthorization, Sandbox, SandboxOptions};
-use crate::storage::Store;
+use capture_worker::provider::sandbox::{self, NewAuthorization, Sandbox, SandboxOptions};
+use capture_worker::storage::Store;
 
 /// No capture recorded for this long while work remains: the run has stalled.
 const STALL: Duration = Duration::from_secs(60);
@@ -192,7 +192,7 @@ pub async fn backlog_run(
     let mut publisher = PipelinedPublisher::open(&conn, &topology.exchange, PUBLISH_WINDOW).await?;
     let started = Instant::now();
     let now = Utc::now();
-    let bar = crate::app::operator::Progress::new("bench publish", messages);
+    let bar = capture_worker::app::operator::Progress::new("bench publish", messages);
     for i in 0..work.orders {
         publisher
             .publish("order.authorized", &work.authorized(i, now))
@@ -463,7 +463,7 @@ async fn wait_captured(
         rss_samples: Vec::new(),
     };
     // On a terminal, a bar through the whole wait (a backlog drain takes minutes).
-    let bar = crate::app::operator::Progress::new("bench captures", expected as usize);
+    let bar = capture_worker::app::operator::Progress::new("bench captures", expected as usize);
     loop {
         let done = i64::try_from(provider.captured().saturating_sub(baseline)).unwrap_or(0);
         bar.set_position(u64::try_from(done).unwrap_or(0));

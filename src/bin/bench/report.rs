@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::BenchOptions;
 use super::support::{self, Checkpoints, Percentiles, ServiceCpu};
-use crate::config::Settings;
+use capture_worker::config::Settings;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {

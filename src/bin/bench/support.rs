@@ -22,9 +22,9 @@ use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection as _};
 
-use crate::config::Settings;
-use crate::queue::topology::Topology;
-use crate::storage::Store;
+use capture_worker::config::Settings;
+use capture_worker::queue::topology::Topology;
+use capture_worker::storage::Store;
 
 /// The run's shared context and the registry of what it created.
 pub struct BenchEnv {
@@ -778,4 +778,37 @@ pub fn check_writable(path: &Path) -> anyhow::Result<()> {
         bail!("the folder of --out {} does not exist", path.display());
     }
     Ok(())
+}
+
+/// `capture-worker` next to this binary, as cargo lays them out; built first when the
+/// benchmark runs through cargo (`cargo run --bin bench` builds only the benchmark), so that
+/// it measures the worker of the sources at hand.
+pub fn worker_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let dir = exe.parent().context("this binary has no directory")?;
+    let bin = dir.join("capture-worker");
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let mut build = Command::new(cargo);
+        build
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--quiet", "--bin", "capture-worker"])
+            .stdin(Stdio::null());
+        if dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build
+            .status()
+            .with_context(|| format!("building capture-worker: could not start {build:?}"))?;
+        if !status.success() {
+            bail!("building capture-worker failed ({status})");
+        }
+    }
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it (cargo build --release --bin capture-worker) or pass \
+             --worker-binary",
+            bin.display()
+        );
+    }
+    Ok(bin)
 }
