@@ -1444,6 +1444,43 @@ async fn paypal_captures_a_huf_order_in_whole_forints() {
     app.cleanup().await;
 }
 
+#[tokio::test]
+async fn paypal_captures_a_huf_order_with_fractional_forint_parcels_in_whole_forints() {
+    // The example order's amounts taken as HUF minor units (124.55 Ft): its order discount
+    // split and shipping give the parcels 51.82, 28.90 and 43.83 Ft. PayPal takes HUF only in
+    // whole forints (the dialect answers 422 DECIMALS_NOT_SUPPORTED to decimals).
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let auth = "8HU12345HUF00002";
+    app.authorize_with(NewAuthorization::new(auth, 12455, "HUF"));
+    let (mut order, s1, s2, s3) = order_on("paypal", "ORD-PP-HUF-FRAC", auth, 12455);
+    order["data"]["currency"] = json!("HUF");
+    order["data"]["payment"]["currency"] = json!("HUF");
+    app.publish(&[order, s1, s2, s3]).await;
+    app.wait_settled("ORD-PP-HUF-FRAC", 3).await;
+    // 51.82 → 51 Ft, 0.82 carried; 0.82 + 28.90 = 29.72 → 29 Ft (0.72 carried, 80.00 in all);
+    // the final 0.72 + 43.83 = 44.55 → 44 Ft, and its 0.55 Ft is the order's shortfall.
+    assert_eq!(
+        app.captures("ORD-PP-HUF-FRAC").await,
+        vec![
+            row(1, "capture", 5100, false, "succeeded"),
+            row(2, "capture", 2900, false, "succeeded"),
+            row(3, "capture", 4400, true, "succeeded"),
+        ]
+    );
+    let shortfall: i64 =
+        sqlx::query_scalar("select shortfall_amount from orders where order_id = $1")
+            .bind("ORD-PP-HUF-FRAC")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(shortfall, 55, "the final part of a forint, for finance");
+    let a = app.sandbox.authorization(auth).unwrap();
+    assert_eq!((a.amount_received, a.captures.len()), (12400, 3));
+    // Every capture went through at the first try: nothing refused, nothing for an operator.
+    assert_eq!(capture_statuses(&app, auth), vec![201, 201, 201]);
+    app.cleanup().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Minimum capture amounts.
 
