@@ -1481,6 +1481,43 @@ async fn paypal_captures_a_huf_order_with_fractional_forint_parcels_in_whole_for
     app.cleanup().await;
 }
 
+#[tokio::test]
+async fn checkout_captures_a_kwd_order_in_amounts_whose_last_digit_is_0() {
+    // The example order's amounts taken as KWD minor units (12.455 KWD): parcels of 5.182,
+    // 2.890 and 4.383 KWD. Checkout.com takes three-decimal amounts only with the last digit
+    // 0 (the dialect answers 422 amount_invalid otherwise).
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let auth = "pay_sbx_checkout_kwd";
+    app.authorize_with(NewAuthorization::new(auth, 12455, "KWD"));
+    let (mut order, s1, s2, s3) = order_on("checkout", "ORD-CK-KWD", auth, 12455);
+    order["data"]["currency"] = json!("KWD");
+    order["data"]["payment"]["currency"] = json!("KWD");
+    app.publish(&[order, s1, s2, s3]).await;
+    app.wait_settled("ORD-CK-KWD", 3).await;
+    // 5.182 → 5.180 (0.002 carried); 0.002 + 2.890 → 2.890 (0.002 carried); the final
+    // 0.002 + 4.383 = 4.385 → 4.380, and its 0.005 KWD is the order's shortfall.
+    assert_eq!(
+        app.captures("ORD-CK-KWD").await,
+        vec![
+            row(1, "capture", 5180, false, "succeeded"),
+            row(2, "capture", 2890, false, "succeeded"),
+            row(3, "capture", 4380, true, "succeeded"),
+        ]
+    );
+    let shortfall: i64 =
+        sqlx::query_scalar("select shortfall_amount from orders where order_id = $1")
+            .bind("ORD-CK-KWD")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(shortfall, 5, "the final part of a step, for finance");
+    let a = app.sandbox.authorization(auth).unwrap();
+    assert_eq!(a.amount_received, 12450);
+    // Nothing refused, nothing for an operator.
+    assert_eq!(capture_statuses(&app, auth), vec![202, 202, 202]);
+    app.cleanup().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Minimum capture amounts.
 
