@@ -115,6 +115,11 @@ pub const CHECKOUT_STEPS: &[(&str, i64)] = &[
     ("TND", 10),
 ];
 
+/// Adyen takes CVE with no decimals although ISO 4217 gives it two ("Some currencies have an
+/// exponent that differs from standard", docs.adyen.com/development-resources/currency-codes:
+/// CVE 0), so a capture in CVE must be whole escudos, a multiple of 100 minor units.
+pub const ADYEN_STEPS: &[(&str, i64)] = &[("CVE", 100)];
+
 impl Capabilities {
     /// The amount step in `currency`: every capture is a whole multiple of it. 1 when the
     /// provider takes the currency as ISO 4217 gives it.
@@ -189,7 +194,8 @@ impl Capabilities {
     }
 
     /// Adyen multiple partial captures (enabled on the merchant account): no final flag, so the
-    /// remainder is released with Adyen's cancel call after the last capture.
+    /// remainder is released with Adyen's cancel call after the last capture. CVE captures are
+    /// whole escudos ([`ADYEN_STEPS`]).
     pub fn adyen() -> Self {
         Capabilities {
             mode: CaptureMode::Multiple { max_captures: None },
@@ -199,7 +205,7 @@ impl Capabilities {
             authorization_window: Some(Duration::days(7)),
             capture_ahead: Duration::hours(12),
             minimums: &[],
-            steps: &[],
+            steps: ADYEN_STEPS,
         }
     }
 

@@ -74,6 +74,7 @@ fn build(s: &Scenario) -> (Order, PlanContext) {
         2 => Capabilities::single_capture(),
         4 => Capabilities::paypal(),
         5 => Capabilities::checkout(),
+        6 => Capabilities::adyen(),
         _ => Capabilities {
             mode: CaptureMode::Multiple {
                 max_captures: Some(2),
@@ -309,17 +310,23 @@ proptest! {
     #[test]
     fn with_an_amount_step_every_capture_is_whole_steps_and_the_part_step_is_carried_never_lost_never_captured_twice(
         mut s in scenario(),
-        checkout in any::<bool>(),
+        provider in 0u8..3,
     ) {
-        // HUF on PayPal (step 100) or KWD on Checkout.com (step 10); random parcels,
-        // cancellations and discounts give parcels values that are not whole steps.
-        (s.caps, s.currency) = if checkout { (5, "KWD") } else { (4, "HUF") };
+        // HUF on PayPal (step 100), KWD on Checkout.com (step 10) or CVE on Adyen (step 100);
+        // random parcels, cancellations and discounts give parcels values that are not whole
+        // steps.
+        let expected_step;
+        (s.caps, s.currency, expected_step) = match provider {
+            0 => (4, "HUF", 100),
+            1 => (5, "KWD", 10),
+            _ => (6, "CVE", 100),
+        };
         s.decline_at = None;
         s.allowance_bp = 0;
         s.choices.extend(std::iter::repeat_n(3, 40));
         let (o, c) = build(&s);
         let step = c.capabilities.step_for(o.currency()).get();
-        prop_assert_eq!(step, if checkout { 10 } else { 100 });
+        prop_assert_eq!(step, expected_step);
         let out = play(&s)?;
         prop_assert!(out.state.is_resolved(&o));
         for a in &out.amounts {
