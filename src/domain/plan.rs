@@ -263,8 +263,8 @@ pub enum NothingReason {
     /// recorded and a deadline tick does nothing. No capture, release or void is sent: the
     /// provider would refuse it, and the hold is already gone.
     AuthorizationLapsed,
-    /// The value is below the provider's minimum capture for the currency: it stays shipped
-    /// but uncharged and rides with the order's next capture.
+    /// The value is below the provider's minimum capture for the currency, or below one
+    /// amount step: it stays shipped but uncharged and rides with the order's next capture.
     BelowMinimum,
 }
 

@@ -156,51 +156,28 @@ async fn capture_in(currency: &str, amount: i64, lines: i64, body: Value) -> Cal
 }
 
 #[tokio::test]
-async fn clp_is_sent_with_adyens_two_decimals() {
-    // 26 960 CLP (ISO 4217: no decimals) is Adyen's value 2 696 000.
-    let result = capture_in(
-        "CLP",
-        26_960,
-        18_960,
-        json!({
+async fn clp_goes_with_adyens_two_decimals_and_cve_in_whole_escudos() {
+    // 26 960 CLP (ISO 4217: no decimals) is Adyen's 2 696 000; 7 205.00 CVE (ISO 4217: two
+    // decimals) is Adyen's 7 205. Line items are converted the same way.
+    for (currency, amount, lines, value, unit, shipping) in [
+        ("CLP", 26_960, 18_960, 2_696_000, 632_000, 800_000),
+        ("CVE", 720_500, 450_000, 7205, 1500, 2705),
+    ] {
+        let body = json!({
             "merchantAccount": MERCHANT,
-            "amount": {"currency": "CLP", "value": 2_696_000},
+            "amount": {"currency": currency, "value": value},
             "reference": "ORD-1042/SHP-77",
             "lineItems": [
-                {"id": "L1", "description": "Mug", "quantity": 3, "amountIncludingTax": 632_000, "sku": "MUG-1"},
-                {"id": "shipping", "description": "Shipping", "quantity": 1, "amountIncludingTax": 800_000},
+                {"id": "L1", "description": "Mug", "quantity": 3, "amountIncludingTax": unit, "sku": "MUG-1"},
+                {"id": "shipping", "description": "Shipping", "quantity": 1, "amountIncludingTax": shipping},
             ],
-        }),
-    )
-    .await;
-    assert!(
-        matches!(result.outcome, Outcome::Pending { .. }),
-        "{result:?}"
-    );
-}
-
-#[tokio::test]
-async fn cve_is_sent_in_whole_escudos_as_adyen_takes_it_without_decimals() {
-    // 7 205.00 CVE (ISO 4217: two decimals) is Adyen's value 7 205.
-    let result = capture_in(
-        "CVE",
-        720_500,
-        450_000,
-        json!({
-            "merchantAccount": MERCHANT,
-            "amount": {"currency": "CVE", "value": 7205},
-            "reference": "ORD-1042/SHP-77",
-            "lineItems": [
-                {"id": "L1", "description": "Mug", "quantity": 3, "amountIncludingTax": 1500, "sku": "MUG-1"},
-                {"id": "shipping", "description": "Shipping", "quantity": 1, "amountIncludingTax": 2705},
-            ],
-        }),
-    )
-    .await;
-    assert!(
-        matches!(result.outcome, Outcome::Pending { .. }),
-        "{result:?}"
-    );
+        });
+        let result = capture_in(currency, amount, lines, body).await;
+        assert!(
+            matches!(result.outcome, Outcome::Pending { .. }),
+            "{currency}: {result:?}"
+        );
+    }
 }
 
 #[tokio::test]
