@@ -340,13 +340,25 @@ async fn lookup_is_permanent_because_adyen_has_no_read_back() {
 
 /// A notification body with one item signed with `key`.
 fn notification(event: &str, psp: &str, success: &str, key: &str) -> Vec<u8> {
-    let data = format!("{psp}:{PSP}:{MERCHANT}:ORD-1042/SHP-77:2696:EUR:{event}:{success}");
+    notification_of(event, psp, success, key, (2696, "EUR"))
+}
+
+/// A notification body with one item worth `value` (Adyen's units) in `currency`.
+fn notification_of(
+    event: &str,
+    psp: &str,
+    success: &str,
+    key: &str,
+    (value, currency): (i64, &str),
+) -> Vec<u8> {
+    let data =
+        format!("{psp}:{PSP}:{MERCHANT}:ORD-1042/SHP-77:{value}:{currency}:{event}:{success}");
     let signature = sign(&data, &Secret::new(key)).unwrap();
     serde_json::to_vec(&json!({
         "live": "false",
         "notificationItems": [{"NotificationRequestItem": {
             "additionalData": {"hmacSignature": signature},
-            "amount": {"currency": "EUR", "value": 2696},
+            "amount": {"currency": currency, "value": value},
             "eventCode": event,
             "eventDate": "2026-11-21T10:00:00+01:00",
             "merchantAccountCode": MERCHANT,
@@ -382,25 +394,13 @@ fn a_signed_capture_notification_settles_the_pending_capture() {
 
 #[test]
 fn a_clp_notification_amount_is_read_in_iso_minor_units() {
-    let psp = "JDD6LKT8MBLZNN87";
-    let data = format!("{psp}:{PSP}:{MERCHANT}:ORD-1042/SHP-77:2696000:CLP:CAPTURE:true");
-    let signature = sign(&data, &Secret::new(HMAC_KEY)).unwrap();
-    let body = serde_json::to_vec(&json!({
-        "live": "false",
-        "notificationItems": [{"NotificationRequestItem": {
-            "additionalData": {"hmacSignature": signature},
-            "amount": {"currency": "CLP", "value": 2_696_000},
-            "eventCode": "CAPTURE",
-            "eventDate": "2026-11-21T10:00:00+01:00",
-            "merchantAccountCode": MERCHANT,
-            "merchantReference": "ORD-1042/SHP-77",
-            "originalReference": PSP,
-            "pspReference": psp,
-            "reason": "",
-            "success": "true",
-        }}],
-    }))
-    .unwrap();
+    let body = notification_of(
+        "CAPTURE",
+        "JDD6LKT8MBLZNN87",
+        "true",
+        HMAC_KEY,
+        (2_696_000, "CLP"),
+    );
 
     let items = parse_notification(&body, &Secret::new(HMAC_KEY)).unwrap();
 
