@@ -57,6 +57,11 @@ pub struct Capabilities {
     /// currency not listed has none. A capture below it is refused by the provider, so the
     /// plan carries such a value into the order's next capture.
     pub minimums: &'static [(&'static str, i64)],
+    /// The provider's amount step per currency (ISO code, minor units): every capture in that
+    /// currency must be a whole multiple of it, because the provider takes the currency with
+    /// fewer decimals than ISO 4217 gives it. A currency not listed has step 1. The plan
+    /// carries the part of a capture that is not a whole step into the order's next capture.
+    pub steps: &'static [(&'static str, i64)],
 }
 
 /// Stripe's minimum charge amounts per currency, in minor units
@@ -90,7 +95,43 @@ pub const STRIPE_MINIMUMS: &[(&str, i64)] = &[
     ("THB", 1000),
 ];
 
+/// PayPal takes HUF and TWD without decimals ("This currency does not support decimals. If
+/// you pass a decimal amount, an error occurs", developer.paypal.com/docs/api/reference/currency-codes/;
+/// a decimal amount is answered 422 `DECIMALS_NOT_SUPPORTED`). ISO 4217 gives both two
+/// decimals, so a capture must be a multiple of 100 minor units. JPY has no decimals in ISO
+/// 4217 either, so it needs no step.
+pub const PAYPAL_STEPS: &[(&str, i64)] = &[("HUF", 100), ("TWD", 100)];
+
+/// Checkout.com takes the three-decimal currencies with the last digit 0 ("The last digit
+/// must always be a 0", www.checkout.com/docs/payments/accept-payments/format-the-amount-value),
+/// so a capture in them must be a multiple of 10 minor units.
+pub const CHECKOUT_STEPS: &[(&str, i64)] = &[
+    ("BHD", 10),
+    ("IQD", 10),
+    ("JOD", 10),
+    ("KWD", 10),
+    ("LYD", 10),
+    ("OMR", 10),
+    ("TND", 10),
+];
+
+/// Adyen takes CVE with no decimals although ISO 4217 gives it two ("Some currencies have an
+/// exponent that differs from standard", docs.adyen.com/development-resources/currency-codes:
+/// CVE 0), so a capture in CVE must be whole escudos, a multiple of 100 minor units.
+pub const ADYEN_STEPS: &[(&str, i64)] = &[("CVE", 100)];
+
 impl Capabilities {
+    /// The amount step in `currency`: every capture is a whole multiple of it. 1 when the
+    /// provider takes the currency as ISO 4217 gives it.
+    pub fn step_for(&self, currency: Currency) -> MinorUnits {
+        self.steps
+            .iter()
+            .find(|(code, _)| *code == currency.code())
+            .and_then(|&(_, minor)| MinorUnits::new(minor).ok())
+            .filter(|step| step.get() > 0)
+            .unwrap_or(MinorUnits::ONE)
+    }
+
     /// The minimum capture in `currency`, when the provider documents one.
     pub fn minimum_for(&self, currency: Currency) -> Option<MinorUnits> {
         self.minimums
@@ -111,6 +152,7 @@ impl Capabilities {
             authorization_window: None,
             capture_ahead: Duration::hours(12),
             minimums: &[],
+            steps: &[],
         }
     }
 
@@ -129,6 +171,7 @@ impl Capabilities {
             authorization_window: Some(Duration::days(7)),
             capture_ahead: Duration::hours(12),
             minimums: STRIPE_MINIMUMS,
+            steps: &[],
         }
     }
 
@@ -146,11 +189,13 @@ impl Capabilities {
             authorization_window: Some(Duration::days(7)),
             capture_ahead: Duration::hours(12),
             minimums: &[],
+            steps: &[],
         }
     }
 
     /// Adyen multiple partial captures (enabled on the merchant account): no final flag, so the
-    /// remainder is released with Adyen's cancel call after the last capture.
+    /// remainder is released with Adyen's cancel call after the last capture. CVE captures are
+    /// whole escudos ([`ADYEN_STEPS`]).
     pub fn adyen() -> Self {
         Capabilities {
             mode: CaptureMode::Multiple { max_captures: None },
@@ -160,12 +205,14 @@ impl Capabilities {
             authorization_window: Some(Duration::days(7)),
             capture_ahead: Duration::hours(12),
             minimums: &[],
+            steps: ADYEN_STEPS,
         }
     }
 
     /// Checkout.com: at most 150 partial actions per payment (the worker makes no refunds,
     /// so all 150 are captures), `capture_type` `Final`/`NonFinal` explicit, the remainder
-    /// released by a void, and the payment voided by Checkout.com after seven days.
+    /// released by a void, and the payment voided by Checkout.com after seven days. Captures in
+    /// the three-decimal currencies are whole multiples of 10 ([`CHECKOUT_STEPS`]).
     pub fn checkout() -> Self {
         Capabilities {
             mode: CaptureMode::Multiple {
@@ -177,13 +224,15 @@ impl Capabilities {
             authorization_window: Some(Duration::days(7)),
             capture_ahead: Duration::hours(12),
             minimums: &[],
+            steps: CHECKOUT_STEPS,
         }
     }
 
     /// PayPal authorizations: `final_capture` explicit (PayPal defaults it to `false`), the
     /// remainder released by voiding the authorization, valid for 29 days. The count limit is
     /// per account (`MAX_CAPTURE_COUNT_EXCEEDED`), so none is assumed here; over-capture
-    /// (up to 115 % or +75 USD) needs account eligibility and is not planned for.
+    /// (up to 115 % or +75 USD) needs account eligibility and is not planned for. HUF and TWD
+    /// captures are whole units ([`PAYPAL_STEPS`]).
     pub fn paypal() -> Self {
         Capabilities {
             mode: CaptureMode::Multiple { max_captures: None },
@@ -193,6 +242,7 @@ impl Capabilities {
             authorization_window: Some(Duration::days(29)),
             capture_ahead: Duration::hours(12),
             minimums: &[],
+            steps: PAYPAL_STEPS,
         }
     }
 
@@ -209,6 +259,7 @@ impl Capabilities {
             authorization_window: Some(Duration::days(7)),
             capture_ahead: Duration::hours(12),
             minimums: &[],
+            steps: &[],
         }
     }
 
@@ -233,6 +284,7 @@ impl Capabilities {
             authorization_window: Some(Duration::days(7)),
             capture_ahead: Duration::hours(12),
             minimums: &[],
+            steps: &[],
         }
     }
 
@@ -246,6 +298,7 @@ impl Capabilities {
             authorization_window: Some(Duration::days(7)),
             capture_ahead: Duration::hours(12),
             minimums: &[],
+            steps: &[],
         }
     }
 }

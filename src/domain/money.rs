@@ -33,6 +33,7 @@ pub struct MinorUnits(i64);
 
 impl MinorUnits {
     pub const ZERO: MinorUnits = MinorUnits(0);
+    pub const ONE: MinorUnits = MinorUnits(1);
 
     /// Accepts any value in `0..=i64::MAX`.
     pub fn new(value: i64) -> Result<Self, MoneyError> {

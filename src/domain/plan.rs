@@ -263,8 +263,8 @@ pub enum NothingReason {
     /// recorded and a deadline tick does nothing. No capture, release or void is sent: the
     /// provider would refuse it, and the hold is already gone.
     AuthorizationLapsed,
-    /// The value is below the provider's minimum capture for the currency: it stays shipped
-    /// but uncharged and rides with the order's next capture.
+    /// The value is below the provider's minimum capture for the currency, or below one
+    /// amount step: it stays shipped but uncharged and rides with the order's next capture.
     BelowMinimum,
 }
 
@@ -592,6 +592,12 @@ fn deadline_near(order: &Order, ctx: &PlanContext) -> bool {
         .is_some_and(|d| ctx.now >= d - ctx.capabilities.capture_ahead)
 }
 
+/// `amount` rounded down to a whole multiple of `step`.
+fn whole_steps(amount: MinorUnits, step: MinorUnits) -> Result<MinorUnits, MoneyError> {
+    let step = step.get().max(1);
+    MinorUnits::new(amount.get() - amount.get() % step)
+}
+
 /// The amount the captures may still claim: authorized + allowance − claimed.
 fn headroom(
     order: &Order,
@@ -618,6 +624,8 @@ fn decide(
     // What has shipped and is not yet in a capture: per line, then shipping.
     let mut lines = Vec::new();
     let mut raw = MinorUnits::ZERO;
+    // The value already turned into captures (or shortfall, or carried as a part step).
+    let mut booked = next.shipping_charged;
     let nets = order.line_nets();
     for (i, line) in order.lines().iter().enumerate() {
         let qty = line.quantity.get();
@@ -633,6 +641,7 @@ fn decide(
             });
         }
         raw = raw.checked_add(value, "capture amount")?;
+        booked = booked.checked_add(before, "charged value")?;
     }
     let shipped_units: u64 = next.shipped.iter().map(|&u| u64::from(u)).sum();
     let live_units: u64 = order
@@ -649,6 +658,14 @@ fn decide(
     )?;
     let shipping = shipping_due.checked_sub(next.shipping_charged)?;
     raw = raw.checked_add(shipping, "capture amount")?;
+    // A provider that takes the currency with fewer decimals than ISO 4217 takes only whole
+    // steps. Captures are the differences of the charged value rounded down to a step, so
+    // the part of a capture that is not a whole step rides with the next one (it is never
+    // lost: the charged value keeps it) and the last capture leaves it as shortfall.
+    let step = caps.step_for(order.currency());
+    let charged_after = booked.checked_add(raw, "charged value")?;
+    let due = whole_steps(charged_after, step)?.checked_sub(whole_steps(booked, step)?)?;
+    let part_step = charged_after.checked_sub(whole_steps(charged_after, step)?)?;
 
     // Defer when this cannot be the last capture the provider allows, unless the
     // authorization is about to lapse.
@@ -672,14 +689,16 @@ fn decide(
             state: next,
         });
     }
-    // A capture below the provider's minimum would be refused (Stripe `amount_too_small`).
-    // Before the order completes its value waits, uncharged, for the next capture; a final
-    // remainder still below the minimum is not sent but recorded as shortfall for finance,
-    // and the rest of the authorization is released as after any final capture.
+    // A capture below the provider's minimum would be refused (Stripe `amount_too_small`),
+    // and so would one smaller than a whole step. Before the order completes its value
+    // waits, uncharged, for the next capture; a final remainder still below the minimum is
+    // not sent but recorded as shortfall for finance, and the rest of the authorization is
+    // released as after any final capture.
     let below_minimum = !raw.is_zero()
-        && caps
-            .minimum_for(order.currency())
-            .is_some_and(|minimum| raw < minimum);
+        && (due.is_zero()
+            || caps
+                .minimum_for(order.currency())
+                .is_some_and(|minimum| due < minimum));
     if below_minimum && !complete && !deadline {
         return Ok(Plan {
             decision: Decision::Nothing(NothingReason::BelowMinimum),
@@ -697,19 +716,22 @@ fn decide(
         });
     }
 
-    let amount = if below_minimum && complete {
-        MinorUnits::ZERO
-    } else {
-        raw.min(headroom(order, &next, caps)?)
-    };
-    let shortfall = raw.checked_sub(amount)?;
-    next.charged.clone_from(&next.shipped);
-    next.shipping_charged = shipping_due;
-    next.shortfall = next.shortfall.checked_add(shortfall, "shortfall")?;
-
     // A capture forced by the deadline on a provider that allows no further capture is the
     // last one, even with units unshipped.
     let is_final = complete || (deadline && last_allowed);
+    let amount = if below_minimum && complete {
+        MinorUnits::ZERO
+    } else {
+        due.min(whole_steps(headroom(order, &next, caps)?, step)?)
+    };
+    // What the cap cuts, and after the last capture the part of a step nothing can carry.
+    let mut shortfall = due.checked_sub(amount)?;
+    if is_final {
+        shortfall = shortfall.checked_add(part_step, "shortfall")?;
+    }
+    next.charged.clone_from(&next.shipped);
+    next.shipping_charged = shipping_due;
+    next.shortfall = next.shortfall.checked_add(shortfall, "shortfall")?;
     if amount.is_zero() {
         if !is_final {
             let reason = if shortfall.is_zero() {

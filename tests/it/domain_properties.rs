@@ -18,6 +18,7 @@ struct Scenario {
     allowance_bp: u32,
     choices: Vec<u32>,
     decline_at: Option<u8>,
+    currency: &'static str,
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
@@ -48,6 +49,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     allowance_bp: bp,
                     choices,
                     decline_at,
+                    currency: "USD",
                 }
             },
         )
@@ -63,13 +65,16 @@ fn build(s: &Scenario) -> (Order, PlanContext) {
         .collect();
     let merch: i64 = s.lines.iter().map(|&(q, u, _, d)| u * q - d).sum();
     let od = merch * s.order_discount_pct / 100 / 4;
-    let probe = order("USD", &specs, s.shipping, od, 0).unwrap();
+    let probe = order(s.currency, &specs, s.shipping, od, 0).unwrap();
     let authorized = probe.total().amount().get() * s.authorized_pct / 100;
-    let o = order("USD", &specs, s.shipping, od, authorized).unwrap();
+    let o = order(s.currency, &specs, s.shipping, od, authorized).unwrap();
     let mut caps = match s.caps {
         0 => Capabilities::multi_capture(),
         1 => Capabilities::stripe(),
         2 => Capabilities::single_capture(),
+        4 => Capabilities::paypal(),
+        5 => Capabilities::checkout(),
+        6 => Capabilities::adyen(),
         _ => Capabilities {
             mode: CaptureMode::Multiple {
                 max_captures: Some(2),
@@ -282,6 +287,7 @@ proptest! {
             allowance_bp: 0,
             choices,
             decline_at: None,
+            currency: "USD",
         };
         let (o, c) = build(&s);
         let minimum = c.capabilities.minimum_for(o.currency()).unwrap().get();
@@ -299,6 +305,42 @@ proptest! {
         // remainder below the minimum (or what the authorization does not cover).
         prop_assert_eq!(out.captured + out.state.shortfall.get(), o.total().amount().get());
         prop_assert!(total - out.captured < minimum, "left out {}", total - out.captured);
+    }
+
+    #[test]
+    fn with_an_amount_step_every_capture_is_whole_steps_and_the_part_step_is_carried_never_lost_never_captured_twice(
+        mut s in scenario(),
+        provider in 0u8..3,
+    ) {
+        // HUF on PayPal (step 100), KWD on Checkout.com (step 10) or CVE on Adyen (step 100);
+        // random parcels, cancellations and discounts give parcels values that are not whole
+        // steps.
+        let expected_step;
+        (s.caps, s.currency, expected_step) = match provider {
+            0 => (4, "HUF", 100),
+            1 => (5, "KWD", 10),
+            _ => (6, "CVE", 100),
+        };
+        s.decline_at = None;
+        s.allowance_bp = 0;
+        s.choices.extend(std::iter::repeat_n(3, 40));
+        let (o, c) = build(&s);
+        let step = c.capabilities.step_for(o.currency()).get();
+        prop_assert_eq!(step, expected_step);
+        let out = play(&s)?;
+        prop_assert!(out.state.is_resolved(&o));
+        for a in &out.amounts {
+            prop_assert!(a % step == 0, "a capture of {} is not whole steps of {}", a, step);
+        }
+        let value = shipped_value(&o, &out.state, c.shipping).unwrap().get();
+        // Never captured twice, never lost: every minor unit shipped is captured or recorded
+        // as shortfall, exactly once.
+        prop_assert_eq!(out.amounts.iter().sum::<i64>(), out.captured);
+        prop_assert_eq!(out.captured + out.state.shortfall.get(), value);
+        if s.authorized_pct >= 100 {
+            // Only the last part step is left out: less than one step.
+            prop_assert!(out.state.shortfall.get() < step, "shortfall {}", out.state.shortfall);
+        }
     }
 
     #[test]

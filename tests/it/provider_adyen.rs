@@ -133,6 +133,67 @@ async fn non_final_capture_posts_amount_reference_and_line_items_and_is_pending_
     );
 }
 
+/// A capture of `amount` `currency` for three mugs worth `lines`, the rest shipping, whose
+/// body must be exactly `body`.
+async fn capture_in(currency: &str, amount: i64, lines: i64, body: Value) -> CallResult {
+    let request = CaptureRequest {
+        lines: vec![CaptureLine {
+            line_id: LineId::parse("L1").unwrap(),
+            sku: "MUG-1".to_owned(),
+            name: "Mug".to_owned(),
+            quantity: 3,
+            amount: m(lines),
+        }],
+        ..parcel_capture("adyen", PSP, "SHP-77", Money::new(m(amount), cur(currency)))
+    };
+    let mock = Mock::given(method("POST"))
+        .and(path(CAPTURE_PATH))
+        .and(header("idempotency-key", request.idempotency_key.as_str()))
+        .and(body_json(body))
+        .respond_with(answer(201, received("JDD6LKT8MBLZNN86")))
+        .expect(1);
+    capture_against(mock, adyen, &request).await
+}
+
+#[tokio::test]
+async fn clp_goes_with_adyens_two_decimals_and_cve_in_whole_escudos() {
+    // 26 960 CLP (ISO 4217: no decimals) is Adyen's 2 696 000; 7 205.00 CVE (ISO 4217: two
+    // decimals) is Adyen's 7 205. Line items are converted the same way.
+    for (currency, amount, lines, value, unit, shipping) in [
+        ("CLP", 26_960, 18_960, 2_696_000, 632_000, 800_000),
+        ("CVE", 720_500, 450_000, 7205, 1500, 2705),
+    ] {
+        let body = json!({
+            "merchantAccount": MERCHANT,
+            "amount": {"currency": currency, "value": value},
+            "reference": "ORD-1042/SHP-77",
+            "lineItems": [
+                {"id": "L1", "description": "Mug", "quantity": 3, "amountIncludingTax": unit, "sku": "MUG-1"},
+                {"id": "shipping", "description": "Shipping", "quantity": 1, "amountIncludingTax": shipping},
+            ],
+        });
+        let result = capture_in(currency, amount, lines, body).await;
+        assert!(
+            matches!(result.outcome, Outcome::Pending { .. }),
+            "{currency}: {result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cve_amount_with_centavos_is_refused_without_calling_adyen() {
+    let server = MockServer::start().await;
+    let request = parcel_capture("adyen", PSP, "SHP-77", Money::new(m(720_550), cur("CVE")));
+
+    let result = adyen(&server).capture(&request).await;
+
+    assert!(
+        matches!(&result.outcome, Outcome::Failed { reason } if reason.contains("whole units")),
+        "{result:?}"
+    );
+    assert!(server.received_requests().await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn final_capture_sends_the_same_shape_because_adyen_has_no_final_flag() {
     let request = capture_request(true);
@@ -279,13 +340,25 @@ async fn lookup_is_permanent_because_adyen_has_no_read_back() {
 
 /// A notification body with one item signed with `key`.
 fn notification(event: &str, psp: &str, success: &str, key: &str) -> Vec<u8> {
-    let data = format!("{psp}:{PSP}:{MERCHANT}:ORD-1042/SHP-77:2696:EUR:{event}:{success}");
+    notification_of(event, psp, success, key, (2696, "EUR"))
+}
+
+/// A notification body with one item worth `value` (Adyen's units) in `currency`.
+fn notification_of(
+    event: &str,
+    psp: &str,
+    success: &str,
+    key: &str,
+    (value, currency): (i64, &str),
+) -> Vec<u8> {
+    let data =
+        format!("{psp}:{PSP}:{MERCHANT}:ORD-1042/SHP-77:{value}:{currency}:{event}:{success}");
     let signature = sign(&data, &Secret::new(key)).unwrap();
     serde_json::to_vec(&json!({
         "live": "false",
         "notificationItems": [{"NotificationRequestItem": {
             "additionalData": {"hmacSignature": signature},
-            "amount": {"currency": "EUR", "value": 2696},
+            "amount": {"currency": currency, "value": value},
             "eventCode": event,
             "eventDate": "2026-11-21T10:00:00+01:00",
             "merchantAccountCode": MERCHANT,
@@ -317,6 +390,21 @@ fn a_signed_capture_notification_settles_the_pending_capture() {
             reference: Some("JDD6LKT8MBLZNN84".to_owned())
         })
     );
+}
+
+#[test]
+fn a_clp_notification_amount_is_read_in_iso_minor_units() {
+    let body = notification_of(
+        "CAPTURE",
+        "JDD6LKT8MBLZNN87",
+        "true",
+        HMAC_KEY,
+        (2_696_000, "CLP"),
+    );
+
+    let items = parse_notification(&body, &Secret::new(HMAC_KEY)).unwrap();
+
+    assert_eq!(items[0].amount, Some(Money::new(m(26_960), cur("CLP"))));
 }
 
 #[test]

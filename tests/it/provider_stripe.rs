@@ -210,6 +210,58 @@ async fn partial_capture_sends_final_capture_false_explicitly() {
 }
 
 #[tokio::test]
+async fn isk_is_sent_times_100_as_stripe_takes_it_with_two_zero_decimals() {
+    // 7205 ISK (ISO 4217: no decimals) is Stripe's 720500.
+    let request = CaptureRequest {
+        is_final: false,
+        ..parcel_capture("stripe", PI, "SHP-77", Money::new(m(7205), cur("ISK")))
+    };
+    let sequence = request.sequence.to_string();
+    let mut intent = payment_intent("requires_capture", 279_500, 720_500, json!("ch_3QxIsk"));
+    intent["currency"] = json!("isk");
+    let mock = Mock::given(method("POST"))
+        .and(path(CAPTURE_PATH))
+        .and(header("Idempotency-Key", request.idempotency_key.as_str()))
+        .and(header("Stripe-Version", STRIPE_VERSION))
+        .and(FormBody::of(&[
+            ("amount_to_capture", "720500"),
+            ("final_capture", "false"),
+            ("metadata[order_id]", request.order_id.as_str()),
+            ("metadata[capture_cause]", &request.cause),
+            ("metadata[capture_sequence]", &sequence),
+        ]))
+        .respond_with(answer(200, intent))
+        .expect(1);
+
+    let result = capture_against(mock, stripe, &request).await;
+
+    assert_eq!(
+        result.outcome,
+        Outcome::Succeeded {
+            reference: Some("ch_3QxIsk".to_owned())
+        }
+    );
+}
+
+#[tokio::test]
+async fn an_isk_payment_intent_is_read_back_in_iso_minor_units() {
+    let server = MockServer::start().await;
+    let mut intent = payment_intent("requires_capture", 279_500, 720_500, json!("ch_3QxIsk"));
+    intent["currency"] = json!("isk");
+    Mock::given(method("GET"))
+        .and(path(INTENT_PATH))
+        .respond_with(answer(200, intent))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let snapshot = stripe(&server).lookup(&authorization()).await.unwrap();
+
+    assert_eq!(snapshot.captured, Money::new(m(7205), cur("ISK")));
+    assert_eq!(snapshot.capturable, Money::new(m(2795), cur("ISK")));
+}
+
+#[tokio::test]
 async fn success_without_a_charge_is_referenced_by_the_payment_intent() {
     let result = capture_answered_with(answer(
         200,

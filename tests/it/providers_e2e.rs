@@ -1445,6 +1445,86 @@ async fn paypal_captures_a_huf_order_in_whole_forints() {
     app.cleanup().await;
 }
 
+/// The example order's amounts taken as minor units of `currency` (124.55 HUF, 12.455 KWD…)
+/// on `provider`, shipped in its three parcels: the order's captures once settled, and its
+/// shortfall.
+async fn example_order_captured_in(
+    app: &TestApp,
+    provider: &str,
+    order_id: &str,
+    auth: &str,
+    currency: &str,
+) -> (Vec<Row>, i64) {
+    app.authorize_with(NewAuthorization::new(auth, 12455, currency));
+    let (mut order, s1, s2, s3) = order_on(provider, order_id, auth, 12455);
+    order["data"]["currency"] = json!(currency);
+    order["data"]["payment"]["currency"] = json!(currency);
+    app.publish(&[order, s1, s2, s3]).await;
+    app.wait_settled(order_id, 3).await;
+    let shortfall: i64 =
+        sqlx::query_scalar("select shortfall_amount from orders where order_id = $1")
+            .bind(order_id)
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    (app.captures(order_id).await, shortfall)
+}
+
+#[tokio::test]
+async fn paypal_captures_a_huf_order_with_fractional_forint_parcels_in_whole_forints() {
+    // Parcels of 51.82, 28.90 and 43.83 Ft (the order discount split and shipping). PayPal
+    // takes HUF only in whole forints (the dialect answers 422 DECIMALS_NOT_SUPPORTED to
+    // decimals).
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let auth = "8HU12345HUF00002";
+    let (rows, shortfall) =
+        example_order_captured_in(&app, "paypal", "ORD-PP-HUF-FRAC", auth, "HUF").await;
+    // 51.82 → 51 Ft, 0.82 carried; 0.82 + 28.90 = 29.72 → 29 Ft (0.72 carried, 80.00 in all);
+    // the final 0.72 + 43.83 = 44.55 → 44 Ft, and its 0.55 Ft is the order's shortfall.
+    assert_eq!(
+        rows,
+        vec![
+            row(1, "capture", 5100, false, "succeeded"),
+            row(2, "capture", 2900, false, "succeeded"),
+            row(3, "capture", 4400, true, "succeeded"),
+        ]
+    );
+    assert_eq!(shortfall, 55, "the final part of a forint, for finance");
+    let a = app.sandbox.authorization(auth).unwrap();
+    assert_eq!((a.amount_received, a.captures.len()), (12400, 3));
+    // Every capture went through at the first try: nothing refused, nothing for an operator.
+    assert_eq!(capture_statuses(&app, auth), vec![201, 201, 201]);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn checkout_captures_a_kwd_order_in_amounts_whose_last_digit_is_0() {
+    // Parcels of 5.182, 2.890 and 4.383 KWD. Checkout.com takes three-decimal amounts only
+    // with the last digit 0 (the dialect answers 422 amount_invalid otherwise).
+    let app = TestApp::spawn_with_dialects(|_| {}).await;
+    let auth = "pay_sbx_checkout_kwd";
+    let (rows, shortfall) =
+        example_order_captured_in(&app, "checkout", "ORD-CK-KWD", auth, "KWD").await;
+    // 5.182 → 5.180 (0.002 carried); 0.002 + 2.890 → 2.890 (0.002 carried); the final
+    // 0.002 + 4.383 = 4.385 → 4.380, and its 0.005 KWD is the order's shortfall.
+    assert_eq!(
+        rows,
+        vec![
+            row(1, "capture", 5180, false, "succeeded"),
+            row(2, "capture", 2890, false, "succeeded"),
+            row(3, "capture", 4380, true, "succeeded"),
+        ]
+    );
+    assert_eq!(shortfall, 5, "the final part of a step, for finance");
+    assert_eq!(
+        app.sandbox.authorization(auth).unwrap().amount_received,
+        12450
+    );
+    // Nothing refused, nothing for an operator.
+    assert_eq!(capture_statuses(&app, auth), vec![202, 202, 202]);
+    app.cleanup().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Minimum capture amounts.
 

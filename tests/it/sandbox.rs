@@ -1083,6 +1083,33 @@ async fn paypal_refuses_decimals_for_currencies_it_takes_without_them() {
 }
 
 #[tokio::test]
+async fn checkout_refuses_a_three_decimal_amount_whose_last_digit_is_not_0() {
+    let p = start().await;
+    for (id, currency) in [("ck-kwd", "KWD"), ("ck-usd", "USD")] {
+        p.sandbox
+            .create_authorization(NewAuthorization::new(id, 100_000, currency))
+            .unwrap();
+    }
+    let capture = |amount: i64| json!({"amount": amount, "capture_type": "NonFinal", "reference": format!("O/{amount}")});
+    let path = |id: &str| format!("/checkout/payments/{id}/captures");
+    let (status, body) = post_json(&p, &path("ck-kwd"), &[], capture(7205)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error_codes"][0], "amount_invalid", "{body}");
+    assert_eq!(
+        p.sandbox.authorization("ck-kwd").unwrap().amount_received,
+        0
+    );
+    let (status, body) = post_json(&p, &path("ck-kwd"), &[], capture(7200)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, body) = post_json(&p, &path("ck-usd"), &[], capture(7205)).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "two decimals take any last digit: {body}"
+    );
+}
+
+#[tokio::test]
 async fn hellgate_takes_one_capture_and_the_orchestrator_follow_ons_only_where_allowed() {
     let p = start().await;
     p.authorize("hg-1", 10_000, None).await;

@@ -137,8 +137,11 @@ impl PaymentProvider for AdyenProvider {
     async fn capture(&self, request: &CaptureRequest) -> CallResult {
         let id = &request.authorization_id;
         let key = &request.idempotency_key;
-        let body = CaptureBody::from_request(&self.merchant_account, request);
         let what = format!("capture of Adyen payment {id}");
+        let body = match CaptureBody::from_request(&self.merchant_account, request) {
+            Ok(body) => body,
+            Err(problem) => return http::unsendable(&what, problem),
+        };
         self.modify(&what, id, "captures", key.as_str(), &body)
             .instrument(self.api.capture_span(request))
             .await

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::config::Secret;
-use crate::domain::{Currency, MinorUnits, Money};
+use crate::domain::{Currency, Money};
 use crate::provider::Outcome;
 use crate::provider::http::{MESSAGE_LIMIT, clip};
 
@@ -236,7 +236,7 @@ pub fn parse_notification(
                 let currency = Currency::parse(c).map_err(|e| {
                     NotificationError::Malformed(format!("item {}: {e}", item.psp_reference))
                 })?;
-                let units = MinorUnits::new(*v).map_err(|e| {
+                let units = super::wire::from_adyen_value(*v, currency).map_err(|e| {
                     NotificationError::Malformed(format!("item {}: {e}", item.psp_reference))
                 })?;
                 Some(Money::new(units, currency))

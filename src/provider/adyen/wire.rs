@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::{Currency, MinorUnits};
 use crate::provider::http::{MESSAGE_LIMIT, capture_reference, clip};
 use crate::provider::items::itemize;
 use crate::provider::{CaptureRequest, ReleaseRequest};
@@ -13,7 +14,57 @@ use crate::provider::{CaptureRequest, ReleaseRequest};
 /// `reference` is at most 80 characters.
 const REFERENCE_LIMIT: usize = 80;
 
-/// An amount in minor units with its ISO currency code.
+/// Where Adyen's exponent for a currency differs from ISO 4217 ("Some currencies have an
+/// exponent that differs from standard", docs.adyen.com/development-resources/currency-codes):
+/// CLP has 2 decimals at Adyen (ISO 0), so the worker's pesos go × 100; CVE has none at Adyen
+/// (ISO 2), so the worker's centavos go ÷ 100 (the plan captures whole escudos, an amount step
+/// of 100 in Adyen's capability record).
+enum Shift {
+    Times100,
+    Div100,
+}
+
+fn shift(currency: Currency) -> Option<Shift> {
+    match currency.code() {
+        "CLP" => Some(Shift::Times100),
+        "CVE" => Some(Shift::Div100),
+        _ => None,
+    }
+}
+
+/// `minor` units of `currency` as Adyen writes `value`, or why it cannot be written.
+pub(super) fn to_adyen_value(minor: i64, currency: Currency) -> Result<i64, String> {
+    let code = currency.code();
+    match shift(currency) {
+        None => Ok(minor),
+        Some(Shift::Times100) => minor
+            .checked_mul(100)
+            .ok_or_else(|| format!("{minor} {code} is too large for Adyen's {code} exponent")),
+        Some(Shift::Div100) if minor % 100 == 0 => Ok(minor / 100),
+        Some(Shift::Div100) => Err(format!(
+            "Adyen takes {code} in whole units only, but the amount is {minor} {code} minor units; capture whole units"
+        )),
+    }
+}
+
+/// Adyen's `value` in `currency` as the worker's minor units, or why it is not one.
+pub(super) fn from_adyen_value(value: i64, currency: Currency) -> Result<MinorUnits, String> {
+    let code = currency.code();
+    let minor = match shift(currency) {
+        None => Some(value),
+        Some(Shift::Times100) if value % 100 == 0 => Some(value / 100),
+        Some(Shift::Times100) => {
+            return Err(format!(
+                "{value} is not a whole {code} amount in Adyen's {code} exponent"
+            ));
+        }
+        Some(Shift::Div100) => value.checked_mul(100),
+    }
+    .ok_or_else(|| format!("{value} {code} is too large"))?;
+    MinorUnits::new(minor).map_err(|e| e.to_string())
+}
+
+/// An amount in Adyen's minor units with its ISO currency code.
 #[derive(Debug, Serialize)]
 struct Amount {
     currency: String,
@@ -45,24 +96,33 @@ struct LineItem {
 }
 
 impl<'a> CaptureBody<'a> {
-    pub(super) fn from_request(merchant_account: &'a str, request: &CaptureRequest) -> Self {
-        let line_items = itemize(request, "Shipping").map(|items| {
+    /// The body for `request`, or why its amount cannot be written for Adyen.
+    pub(super) fn from_request(
+        merchant_account: &'a str,
+        request: &CaptureRequest,
+    ) -> Result<Self, String> {
+        let currency = request.amount.currency();
+        // Items whose unit amounts Adyen's exponent cannot express are left out, as items
+        // that contradict the amount would be.
+        let line_items = itemize(request, "Shipping").and_then(|items| {
             items
                 .into_iter()
-                .map(|item| LineItem {
-                    id: item.id,
-                    description: item.name,
-                    quantity: item.quantity,
-                    amount_including_tax: item.unit_amount,
-                    sku: item.sku,
+                .map(|item| {
+                    Some(LineItem {
+                        amount_including_tax: to_adyen_value(item.unit_amount, currency).ok()?,
+                        id: item.id,
+                        description: item.name,
+                        quantity: item.quantity,
+                        sku: item.sku,
+                    })
                 })
                 .collect()
         });
-        CaptureBody {
+        Ok(CaptureBody {
             merchant_account,
             amount: Amount {
-                currency: request.amount.currency().code().to_owned(),
-                value: request.amount.amount().get(),
+                currency: currency.code().to_owned(),
+                value: to_adyen_value(request.amount.amount().get(), currency)?,
             },
             reference: capture_reference(
                 request.order_id.as_str(),
@@ -70,7 +130,7 @@ impl<'a> CaptureBody<'a> {
                 REFERENCE_LIMIT,
             ),
             line_items,
-        }
+        })
     }
 }
 
@@ -131,4 +191,31 @@ pub(super) fn parse_error(body: &[u8]) -> Option<ServiceError> {
     serde_json::from_slice::<ServiceError>(body)
         .ok()
         .filter(|e| e.error_code.is_some() || e.message.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clp_goes_to_adyen_times_100_and_cve_in_whole_escudos_and_both_come_back() {
+        let cur = |c: &str| Currency::parse(c).unwrap();
+        for (code, minor, value) in [
+            ("CLP", 7205, 720_500),
+            ("CVE", 720_500, 7205),
+            ("USD", 7205, 7205),
+            ("JPY", 7205, 7205),
+        ] {
+            assert_eq!(to_adyen_value(minor, cur(code)), Ok(value), "{code}");
+            assert_eq!(
+                from_adyen_value(value, cur(code)),
+                Ok(MinorUnits::new(minor).unwrap()),
+                "{code}"
+            );
+        }
+        let refused = to_adyen_value(720_550, cur("CVE")).unwrap_err();
+        assert!(refused.contains("whole units"), "{refused}");
+        assert!(from_adyen_value(720_550, cur("CLP")).is_err());
+        assert!(to_adyen_value(i64::MAX, cur("CLP")).is_err());
+    }
 }

@@ -4,6 +4,9 @@
 //! `payment_voided` webhook; `GET /payments/{id}` with `balances`; bearer auth and the
 //! `Cko-Idempotency-Key` header (only 2xx answers are kept, as on Checkout.com).
 //!
+//! An amount in a three-decimal currency whose last digit is not 0 is refused with 422
+//! `amount_invalid` (Checkout.com: "The last digit must always be a 0").
+//!
 //! Captures settle `settle_after_ms` after they are accepted (at once when unset); until
 //! then the payment's balances do not show them.
 
@@ -127,6 +130,9 @@ fn accepted(id: &str, action_id: &str, reference: Option<&str>) -> DialectReply 
     )
 }
 
+/// The three-decimal currencies, whose amounts Checkout.com takes with the last digit 0.
+const LAST_DIGIT_ZERO: [&str; 7] = ["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"];
+
 async fn capture(
     State(sandbox): State<Sandbox>,
     Path(id): Path<String>,
@@ -177,6 +183,18 @@ async fn capture(
             {
                 return Executed::reply(
                     error(422, "request_invalid", &["reference_invalid"]),
+                    LedgerOutcome::Error,
+                );
+            }
+            if let Some(amount) = body.amount
+                && amount % 10 != 0
+                && state
+                    .model
+                    .view(&id, now)
+                    .is_some_and(|v| LAST_DIGIT_ZERO.contains(&v.currency.code()))
+            {
+                return Executed::reply(
+                    error(422, "request_invalid", &["amount_invalid"]),
                     LedgerOutcome::Error,
                 );
             }

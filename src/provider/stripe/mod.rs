@@ -108,7 +108,12 @@ impl PaymentProvider for StripeProvider {
     async fn capture(&self, request: &CaptureRequest) -> CallResult {
         let id = &request.authorization_id;
         let key = &request.idempotency_key;
-        let form = CaptureForm::from_request(request);
+        let form = match CaptureForm::from_request(request) {
+            Ok(form) => form,
+            Err(problem) => {
+                return http::unsendable(&format!("capture of Stripe PaymentIntent {id}"), problem);
+            }
+        };
         self.post(Call::Capture(id), key.as_str(), &form)
             .instrument(self.api.capture_span(request))
             .await

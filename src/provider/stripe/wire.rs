@@ -1,7 +1,8 @@
 //! Stripe's wire format: the capture form, the PaymentIntent and error bodies, and their
 //! conversions to and from the provider boundary's types.
 //!
-//! Owns every Stripe field name and the one place minor units become `amount_to_capture`.
+//! Owns every Stripe field name and the one place minor units become `amount_to_capture`
+//! (and Stripe's amounts become minor units again).
 //! Nothing here leaves the `stripe` folder; `mod.rs` decides what an answer means, this file
 //! only reads and writes it. No I/O.
 
@@ -11,13 +12,57 @@ use crate::domain::{AuthorizationId, Currency, MinorUnits, Money};
 use crate::provider::http::{MESSAGE_LIMIT, clip};
 use crate::provider::{AuthorizationSnapshot, CaptureRequest};
 
+/// The currencies ISO 4217 gives no decimals but Stripe takes as two-decimal values whose
+/// decimals are always `00` ("ISK transitioned to a zero-decimal currency, but backwards
+/// compatibility requires you to represent it as a two-decimal value", and the same for UGX
+/// in the special cases of docs.stripe.com/currencies): their amounts go to Stripe × 100.
+const TWO_ZERO_DECIMALS: [&str; 2] = ["ISK", "UGX"];
+
+/// How many of Stripe's units make one of the worker's minor units in `currency`.
+fn wire_factor(currency: Currency) -> i64 {
+    if TWO_ZERO_DECIMALS.contains(&currency.code()) {
+        100
+    } else {
+        1
+    }
+}
+
+/// `minor` units of `currency` as Stripe writes the amount, or why it cannot be written.
+pub(super) fn to_stripe_amount(minor: MinorUnits, currency: Currency) -> Result<i64, String> {
+    minor
+        .get()
+        .checked_mul(wire_factor(currency))
+        .ok_or_else(|| {
+            format!(
+                "{} {} is too large for Stripe's two-decimal form of {}",
+                minor.get(),
+                currency.code(),
+                currency.code()
+            )
+        })
+}
+
+/// An amount as Stripe writes it in `currency`, as the worker's minor units, or why it is not
+/// one (for ISK and UGX a value whose decimals are not `00`).
+pub(super) fn from_stripe_amount(value: i64, currency: Currency) -> Result<MinorUnits, String> {
+    let factor = wire_factor(currency);
+    if value % factor != 0 {
+        return Err(format!(
+            "{value} is not a whole {code} amount in Stripe's two-decimal form of {code} (its decimals must be 00)",
+            code = currency.code()
+        ));
+    }
+    MinorUnits::new(value / factor).map_err(|e| e.to_string())
+}
+
 /// The body of `POST /v1/payment_intents/{id}/capture`, form-encoded.
 ///
 /// `final_capture` is always sent: Stripe defaults it to `true`, so leaving it out of a
 /// partial capture would release the rest of the hold (DESIGN §3.4).
 #[derive(Debug, Serialize)]
 pub(super) struct CaptureForm<'a> {
-    /// Minor units of the PaymentIntent's currency; Stripe's integer amounts are minor units.
+    /// Minor units of the PaymentIntent's currency as Stripe counts them (× 100 for ISK and
+    /// UGX, [`to_stripe_amount`]).
     amount_to_capture: i64,
     final_capture: bool,
     #[serde(rename = "metadata[order_id]")]
@@ -29,14 +74,18 @@ pub(super) struct CaptureForm<'a> {
 }
 
 impl<'a> CaptureForm<'a> {
-    pub(super) fn from_request(request: &'a CaptureRequest) -> Self {
-        CaptureForm {
-            amount_to_capture: request.amount.amount().get(),
+    /// The form for `request`, or why its amount cannot be written for Stripe.
+    pub(super) fn from_request(request: &'a CaptureRequest) -> Result<Self, String> {
+        Ok(CaptureForm {
+            amount_to_capture: to_stripe_amount(
+                request.amount.amount(),
+                request.amount.currency(),
+            )?,
             final_capture: request.is_final,
             order_id: request.order_id.as_str(),
             capture_cause: &request.cause,
             capture_sequence: request.sequence,
-        }
+        })
     }
 }
 
@@ -84,7 +133,7 @@ impl PaymentIntent {
             .map_err(|e| format!("PaymentIntent {}: {e}", self.id))?;
         let amount = |field: &str, value: Option<i64>| {
             let value = value.ok_or_else(|| format!("PaymentIntent {} has no {field}", self.id))?;
-            MinorUnits::new(value)
+            from_stripe_amount(value, currency)
                 .map(|units| Money::new(units, currency))
                 .map_err(|e| format!("PaymentIntent {} {field}: {e}", self.id))
         };
@@ -194,7 +243,7 @@ mod tests {
             lines: Vec::new(),
         };
         // Field names and values as serialized; the integration tests check the encoded body.
-        let fields = serde_json::to_value(CaptureForm::from_request(&request)).unwrap();
+        let fields = serde_json::to_value(CaptureForm::from_request(&request).unwrap()).unwrap();
         assert_eq!(
             fields,
             serde_json::json!({
@@ -204,6 +253,39 @@ mod tests {
                 "metadata[capture_cause]": "S1",
                 "metadata[capture_sequence]": 2,
             })
+        );
+    }
+
+    #[test]
+    fn isk_and_ugx_go_to_stripe_times_100_and_come_back_as_iso_minor_units() {
+        let cur = |c: &str| Currency::parse(c).unwrap();
+        for (code, minor, wire) in [
+            ("ISK", 7205, 720_500),
+            ("UGX", 12_000, 1_200_000),
+            ("JPY", 7205, 7205),
+            ("USD", 7205, 7205),
+            ("HUF", 720_550, 720_550),
+        ] {
+            let units = MinorUnits::new(minor).unwrap();
+            assert_eq!(to_stripe_amount(units, cur(code)), Ok(wire), "{code}");
+            assert_eq!(from_stripe_amount(wire, cur(code)), Ok(units), "{code}");
+        }
+        let refused = from_stripe_amount(720_550, cur("ISK")).unwrap_err();
+        assert!(refused.contains("decimals must be 00"), "{refused}");
+        assert!(to_stripe_amount(MinorUnits::new(i64::MAX).unwrap(), cur("ISK")).is_err());
+        let pi: PaymentIntent = serde_json::from_str(
+            r#"{"id":"pi_1","status":"requires_capture","currency":"isk","amount_received":100000,"amount_capturable":250000}"#,
+        )
+        .unwrap();
+        let snapshot = pi
+            .into_snapshot(&AuthorizationId::parse("pi_1").unwrap())
+            .unwrap();
+        assert_eq!(
+            (
+                snapshot.captured.amount().get(),
+                snapshot.capturable.amount().get()
+            ),
+            (1000, 2500)
         );
     }
 
