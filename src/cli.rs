@@ -1,9 +1,15 @@
-//! Command-line definitions (clap) only; no behaviour lives here.
+//! Command-line definitions (clap) and their mapping to the use cases' own request, format and
+//! units types (`From` impls at the bottom); no behaviour lives here.
 
 use std::path::PathBuf;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::app::operator::{
+    self, CaptureRetryRequest, DeadLetterRequest, OrderRequest, ReconcileRequest, ReportRequest,
+    orders, units,
+};
 
 /// Captures card payments as orders ship.
 #[derive(Debug, Parser)]
@@ -216,4 +222,133 @@ pub enum ProviderCommand {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
+}
+
+impl From<OutputFormat> for operator::OutputFormat {
+    fn from(format: OutputFormat) -> Self {
+        match format {
+            OutputFormat::Table => operator::OutputFormat::Table,
+            OutputFormat::Csv => operator::OutputFormat::Csv,
+            OutputFormat::Json => operator::OutputFormat::Json,
+        }
+    }
+}
+
+impl From<Units> for units::Units {
+    fn from(units: Units) -> Self {
+        match units {
+            Units::Minor => units::Units::Minor,
+            Units::Major => units::Units::Major,
+        }
+    }
+}
+
+impl From<StoryFormat> for orders::StoryFormat {
+    fn from(format: StoryFormat) -> Self {
+        match format {
+            StoryFormat::Text => orders::StoryFormat::Text,
+            StoryFormat::Json => orders::StoryFormat::Json,
+        }
+    }
+}
+
+impl From<ReportArgs> for ReportRequest {
+    fn from(args: ReportArgs) -> Self {
+        ReportRequest {
+            from: args.from,
+            to: args.to,
+            format: args.format.into(),
+            units: args.units.into(),
+        }
+    }
+}
+
+impl From<OrderCommand> for OrderRequest {
+    fn from(command: OrderCommand) -> Self {
+        match command {
+            OrderCommand::Show {
+                order_id,
+                format,
+                units,
+            } => OrderRequest::Show {
+                order_id,
+                format: format.into(),
+                units: units.into(),
+            },
+            OrderCommand::Resume {
+                order_id,
+                authorization,
+                amount,
+                expires_at,
+            } => OrderRequest::Resume {
+                order_id,
+                authorization,
+                amount,
+                expires_at,
+            },
+        }
+    }
+}
+
+impl From<CaptureCommand> for CaptureRetryRequest {
+    fn from(command: CaptureCommand) -> Self {
+        match command {
+            CaptureCommand::Retry {
+                capture_id,
+                read_back,
+            } => CaptureRetryRequest {
+                capture_id,
+                read_back,
+            },
+        }
+    }
+}
+
+impl From<DeadLetterCommand> for DeadLetterRequest {
+    fn from(command: DeadLetterCommand) -> Self {
+        match command {
+            DeadLetterCommand::List {
+                all,
+                reason,
+                order,
+                limit,
+                format,
+            } => DeadLetterRequest::List {
+                all,
+                reason,
+                order,
+                limit,
+                format: format.into(),
+            },
+            DeadLetterCommand::Requeue {
+                ids,
+                all,
+                reason,
+                order,
+                dry_run,
+            } => DeadLetterRequest::Requeue {
+                ids,
+                all,
+                reason,
+                order,
+                dry_run,
+            },
+        }
+    }
+}
+
+impl From<ProviderCommand> for ReconcileRequest {
+    fn from(command: ProviderCommand) -> Self {
+        match command {
+            ProviderCommand::Reconcile {
+                order,
+                since,
+                format,
+            } => ReconcileRequest {
+                order,
+                since,
+                format: format.into(),
+            },
+        }
+    }
 }

@@ -10,9 +10,8 @@
 //!   Imports no I/O or runtime crate and never reads the clock.
 //! - `config`    — typed settings: `config/default.toml` → `config/{CAPTURE_ENV}.toml` →
 //!   `CAPTURE__SECTION__KEY` environment variables. Secrets are redacted types.
-//! - `cli`       — clap definitions of the `capture-worker` command line only; used by
-//!   `main.rs` and, until they take their own request types, the operator commands and
-//!   `demo`.
+//! - `cli`       — clap definitions of the `capture-worker` command line, mapped to the use
+//!   cases' own request, format and units types; used by `main.rs` only.
 //! - `telemetry` — the tracing subscriber (JSON logs with trace ids), OpenTelemetry traces
 //!   over OTLP, Prometheus metrics and the named events we alert on. Process-global; any layer
 //!   but `domain` may use it. Imports no adapter.

@@ -46,13 +46,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo {
             wait_seconds,
             units,
-        } => commands::demo(settings, Duration::from_secs(wait_seconds), units).await,
-        Command::Report(args) => operator::report(settings, args).await,
-        Command::Order(cmd) => operator::order(settings, cmd).await,
-        Command::Capture(cmd) => operator::capture(settings, cmd).await,
-        Command::DeadLetter(cmd) => operator::dead_letter(settings, cmd).await,
+        } => commands::demo(settings, Duration::from_secs(wait_seconds), units.into()).await,
+        Command::Report(args) => operator::report(settings, args.into()).await,
+        Command::Order(cmd) => operator::order(settings, cmd.into()).await,
+        Command::Capture(cmd) => operator::capture(settings, cmd.into()).await,
+        Command::DeadLetter(cmd) => operator::dead_letter(settings, cmd.into()).await,
         Command::Provider(cmd) => {
-            let differences = operator::provider(settings, cmd).await?;
+            let differences = operator::provider(settings, cmd.into()).await?;
             return Ok(if differences {
                 ExitCode::from(1)
             } else {

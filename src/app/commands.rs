@@ -7,13 +7,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
-use crate::cli::Units;
 use crate::config::Settings;
 use crate::provider::sandbox::{self, SandboxOptions};
 use crate::queue::publisher::Publisher;
 use crate::queue::topology::Topology;
 use crate::storage::Store;
 
+use super::operator::units::Units;
 use super::{Application, RunOptions};
 
 /// Resolves when the process receives SIGTERM or SIGINT.

@@ -17,10 +17,12 @@
 //! - `providers` — the providers this worker can call, built from `providers.<name>`.
 //! - `http`, `webhooks` — health, readiness, metrics and the provider webhooks on
 //!   `http.listen`.
-//! - `commands`  — the commands behind the command line: run, migrate, sandbox, publish, demo
-//!   (`demo` still takes `cli`'s `Units`).
+//! - `commands`  — the commands behind the command line: run, migrate, sandbox, publish, demo.
 //! - `operator`  — the operator and finance commands (report, order, capture, dead-letter,
-//!   provider); they still take `cli`'s clap types.
+//!   provider), each taking its own request type.
+//!
+//! None of them knows the command line: `cli` maps clap's arguments to their request, format
+//! and units types.
 //!
 //! The tools (the benchmark, the fault harness) are not here: they are binaries of their own
 //! under `src/bin/`.

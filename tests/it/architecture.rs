@@ -195,20 +195,6 @@ fn the_product_library_holds_no_tool_code() {
     );
 }
 
-/// Files that still take clap's types from `crate::cli` today: the operator commands and
-/// `demo`, until each takes its own request, format and units types (mapped from clap in
-/// `cli.rs`). This list only shrinks: a file that stops using `crate::cli` must leave it (the
-/// test says so), and no file is ever added.
-const CLI_USERS_TODAY: &[&str] = &[
-    "src/app/commands.rs",
-    "src/app/operator/dead_letters.rs",
-    "src/app/operator/mod.rs",
-    "src/app/operator/orders.rs",
-    "src/app/operator/reconcile.rs",
-    "src/app/operator/report.rs",
-    "src/app/operator/units.rs",
-];
-
 /// How code reaches the `capture-worker` command line: from inside the library, or from a
 /// tool through the library's public API.
 fn cli_mentions(path: &str, text: &str) -> Vec<String> {
@@ -221,38 +207,22 @@ fn cli_mentions(path: &str, text: &str) -> Vec<String> {
 
 #[test]
 fn only_the_binary_knows_the_command_line() {
-    let sources = sources();
     let mut violations = Vec::new();
-    for (path, text) in &sources {
-        if path == "src/main.rs" || path == "src/cli.rs" || CLI_USERS_TODAY.contains(&&**path) {
+    for (path, text) in sources() {
+        if path == "src/main.rs" || path == "src/cli.rs" {
             continue;
         }
         violations.extend(
-            cli_mentions(path, text)
+            cli_mentions(&path, &text)
                 .into_iter()
                 .map(|hit| format!("{path}:{hit}")),
         );
     }
-    // An entry whose file is gone or no longer uses the command line leaves the list.
-    let still_listed: Vec<&str> = CLI_USERS_TODAY
-        .iter()
-        .copied()
-        .filter(|listed| {
-            !sources
-                .iter()
-                .any(|(path, text)| path == listed && !cli_mentions(path, text).is_empty())
-        })
-        .collect();
     assert!(
         violations.is_empty(),
         "only src/main.rs and src/cli.rs use the command line's (clap) types; give the use case \
          its own request type and map clap to it in cli.rs:\n{}",
         violations.join("\n")
-    );
-    assert!(
-        still_listed.is_empty(),
-        "no longer uses crate::cli (or is gone): remove it from CLI_USERS_TODAY:\n{}",
-        still_listed.join("\n")
     );
 }
 

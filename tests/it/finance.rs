@@ -854,7 +854,7 @@ async fn report_over_one_hundred_thousand_captures_is_measured() {
             .unwrap();
         let rendered = capture_worker::app::operator::report::render(
             &r,
-            capture_worker::cli::OutputFormat::Csv,
+            capture_worker::app::operator::OutputFormat::Csv,
         )
         .unwrap();
         eprintln!(

@@ -5,11 +5,10 @@
 use std::process::Command;
 
 use capture_worker::app::operator::dead_letters::{RequeueResult, Requeuer, SkipReason};
-use capture_worker::app::operator::orders::{self, ResumeRequest};
+use capture_worker::app::operator::orders::{self, ResumeRequest, StoryFormat};
 use capture_worker::app::operator::reconcile::{self, Severity};
-use capture_worker::app::operator::{self, OperatorError, report};
+use capture_worker::app::operator::{self, OperatorError, OutputFormat, report};
 use capture_worker::app::providers::Providers;
-use capture_worker::cli::{OutputFormat, StoryFormat};
 use capture_worker::domain::{
     AuthorizationId, Currency, IdempotencyKey, MinorUnits, Money, OrderId, ProviderName,
     ShippingPolicy,

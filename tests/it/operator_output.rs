@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use capture_worker::app::operator::{self, Cell, units};
-use capture_worker::cli::{OutputFormat, Units};
+use capture_worker::app::operator::units::{self, Units};
+use capture_worker::app::operator::{self, Cell, OutputFormat};
 use capture_worker::domain::{Currency, Money};
 use capture_worker::storage::operator::RejectionRow;
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};

@@ -31,14 +31,13 @@ use std::fmt;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde::Serialize;
 
-use crate::cli::OutputFormat;
 use crate::config::Settings;
 use crate::queue::publisher::Publisher;
 use crate::queue::topology::Topology;
 use crate::storage::operator::{self as sql, RejectionRow};
 use crate::storage::{StorageError, Store};
 
-use super::{Cell, OperatorError, csv, table};
+use super::{Cell, OperatorError, OutputFormat, csv, table};
 
 /// What `crate::sanitize` writes in place of a card-number-like digit run.
 pub const MASK_MARKER: &str = crate::sanitize::CARD_MASKED;

@@ -2,8 +2,9 @@
 //! `dead-letter list` / `requeue` and `provider reconcile`.
 //!
 //! Each command has a function that takes a [`Store`] (and the adapters it needs) and returns
-//! data, so tests call it directly; the functions at the bottom of this file are the command
-//! line's glue: connect, call, print the result on stdout and progress on stderr. None of them
+//! data, so tests call it directly; the functions at the bottom of this file run one request
+//! ([`ReportRequest`], [`OrderRequest`], …, which the command line maps its arguments to):
+//! connect, call, print the result on stdout and progress on stderr. None of them
 //! moves money by itself: a retried, resumed or requeued capture is sent by the running
 //! worker's sweeper, through the same executor as every other capture.
 
@@ -17,10 +18,9 @@ use std::io::IsTerminal;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use chrono::{Duration as ChronoDuration, NaiveDate, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, Utc};
 use thiserror::Error;
 
-use crate::cli::{CaptureCommand, DeadLetterCommand, OrderCommand, ProviderCommand, ReportArgs};
 use crate::config::Settings;
 use crate::domain::plan::ResumeError;
 use crate::queue::publisher::PublishError;
@@ -29,6 +29,92 @@ use crate::storage::{StorageError, Store};
 
 use super::providers::Providers;
 use dead_letters::{RequeueResult, SkipReason};
+use orders::StoryFormat;
+use units::Units;
+
+/// How a report or a list is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Aligned columns for a terminal.
+    Table,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+    /// One JSON document.
+    Json,
+}
+
+/// `report`: reconciliation for the UTC days `from` to `to` (today when absent), included.
+#[derive(Debug, Clone)]
+pub struct ReportRequest {
+    pub from: NaiveDate,
+    pub to: Option<NaiveDate>,
+    pub format: OutputFormat,
+    /// Major units apply to the table and CSV only.
+    pub units: Units,
+}
+
+/// `order show` or `order resume`.
+#[derive(Debug, Clone)]
+pub enum OrderRequest {
+    /// One order's whole story.
+    Show {
+        order_id: String,
+        format: StoryFormat,
+        /// Major units apply to the text only.
+        units: Units,
+    },
+    /// Lift the order's decline latch with a new authorization (see [`orders::resume`]).
+    Resume {
+        order_id: String,
+        /// The new authorization's id at the order's provider.
+        authorization: String,
+        /// Its amount, in minor units of the order's currency.
+        amount: i64,
+        expires_at: Option<DateTime<Utc>>,
+    },
+}
+
+/// `capture retry`: put a capture that needs attention back in the queue (see
+/// [`retry_capture`]).
+#[derive(Debug, Clone)]
+pub struct CaptureRetryRequest {
+    pub capture_id: i64,
+    /// Read the payment back before sending.
+    pub read_back: bool,
+}
+
+/// `dead-letter list` or `dead-letter requeue`.
+#[derive(Debug, Clone)]
+pub enum DeadLetterRequest {
+    /// Refused messages, oldest first.
+    List {
+        /// Include messages already requeued.
+        all: bool,
+        reason: Option<String>,
+        order: Option<String>,
+        limit: i64,
+        format: OutputFormat,
+    },
+    /// Publish refused messages again: these `ids`, or with `all` every one not yet requeued
+    /// (narrowed by `reason` and `order`).
+    Requeue {
+        ids: Vec<i64>,
+        all: bool,
+        reason: Option<String>,
+        order: Option<String>,
+        /// Say what would be requeued; change nothing and do not connect to RabbitMQ.
+        dry_run: bool,
+    },
+}
+
+/// `provider reconcile`: the authorizations of one order, or those active since a time (the
+/// last 24 hours when neither is given).
+#[derive(Debug, Clone)]
+pub struct ReconcileRequest {
+    pub order: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub format: OutputFormat,
+}
 
 /// Why an operator command could not do what was asked. Nothing was changed unless the
 /// variant says so.
@@ -243,20 +329,20 @@ async fn connect(settings: &Settings) -> anyhow::Result<Store> {
 }
 
 /// `capture-worker report`.
-pub async fn report(settings: Settings, args: ReportArgs) -> anyhow::Result<()> {
-    let to = args.to.unwrap_or_else(|| Utc::now().date_naive());
-    if to < args.from {
-        bail!("--to {to} is before --from {}", args.from);
+pub async fn report(settings: Settings, request: ReportRequest) -> anyhow::Result<()> {
+    let to = request.to.unwrap_or_else(|| Utc::now().date_naive());
+    if to < request.from {
+        bail!("--to {to} is before --from {}", request.from);
     }
-    units::only_for_people(args.units, args.format == crate::cli::OutputFormat::Json)?;
+    units::only_for_people(request.units, request.format == OutputFormat::Json)?;
     let store = connect(&settings).await?;
     let progress = Progress::new("report", 1);
-    progress.note(&format!("reading {} to {} (UTC days)…", args.from, to));
-    let r = report::build(&store, args.from, to)
+    progress.note(&format!("reading {} to {} (UTC days)…", request.from, to));
+    let r = report::build(&store, request.from, to)
         .await
-        .map_err(|e| anyhow::anyhow!(report_failure(&e, args.from, to)))?;
+        .map_err(|e| anyhow::anyhow!(report_failure(&e, request.from, to)))?;
     progress.finish(&format!("{} day × currency × provider rows", r.days.len()));
-    print!("{}", report::render_in(&r, args.format, args.units)?);
+    print!("{}", report::render_in(&r, request.format, request.units)?);
     Ok(())
 }
 
@@ -297,22 +383,22 @@ fn report_failure(e: &OperatorError, from: NaiveDate, to: NaiveDate) -> String {
 }
 
 /// `capture-worker order show|resume`.
-pub async fn order(settings: Settings, command: OrderCommand) -> anyhow::Result<()> {
+pub async fn order(settings: Settings, request: OrderRequest) -> anyhow::Result<()> {
     let store = connect(&settings).await?;
-    match command {
-        OrderCommand::Show {
+    match request {
+        OrderRequest::Show {
             order_id,
             format,
             units,
         } => {
-            units::only_for_people(units, format == crate::cli::StoryFormat::Json)?;
+            units::only_for_people(units, format == StoryFormat::Json)?;
             let mut story = orders::story(&store, &order_id).await?;
-            if units == crate::cli::Units::Major {
+            if units == Units::Major {
                 story = units::story_in_major_units(&story)?;
             }
             print!("{}", shown(&orders::render_story(&story, format)?));
         }
-        OrderCommand::Resume {
+        OrderRequest::Resume {
             order_id,
             authorization,
             amount,
@@ -339,32 +425,29 @@ pub async fn order(settings: Settings, command: OrderCommand) -> anyhow::Result<
 }
 
 /// `capture-worker capture retry`.
-pub async fn capture(settings: Settings, command: CaptureCommand) -> anyhow::Result<()> {
+pub async fn capture(settings: Settings, request: CaptureRetryRequest) -> anyhow::Result<()> {
+    let CaptureRetryRequest {
+        capture_id,
+        read_back,
+    } = request;
     let store = connect(&settings).await?;
-    match command {
-        CaptureCommand::Retry {
-            capture_id,
-            read_back,
-        } => {
-            let c = retry_capture(&store, capture_id, read_back).await?;
-            println!(
-                "capture {} (order {}, #{} {} {} {}{}) is back in the queue, due now, with key {}; the running worker sends it within capture.sweep_interval_ms{}",
-                c.capture_id,
-                c.order_id,
-                c.sequence,
-                c.kind,
-                c.amount,
-                c.currency,
-                if c.is_final { ", final" } else { "" },
-                c.idempotency_key,
-                if read_back {
-                    ", after reading the payment back"
-                } else {
-                    ""
-                }
-            );
+    let c = retry_capture(&store, capture_id, read_back).await?;
+    println!(
+        "capture {} (order {}, #{} {} {} {}{}) is back in the queue, due now, with key {}; the running worker sends it within capture.sweep_interval_ms{}",
+        c.capture_id,
+        c.order_id,
+        c.sequence,
+        c.kind,
+        c.amount,
+        c.currency,
+        if c.is_final { ", final" } else { "" },
+        c.idempotency_key,
+        if read_back {
+            ", after reading the payment back"
+        } else {
+            ""
         }
-    }
+    );
     Ok(())
 }
 
@@ -390,10 +473,10 @@ pub async fn retry_capture(
 }
 
 /// `capture-worker dead-letter list|requeue`.
-pub async fn dead_letter(settings: Settings, command: DeadLetterCommand) -> anyhow::Result<()> {
+pub async fn dead_letter(settings: Settings, request: DeadLetterRequest) -> anyhow::Result<()> {
     let store = connect(&settings).await?;
-    match command {
-        DeadLetterCommand::List {
+    match request {
+        DeadLetterRequest::List {
             all,
             reason,
             order,
@@ -412,7 +495,7 @@ pub async fn dead_letter(settings: Settings, command: DeadLetterCommand) -> anyh
             .await?;
             print!("{}", shown(&dead_letters::render_list(&rows, format)?));
         }
-        DeadLetterCommand::Requeue {
+        DeadLetterRequest::Requeue {
             ids,
             all,
             reason,
@@ -494,33 +577,29 @@ fn shown(output: &str) -> String {
 
 /// `capture-worker provider reconcile`: whether it found differences that need attention
 /// (the binary then exits 1).
-pub async fn provider(settings: Settings, command: ProviderCommand) -> anyhow::Result<bool> {
+pub async fn provider(settings: Settings, request: ReconcileRequest) -> anyhow::Result<bool> {
+    let ReconcileRequest {
+        order,
+        since,
+        format,
+    } = request;
     let store = connect(&settings).await?;
-    match command {
-        ProviderCommand::Reconcile {
-            order,
-            since,
-            format,
-        } => {
-            let scope = match (order, since) {
-                (Some(order), _) => AuthorizationScope::Order(order),
-                (None, Some(since)) => AuthorizationScope::Since(since),
-                (None, None) => AuthorizationScope::Since(Utc::now() - ChronoDuration::hours(24)),
-            };
-            let providers =
-                Providers::from_settings(&settings).context("building provider adapters")?;
-            let authorizations = sql::authorizations(store.pool(), &scope).await?;
-            let mut progress = Progress::new("reconcile", authorizations.len());
-            let result =
-                reconcile::reconcile(&providers, &authorizations, |note| progress.step(note)).await;
-            progress.finish(&format!(
-                "{} authorizations checked, {} match, {} differences",
-                result.checked,
-                result.matched,
-                result.differences.len()
-            ));
-            print!("{}", reconcile::render(&result, format)?);
-            Ok(result.needs_attention())
-        }
-    }
+    let scope = match (order, since) {
+        (Some(order), _) => AuthorizationScope::Order(order),
+        (None, Some(since)) => AuthorizationScope::Since(since),
+        (None, None) => AuthorizationScope::Since(Utc::now() - ChronoDuration::hours(24)),
+    };
+    let providers = Providers::from_settings(&settings).context("building provider adapters")?;
+    let authorizations = sql::authorizations(store.pool(), &scope).await?;
+    let mut progress = Progress::new("reconcile", authorizations.len());
+    let result =
+        reconcile::reconcile(&providers, &authorizations, |note| progress.step(note)).await;
+    progress.finish(&format!(
+        "{} authorizations checked, {} match, {} differences",
+        result.checked,
+        result.matched,
+        result.differences.len()
+    ));
+    print!("{}", reconcile::render(&result, format)?);
+    Ok(result.needs_attention())
 }

@@ -5,7 +5,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::StoryFormat;
 use crate::domain::plan::{self, Carried, Decision, LineCharge, PlanContext, ResumeError};
 use crate::domain::{
     Authorization, AuthorizationId, LineId, MinorUnits, Order, OrderId, ReleaseMethod,
@@ -17,6 +16,15 @@ use crate::storage::operator::{self as sql, NewAuthorization, OrderOverview, Tim
 
 use super::super::intake::CapabilityLookup;
 use super::{OperatorError, table};
+
+/// How one order's story is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoryFormat {
+    /// Lines of text for a person.
+    Text,
+    /// One JSON document.
+    Json,
+}
 
 /// One order as finance sees it, and everything that happened to it, oldest first.
 #[derive(Debug, Clone, Serialize)]

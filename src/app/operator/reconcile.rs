@@ -14,13 +14,12 @@
 
 use serde::Serialize;
 
-use crate::cli::OutputFormat;
 use crate::domain::AuthorizationId;
 use crate::provider::AuthorizationSnapshot;
 use crate::storage::operator::LedgerAuthorization;
 
 use super::super::providers::Providers;
-use super::{Cell, OperatorError, csv, table};
+use super::{Cell, OperatorError, OutputFormat, csv, table};
 
 /// How much a difference matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

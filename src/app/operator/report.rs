@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
-use crate::cli::{OutputFormat, Units};
 use crate::storage::Store;
 use crate::storage::operator::{self as sql, DailyRow, ExceptionCount};
 
-use super::{Cell, OperatorError, csv, table, units};
+use super::units::{self, Units};
+use super::{Cell, OperatorError, OutputFormat, csv, table};
 
 /// The range's totals for one currency and provider.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

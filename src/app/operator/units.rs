@@ -4,11 +4,20 @@
 
 use serde_json::Value;
 
-use crate::cli::Units;
 use crate::domain::{Currency, major_string};
 
 use super::OperatorError;
 use super::orders::OrderStory;
+
+/// How amounts are printed in tables, text and CSV. JSON always carries integer minor units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Units {
+    /// Integer minor units of the currency, as stored and sent: `6979` for $69.79.
+    #[default]
+    Minor,
+    /// Decimals in the currency's major unit with its ISO 4217 exponent: `69.79` for 6979 USD.
+    Major,
+}
 
 /// `minor` minor units of `currency` (a code as stored: surrounding blanks are ignored) as
 /// the units ask.
