@@ -16,14 +16,17 @@
 //! - `telemetry` — the tracing subscriber (JSON logs with trace ids), OpenTelemetry traces
 //!   over OTLP, Prometheus metrics and the named events we alert on. Process-global; any layer
 //!   but `domain` may use it. Imports no adapter.
-//! - `provider`  — the payment-provider trait and outcome, one adapter per provider, and the
-//!   sandbox provider server. Imports `domain` and `config` (`Secret`).
+//! - `provider`  — the payment-provider trait and outcome, and one adapter per provider
+//!   (`provider/<name>/`). Imports `domain` and `config` (`Secret`).
 //! - `storage`   — PostgreSQL via sqlx: migrations, the ledger, the capture queue. Imports
 //!   `domain`, `config` (`DatabaseSettings`) and `sanitize`.
 //! - `queue`     — RabbitMQ via lapin: topology, the message contract (wire), consumer,
 //!   publisher, trace headers. Imports `domain`, `telemetry` and `sanitize`.
 //! - `sanitize`  — the one boundary for outside text we store, log, forward or print: NUL and
 //!   invalid UTF-8 replaced, card numbers masked, the worker's own secrets removed, length capped.
+//! - `sandbox`   — the built-in sandbox provider server, which `run` serves by default: one
+//!   capture model, one dialect per provider, reached through the same HTTP adapters as
+//!   production. Not an adapter: no adapter imports it. Imports `domain` only.
 //! - `app`       — the use cases (intake, execution, recovery, the expiry sweep, webhooks,
 //!   the operator commands) and the composition root; the only module that knows every
 //!   adapter.
@@ -41,6 +44,7 @@ pub mod config;
 pub mod domain;
 pub mod provider;
 pub mod queue;
+pub mod sandbox;
 pub mod sanitize;
 /// The former name of [`sanitize`].
 pub use sanitize as redact;

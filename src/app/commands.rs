@@ -9,9 +9,9 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 
 use crate::cli::Units;
 use crate::config::Settings;
-use crate::provider::sandbox::{self, SandboxOptions};
 use crate::queue::publisher::Publisher;
 use crate::queue::topology::Topology;
+use crate::sandbox::{self, SandboxOptions};
 use crate::storage::Store;
 
 use super::{Application, RunOptions};
