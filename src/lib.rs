@@ -9,7 +9,9 @@
 //! - `domain`    — pure rules: money, currencies, ids, orders, allocation, capture planning.
 //!   Imports no I/O or runtime crate and never reads the clock.
 //! - `config`    — typed settings: `config/default.toml` → `config/{CAPTURE_ENV}.toml` →
-//!   `CAPTURE__SECTION__KEY` environment variables. Secrets are redacted types.
+//!   `CAPTURE__SECTION__KEY` environment variables. Secrets are `secret::Secret`s.
+//! - `secret`    — `Secret`, a value that prints, logs and serializes as `[redacted]`; the
+//!   adapters take their credentials' type from here. Imports nothing of the crate.
 //! - `cli`       — clap definitions of the `capture-worker` command line only; used by
 //!   `main.rs` and, until they take their own request types, the operator commands and
 //!   `demo`.
@@ -17,7 +19,7 @@
 //!   over OTLP, Prometheus metrics and the named events we alert on. Process-global; any layer
 //!   but `domain` may use it. Imports no adapter.
 //! - `provider`  — the payment-provider trait and outcome, and one adapter per provider
-//!   (`provider/<name>/`). Imports `domain` and `config` (`Secret`).
+//!   (`provider/<name>/`). Imports `domain` and `secret`.
 //! - `storage`   — PostgreSQL via sqlx: migrations, the ledger, the capture queue. Imports
 //!   `domain`, `config` (`DatabaseSettings`) and `sanitize`.
 //! - `queue`     — RabbitMQ via lapin: topology, the message contract (wire), consumer,
@@ -46,6 +48,7 @@ pub mod provider;
 pub mod queue;
 pub mod sandbox;
 pub mod sanitize;
+pub mod secret;
 /// The former name of [`sanitize`].
 pub use sanitize as redact;
 pub mod storage;

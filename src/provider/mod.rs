@@ -7,8 +7,8 @@
 //! transport failures, the read-back path, the adapter's span) is in `http.rs`. Declines are
 //! outcomes, not errors (DESIGN §3.4).
 //!
-//! Adapters import `domain`, this boundary (`provider::{http, items}` and the types here) and
-//! `config` (`Secret`); never `storage`, `queue`, `app` or the sandbox provider
+//! Adapters import `domain`, `secret` and this boundary (`provider::{http, items}` and the types
+//! here); never `config`, `storage`, `queue`, `app` or the sandbox provider
 //! (`crate::sandbox`, a server the adapters reach over HTTP like any other), and never each
 //! other.
 
