@@ -33,12 +33,15 @@
 //!   the operator commands) and the composition root; the only module that knows every
 //!   adapter.
 //!
-//! Dependencies point inward: adapters depend on `domain`, never on each other.
+//! Dependencies point inward: an adapter (`provider/<name>/`, `storage`, `queue`) depends on
+//! `domain` and the shared `secret`, `sanitize` and `telemetry`, never on another adapter,
+//! `app`, `sandbox` or `config` (`storage` excepted, for `DatabaseSettings`).
 //!
 //! The tools are binaries of their own under `src/bin/`, beside `capture-worker` (`main.rs`):
 //! `bench`, the benchmark (docs/performance.md), and `fault-harness` (docs/reliability.md).
 //! They use this library's public API only; the library holds none of their code.
-//! `tests/it/architecture.rs` checks that, the domain's purity, and who uses `cli`.
+//! `tests/it/architecture.rs` checks that, the domain's purity, the adapters' imports, and who
+//! uses `cli`.
 
 pub mod app;
 pub mod cli;
