@@ -3,7 +3,8 @@
 //!
 //! Owns the shape of every setting and where it comes from. Secrets (`database.url`,
 //! `amqp.url`, provider API keys) are [`Secret`]s: they print as `[redacted]` and are read
-//! with `expose()` only where they are used. Must not import the domain's adapters.
+//! with `expose()` only where they are used ([`crate::secret`]). Must not import the domain's
+//! adapters.
 //!
 //! Environment overrides use `__` both after the prefix and between keys
 //! (`CAPTURE__DATABASE__URL`); a single underscore after the prefix is ignored by the loader,
@@ -11,47 +12,17 @@
 //! converted by the field's type, so `"007"` stays `"007"` in a string field.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+/// Settings hold their secrets as [`Secret`]s; the type lives in [`crate::secret`], where the
+/// adapters take it from. Re-exported here because the settings' public fields are of this type.
+pub use crate::secret::Secret;
+
 /// The environment variable prefix.
 pub const ENV_PREFIX: &str = "CAPTURE";
-
-/// A secret value. Never printed, logged or serialized in clear.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    /// The value, for the one place that sends it (a connection string, an auth header).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("[redacted]")
-    }
-}
 
 /// All settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]

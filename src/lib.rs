@@ -9,30 +9,38 @@
 //! - `domain`    — pure rules: money, currencies, ids, orders, allocation, capture planning.
 //!   Imports no I/O or runtime crate and never reads the clock.
 //! - `config`    — typed settings: `config/default.toml` → `config/{CAPTURE_ENV}.toml` →
-//!   `CAPTURE__SECTION__KEY` environment variables. Secrets are redacted types.
+//!   `CAPTURE__SECTION__KEY` environment variables. Secrets are `secret::Secret`s.
+//! - `secret`    — `Secret`, a value that prints, logs and serializes as `[redacted]`; the
+//!   adapters take their credentials' type from here. Imports nothing of the crate.
 //! - `cli`       — clap definitions of the `capture-worker` command line, mapped to the use
 //!   cases' own request, format and units types; used by `main.rs` only.
 //! - `telemetry` — the tracing subscriber (JSON logs with trace ids), OpenTelemetry traces
 //!   over OTLP, Prometheus metrics and the named events we alert on. Process-global; any layer
 //!   but `domain` may use it. Imports no adapter.
-//! - `provider`  — the payment-provider trait and outcome, one adapter per provider, and the
-//!   sandbox provider server. Imports `domain` and `config` (`Secret`).
+//! - `provider`  — the payment-provider trait and outcome, and one adapter per provider
+//!   (`provider/<name>/`). Imports `domain` and `secret`.
 //! - `storage`   — PostgreSQL via sqlx: migrations, the ledger, the capture queue. Imports
 //!   `domain`, `config` (`DatabaseSettings`) and `sanitize`.
 //! - `queue`     — RabbitMQ via lapin: topology, the message contract (wire), consumer,
 //!   publisher, trace headers. Imports `domain`, `telemetry` and `sanitize`.
 //! - `sanitize`  — the one boundary for outside text we store, log, forward or print: NUL and
 //!   invalid UTF-8 replaced, card numbers masked, the worker's own secrets removed, length capped.
+//! - `sandbox`   — the built-in sandbox provider server, which `run` serves by default: one
+//!   capture model, one dialect per provider, reached through the same HTTP adapters as
+//!   production. Not an adapter: no adapter imports it. Imports `domain` only.
 //! - `app`       — the use cases (intake, execution, recovery, the expiry sweep, webhooks,
 //!   the operator commands) and the composition root; the only module that knows every
 //!   adapter.
 //!
-//! Dependencies point inward: adapters depend on `domain`, never on each other.
+//! Dependencies point inward: an adapter (`provider/<name>/`, `storage`, `queue`) depends on
+//! `domain` and the shared `secret`, `sanitize` and `telemetry`, never on another adapter,
+//! `app`, `sandbox` or `config` (`storage` excepted, for `DatabaseSettings`).
 //!
 //! The tools are binaries of their own under `src/bin/`, beside `capture-worker` (`main.rs`):
 //! `bench`, the benchmark (docs/performance.md), and `fault-harness` (docs/reliability.md).
 //! They use this library's public API only; the library holds none of their code.
-//! `tests/it/architecture.rs` checks that, the domain's purity, and who uses `cli`.
+//! `tests/it/architecture.rs` checks that, the domain's purity, the adapters' imports, and who
+//! uses `cli`.
 
 pub mod app;
 pub mod cli;
@@ -40,7 +48,9 @@ pub mod config;
 pub mod domain;
 pub mod provider;
 pub mod queue;
+pub mod sandbox;
 pub mod sanitize;
+pub mod secret;
 /// The former name of [`sanitize`].
 pub use sanitize as redact;
 pub mod storage;

@@ -8,9 +8,9 @@ use anyhow::{Context, bail};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
 use crate::config::Settings;
-use crate::provider::sandbox::{self, SandboxOptions};
 use crate::queue::publisher::Publisher;
 use crate::queue::topology::Topology;
+use crate::sandbox::{self, SandboxOptions};
 use crate::storage::Store;
 
 use super::operator::units::Units;

@@ -2,7 +2,7 @@
 //!
 //! Owns every decision about amounts and final flags. Must not import an I/O or runtime crate
 //! (tokio, sqlx, lapin, reqwest, axum, tracing, std::fs/net/io/process) and never reads the
-//! clock: callers pass `now` and ids in. `tests/architecture.rs` enforces this.
+//! clock: callers pass `now` and ids in. `tests/it/architecture.rs` enforces this.
 
 pub mod allocation;
 pub mod capability;

@@ -5,7 +5,7 @@
 //!
 //! Owns nothing provider-specific: every status and body is routed by the adapter that
 //! understands it (paths, headers, body shapes, what each answer means). Imports `domain`,
-//! `config::Secret` and the provider boundary only. A credential handed to [`sensitive`] is
+//! `secret::Secret` and the provider boundary only. A credential handed to [`sensitive`] is
 //! marked so that `Debug` of the header prints nothing of it, and no error built here ever
 //! contains one.
 
@@ -20,11 +20,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 
-use crate::config::Secret;
 use crate::domain::{AuthorizationId, IdempotencyKey, ProviderName};
 use crate::provider::{
     AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, ReleaseRequest,
 };
+use crate::secret::Secret;
 
 /// Longest wait a `Retry-After` may ask for.
 pub(crate) const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);

@@ -4,8 +4,13 @@
 //! Each adapter lives in its own folder (`mod.rs`: URL, headers, auth, idempotency header,
 //! status routing; `wire.rs`: request and response structs). Wire structs never leave their
 //! folder. What every adapter does the same way (the client, sending and timing a call,
-//! transport failures, the read-back path, the adapter's span) is in `http.rs`. Declines are outcomes, not errors (DESIGN §3.4). Adapters import `domain`, never
-//! `storage`, `queue` or `app`, and never each other.
+//! transport failures, the read-back path, the adapter's span) is in `http.rs`. Declines are
+//! outcomes, not errors (DESIGN §3.4).
+//!
+//! Adapters import `domain`, `secret` and this boundary (`provider::{http, items}` and the types
+//! here); never `config`, `storage`, `queue`, `app` or the sandbox provider
+//! (`crate::sandbox`, a server the adapters reach over HTTP like any other), and never each
+//! other.
 
 pub mod adyen;
 pub mod checkout;
@@ -15,7 +20,6 @@ pub(crate) mod http;
 mod items;
 pub mod orchestrator;
 pub mod paypal;
-pub mod sandbox;
 
 pub use http::ProviderSetupError;
 

@@ -5,7 +5,7 @@
 //! Owns everything process-global about observability, so the rest of the code only creates
 //! spans, records fields and emits typed events. Every layer except `domain` may use it; it
 //! imports no adapter. Nothing here may log or export a secret: settings print through
-//! `config::Secret`, which redacts itself, and no span or metric is given an API key, a URL with
+//! `secret::Secret`, which redacts itself, and no span or metric is given an API key, a URL with
 //! credentials or card data.
 
 pub mod events;

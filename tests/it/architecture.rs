@@ -1,7 +1,8 @@
 //! The architecture's rules, executable: the domain stays pure (no I/O or runtime crate, no
 //! clock, no floats); the product library holds no tool code (the benchmark and the fault
 //! harness are binaries under `src/bin/`); only the `capture-worker` binary knows its command
-//! line.
+//! line; an adapter imports neither another adapter, nor the use cases, nor the sandbox provider,
+//! nor the settings.
 
 use std::path::{Path, PathBuf};
 
@@ -241,4 +242,204 @@ fn the_layout_guards_catch_what_they_are_meant_to_catch() {
     // A tool's own `cli` module is its own business.
     assert!(cli_mentions("src/bin/bench/main.rs", "use crate::cli::Args;").is_empty());
     assert!(cli_mentions("src/app/x.rs", "use crate::client; // crate::cli").is_empty());
+}
+
+/// Which adapter a library file belongs to: each provider's folder (`provider/stripe`),
+/// `storage` or `queue`. The provider boundary itself (`src/provider/*.rs`) is none.
+fn adapter_of(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.split('/').collect();
+    match segments.as_slice() {
+        ["src", "provider", name, _, ..] => Some(format!("provider/{name}")),
+        ["src", unit @ ("storage" | "queue"), ..] => Some((*unit).to_string()),
+        _ => None,
+    }
+}
+
+/// `use` groups written out one path each, so that `crate::{app::X, provider::{http, stripe}}`
+/// reads as `crate::app::X, crate::provider::http, crate::provider::stripe`. Each group keeps
+/// its line breaks (after its paths), so line numbers stay those of the file.
+fn flatten_groups(text: &str) -> String {
+    fn matching_brace(s: &str, open: usize) -> Option<usize> {
+        let mut depth = 0;
+        for (i, c) in s[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 1 => return Some(open + i),
+                '}' => depth -= 1,
+                _ => {}
+            }
+        }
+        None
+    }
+    fn paths(tree: &str) -> Vec<String> {
+        let tree = tree.trim();
+        let Some(open) = tree.find("::{") else {
+            return vec![tree.to_string()];
+        };
+        let Some(close) = matching_brace(tree, open + 2) else {
+            return vec![tree.to_string()];
+        };
+        let (prefix, inner) = (&tree[..open], &tree[open + 3..close]);
+        let (mut items, mut depth, mut start) = (Vec::new(), 0, 0);
+        for (i, c) in inner.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    items.push(&inner[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        items.push(&inner[start..]);
+        items
+            .into_iter()
+            .filter(|item| !item.trim().is_empty())
+            .flat_map(paths)
+            .map(|p| match p.as_str() {
+                "self" => prefix.to_string(),
+                _ => format!("{prefix}::{p}"),
+            })
+            .collect()
+    }
+    let mut out = text.to_string();
+    while let Some(open) = out.find("::{") {
+        let start = out[..open]
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+            .map_or(0, |i| i + 1);
+        let Some(close) = matching_brace(&out, open + 2) else {
+            break;
+        };
+        let group = &out[start..=close];
+        let breaks = "\n".repeat(group.matches('\n').count());
+        let flat = format!("{}{breaks}", paths(group).join(", "));
+        out.replace_range(start..=close, &flat);
+    }
+    out
+}
+
+/// What `adapter` may not name: any other adapter, the use cases, the sandbox provider, the
+/// settings (`crate::secret` has the `Secret` adapters need).
+fn forbidden_for(adapter: &str, adapters: &[String]) -> Vec<String> {
+    let mut words = Vec::new();
+    for other in adapters.iter().filter(|other| *other != adapter) {
+        match other.strip_prefix("provider/") {
+            Some(name) => words.extend([format!("provider::{name}"), format!("super::{name}")]),
+            None => words.extend([format!("crate::{other}"), format!("super::{other}")]),
+        }
+    }
+    for module in ["app", "sandbox", "config"] {
+        words.extend([format!("crate::{module}"), format!("super::{module}")]);
+    }
+    words
+}
+
+/// Where an adapter names what it may not, as `line: word`.
+fn adapter_violations(adapter: &str, text: &str, adapters: &[String]) -> Vec<String> {
+    let words = forbidden_for(adapter, adapters);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    mentions_in(&flatten_groups(text), &words)
+}
+
+/// Imports an adapter still needs from the list above, each with its reason. Only shrinks: an
+/// entry that no longer matches must leave (the test says so).
+const ADAPTER_EXCEPTIONS: &[(&str, &str, &str)] = &[(
+    "src/storage/mod.rs",
+    "crate::config",
+    "the pool is built from `DatabaseSettings` (URL, pool size, timeouts, TLS), which the \
+     settings own",
+)];
+
+#[test]
+fn adapters_import_no_other_adapter_app_sandbox_or_settings() {
+    let sources = sources();
+    let mut adapters: Vec<String> = sources
+        .iter()
+        .filter_map(|(path, _)| adapter_of(path))
+        .collect();
+    adapters.dedup();
+    assert!(
+        adapters.len() >= 9,
+        "expected the provider adapters, storage and queue: {adapters:?}"
+    );
+    let mut violations = Vec::new();
+    let mut used_exceptions = Vec::new();
+    for (path, text) in &sources {
+        let Some(adapter) = adapter_of(path) else {
+            continue;
+        };
+        for hit in adapter_violations(&adapter, text, &adapters) {
+            let word = hit.split(": ").nth(1).unwrap_or("");
+            match ADAPTER_EXCEPTIONS
+                .iter()
+                .find(|(file, allowed, _)| file == path && *allowed == word)
+            {
+                Some(exception) => used_exceptions.push(*exception),
+                None => violations.push(format!("{path}:{hit}")),
+            }
+        }
+    }
+    let unused: Vec<String> = ADAPTER_EXCEPTIONS
+        .iter()
+        .filter(|exception| !used_exceptions.contains(exception))
+        .map(|(file, word, _)| format!("{file}: {word}"))
+        .collect();
+    assert!(
+        violations.is_empty(),
+        "an adapter (src/provider/<name>/, src/storage, src/queue) imports neither another \
+         adapter, nor `app`, nor the sandbox provider, nor `config`; take shared provider code \
+         from `provider::http`, a credential from `crate::secret`, and let `app` wire the rest:\n{}",
+        violations.join("\n")
+    );
+    assert!(
+        unused.is_empty(),
+        "no longer imported: remove it from ADAPTER_EXCEPTIONS:\n{}",
+        unused.join("\n")
+    );
+}
+
+#[test]
+fn the_adapter_guard_catches_what_it_is_meant_to_catch() {
+    let adapters: Vec<String> = ["provider/stripe", "provider/adyen", "storage", "queue"]
+        .map(String::from)
+        .to_vec();
+    let stripe = |text: &str| adapter_violations("provider/stripe", text, &adapters);
+    let queue = |text: &str| adapter_violations("queue", text, &adapters);
+
+    assert!(!stripe("use crate::provider::adyen::wire::Amount;").is_empty());
+    assert!(!stripe("use super::super::adyen::wire;").is_empty());
+    assert!(!stripe("use super::adyen;").is_empty());
+    assert!(!stripe("use crate::storage::Store;").is_empty());
+    assert!(!stripe("use crate::app::intake;").is_empty());
+    assert!(!stripe("use crate::sandbox::Sandbox;").is_empty());
+    assert!(!stripe("use crate::config::Secret;").is_empty());
+    assert!(!queue("use crate::provider::stripe::Stripe;").is_empty());
+    assert!(!queue("let s = super::storage::Store::connect(url);").is_empty());
+    // Groups, however nested or broken over lines, are read one path at a time.
+    assert!(!stripe("use crate::{app::X, domain::Money};").is_empty());
+    assert_eq!(
+        stripe(
+            "use crate::domain::Money;\nuse crate::{\n    domain::Money,\n    provider::{http, adyen},\n};"
+        ),
+        vec!["2: provider::adyen"]
+    );
+
+    assert!(stripe("use crate::provider::http::{self, Api};").is_empty());
+    assert!(stripe("use crate::provider::{CaptureRequest, Outcome};").is_empty());
+    assert!(stripe("use super::wire::{PaymentIntent, ApiError};").is_empty());
+    assert!(stripe("use crate::secret::Secret;").is_empty());
+    assert!(stripe("use crate::domain::{Currency, Money};").is_empty());
+    assert!(stripe("//! Never imports crate::app or crate::sandbox.").is_empty());
+    assert!(queue("use super::{wire, topology};").is_empty());
+    assert_eq!(
+        adapter_of("src/provider/stripe/wire.rs").as_deref(),
+        Some("provider/stripe")
+    );
+    assert_eq!(
+        adapter_of("src/storage/ledger.rs").as_deref(),
+        Some("storage")
+    );
+    assert_eq!(adapter_of("src/provider/http.rs"), None);
+    assert_eq!(adapter_of("src/sandbox/adyen.rs"), None);
 }

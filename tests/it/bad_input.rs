@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use capture_worker::provider::sandbox::{LedgerOutcome, NewAuthorization, Scenario};
+use capture_worker::sandbox::{LedgerOutcome, NewAuthorization, Scenario};
 use serde_json::{Value, json};
 
 use crate::harness::*;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use capture_worker::app::Application;
 use capture_worker::app::providers::Providers;
-use capture_worker::provider::sandbox::{Fault, Scenario};
+use capture_worker::sandbox::{Fault, Scenario};
 use capture_worker::storage::Store;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, Row};

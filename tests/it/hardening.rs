@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use capture_worker::config::Secret;
-use capture_worker::provider::sandbox::Scenario;
+use capture_worker::sandbox::Scenario;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path_regex};

@@ -8,11 +8,11 @@ use std::time::Duration;
 use capture_worker::app::providers::Providers;
 use capture_worker::app::{Application, commands};
 use capture_worker::config::{ProviderSettings, Secret, Settings};
-use capture_worker::provider::sandbox::{
-    self, NewAuthorization, Sandbox, SandboxOptions, SandboxServer, Scenario,
-};
 use capture_worker::queue::publisher::REASON_HEADER;
 use capture_worker::queue::topology::Topology;
+use capture_worker::sandbox::{
+    self, NewAuthorization, Sandbox, SandboxOptions, SandboxServer, Scenario,
+};
 use capture_worker::storage::Store;
 use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use serde_json::Value;

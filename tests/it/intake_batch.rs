@@ -374,7 +374,7 @@ async fn a_registration_that_something_waits_for_or_that_conflicts_goes_one_at_a
 async fn a_batch_claims_the_captures_it_creates_for_its_executor_which_sends_them() {
     use capture_worker::app::execute::Executor;
     use capture_worker::app::retry::RetryPolicy;
-    use capture_worker::provider::sandbox::{self, NewAuthorization, SandboxOptions};
+    use capture_worker::sandbox::{self, NewAuthorization, SandboxOptions};
     use std::time::Duration;
 
     // Arrange: an executor that is not running yet, and intake claiming for it.

@@ -13,8 +13,8 @@ use capture_worker::domain::{
     AuthorizationId, Currency, IdempotencyKey, MinorUnits, Money, OrderId, ProviderName,
     ShippingPolicy,
 };
-use capture_worker::provider::sandbox::{Fault, Scenario};
 use capture_worker::provider::{AuthorizationSnapshot, CaptureRequest};
+use capture_worker::sandbox::{Fault, Scenario};
 use capture_worker::storage::operator::{
     self as sql, AuthorizationScope, LedgerAuthorization, RejectionFilter,
 };

@@ -3,8 +3,8 @@
 
 use capture_worker::app::intake::{Intake, IntakeOutcome};
 use capture_worker::app::providers::Providers;
-use capture_worker::provider::sandbox::{Fault, LedgerOutcome, Scenario};
 use capture_worker::queue::consumer::IncomingMessage;
+use capture_worker::sandbox::{Fault, LedgerOutcome, Scenario};
 use serde_json::{Value, json};
 
 use crate::harness::*;

@@ -3,7 +3,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use capture_worker::provider::sandbox::{
+use capture_worker::sandbox::{
     self, Fault, LedgerOutcome, NewAuthorization, SandboxOptions, Scenario,
 };
 

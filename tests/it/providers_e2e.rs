@@ -6,9 +6,7 @@
 use std::time::Duration;
 
 use capture_worker::config::Secret;
-use capture_worker::provider::sandbox::{
-    AuthorizationView, Fault, NewAuthorization, Scenario, Status,
-};
+use capture_worker::sandbox::{AuthorizationView, Fault, NewAuthorization, Scenario, Status};
 use serde_json::{Value, json};
 
 use crate::harness::*;

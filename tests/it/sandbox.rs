@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use capture_worker::provider::sandbox::{
+use capture_worker::sandbox::{
     self, Fault, LedgerOutcome, NewAuthorization, Sandbox, SandboxOptions, SandboxServer, Scenario,
 };
 use chrono::Utc;

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use capture_worker::config::{Secret, Settings};
-use capture_worker::provider::sandbox::{
+use capture_worker::sandbox::{
     self, Fault, LedgerOutcome, NewAuthorization, SandboxOptions, Scenario,
 };
 use serde_json::Value;

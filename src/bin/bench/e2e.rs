@@ -25,7 +25,7 @@ use super::support::{
     BenchEnv, PUBLISH_WINDOW, Percentiles, PipelinedPublisher, WorkerProcess, Workload,
     checkpoints, service_cpu_seconds,
 };
-use capture_worker::provider::sandbox::{self, NewAuthorization, Sandbox, SandboxOptions};
+use capture_worker::sandbox::{self, NewAuthorization, Sandbox, SandboxOptions};
 use capture_worker::storage::Store;
 
 /// No capture recorded for this long while work remains: the run has stalled.

@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use super::BenchOptions;
 use super::report::RawLimits;
 use super::support::{BenchEnv, PUBLISH_WINDOW, PipelinedPublisher, Workload, service_cpu_seconds};
-use capture_worker::provider::sandbox::{self, NewAuthorization, SandboxOptions};
+use capture_worker::sandbox::{self, NewAuthorization, SandboxOptions};
 
 pub async fn measure(env: &BenchEnv, options: &BenchOptions) -> anyhow::Result<RawLimits> {
     let seconds = options.raw_duration;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use anyhow::Context;
-use capture_worker::provider::sandbox::{LedgerEntry, LedgerOutcome, Sandbox};
+use capture_worker::sandbox::{LedgerEntry, LedgerOutcome, Sandbox};
 use sqlx::{PgPool, Row};
 
 use crate::oracle::{self, Step};
@@ -906,7 +906,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
-    use capture_worker::provider::sandbox::SandboxOptions;
+    use capture_worker::sandbox::SandboxOptions;
 
     #[test]
     fn card_numbers_are_found_and_hex_ids_are_not() {

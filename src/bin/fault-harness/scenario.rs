@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use capture_worker::app::operator::Progress as ProgressBar;
-use capture_worker::provider::sandbox::{
-    self, Fault, FaultRates, LedgerOutcome, NewAuthorization, Sandbox, SandboxOptions,
-    SandboxServer, Scenario,
-};
 use capture_worker::queue::publisher::{DETAIL_HEADER, REASON_HEADER};
 use capture_worker::queue::topology::Topology;
 use capture_worker::queue::trace::header_str;
+use capture_worker::sandbox::{
+    self, Fault, FaultRates, LedgerOutcome, NewAuthorization, Sandbox, SandboxOptions,
+    SandboxServer, Scenario,
+};
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use sqlx::{Connection, PgPool};

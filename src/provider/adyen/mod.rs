@@ -25,13 +25,13 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use tracing::Instrument as _;
 
-use crate::config::Secret;
 use crate::domain::{AuthorizationId, Capabilities, ProviderName};
 use crate::provider::http::{self, Api, Credential, ProviderSetupError, Refusal, Replay, Shape};
 use crate::provider::{
     AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, NotificationEffect,
     NotificationSubject, Outcome, PaymentProvider, ReleaseRequest, WebhookError, WebhookEvent,
 };
+use crate::secret::Secret;
 
 pub use self::notification::{
     Notification, NotificationError, NotificationEvent, parse_notification, sign,

@@ -14,10 +14,10 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::config::Secret;
 use crate::domain::{Currency, Money};
 use crate::provider::Outcome;
 use crate::provider::http::{MESSAGE_LIMIT, clip};
+use crate::secret::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 

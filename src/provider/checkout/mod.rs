@@ -23,7 +23,6 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use tracing::Instrument as _;
 
-use crate::config::Secret;
 use crate::domain::{AuthorizationId, Capabilities, ProviderName};
 use crate::provider::http::{
     self, Api, Credential, ProviderSetupError, Refusal, RefusedRead, Replay, Shape,
@@ -32,6 +31,7 @@ use crate::provider::{
     AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider,
     ReleaseRequest, WebhookError, WebhookEvent,
 };
+use crate::secret::Secret;
 
 pub use self::webhook::sign as sign_webhook;
 

@@ -24,7 +24,6 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
 use tracing::Instrument as _;
 
-use crate::config::Secret;
 use crate::domain::{AuthorizationId, Capabilities, ProviderName};
 use crate::provider::http::{
     self, Api, Credential, ProviderSetupError, Refusal, RefusedRead, Replay, Shape,
@@ -33,6 +32,7 @@ use crate::provider::{
     AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider,
     ReleaseRequest, WebhookError, WebhookEvent,
 };
+use crate::secret::Secret;
 
 pub use self::webhook::sign as sign_webhook;
 

@@ -14,11 +14,11 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::config::Secret;
 use crate::provider::http::{MESSAGE_LIMIT, clip};
 use crate::provider::{
     NotificationEffect, NotificationSubject, Outcome, WebhookError, WebhookEvent,
 };
+use crate::secret::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 

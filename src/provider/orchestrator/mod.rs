@@ -26,13 +26,13 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use tracing::Instrument as _;
 
-use crate::config::Secret;
 use crate::domain::{AuthorizationId, Capabilities, ProviderName};
 use crate::provider::http::{self, Api, Credential, ProviderSetupError, Refusal, Replay, Shape};
 use crate::provider::{
     AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider,
     ReleaseRequest,
 };
+use crate::secret::Secret;
 
 use self::wire::{ApiError, ApprovalStatus, CaptureBody, Transaction};
 

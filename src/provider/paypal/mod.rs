@@ -29,7 +29,6 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use tokio::sync::Mutex;
 use tracing::Instrument as _;
 
-use crate::config::Secret;
 use crate::domain::{AuthorizationId, Capabilities, MinorUnits, ProviderName};
 use crate::provider::http::{
     self, Api, Credential, ProviderSetupError, Refusal, RefusedRead, Replay, Shape,
@@ -38,6 +37,7 @@ use crate::provider::{
     AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider,
     ReleaseRequest, WebhookError, WebhookEvent,
 };
+use crate::secret::Secret;
 
 use self::wire::{
     ApiError, Authorization, AuthorizationStatus, Capture, CaptureBody, CaptureStatus,

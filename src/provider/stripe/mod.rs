@@ -17,7 +17,6 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
 use tracing::Instrument as _;
 
-use crate::config::Secret;
 use crate::domain::{AuthorizationId, Capabilities, ProviderName};
 use crate::provider::http::{
     self, Api, Credential, ProviderSetupError, Refusal, RefusedRead, Replay, Shape,
@@ -26,6 +25,7 @@ use crate::provider::{
     AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider,
     ReleaseRequest,
 };
+use crate::secret::Secret;
 
 use self::wire::{ApiError, CaptureForm, ErrorEnvelope, ErrorType, PaymentIntent};
 

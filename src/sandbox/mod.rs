@@ -9,7 +9,8 @@
 //! provider's signed notification to a configured target (`notify.rs`). Scenarios inject declines, 5xx, 429, timeouts,
 //! lost responses and latency per authorization; the ledger records every provider-dialect
 //! request so tests can prove that nothing was captured twice. Admin endpoints live under
-//! `/sandbox`. Imports `domain` only, never another adapter.
+//! `/sandbox`. Not an adapter but the default provider that `run` serves (`sandbox.embedded`) and
+//! the `sandbox` command serves alone; it imports `domain` only, and no adapter imports it.
 //!
 //! Concurrency: one `std::sync::Mutex` around the model, held only for synchronous steps and
 //! never across a sleep. A request claims its idempotency key, sleeps the latency, then
