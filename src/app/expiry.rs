@@ -25,8 +25,8 @@ use crate::storage::{StorageError, Store};
 use crate::telemetry::events::{self, Emit};
 
 use super::execute::Executor;
-use super::intake::CapabilityLookup;
 use super::providers::Providers;
+use crate::domain::CapabilityLookup;
 
 /// Orders looked at per pass; the soonest deadlines first.
 const BATCH: i64 = 500;

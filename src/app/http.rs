@@ -17,8 +17,8 @@ use sqlx::PgPool;
 
 use crate::queue::consumer::ConsumerStatus;
 
-use super::intake::CapabilityLookup;
 use super::providers::Providers;
+use crate::domain::CapabilityLookup;
 use crate::storage::Store;
 use crate::telemetry::metrics::{self, LedgerSnapshot};
 

@@ -20,8 +20,8 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::domain::{
-    self, Capabilities, Decision, Event, MinorUnits, Order, PlanContext, Rejection, ReleaseMethod,
-    ShippingPolicy,
+    self, CapabilityLookup, Decision, Event, MinorUnits, Order, PlanContext, Rejection,
+    ReleaseMethod, ShippingPolicy,
 };
 use crate::queue::consumer::{Disposition, IncomingMessage};
 use crate::queue::wire::{self, Command, Parsed};
@@ -47,11 +47,6 @@ pub enum IntakeOutcome {
         detail: String,
         message_id: Option<String>,
     },
-}
-
-/// Looks up a provider's capabilities by name; `None` for a provider this worker cannot use.
-pub trait CapabilityLookup: Send + Sync {
-    fn capabilities(&self, provider: &str) -> Option<Capabilities>;
 }
 
 /// The intake use case.

@@ -19,7 +19,7 @@ use crate::provider::orchestrator::OrchestratorProvider;
 use crate::provider::paypal::PayPalProvider;
 use crate::provider::stripe::StripeProvider;
 
-use super::intake::CapabilityLookup;
+use crate::domain::CapabilityLookup;
 
 /// The adapters a `providers.<name>.kind` can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

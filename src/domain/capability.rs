@@ -120,6 +120,14 @@ pub const CHECKOUT_STEPS: &[(&str, i64)] = &[
 /// CVE 0), so a capture in CVE must be whole escudos, a multiple of 100 minor units.
 pub const ADYEN_STEPS: &[(&str, i64)] = &[("CVE", 100)];
 
+/// Looks up a provider's capabilities by name; `None` for a provider this worker cannot use.
+///
+/// The use cases (intake, the expiry sweep, resume, the HTTP order check) plan through it; the
+/// provider registry implements it.
+pub trait CapabilityLookup: Send + Sync {
+    fn capabilities(&self, provider: &str) -> Option<Capabilities>;
+}
+
 impl Capabilities {
     /// The amount step in `currency`: every capture is a whole multiple of it. 1 when the
     /// provider takes the currency as ISO 4217 gives it.

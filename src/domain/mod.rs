@@ -14,7 +14,7 @@ pub mod plan;
 pub mod readback;
 
 pub use allocation::{OverCaptureAllowance, ShippingPolicy};
-pub use capability::{Capabilities, CaptureMode, FinalFlag, ReleaseMethod};
+pub use capability::{Capabilities, CapabilityLookup, CaptureMode, FinalFlag, ReleaseMethod};
 pub use currency::{Currency, UnknownCurrency};
 pub use ids::{
     AuthorizationId, EventId, IdempotencyKey, InvalidId, LineId, OrderId, ProviderName, ShipmentId,

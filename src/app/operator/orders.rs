@@ -14,8 +14,8 @@ use crate::storage::Store;
 use crate::storage::ledger::{self, CaptureKind, NewCapture, StoredCaptureLine};
 use crate::storage::operator::{self as sql, NewAuthorization, OrderOverview, TimelineRow};
 
-use super::super::intake::CapabilityLookup;
 use super::{OperatorError, table};
+use crate::domain::CapabilityLookup;
 
 /// How one order's story is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
