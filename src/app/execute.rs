@@ -44,6 +44,19 @@ use crate::telemetry::{metrics, trace};
 use super::providers::Providers;
 use super::retry::RetryPolicy;
 
+/// What one [`Executor::step`] did for an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing was claimed: no capture of the order is due now (or another worker holds it).
+    Idle,
+    /// One capture was handled (sent, settled by a read-back, or handed to an operator) and
+    /// the order may have its next capture due now.
+    Handled,
+    /// One capture was handled and the order has nothing left to send (a capture queued
+    /// meanwhile comes with its own dispatch).
+    Drained,
+}
+
 /// Sends captures. Cheap to clone; all clones share one dispatch queue.
 #[derive(Clone)]
 pub struct Executor {
@@ -213,8 +226,8 @@ impl Executor {
         let order_id = capture.order_id.clone();
         let span = capture_span(&capture);
         match self.execute(capture).instrument(span).await {
-            Ok(true) => self.dispatch(order_id),
-            Ok(false) => {}
+            Ok(Step::Handled) => self.dispatch(order_id),
+            Ok(Step::Idle | Step::Drained) => {}
             Err(e) => events::CaptureStepFailed {
                 order_id: &order_id,
                 error: &e,
@@ -227,8 +240,8 @@ impl Executor {
     pub async fn drive(&self, order_id: &str) {
         loop {
             match self.step(order_id).await {
-                Ok(true) => continue,
-                Ok(false) => return,
+                Ok(Step::Handled) => continue,
+                Ok(Step::Idle | Step::Drained) => return,
                 Err(e) => {
                     events::CaptureStepFailed {
                         order_id,
@@ -241,19 +254,17 @@ impl Executor {
         }
     }
 
-    /// Claims and sends one capture of the order. Ok(true) when something was done and the
-    /// next capture may be due, Ok(false) when nothing was due or the order has nothing left
-    /// to send (a capture queued meanwhile comes with its own dispatch).
-    pub async fn step(&self, order_id: &str) -> Result<bool, StorageError> {
+    /// Claims and sends one capture of the order, and says what it did.
+    pub async fn step(&self, order_id: &str) -> Result<Step, StorageError> {
         let Some(capture) = self.claim(order_id).await? else {
-            return Ok(false);
+            return Ok(Step::Idle);
         };
         let span = capture_span(&capture);
         self.execute(capture).instrument(span).await
     }
 
     /// Sends one claimed capture and records the outcome, inside its `capture` span.
-    async fn execute(&self, mut capture: ClaimedCapture) -> Result<bool, StorageError> {
+    async fn execute(&self, mut capture: ClaimedCapture) -> Result<Step, StorageError> {
         let inner = &self.inner;
         if capture.taken_over {
             events::LeaseTakenOver {
@@ -278,13 +289,13 @@ impl Executor {
                 },
             )
             .await?;
-            return Ok(true);
+            return Ok(Step::Handled);
         };
         // A capture the provider accepted is only ever read back, never sent again — also
         // after an operator put it back in the queue.
         if capture.needs_lookup || capture.accepted_at.is_some() {
             match self.resolve_by_lookup(&provider, &mut capture).await? {
-                Resolution::Settled => return Ok(true),
+                Resolution::Settled => return Ok(Step::Handled),
                 Resolution::Send => {}
             }
         }
@@ -507,7 +518,7 @@ impl Executor {
         call: &CallResult,
         started: chrono::DateTime<Utc>,
         transition: Transition,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Step, StorageError> {
         let (error, code) = match &call.outcome {
             Outcome::Succeeded { .. } | Outcome::Pending { .. } => (None, None),
             Outcome::Declined { code, message } => (Some(message.clone()), Some(code.clone())),
@@ -554,7 +565,11 @@ impl Executor {
         } else {
             tracing::warn!(event = "lease_lost", capture_id = c.capture_id, order_id = %c.order_id, "the capture was settled or taken over while the call was in progress (a provider notification, or a worker that took the lease over); the ledger keeps that outcome");
         }
-        Ok(recorded.more)
+        Ok(if recorded.more {
+            Step::Handled
+        } else {
+            Step::Drained
+        })
     }
 
     async fn finish(
