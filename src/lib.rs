@@ -39,8 +39,8 @@
 //! The tools are binaries of their own under `src/bin/`, beside `capture-worker` (`main.rs`):
 //! `bench`, the benchmark (docs/performance.md), and `fault-harness` (docs/reliability.md).
 //! They use this library's public API only; the library holds none of their code.
-//! `tests/it/architecture.rs` checks that, the domain's purity, the adapters' imports, and who
-//! uses `cli`.
+//! `tests/it/architecture.rs` checks that, the domain's purity, the adapters' imports, who
+//! uses `cli`, and that the modules of `app` name each other in no circle.
 
 pub mod app;
 pub mod cli;

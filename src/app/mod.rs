@@ -24,6 +24,10 @@
 //! None of them knows the command line: `cli` maps clap's arguments to their request, format
 //! and units types.
 //!
+//! They name each other in no circle (`tests/it/architecture.rs` checks it): what several need
+//! and is a pure notion lives in the domain (a provider's capabilities, looked up through
+//! `domain::CapabilityLookup`, which `providers` implements).
+//!
 //! The tools (the benchmark, the fault harness) are not here: they are binaries of their own
 //! under `src/bin/`.
 

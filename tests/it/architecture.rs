@@ -2,7 +2,7 @@
 //! clock, no floats); the product library holds no tool code (the benchmark and the fault
 //! harness are binaries under `src/bin/`); only the `capture-worker` binary knows its command
 //! line; an adapter imports neither another adapter, nor the use cases, nor the sandbox provider,
-//! nor the settings.
+//! nor the settings; the modules directly under `src/app` name each other in no circle.
 
 use std::path::{Path, PathBuf};
 
@@ -442,4 +442,236 @@ fn the_adapter_guard_catches_what_it_is_meant_to_catch() {
     );
     assert_eq!(adapter_of("src/provider/http.rs"), None);
     assert_eq!(adapter_of("src/sandbox/adyen.rs"), None);
+}
+
+/// The top-level module of `src/app` a file belongs to (`src/app/intake.rs` and
+/// `src/app/operator/orders.rs` are `intake` and `operator`), with its module path from `app`
+/// down (`["operator", "orders"]`); `None` outside `src/app` and for `src/app/mod.rs` itself.
+fn app_module_of(path: &str) -> Option<(String, Vec<String>)> {
+    let rest = path.strip_prefix("src/app/")?.strip_suffix(".rs")?;
+    let mut segments: Vec<String> = rest.split('/').map(String::from).collect();
+    if segments.last().is_some_and(|s| s == "mod") {
+        segments.pop();
+    }
+    Some((segments.first()?.clone(), segments))
+}
+
+/// The top-level app modules a file of `src/app` names, as `(line, module)`: through
+/// `crate::app::x`, or through as many `super::` as lead from the file back to `app`.
+fn app_references(path: &str, text: &str, modules: &[String]) -> Vec<(usize, String)> {
+    let Some((_, module_path)) = app_module_of(path) else {
+        return Vec::new();
+    };
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    let mut refs = Vec::new();
+    for (n, line) in flatten_groups(text).lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        for (i, _) in code
+            .match_indices("crate::app::")
+            .chain(code.match_indices("super::"))
+        {
+            if code[..i].ends_with(|c: char| ident(c) || c == ':') {
+                continue;
+            }
+            let mut rest = &code[i..];
+            let mut ups = None;
+            if let Some(after) = rest.strip_prefix("crate::app::") {
+                rest = after;
+            } else {
+                let mut k = 0;
+                while let Some(after) = rest.strip_prefix("super::") {
+                    rest = after;
+                    k += 1;
+                }
+                ups = Some(k);
+            }
+            if ups.is_some_and(|k| k != module_path.len()) {
+                continue;
+            }
+            let name: String = rest.chars().take_while(|&c| ident(c)).collect();
+            if modules.contains(&name) {
+                refs.push((n + 1, name));
+            }
+        }
+    }
+    refs
+}
+
+/// One circle in the graph of `from → to` edges, as the modules along it (the first again at the
+/// end), or `None`.
+fn find_circle(edges: &[(String, String)]) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        edges: &[(String, String)],
+        path: &mut Vec<String>,
+        done: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|p| p == node) {
+            let mut circle = path[at..].to_vec();
+            circle.push(node.to_string());
+            return Some(circle);
+        }
+        if done.iter().any(|d| d == node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for (_, to) in edges.iter().filter(|(from, _)| from == node) {
+            if let Some(circle) = visit(to, edges, path, done) {
+                return Some(circle);
+            }
+        }
+        path.pop();
+        done.push(node.to_string());
+        None
+    }
+    let mut done = Vec::new();
+    edges
+        .iter()
+        .find_map(|(from, _)| visit(from, edges, &mut Vec::new(), &mut done))
+}
+
+/// The edges between top-level app modules in `sources`, each with where it is written
+/// (`path:line`).
+fn app_edges(sources: &[(String, String)]) -> Vec<(String, String, String)> {
+    let mut modules: Vec<String> = sources
+        .iter()
+        .filter_map(|(path, _)| app_module_of(path).map(|(module, _)| module))
+        .collect();
+    modules.sort();
+    modules.dedup();
+    let mut edges = Vec::new();
+    for (path, text) in sources {
+        let Some((from, _)) = app_module_of(path) else {
+            continue;
+        };
+        for (line, to) in app_references(path, text, &modules) {
+            if to != from {
+                edges.push((from.clone(), to, format!("{path}:{line}")));
+            }
+        }
+    }
+    edges
+}
+
+/// A circle among the top-level app modules of `sources`, each step with where it is written.
+fn app_circle(sources: &[(String, String)]) -> Option<Vec<String>> {
+    let edges = app_edges(sources);
+    let pairs: Vec<(String, String)> = edges
+        .iter()
+        .map(|(from, to, _)| (from.clone(), to.clone()))
+        .collect();
+    let circle = find_circle(&pairs)?;
+    Some(
+        circle
+            .windows(2)
+            .map(|step| {
+                let (from, to) = (&step[0], &step[1]);
+                let at = edges
+                    .iter()
+                    .find(|(f, t, _)| f == from && t == to)
+                    .map_or("", |(_, _, at)| at.as_str());
+                format!("{from} → {to} ({at})")
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn no_circles_among_app_modules() {
+    let sources = sources();
+    let edges = app_edges(&sources);
+    assert!(
+        edges.len() >= 10,
+        "expected the use cases to name each other: {edges:?}"
+    );
+    let circle = app_circle(&sources);
+    assert!(
+        circle.is_none(),
+        "the modules directly under src/app name each other in a circle; move what both need \
+         to the domain (a pure notion) or to a small module they share, or hand work over \
+         through a handle owned by the lower one:\n{}",
+        circle.unwrap_or_default().join("\n")
+    );
+}
+
+#[test]
+fn the_circle_guard_catches_what_it_is_meant_to_catch() {
+    let files = |files: &[(&str, &str)]| -> Vec<(String, String)> {
+        files
+            .iter()
+            .map(|(path, text)| (path.to_string(), text.to_string()))
+            .collect()
+    };
+    // The circle intake → execute → providers → intake, as it once was.
+    let circle = app_circle(&files(&[
+        (
+            "src/app/intake.rs",
+            "claimer: Option<super::execute::Executor>,",
+        ),
+        ("src/app/execute.rs", "use super::providers::Providers;"),
+        (
+            "src/app/providers.rs",
+            "use super::intake::CapabilityLookup;",
+        ),
+        (
+            "src/app/operator/orders.rs",
+            "use super::super::intake::CapabilityLookup;",
+        ),
+    ]));
+    assert_eq!(
+        circle,
+        Some(vec![
+            "intake → execute (src/app/intake.rs:1)".to_string(),
+            "execute → providers (src/app/execute.rs:1)".to_string(),
+            "providers → intake (src/app/providers.rs:1)".to_string(),
+        ])
+    );
+    // Reached from a folder, through `crate::app`, or inside a group.
+    assert!(
+        app_circle(&files(&[
+            ("src/app/operator/orders.rs", "use super::super::intake::X;"),
+            ("src/app/intake.rs", "use crate::app::operator::Y;"),
+        ]))
+        .is_some()
+    );
+    assert!(
+        app_circle(&files(&[
+            (
+                "src/app/operator/mod.rs",
+                "use super::{execute, intake::X};"
+            ),
+            ("src/app/intake.rs", "use super::operator;"),
+            ("src/app/execute.rs", ""),
+        ]))
+        .is_some()
+    );
+
+    // A child module's `super::` is its folder, not `app`; comments and `app` itself are none.
+    assert_eq!(
+        app_circle(&files(&[
+            (
+                "src/app/operator/orders.rs",
+                "use super::intake::X; use super::super::retry;"
+            ),
+            (
+                "src/app/intake.rs",
+                "use super::operator::Y; // super::retry"
+            ),
+            (
+                "src/app/retry.rs",
+                "use super::Application; use crate::domain::intake;"
+            ),
+            (
+                "src/app/mod.rs",
+                "use intake::Intake; use retry::RetryPolicy;"
+            ),
+        ])),
+        None
+    );
+    assert_eq!(
+        app_module_of("src/app/operator/mod.rs"),
+        Some(("operator".to_string(), vec!["operator".to_string()]))
+    );
+    assert_eq!(app_module_of("src/app/mod.rs"), None);
+    assert_eq!(app_module_of("src/storage/mod.rs"), None);
 }
