@@ -410,6 +410,8 @@ impl Api {
         let span = self.span("lookup", authorization_id, None);
         let result = read.instrument(span.clone()).await;
         if let Err(error) = &result {
+            // The provider's words may echo what the worker sent.
+            let error = crate::sanitize::text(&error.to_string(), crate::sanitize::FIELD_CHARS);
             span.in_scope(|| tracing::warn!(error = %error));
         }
         result

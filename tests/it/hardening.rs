@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use capture_worker::config::Secret;
 use capture_worker::sandbox::Scenario;
-use lapin::options::{BasicAckOptions, BasicGetOptions};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -22,6 +21,19 @@ use crate::providers_e2e::{authorization, capture_status, order_on, pending_refe
 
 /// Card numbers (Luhn-valid test PANs) as they may appear, grouped or not.
 const PANS: [&str; 3] = ["4242424242424242", "4111111111111111", "5555555555554444"];
+
+/// An order of one line (L1: 4000) on the sandbox, authorized for 5000.
+fn one_line_order(order_id: &str, authorization: &str) -> Value {
+    order_msg(
+        order_id,
+        authorization,
+        "USD",
+        &[("L1", 1, 4000, 0)],
+        0,
+        5000,
+        None,
+    )
+}
 
 /// Every way `pan` may be written: its digits, in groups of four by spaces or dashes.
 fn spellings(pan: &str) -> Vec<String> {
@@ -54,46 +66,32 @@ async fn whole_ledger(app: &TestApp) -> String {
     all
 }
 
-/// Takes every dead-letter copy: its headers (debug-printed) and body.
+/// Takes every dead-letter copy: its headers as `name=value` lines, and its body.
 async fn dead_letter_copies(app: &TestApp) -> Vec<(String, String)> {
-    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+    app.take_dead_letters()
         .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let mut out = Vec::new();
-    while let Some(msg) = ch
-        .basic_get(
-            app.topology().dead_letter().as_str().into(),
-            BasicGetOptions::default(),
-        )
-        .await
-        .unwrap()
-    {
-        let headers: Vec<String> = msg
-            .delivery
-            .properties
-            .headers()
-            .as_ref()
-            .map(|t| {
-                t.inner()
-                    .iter()
-                    .map(|(k, v)| match v {
-                        lapin::types::AMQPValue::LongString(s) => {
-                            format!("{k}={}", String::from_utf8_lossy(s.as_bytes()))
-                        }
-                        other => format!("{k}={other:?}"),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push((
-            headers.join("\n"),
-            String::from_utf8_lossy(&msg.delivery.data).into_owned(),
-        ));
-        msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
-    }
-    let _ = conn.close(200, "done".into()).await;
-    out
+        .into_iter()
+        .map(|(headers, body)| {
+            let headers: Vec<String> = headers
+                .as_ref()
+                .map(|t| {
+                    t.inner()
+                        .iter()
+                        .map(|(k, v)| match v {
+                            lapin::types::AMQPValue::LongString(s) => {
+                                format!("{k}={}", String::from_utf8_lossy(s.as_bytes()))
+                            }
+                            other => format!("{k}={other:?}"),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                headers.join("\n"),
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Waits for at least `n` dead-letter copies and takes them.
@@ -198,15 +196,6 @@ async fn a_nul_in_a_signed_checkout_notification_settles_the_capture_and_an_unsi
     app.publish(&[order, s1]).await;
     let action = pending_reference(&app, "ORD-CK-NUL").await;
 
-    // Unsigned, with a NUL byte: refused (401) and recorded.
-    let unsigned = b"{\"id\":\"evt_x\",\"type\":\"payment_captured\",\"x\":\"a\x00b\"}";
-    assert_eq!(post_checkout(&app, unsigned, false).await, 401);
-    app.wait_count(
-        "select count(*) from webhook_rejections where reason = 'bad_signature'",
-        1,
-    )
-    .await;
-
     // Signed, with a NUL in the text the worker keeps (the decline's summary): recorded and
     // applied.
     let body = json!({"id": "evt_nul", "type": "payment_capture_declined", "data": {
@@ -223,6 +212,15 @@ async fn a_nul_in_a_signed_checkout_notification_settles_the_capture_and_an_unsi
             .await
             .unwrap();
     assert_eq!(error, "Insufficient\u{FFFD}Funds");
+    // Unsigned, with a NUL byte: refused (401) and recorded.
+    let unsigned = b"{\"id\":\"evt_x\",\"type\":\"payment_captured\",\"x\":\"a\x00b\"}";
+    assert_eq!(post_checkout(&app, unsigned, false).await, 401);
+    app.wait_count(
+        "select count(*) from webhook_rejections where reason = 'bad_signature'",
+        1,
+    )
+    .await;
+
     let events: i64 =
         sqlx::query_scalar("select count(*) from webhook_events where provider = 'checkout'")
             .fetch_one(app.store.pool())
@@ -236,15 +234,7 @@ async fn a_nul_in_a_signed_checkout_notification_settles_the_capture_and_an_unsi
 async fn a_nul_in_an_order_line_name_is_stored_replaced_and_the_order_is_captured() {
     let app = TestApp::spawn().await;
     app.authorize("pi_nul_line", 5000, "USD", None);
-    let mut order = order_msg(
-        "ORD-NUL",
-        "pi_nul_line",
-        "USD",
-        &[("L1", 1, 4000, 0)],
-        0,
-        5000,
-        None,
-    );
+    let mut order = one_line_order("ORD-NUL", "pi_nul_line");
     order["data"]["lines"][0]["name"] = json!("Blue\u{0}mug");
     app.publish(&[order, ship_msg("ORD-NUL", "S1", &[("L1", 1)])])
         .await;
@@ -272,28 +262,12 @@ async fn a_nul_in_an_order_line_name_is_stored_replaced_and_the_order_is_capture
 async fn card_numbers_in_free_text_and_refused_fields_are_never_stored_forwarded_or_printed_raw() {
     let app = TestApp::spawn().await;
     app.authorize("pi_pan", 5000, "USD", None);
-    let mut order = order_msg(
-        "ORD-PAN",
-        "pi_pan",
-        "USD",
-        &[("L1", 1, 4000, 0)],
-        0,
-        5000,
-        None,
-    );
+    let mut order = one_line_order("ORD-PAN", "pi_pan");
     order["data"]["lines"][0]["sku"] = json!(PANS[0]);
     order["data"]["lines"][0]["name"] = json!("card 4111 1111 1111 1111 on file");
     // Refused messages quoting card numbers in an id and a currency.
     let unknown_line = ship_msg("ORD-PAN", "S9", &[("5555-5555-5555-4444", 1)]);
-    let mut bad_currency = order_msg(
-        "ORD-PAN-2",
-        "pi_pan_2",
-        "USD",
-        &[("L1", 1, 4000, 0)],
-        0,
-        5000,
-        None,
-    );
+    let mut bad_currency = one_line_order("ORD-PAN-2", "pi_pan_2");
     bad_currency["data"]["currency"] = json!(PANS[1]);
     app.publish(&[order, ship_msg("ORD-PAN", "S1", &[("L1", 1)])])
         .await;
@@ -339,15 +313,7 @@ async fn a_provider_echoing_the_api_key_leaves_it_in_no_record_view_log_or_comma
     })
     .await;
     app.publish(&[
-        order_msg(
-            "ORD-KEY",
-            "pi_key",
-            "USD",
-            &[("L1", 1, 4000, 0)],
-            0,
-            5000,
-            None,
-        ),
+        one_line_order("ORD-KEY", "pi_key"),
         ship_msg("ORD-KEY", "S1", &[("L1", 1)]),
     ])
     .await;
@@ -393,15 +359,7 @@ async fn a_message_the_ledger_cannot_store_is_refused_with_a_reason_not_redelive
     .await
     .unwrap();
     app.authorize("pi_unstorable", 5000, "USD", None);
-    let mut order = order_msg(
-        "ORD-UNSTORABLE",
-        "pi_unstorable",
-        "USD",
-        &[("L1", 1, 4000, 0)],
-        0,
-        5000,
-        None,
-    );
+    let mut order = one_line_order("ORD-UNSTORABLE", "pi_unstorable");
     order["data"]["lines"][0]["sku"] = json!("REFUSED");
     app.publish(&[order]).await;
     let copies = wait_dead_letters(&app, 1).await;
@@ -425,15 +383,7 @@ async fn a_body_over_the_size_limit_is_dead_lettered_as_too_large_keeping_only_a
     let app = TestApp::spawn().await;
     // The default amqp.max_message_bytes.
     let limit = 262_144;
-    let mut order = order_msg(
-        "ORD-BIG",
-        "pi_big",
-        "USD",
-        &[("L1", 1, 4000, 0)],
-        0,
-        5000,
-        None,
-    );
+    let mut order = one_line_order("ORD-BIG", "pi_big");
     order["data"]["note"] = json!(format!("{} {}", PANS[2], "x".repeat(limit * 4)));
     let body = serde_json::to_vec(&order).unwrap();
     assert!(body.len() > limit);

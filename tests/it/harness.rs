@@ -341,6 +341,20 @@ impl TestApp {
 
     /// Takes every message now in the dead-letter queue: (reason header, body).
     pub async fn drain_dead_letters(&self) -> Vec<(String, Value)> {
+        self.take_dead_letters()
+            .await
+            .into_iter()
+            .map(|(headers, body)| {
+                let reason =
+                    capture_worker::queue::trace::header_str(headers.as_ref(), REASON_HEADER)
+                        .unwrap_or_default();
+                (reason, serde_json::from_slice(&body).unwrap_or(Value::Null))
+            })
+            .collect()
+    }
+
+    /// Takes every message now in the dead-letter queue: (headers, body).
+    pub async fn take_dead_letters(&self) -> Vec<(Option<lapin::types::FieldTable>, Vec<u8>)> {
         let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
             .await
             .unwrap();
@@ -354,14 +368,8 @@ impl TestApp {
             .await
             .unwrap()
         {
-            let reason = capture_worker::queue::trace::header_str(
-                msg.delivery.properties.headers().as_ref(),
-                REASON_HEADER,
-            )
-            .unwrap_or_default();
-            let body = serde_json::from_slice(&msg.delivery.data).unwrap_or(Value::Null);
             msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
-            out.push((reason, body));
+            out.push((msg.delivery.properties.headers().clone(), msg.delivery.data));
         }
         let _ = conn.close(200, "done".into()).await;
         out
