@@ -13,13 +13,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use sqlx::PgPool;
 
 use crate::queue::consumer::ConsumerStatus;
 
 use super::providers::Providers;
 use crate::domain::CapabilityLookup;
-use crate::storage::Store;
+use crate::storage::{StorageError, Store, gauges};
 use crate::telemetry::metrics::{self, LedgerSnapshot};
 
 /// How long a scrape waits for the ledger before rendering stale ledger gauges.
@@ -56,7 +55,7 @@ async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
 async fn metrics_text(State(state): State<HealthState>) -> impl IntoResponse {
     let snapshot = match tokio::time::timeout(
         LEDGER_QUERY_TIMEOUT,
-        ledger_snapshot(state.store.pool(), &state.providers),
+        ledger_snapshot(&state.store, &state.providers),
     )
     .await
     {
@@ -84,20 +83,11 @@ async fn metrics_text(State(state): State<HealthState>) -> impl IntoResponse {
 
 /// Unsettled captures per status with the age of the oldest, and open orders whose
 /// authorization (its `expires_at`, else its provider's window) expires within a day.
-/// Read-only; the partial indexes on unsettled captures and open orders keep it cheap.
 async fn ledger_snapshot(
-    pool: &PgPool,
+    store: &Store,
     providers: &Providers,
-) -> Result<LedgerSnapshot, sqlx::Error> {
-    let captures: Vec<(String, i64, i64)> = sqlx::query_as(
-        "select status, count(*)::bigint,
-                coalesce(extract(epoch from now() - min(created_at)), 0)::bigint
-         from captures
-         where status in ('queued', 'in_flight', 'pending', 'retrying', 'attention')
-         group by status",
-    )
-    .fetch_all(pool)
-    .await?;
+) -> Result<LedgerSnapshot, StorageError> {
+    let captures = gauges::unsettled_captures(store.pool()).await?;
     let names = providers.names();
     let windows: Vec<Option<i64>> = names
         .iter()
@@ -108,19 +98,8 @@ async fn ledger_snapshot(
                 .map(|w| w.num_seconds())
         })
         .collect();
-    let authorizations_expiring: i64 = sqlx::query_scalar(
-        "select count(*)::bigint from orders o
-         left join unnest($1::text[], $2::bigint[]) as w(provider, window_seconds)
-             on w.provider = o.provider
-         where o.phase = 'open'
-           and coalesce(o.authorization_expires_at,
-                        o.authorized_at + make_interval(secs => w.window_seconds))
-               < now() + interval '24 hours'",
-    )
-    .bind(&names)
-    .bind(&windows)
-    .fetch_one(pool)
-    .await?;
+    let authorizations_expiring =
+        gauges::authorizations_expiring_within_a_day(store.pool(), &names, &windows).await?;
     Ok(LedgerSnapshot {
         captures,
         authorizations_expiring,

@@ -9,6 +9,7 @@
 
 pub mod captures;
 pub mod deadlines;
+pub mod gauges;
 pub mod ledger;
 pub mod operator;
 pub mod webhooks;
