@@ -24,7 +24,7 @@ use crate::storage::ledger::{self, CaptureKind, NewCapture, StoredCaptureLine};
 use crate::storage::{StorageError, Store};
 use crate::telemetry::events::{self, Emit};
 
-use super::execute::Executor;
+use super::execute::Handoff;
 use super::providers::Providers;
 use crate::domain::CapabilityLookup;
 
@@ -36,7 +36,8 @@ const BATCH: i64 = 500;
 pub struct ExpirySweep {
     pub store: Store,
     pub providers: Providers,
-    pub executor: Executor,
+    /// Where the orders it planned captures for are dispatched.
+    pub handoff: Handoff,
     pub shipping: ShippingPolicy,
 }
 
@@ -228,7 +229,7 @@ impl ExpirySweep {
             .map_err(|e| StorageError::classify(CTX, e))?;
         if moved {
             tracing::info!(event = "deadline_capture_planned", order_id = %order_id, provider = %provider, deadline = %found.deadline.to_rfc3339(), "the authorization is about to expire: what shipped is captured now");
-            self.executor.dispatch(order_id.as_str());
+            self.handoff.dispatch(order_id.as_str());
         }
         Ok(moved)
     }

@@ -245,7 +245,7 @@ impl Intake {
         }
         ledger::store_intake_batch(&mut tx, &writes).await?;
         let claimed = match &self.claimer {
-            Some(executor) => {
+            Some(handoff) => {
                 // The orders' head captures, claimed before anyone else can see the new rows:
                 // usually the capture just created; an earlier one if it is still unsettled
                 // and due (P8 holds either way: the claim takes only the head).
@@ -262,8 +262,8 @@ impl Intake {
                 captures::claim_many(
                     &mut *tx,
                     &orders,
-                    executor.worker_id(),
-                    executor.lease_seconds(),
+                    handoff.worker_id(),
+                    handoff.lease_seconds(),
                 )
                 .await?
             }
@@ -272,7 +272,7 @@ impl Intake {
         tx.commit()
             .await
             .map_err(|e| StorageError::classify("committing batched intake", e))?;
-        if let Some(executor) = &self.claimer {
+        if let Some(handoff) = &self.claimer {
             let claimed_orders: std::collections::HashSet<String> =
                 claimed.iter().map(|c| c.order_id.clone()).collect();
             for (_, outcome) in &mut done {
@@ -281,7 +281,7 @@ impl Intake {
                 }
             }
             for capture in claimed {
-                executor.send_claimed(capture);
+                handoff.send_claimed(capture);
             }
         }
         Ok(done)
