@@ -20,7 +20,7 @@ use crate::domain::{
     self, Decision, Event, MinorUnits, OrderId, Phase, PlanContext, ReleaseMethod, ShippingPolicy,
 };
 use crate::storage::deadlines::{self, AtRisk, ProviderWindow};
-use crate::storage::ledger::{self, CaptureKind, NewCapture, StoredCaptureLine};
+use crate::storage::ledger::{CaptureKind, NewCapture, StoredCaptureLine};
 use crate::storage::{StorageError, Store};
 use crate::telemetry::events::{self, Emit};
 
@@ -102,14 +102,9 @@ impl ExpirySweep {
         };
         let order_id =
             OrderId::parse(found.order_id.clone()).map_err(|e| corrupt(e.to_string()))?;
-        let mut tx = self
-            .store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| StorageError::classify(CTX, e))?;
-        ledger::lock_order_key(&mut tx, &order_id).await?;
-        let Some(stored) = ledger::load_order(&mut tx, &order_id, true).await? else {
+        let mut tx = self.store.begin(CTX).await?;
+        tx.lock_order_key(&order_id).await?;
+        let Some(stored) = tx.load_order(&order_id, true).await? else {
             return Ok(false);
         };
         // Another worker may have planned it since the list was read.
@@ -147,37 +142,31 @@ impl ExpirySweep {
                         }
                     })
                     .collect();
-                ledger::insert_capture(
-                    &mut tx,
-                    &NewCapture {
-                        order,
-                        sequence: cp.sequence,
-                        kind: CaptureKind::Capture,
-                        cause_kind: "deadline",
-                        cause_id: &cause_id,
-                        amount: cp.amount,
-                        is_final: cp.is_final,
-                        release_after: cp.release_after,
-                        lines,
-                        shipping: cp.shipping,
-                        shortfall: plan.shortfall,
-                        traceparent,
-                    },
-                )
+                tx.insert_capture(&NewCapture {
+                    order,
+                    sequence: cp.sequence,
+                    kind: CaptureKind::Capture,
+                    cause_kind: "deadline",
+                    cause_id: &cause_id,
+                    amount: cp.amount,
+                    is_final: cp.is_final,
+                    release_after: cp.release_after,
+                    lines,
+                    shipping: cp.shipping,
+                    shortfall: plan.shortfall,
+                    traceparent,
+                })
                 .await?;
                 if cp.release_after {
-                    ledger::insert_capture(
-                        &mut tx,
-                        &bare(
-                            order,
-                            cp.sequence + 1,
-                            CaptureKind::Release,
-                            &cause_id,
-                            false,
-                            MinorUnits::ZERO,
-                            traceparent,
-                        ),
-                    )
+                    tx.insert_capture(&bare(
+                        order,
+                        cp.sequence + 1,
+                        CaptureKind::Release,
+                        &cause_id,
+                        false,
+                        MinorUnits::ZERO,
+                        traceparent,
+                    ))
                     .await?;
                 }
                 true
@@ -188,45 +177,37 @@ impl ExpirySweep {
                     ReleaseMethod::Cancel => CaptureKind::Release,
                 };
                 let cause_id = format!("deadline-{sequence}");
-                ledger::insert_capture(
-                    &mut tx,
-                    &bare(
-                        order,
-                        *sequence,
-                        kind,
-                        &cause_id,
-                        true,
-                        plan.shortfall,
-                        traceparent,
-                    ),
-                )
+                tx.insert_capture(&bare(
+                    order,
+                    *sequence,
+                    kind,
+                    &cause_id,
+                    true,
+                    plan.shortfall,
+                    traceparent,
+                ))
                 .await?;
                 true
             }
             Decision::VoidAuthorization => {
                 let sequence = plan.state.captures + 1;
                 let cause_id = format!("deadline-{sequence}");
-                ledger::insert_capture(
-                    &mut tx,
-                    &bare(
-                        order,
-                        sequence,
-                        CaptureKind::Void,
-                        &cause_id,
-                        true,
-                        plan.shortfall,
-                        traceparent,
-                    ),
-                )
+                tx.insert_capture(&bare(
+                    order,
+                    sequence,
+                    CaptureKind::Void,
+                    &cause_id,
+                    true,
+                    plan.shortfall,
+                    traceparent,
+                ))
                 .await?;
                 true
             }
             Decision::Nothing(_) => false,
         };
-        ledger::save_progress(&mut tx, order, &plan.state).await?;
-        tx.commit()
-            .await
-            .map_err(|e| StorageError::classify(CTX, e))?;
+        tx.save_progress(order, &plan.state).await?;
+        tx.commit(CTX).await?;
         if moved {
             tracing::info!(event = "deadline_capture_planned", order_id = %order_id, provider = %provider, deadline = %found.deadline.to_rfc3339(), "the authorization is about to expire: what shipped is captured now");
             self.handoff.dispatch(order_id.as_str());

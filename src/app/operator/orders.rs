@@ -11,7 +11,7 @@ use crate::domain::{
     ShippingPolicy,
 };
 use crate::storage::Store;
-use crate::storage::ledger::{self, CaptureKind, NewCapture, StoredCaptureLine};
+use crate::storage::ledger::{CaptureKind, NewCapture, StoredCaptureLine};
 use crate::storage::operator::{self as sql, NewAuthorization, OrderOverview, TimelineRow};
 
 use super::{OperatorError, table};
@@ -343,13 +343,10 @@ pub async fn resume(
         ));
     }
     let now = Utc::now();
-    let mut tx = store
-        .pool()
-        .begin()
-        .await
-        .map_err(|e| crate::storage::StorageError::classify("starting the resume", e))?;
-    ledger::lock_order_key(&mut tx, &order_id).await?;
-    let stored = ledger::load_order(&mut tx, &order_id, true)
+    let mut tx = store.begin("starting the resume").await?;
+    tx.lock_order_key(&order_id).await?;
+    let stored = tx
+        .load_order(&order_id, true)
         .await?
         .ok_or_else(|| OperatorError::NotFound {
             what: "order",
@@ -359,25 +356,22 @@ pub async fn resume(
     let caps = capabilities
         .capabilities(current.provider.as_str())
         .ok_or_else(|| OperatorError::UnknownProvider(current.provider.to_string()))?;
-    if let Some(owner) = sql::authorization_owner(
-        &mut tx,
-        current.provider.as_str(),
-        authorization_id.as_str(),
-    )
-    .await?
+    if let Some(owner) = tx
+        .authorization_owner(current.provider.as_str(), authorization_id.as_str())
+        .await?
     {
         return Err(OperatorError::AuthorizationInUse {
             authorization_id: authorization_id.to_string(),
             owner,
         });
     }
-    let carried_rows = sql::carried_captures(
-        &mut tx,
-        order_id.as_str(),
-        current.provider.as_str(),
-        current.authorization_id.as_str(),
-    )
-    .await?;
+    let carried_rows = tx
+        .carried_captures(
+            order_id.as_str(),
+            current.provider.as_str(),
+            current.authorization_id.as_str(),
+        )
+        .await?;
     let resume_error = |source: ResumeError| OperatorError::Resume {
         order_id: order_id.to_string(),
         source,
@@ -426,8 +420,7 @@ pub async fn resume(
         },
     )
     .map_err(resume_error)?;
-    sql::replace_authorization(
-        &mut tx,
+    tx.replace_authorization(
         order_id.as_str(),
         &NewAuthorization {
             authorization_id: authorization_id.as_str(),
@@ -439,7 +432,8 @@ pub async fn resume(
         },
     )
     .await?;
-    ledger::save_progress(&mut tx, &resumed.order, &resumed.plan.state).await?;
+    tx.save_progress(&resumed.order, &resumed.plan.state)
+        .await?;
     let order = &resumed.order;
     let cause_id = authorization_id.as_str();
     let mut planned = Vec::new();
@@ -519,7 +513,7 @@ pub async fn resume(
         Decision::Nothing(_) => Vec::new(),
     };
     for row in &rows {
-        let capture_id = ledger::insert_capture(&mut tx, row).await?;
+        let capture_id = tx.insert_capture(row).await?;
         planned.push(PlannedRow {
             capture_id,
             sequence: row.sequence,
@@ -528,19 +522,8 @@ pub async fn resume(
             is_final: row.is_final,
         });
     }
-    let refused_while_latched: i64 = sqlx::query_scalar(
-        "select count(*) from rejected_messages
-         where order_id = $1 and reason = 'order_declined' and requeued_at is null",
-    )
-    .bind(order_id.as_str())
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| {
-        crate::storage::StorageError::classify("counting messages refused while latched", e)
-    })?;
-    tx.commit()
-        .await
-        .map_err(|e| crate::storage::StorageError::classify("committing the resume", e))?;
+    let refused_while_latched = tx.refused_while_latched(&order_id).await?;
+    tx.commit("committing the resume").await?;
     let decision = match &resumed.plan.decision {
         Decision::Capture(_) => "capture".to_owned(),
         Decision::ReleaseRemainder { .. } => "release".to_owned(),
