@@ -16,11 +16,9 @@
 use chrono::Utc;
 use tracing::Instrument;
 
-use crate::domain::{
-    self, Decision, Event, MinorUnits, OrderId, Phase, PlanContext, ReleaseMethod, ShippingPolicy,
-};
+use crate::domain::{self, Event, OrderId, Phase, PlanContext, ShippingPolicy};
 use crate::storage::deadlines::{self, AtRisk, ProviderWindow};
-use crate::storage::ledger::{CaptureKind, NewCapture, StoredCaptureLine};
+use crate::storage::plans::PlanCause;
 use crate::storage::{StorageError, Store};
 use crate::telemetry::events::{self, Emit};
 
@@ -122,122 +120,22 @@ impl ExpirySweep {
         };
         let plan = domain::plan(&stored.order, &stored.state, Event::Deadline, &ctx)
             .map_err(|e| corrupt(format!("order {order_id}: {e}")))?;
-        let order = &stored.order;
         let traceparent = crate::telemetry::trace::current_traceparent();
-        let traceparent = traceparent.as_deref();
-        let moved = match &plan.decision {
-            Decision::Capture(cp) => {
-                let cause_id = format!("deadline-{}", cp.sequence);
-                let lines = cp
-                    .lines
-                    .iter()
-                    .map(|l| {
-                        let line = order.line_index(&l.line_id).map(|i| &order.lines()[i]);
-                        StoredCaptureLine {
-                            line_id: l.line_id.as_str().to_owned(),
-                            sku: line.map(|x| x.sku.clone()).unwrap_or_default(),
-                            name: line.map(|x| x.name.clone()).unwrap_or_default(),
-                            units: l.units,
-                            amount: l.amount.get(),
-                        }
-                    })
-                    .collect();
-                tx.insert_capture(&NewCapture {
-                    order,
-                    sequence: cp.sequence,
-                    kind: CaptureKind::Capture,
-                    cause_kind: "deadline",
-                    cause_id: &cause_id,
-                    amount: cp.amount,
-                    is_final: cp.is_final,
-                    release_after: cp.release_after,
-                    lines,
-                    shipping: cp.shipping,
-                    shortfall: plan.shortfall,
-                    traceparent,
-                })
-                .await?;
-                if cp.release_after {
-                    tx.insert_capture(&bare(
-                        order,
-                        cp.sequence + 1,
-                        CaptureKind::Release,
-                        &cause_id,
-                        false,
-                        MinorUnits::ZERO,
-                        traceparent,
-                    ))
-                    .await?;
-                }
-                true
-            }
-            Decision::ReleaseRemainder { method, sequence } => {
-                let kind = match method {
-                    ReleaseMethod::ZeroAmountFinalCapture => CaptureKind::Capture,
-                    ReleaseMethod::Cancel => CaptureKind::Release,
-                };
-                let cause_id = format!("deadline-{sequence}");
-                tx.insert_capture(&bare(
-                    order,
-                    *sequence,
-                    kind,
-                    &cause_id,
-                    true,
-                    plan.shortfall,
-                    traceparent,
-                ))
-                .await?;
-                true
-            }
-            Decision::VoidAuthorization => {
-                let sequence = plan.state.captures + 1;
-                let cause_id = format!("deadline-{sequence}");
-                tx.insert_capture(&bare(
-                    order,
-                    sequence,
-                    CaptureKind::Void,
-                    &cause_id,
-                    true,
-                    plan.shortfall,
-                    traceparent,
-                ))
-                .await?;
-                true
-            }
-            Decision::Nothing(_) => false,
-        };
-        tx.save_progress(order, &plan.state).await?;
+        let recorded = tx
+            .record_plan(
+                &stored.order,
+                &plan,
+                PlanCause::Deadline,
+                traceparent.as_deref(),
+            )
+            .await?;
+        // Money moves when the plan asked for a capture, a release or a void.
+        let moved = !recorded.captures.is_empty();
         tx.commit(CTX).await?;
         if moved {
             tracing::info!(event = "deadline_capture_planned", order_id = %order_id, provider = %provider, deadline = %found.deadline.to_rfc3339(), "the authorization is about to expire: what shipped is captured now");
             self.handoff.dispatch(order_id.as_str());
         }
         Ok(moved)
-    }
-}
-
-/// A capture row that moves no money: a release, a void or a zero-amount final capture.
-fn bare<'a>(
-    order: &'a domain::Order,
-    sequence: u32,
-    kind: CaptureKind,
-    cause_id: &'a str,
-    is_final: bool,
-    shortfall: MinorUnits,
-    traceparent: Option<&'a str>,
-) -> NewCapture<'a> {
-    NewCapture {
-        order,
-        sequence,
-        kind,
-        cause_kind: "deadline",
-        cause_id,
-        amount: MinorUnits::ZERO,
-        is_final,
-        release_after: false,
-        lines: Vec::new(),
-        shipping: MinorUnits::ZERO,
-        shortfall,
-        traceparent,
     }
 }

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{self, Event, PlanContext};
+use crate::domain::{self, Decision, Event, PlanContext};
 use crate::queue::consumer::IncomingMessage;
 use crate::queue::wire::{self, Command, Parsed};
 use crate::storage::StorageError;
 use crate::storage::ledger::{self, InboxStatus, NewInbox};
+use crate::storage::plans::PlanCause;
 
-use super::plan::{capture_rows, order_fingerprint};
+use super::plan::order_fingerprint;
 use super::{Intake, IntakeOutcome, intake_span, record_outcome};
 
 /// Batched intake: many deliveries, one transaction.
@@ -211,19 +212,18 @@ impl Intake {
             let (Ok(before), Ok(after)) = (before, after) else {
                 continue;
             };
-            let (rows, label) = capture_rows(
-                &stored.order,
-                &plan,
-                "shipment",
-                shipment_id,
-                c.traceparent.as_deref(),
-            );
-            let dispatch = if rows.is_empty() {
+            // A plan that moves money has capture rows to send.
+            let dispatch = if matches!(plan.decision, Decision::Nothing(_)) {
                 Vec::new()
             } else {
                 vec![order_id.as_str().to_owned()]
             };
-            writes.captures.extend(rows);
+            let label = writes.record_plan(
+                &stored.order,
+                plan,
+                PlanCause::Shipment(shipment.shipment_id()),
+                c.traceparent.as_deref(),
+            );
             writes.shipments.push(ledger::NewShipment {
                 order_id,
                 shipment,
@@ -232,7 +232,6 @@ impl Intake {
                 decision: label,
             });
             writes.inbox.push(inbox);
-            writes.progress.push((&stored.order, plan.state));
             done.push((c.index, IntakeOutcome::Processed { dispatch }));
         }
         if done.is_empty() {

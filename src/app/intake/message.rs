@@ -10,10 +10,11 @@ use crate::queue::consumer::IncomingMessage;
 use crate::queue::wire::{self, Command, Parsed};
 use crate::sanitize;
 use crate::storage::ledger::{InboxStatus, NewInbox};
+use crate::storage::plans::PlanCause;
 use crate::storage::{LedgerTx, StorageError};
 
 use super::parked::parked_span;
-use super::plan::{PlanInput, capture_rows, order_fingerprint};
+use super::plan::{PlanInput, order_fingerprint};
 use super::refuse::{Refusal, Unread};
 use super::{Intake, IntakeOutcome, TOO_LARGE_EXCERPT_CHARS, intake_span, record_outcome};
 
@@ -380,23 +381,20 @@ impl Intake {
                     .await;
             }
         };
-        tx.save_progress(&stored.order, &plan.state).await?;
-        let order = &stored.order;
-        let (cause_kind, cause_id) = match input {
-            PlanInput::Shipment(s) => ("shipment", s.shipment_id().as_str()),
-            PlanInput::Cancellation(c) => ("cancellation", c.cancellation_id().as_str()),
+        let cause = match input {
+            PlanInput::Shipment(s) => PlanCause::Shipment(s.shipment_id()),
+            PlanInput::Cancellation(c) => PlanCause::Cancellation(c.cancellation_id()),
         };
         // The capture's execution joins this span's trace (or links to it when it runs later);
         // without tracing installed, the publisher's context is the best we have.
         let traceparent =
             crate::telemetry::trace::current_traceparent().or_else(|| message.traceparent.clone());
-        let traceparent = traceparent.as_deref();
+        let recorded = tx
+            .record_plan(&stored.order, &plan, cause, traceparent.as_deref())
+            .await?;
+        let label = recorded.decision;
         let mut dispatch = Vec::new();
-        let (captures, label) = capture_rows(order, &plan, cause_kind, cause_id, traceparent);
-        for capture in &captures {
-            tx.insert_capture(capture).await?;
-        }
-        if !captures.is_empty() {
+        if !recorded.captures.is_empty() {
             dispatch.push(order_id.as_str().to_owned());
         }
         match input {

@@ -5,14 +5,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::domain::plan::{self, Carried, Decision, LineCharge, PlanContext, ResumeError};
-use crate::domain::{
-    Authorization, AuthorizationId, LineId, MinorUnits, Order, OrderId, ReleaseMethod,
-    ShippingPolicy,
-};
+use crate::domain::plan::{self, Carried, LineCharge, PlanContext, ResumeError};
+use crate::domain::{Authorization, AuthorizationId, LineId, MinorUnits, OrderId, ShippingPolicy};
 use crate::storage::Store;
-use crate::storage::ledger::{CaptureKind, NewCapture, StoredCaptureLine};
 use crate::storage::operator::{self as sql, NewAuthorization, OrderOverview, TimelineRow};
+use crate::storage::plans::PlanCause;
 
 use super::{OperatorError, table};
 use crate::domain::CapabilityLookup;
@@ -432,104 +429,29 @@ pub async fn resume(
         },
     )
     .await?;
-    tx.save_progress(&resumed.order, &resumed.plan.state)
-        .await?;
     let order = &resumed.order;
-    let cause_id = authorization_id.as_str();
-    let mut planned = Vec::new();
-    let insert = |kind: CaptureKind,
-                  sequence: u32,
-                  amount: MinorUnits,
-                  is_final: bool,
-                  release_after: bool,
-                  lines: Vec<StoredCaptureLine>,
-                  shipping: MinorUnits,
-                  shortfall: MinorUnits| NewCapture {
-        order,
-        sequence,
-        kind,
-        cause_kind: "resume",
-        cause_id,
-        amount,
-        is_final,
-        release_after,
-        lines,
-        shipping,
-        shortfall,
-        traceparent: None,
-    };
-    let rows: Vec<NewCapture<'_>> = match &resumed.plan.decision {
-        Decision::Capture(cp) => {
-            let mut rows = vec![insert(
-                CaptureKind::Capture,
-                cp.sequence,
-                cp.amount,
-                cp.is_final,
-                cp.release_after,
-                stored_lines(order, &cp.lines),
-                cp.shipping,
-                resumed.plan.shortfall,
-            )];
-            if cp.release_after {
-                rows.push(insert(
-                    CaptureKind::Release,
-                    cp.sequence + 1,
-                    MinorUnits::ZERO,
-                    false,
-                    false,
-                    Vec::new(),
-                    MinorUnits::ZERO,
-                    MinorUnits::ZERO,
-                ));
-            }
-            rows
-        }
-        Decision::ReleaseRemainder { method, sequence } => {
-            let kind = match method {
-                ReleaseMethod::ZeroAmountFinalCapture => CaptureKind::Capture,
-                ReleaseMethod::Cancel => CaptureKind::Release,
-            };
-            vec![insert(
-                kind,
-                *sequence,
-                MinorUnits::ZERO,
-                true,
-                false,
-                Vec::new(),
-                MinorUnits::ZERO,
-                resumed.plan.shortfall,
-            )]
-        }
-        Decision::VoidAuthorization => vec![insert(
-            CaptureKind::Void,
-            resumed.plan.state.captures + 1,
-            MinorUnits::ZERO,
-            true,
-            false,
-            Vec::new(),
-            MinorUnits::ZERO,
-            resumed.plan.shortfall,
-        )],
-        Decision::Nothing(_) => Vec::new(),
-    };
-    for row in &rows {
-        let capture_id = tx.insert_capture(row).await?;
-        planned.push(PlannedRow {
-            capture_id,
-            sequence: row.sequence,
-            kind: row.kind.as_str(),
-            amount: row.amount.get(),
-            is_final: row.is_final,
-        });
-    }
+    let recorded = tx
+        .record_plan(
+            order,
+            &resumed.plan,
+            PlanCause::Resume(&authorization_id),
+            None,
+        )
+        .await?;
+    let planned = recorded
+        .captures
+        .iter()
+        .map(|c| PlannedRow {
+            capture_id: c.capture_id,
+            sequence: c.sequence,
+            kind: c.kind.as_str(),
+            amount: c.amount.get(),
+            is_final: c.is_final,
+        })
+        .collect();
     let refused_while_latched = tx.refused_while_latched(&order_id).await?;
     tx.commit("committing the resume").await?;
-    let decision = match &resumed.plan.decision {
-        Decision::Capture(_) => "capture".to_owned(),
-        Decision::ReleaseRemainder { .. } => "release".to_owned(),
-        Decision::VoidAuthorization => "void".to_owned(),
-        Decision::Nothing(reason) => format!("nothing:{}", reason.label()),
-    };
+    let decision = recorded.decision;
     tracing::warn!(
         event = "order_resumed",
         order_id = %order_id,
@@ -551,22 +473,6 @@ pub async fn resume(
         decision,
         refused_while_latched,
     })
-}
-
-fn stored_lines(order: &Order, lines: &[LineCharge]) -> Vec<StoredCaptureLine> {
-    lines
-        .iter()
-        .map(|l| {
-            let line = order.line_index(&l.line_id).map(|i| &order.lines()[i]);
-            StoredCaptureLine {
-                line_id: l.line_id.as_str().to_owned(),
-                sku: line.map(|x| x.sku.clone()).unwrap_or_default(),
-                name: line.map(|x| x.name.clone()).unwrap_or_default(),
-                units: l.units,
-                amount: l.amount.get(),
-            }
-        })
-        .collect()
 }
 
 pub fn render_resume(o: &ResumeOutcome) -> String {
