@@ -8,8 +8,10 @@ use serde_json::Value;
 use crate::domain::plan::{self, Carried, LineCharge, PlanContext, ResumeError};
 use crate::domain::{Authorization, AuthorizationId, LineId, MinorUnits, OrderId, ShippingPolicy};
 use crate::storage::Store;
-use crate::storage::operator::{self as sql, NewAuthorization, OrderOverview, TimelineRow};
-use crate::storage::plans::PlanCause;
+use crate::storage::operator::{
+    self as sql, CarriedCapture, NewAuthorization, OrderOverview, TimelineRow,
+};
+use crate::storage::plans::{PlanCause, PlannedCapture};
 
 use super::{OperatorError, table};
 use crate::domain::CapabilityLookup;
@@ -329,16 +331,7 @@ pub async fn resume(
     shipping: ShippingPolicy,
     request: &ResumeRequest<'_>,
 ) -> Result<ResumeOutcome, OperatorError> {
-    let invalid = |e: &dyn std::fmt::Display| OperatorError::Invalid(e.to_string());
-    let order_id = OrderId::parse(request.order_id).map_err(|e| invalid(&e))?;
-    let authorization_id =
-        AuthorizationId::parse(request.authorization_id).map_err(|e| invalid(&e))?;
-    let amount = MinorUnits::new(request.amount).map_err(|e| invalid(&e))?;
-    if amount.is_zero() {
-        return Err(OperatorError::Invalid(
-            "--amount must be above 0: the new authorization's amount in minor units".into(),
-        ));
-    }
+    let (order_id, authorization_id, amount) = parse_request(request)?;
     let now = Utc::now();
     let mut tx = store.begin("starting the resume").await?;
     tx.lock_order_key(&order_id).await?;
@@ -373,31 +366,7 @@ pub async fn resume(
         order_id: order_id.to_string(),
         source,
     };
-    let carried = carried_rows
-        .iter()
-        .map(|c| {
-            Ok(Carried {
-                lines: c
-                    .lines
-                    .iter()
-                    .map(|l| {
-                        Ok(LineCharge {
-                            line_id: LineId::parse(l.line_id.clone())
-                                .map_err(|e| ResumeError::CarriedMismatch(e.to_string()))?,
-                            units: l.units,
-                            amount: MinorUnits::new(l.amount)
-                                .map_err(|e| ResumeError::CarriedMismatch(e.to_string()))?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, ResumeError>>()?,
-                shipping: MinorUnits::new(c.shipping)
-                    .map_err(|e| ResumeError::CarriedMismatch(e.to_string()))?,
-                shortfall: MinorUnits::new(c.shortfall)
-                    .map_err(|e| ResumeError::CarriedMismatch(e.to_string()))?,
-            })
-        })
-        .collect::<Result<Vec<_>, ResumeError>>()
-        .map_err(resume_error)?;
+    let carried = carried_value(&carried_rows).map_err(resume_error)?;
     let new_authorization = Authorization {
         provider: current.provider.clone(),
         authorization_id: authorization_id.clone(),
@@ -438,20 +407,9 @@ pub async fn resume(
             None,
         )
         .await?;
-    let planned = recorded
-        .captures
-        .iter()
-        .map(|c| PlannedRow {
-            capture_id: c.capture_id,
-            sequence: c.sequence,
-            kind: c.kind.as_str(),
-            amount: c.amount.get(),
-            is_final: c.is_final,
-        })
-        .collect();
     let refused_while_latched = tx.refused_while_latched(&order_id).await?;
     tx.commit("committing the resume").await?;
-    let decision = recorded.decision;
+    let decision = recorded.decision.clone();
     tracing::warn!(
         event = "order_resumed",
         order_id = %order_id,
@@ -468,11 +426,66 @@ pub async fn resume(
         authorized_amount: amount.get(),
         carried_captures: carried_rows.iter().map(|c| c.capture_id).collect(),
         carried_amount: carried_rows.iter().map(|c| c.amount).sum(),
-        planned,
+        planned: planned_rows(&recorded.captures),
         shortfall: resumed.plan.shortfall.get(),
         decision,
         refused_while_latched,
     })
+}
+
+/// The request's order, new authorization and its amount, parsed.
+fn parse_request(
+    request: &ResumeRequest<'_>,
+) -> Result<(OrderId, AuthorizationId, MinorUnits), OperatorError> {
+    let invalid = |e: &dyn std::fmt::Display| OperatorError::Invalid(e.to_string());
+    let order_id = OrderId::parse(request.order_id).map_err(|e| invalid(&e))?;
+    let authorization_id =
+        AuthorizationId::parse(request.authorization_id).map_err(|e| invalid(&e))?;
+    let amount = MinorUnits::new(request.amount).map_err(|e| invalid(&e))?;
+    if amount.is_zero() {
+        return Err(OperatorError::Invalid(
+            "--amount must be above 0: the new authorization's amount in minor units".into(),
+        ));
+    }
+    Ok((order_id, authorization_id, amount))
+}
+
+/// The value of the declined and blocked captures, as the domain plans it again.
+fn carried_value(rows: &[CarriedCapture]) -> Result<Vec<Carried>, ResumeError> {
+    let mismatch = |e: &dyn std::fmt::Display| ResumeError::CarriedMismatch(e.to_string());
+    rows.iter()
+        .map(|c| {
+            Ok(Carried {
+                lines: c
+                    .lines
+                    .iter()
+                    .map(|l| {
+                        Ok(LineCharge {
+                            line_id: LineId::parse(l.line_id.clone()).map_err(|e| mismatch(&e))?,
+                            units: l.units,
+                            amount: MinorUnits::new(l.amount).map_err(|e| mismatch(&e))?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ResumeError>>()?,
+                shipping: MinorUnits::new(c.shipping).map_err(|e| mismatch(&e))?,
+                shortfall: MinorUnits::new(c.shortfall).map_err(|e| mismatch(&e))?,
+            })
+        })
+        .collect()
+}
+
+/// The capture rows the resume planned, as `order resume` reports them.
+fn planned_rows(captures: &[PlannedCapture]) -> Vec<PlannedRow> {
+    captures
+        .iter()
+        .map(|c| PlannedRow {
+            capture_id: c.capture_id,
+            sequence: c.sequence,
+            kind: c.kind.as_str(),
+            amount: c.amount.get(),
+            is_final: c.is_final,
+        })
+        .collect()
 }
 
 pub fn render_resume(o: &ResumeOutcome) -> String {
