@@ -9,10 +9,11 @@
 //! # Layout
 //!
 //! - `intake`    — one message (or one batch of deliveries), one transaction, then the
-//!   acknowledgement.
+//!   acknowledgement; a folder, one file per responsibility (see its own layout). It hands
+//!   the captures it creates to execution through an `execute::Handoff`, not the executor.
 //! - `execute`   — sends each capture to its provider and records what happened.
 //! - `recovery`  — the sweeper: captures whose retry is due or whose lease expired.
-//! - `expiry`    — the authorization-expiry sweep.
+//! - `expiry`    — the authorization-expiry sweep; dispatches through an `execute::Handoff`.
 //! - `retry`     — the retry schedule.
 //! - `providers` — the providers this worker can call, built from `providers.<name>`.
 //! - `http`, `webhooks` — health, readiness, metrics and the provider webhooks on
@@ -20,6 +21,10 @@
 //! - `commands`  — the commands behind the command line: run, migrate, sandbox, publish, demo.
 //! - `operator`  — the operator and finance commands (report, order, capture, dead-letter,
 //!   provider), each taking its own request type.
+//!
+//! Intake, the expiry sweep and `order resume` write the ledger through one unit of work,
+//! `storage::LedgerTx`, and record a plan through one writer, `LedgerTx::record_plan`: no
+//! `sqlx` and no SQL in them.
 //!
 //! None of them knows the command line: `cli` maps clap's arguments to their request, format
 //! and units types.

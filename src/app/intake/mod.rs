@@ -17,7 +17,12 @@
 //! - `batch`   — the batched path and the [`IntakeBatcher`] that groups deliveries.
 //! - `refuse`  — refusals: what is recorded and dead-lettered, and why.
 //! - `parked`  — shipments and cancellations waiting for their order.
-//! - `plan`    — a plan turned into capture rows; an order registration's fingerprint.
+//! - `plan`    — what a message asks to plan (a shipment or a cancellation), and an order
+//!   registration's fingerprint. The rows a plan becomes are written by storage
+//!   (`LedgerTx::record_plan`, `IntakeBatch::record_plan`), the same for both paths.
+//!
+//! Every statement runs in a `storage::LedgerTx`; captures created by a batch are claimed in
+//! it and handed to execution through an `execute::Handoff`.
 
 mod batch;
 mod message;
