@@ -5,11 +5,11 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use crate::domain::{self, Event, Order, PlanContext, Rejection};
+use crate::domain::{self, Capabilities, Event, MinorUnits, Order, Plan, PlanContext, Rejection};
 use crate::queue::consumer::IncomingMessage;
 use crate::queue::wire::{self, Command, Parsed};
 use crate::sanitize;
-use crate::storage::ledger::{InboxStatus, NewInbox};
+use crate::storage::ledger::{InboxStatus, NewInbox, StoredOrder};
 use crate::storage::plans::PlanCause;
 use crate::storage::{LedgerTx, StorageError};
 
@@ -301,36 +301,8 @@ impl Intake {
                 .await?;
             return Ok(IntakeOutcome::Parked);
         };
-        let caps = match self
-            .capabilities
-            .capabilities(stored.order.authorization().provider.as_str())
-        {
-            Some(c) => c,
-            None => {
-                return Err(StorageError::Corrupt {
-                    context: "planning a capture",
-                    detail: format!(
-                        "provider {} of order {} is no longer configured",
-                        stored.order.authorization().provider,
-                        order_id
-                    ),
-                });
-            }
-        };
-        let event = match input {
-            PlanInput::Shipment(s) => {
-                if let Some(prev) = tx.load_shipment(order_id, s.shipment_id()).await? {
-                    stored.state.shipments.push(prev);
-                }
-                Event::Shipment(s)
-            }
-            PlanInput::Cancellation(c) => {
-                if let Some(prev) = tx.load_cancellation(order_id, c.cancellation_id()).await? {
-                    stored.state.cancellations.push(prev);
-                }
-                Event::Cancellation(c)
-            }
-        };
+        let caps = self.configured(&stored)?;
+        let event = with_earlier(tx, input, &mut stored).await?;
         let ctx = PlanContext {
             capabilities: caps,
             shipping: self.shipping,
@@ -381,6 +353,50 @@ impl Intake {
                     .await;
             }
         };
+        self.record_event(
+            tx,
+            message,
+            parsed,
+            body_hash,
+            input,
+            &stored.order,
+            &plan,
+            shipped_value,
+        )
+        .await
+    }
+
+    /// The capabilities of the order's provider; an order whose provider is no longer
+    /// configured cannot be planned (retried until the configuration is fixed).
+    fn configured(&self, stored: &StoredOrder) -> Result<Capabilities, StorageError> {
+        let provider = &stored.order.authorization().provider;
+        self.capabilities
+            .capabilities(provider.as_str())
+            .ok_or_else(|| StorageError::Corrupt {
+                context: "planning a capture",
+                detail: format!(
+                    "provider {provider} of order {} is no longer configured",
+                    stored.order.order_id()
+                ),
+            })
+    }
+
+    /// Records what the plan of a shipment or cancellation decided: the plan (progress and
+    /// capture rows), the shipment or cancellation row with the decision's name, and the
+    /// message as processed.
+    #[allow(clippy::too_many_arguments)] // one message's parts and its plan, all written here
+    async fn record_event(
+        &self,
+        tx: &mut LedgerTx,
+        message: &IncomingMessage,
+        parsed: &Parsed,
+        body_hash: &str,
+        input: PlanInput<'_>,
+        order: &Order,
+        plan: &Plan,
+        shipped_value: MinorUnits,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let order_id = parsed.command.order_id();
         let cause = match input {
             PlanInput::Shipment(s) => PlanCause::Shipment(s.shipment_id()),
             PlanInput::Cancellation(c) => PlanCause::Cancellation(c.cancellation_id()),
@@ -390,7 +406,7 @@ impl Intake {
         let traceparent =
             crate::telemetry::trace::current_traceparent().or_else(|| message.traceparent.clone());
         let recorded = tx
-            .record_plan(&stored.order, &plan, cause, traceparent.as_deref())
+            .record_plan(order, plan, cause, traceparent.as_deref())
             .await?;
         let label = recorded.decision;
         let mut dispatch = Vec::new();
@@ -441,4 +457,28 @@ impl Intake {
         })
         .await
     }
+}
+
+/// The event to plan, with the earlier shipment or cancellation of the same id (if any) added
+/// to the order's state, so planning can tell a duplicate from a conflict.
+async fn with_earlier<'e>(
+    tx: &mut LedgerTx,
+    input: PlanInput<'e>,
+    stored: &mut StoredOrder,
+) -> Result<Event<'e>, StorageError> {
+    let order_id = stored.order.order_id().clone();
+    Ok(match input {
+        PlanInput::Shipment(s) => {
+            if let Some(prev) = tx.load_shipment(&order_id, s.shipment_id()).await? {
+                stored.state.shipments.push(prev);
+            }
+            Event::Shipment(s)
+        }
+        PlanInput::Cancellation(c) => {
+            if let Some(prev) = tx.load_cancellation(&order_id, c.cancellation_id()).await? {
+                stored.state.cancellations.push(prev);
+            }
+            Event::Cancellation(c)
+        }
+    })
 }
