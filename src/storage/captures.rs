@@ -206,16 +206,16 @@ impl Transition {
     }
 }
 
-/// Records a call and moves the capture on, in one transaction. Returns false when this worker
-/// no longer held the lease (another worker took the capture over); the attempt is still
-/// recorded, the capture is left to its new holder.
+/// Records a call and moves the capture on, in one transaction. Returns [`Lease::Lost`] when
+/// this worker no longer held the lease (another worker took the capture over, or a provider
+/// notification settled it); the attempt is still recorded, the capture is left as it is.
 pub async fn record(
     pool: &PgPool,
     capture: &ClaimedCapture,
     worker: &str,
     attempt: &AttemptRecord<'_>,
     transition: &Transition,
-) -> Result<bool, StorageError> {
+) -> Result<Lease, StorageError> {
     const CTX: &str = "recording the capture's outcome";
     let mut tx = pool.begin().await.ctx(CTX)?;
     if matches!(transition, Transition::Declined { .. }) {
@@ -310,7 +310,7 @@ pub async fn record(
         .await?;
     }
     tx.commit().await.ctx(CTX)?;
-    Ok(updated)
+    Ok(if updated { Lease::Held } else { Lease::Lost })
 }
 
 /// The decline latch (P4), inside the caller's transaction, which holds the order row: the
@@ -391,14 +391,42 @@ pub struct Success<'a> {
     pub reference: Option<&'a str>,
 }
 
+/// Whether this worker still held a capture's lease when it recorded the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// It did: the capture moved on as recorded.
+    Held,
+    /// It did not (settled by a notification, or taken over meanwhile): only the attempt was
+    /// recorded.
+    Lost,
+}
+
+/// Whether the order has a capture after the one recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Following {
+    /// A next capture exists (worth claiming now); also when not known.
+    More,
+    /// None: the order has nothing left to send.
+    Nothing,
+}
+
 /// What [`record_succeeded_many`] did for one capture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
-    /// This worker still held the lease; the capture is now succeeded.
-    pub held: bool,
-    /// The order has a next capture (worth claiming now). True when not known (the lease was
-    /// lost).
-    pub more: bool,
+    /// [`Lease::Held`]: the capture is now succeeded.
+    pub lease: Lease,
+    /// [`Following::More`] when not known (the lease was lost).
+    pub following: Following,
+}
+
+impl Recorded {
+    /// A capture recorded one at a time: whether the order has more is not known.
+    pub fn alone(lease: Lease) -> Recorded {
+        Recorded {
+            lease,
+            following: Following::More,
+        }
+    }
 }
 
 /// [`record`] with [`Transition::Succeeded`] for several captures, in one statement (so one
@@ -500,11 +528,15 @@ pub async fn record_succeeded_many(
     Ok(ids
         .iter()
         .map(|id| match updated.get(id) {
-            Some(&more) => Recorded { held: true, more },
-            None => Recorded {
-                held: false,
-                more: true,
+            Some(&more) => Recorded {
+                lease: Lease::Held,
+                following: if more {
+                    Following::More
+                } else {
+                    Following::Nothing
+                },
             },
+            None => Recorded::alone(Lease::Lost),
         })
         .collect())
 }

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use crate::domain::readback;
 use crate::provider::{CallResult, Outcome, PaymentProvider};
 use crate::storage::StorageError;
-use crate::storage::captures::{self, AttemptRecord, ClaimedCapture, Transition};
+use crate::storage::captures::{self, AttemptRecord, ClaimedCapture, Following, Lease, Transition};
 use crate::storage::ledger::CaptureKind;
 use crate::telemetry::events::{self, Emit};
 use crate::telemetry::{metrics, trace};
@@ -250,8 +250,8 @@ impl Executor {
             Transition::Succeeded { reference } => {
                 self.record_success(c, &attempt, reference.clone()).await?
             }
-            _ => captures::Recorded {
-                held: captures::record(
+            _ => captures::Recorded::alone(
+                captures::record(
                     self.inner.store.pool(),
                     c,
                     &self.inner.worker_id,
@@ -259,18 +259,17 @@ impl Executor {
                     &transition,
                 )
                 .await?,
-                more: true,
-            },
+            ),
         };
-        if recorded.held {
-            count_transition(c, operation, &call.outcome, &transition);
-        } else {
-            tracing::warn!(event = "lease_lost", capture_id = c.capture_id, order_id = %c.order_id, "the capture was settled or taken over while the call was in progress (a provider notification, or a worker that took the lease over); the ledger keeps that outcome");
+        match recorded.lease {
+            Lease::Held => count_transition(c, operation, &call.outcome, &transition),
+            Lease::Lost => {
+                tracing::warn!(event = "lease_lost", capture_id = c.capture_id, order_id = %c.order_id, "the capture was settled or taken over while the call was in progress (a provider notification, or a worker that took the lease over); the ledger keeps that outcome");
+            }
         }
-        Ok(if recorded.more {
-            Step::Handled
-        } else {
-            Step::Drained
+        Ok(match recorded.following {
+            Following::More => Step::Handled,
+            Following::Nothing => Step::Drained,
         })
     }
 
