@@ -190,7 +190,7 @@ pub(super) async fn claim_batch(
         Ok(claimed) => {
             let mut by_order: HashMap<String, ClaimedCapture> = claimed
                 .into_iter()
-                .map(|c| (c.order_id.clone(), c))
+                .map(|c| (c.order_id.as_str().to_owned(), c))
                 .collect();
             for r in batch {
                 let claimed = by_order.remove(&r.order_id);

@@ -222,7 +222,7 @@ impl Executor {
             Ok(Step::Handled) => self.dispatch(order_id),
             Ok(Step::Idle | Step::Drained) => {}
             Err(e) => events::CaptureStepFailed {
-                order_id: &order_id,
+                order_id: order_id.as_str(),
                 error: &e,
             }
             .emit(),

@@ -203,13 +203,14 @@ impl Executor {
     ) -> Result<Resolution, StorageError> {
         let ours = captures::succeeded_total(
             self.inner.store.pool(),
-            &c.provider,
-            &c.authorization_id,
+            c.provider.as_str(),
+            c.authorization_id.as_str(),
             c.capture_id,
         )
         .await?;
         let theirs = snapshot.captured.amount().get();
-        match Tally::of(theirs, ours, c.amount) {
+        let amount = c.minor_units();
+        match Tally::of(theirs, ours, amount) {
             Tally::ThisCaptureHappened => {
                 tracing::info!(event = "capture_resolved_by_lookup", capture_id = c.capture_id, order_id = %c.order_id, "the provider shows this capture happened");
                 self.settle(
@@ -231,7 +232,7 @@ impl Executor {
                 let error = format!(
                     "the provider reports {theirs} captured on {}, but the ledger expects {ours} (or {} if this capture happened); reconcile by hand",
                     c.authorization_id,
-                    ours + c.amount
+                    ours + amount
                 );
                 self.settle(
                     c,
@@ -348,9 +349,13 @@ impl Executor {
     /// one included) to try again. An accepted capture is bounded by its age instead.
     async fn read_backs_exhausted(&self, c: &ClaimedCapture) -> Result<ReadBacks, StorageError> {
         let failed_before = if c.accepted_at.is_none() {
-            captures::key_history(self.inner.store.pool(), c.capture_id, &c.idempotency_key)
-                .await?
-                .failed_read_backs
+            captures::key_history(
+                self.inner.store.pool(),
+                c.capture_id,
+                c.idempotency_key.as_str(),
+            )
+            .await?
+            .failed_read_backs
         } else {
             0
         };
@@ -515,7 +520,7 @@ async fn read_back(
     } else {
         call_span.record("otel.status_code", "ERROR");
     }
-    metrics::provider_call(&c.provider, "lookup", outcome, latency);
+    metrics::provider_call(c.provider.as_str(), "lookup", outcome, latency);
     (snapshot, latency)
 }
 
