@@ -238,3 +238,52 @@ async fn a_claimed_row_is_parsed_once_and_an_unparseable_one_names_its_capture_a
         "{message}"
     );
 }
+
+/// The figures the demo waits on and prints, read through storage: how many of a run's orders
+/// exist and how many of their captures are unsettled, then finance's row per order.
+#[tokio::test]
+async fn the_demo_reads_its_orders_progress_and_reconciliation_through_storage() {
+    use capture_worker::domain::{AuthorizationId, IdempotencyKey, ProviderName};
+    use capture_worker::storage::operator::{OrdersProgress, orders_progress, reconciled_orders};
+
+    let (_db, store) = fresh_database().await;
+    let pool = store.pool();
+    order(pool, "demo-1-a", "pi_a").await;
+    order(pool, "demo-1-b", "pi_b").await;
+    order(pool, "other", "pi_c").await;
+    let key = IdempotencyKey::derive(
+        &ProviderName::parse("sandbox").unwrap(),
+        &AuthorizationId::parse("pi_a").unwrap(),
+        "S1",
+        0,
+    );
+    capture(pool, "demo-1-a", 1, key.as_str(), 400, false, "queued")
+        .await
+        .unwrap();
+
+    assert_eq!(
+        orders_progress(pool, "demo-1-%").await.unwrap(),
+        OrdersProgress {
+            orders: 2,
+            unsettled_captures: 1
+        }
+    );
+    sqlx::query("update captures set status = 'attention' where order_id = 'demo-1-a'")
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        orders_progress(pool, "demo-1-%")
+            .await
+            .unwrap()
+            .unsettled_captures,
+        0
+    );
+
+    let rows = reconciled_orders(pool, "demo-1-%").await.unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r.order_id.as_str()).collect();
+    assert_eq!(ids, ["demo-1-a", "demo-1-b"]);
+    assert_eq!(rows[0].currency.trim(), "USD");
+    assert_eq!(rows[0].authorized_amount, 1000);
+    assert_eq!(rows[0].order_total, 1000);
+}
