@@ -68,7 +68,7 @@ struct Inner {
     /// Orders being driven by this process right now, and whether each was dispatched again
     /// meanwhile (then it is driven once more, so a capture queued just as the drive ended is
     /// not left to the sweeper).
-    active: Mutex<HashMap<String, bool>>,
+    active: Mutex<HashMap<String, Dispatched>>,
     permits: Arc<Semaphore>,
     tx: mpsc::UnboundedSender<Work>,
     claims: mpsc::UnboundedSender<ClaimRequest>,
@@ -170,12 +170,12 @@ impl Executor {
                         match active.entry(order_id.clone()) {
                             // Already being driven: it loops until the order has no due work,
                             // and once more for this dispatch.
-                            Entry::Occupied(mut again) => {
-                                *again.get_mut() = true;
+                            Entry::Occupied(mut driven) => {
+                                *driven.get_mut() = Dispatched::Again;
                                 continue;
                             }
                             Entry::Vacant(slot) => {
-                                slot.insert(false);
+                                slot.insert(Dispatched::Once);
                             }
                         }
                     }
@@ -186,7 +186,9 @@ impl Executor {
                             this.drive(&order_id).await;
                             let Ok(mut active) = this.inner.active.lock() else { break };
                             match active.get_mut(&order_id) {
-                                Some(again) if *again => *again = false,
+                                Some(dispatched) if *dispatched == Dispatched::Again => {
+                                    *dispatched = Dispatched::Once;
+                                }
                                 _ => {
                                     active.remove(&order_id);
                                     break;
@@ -220,7 +222,7 @@ impl Executor {
             Ok(Step::Handled) => self.dispatch(order_id),
             Ok(Step::Idle | Step::Drained) => {}
             Err(e) => events::CaptureStepFailed {
-                order_id: &order_id,
+                order_id: order_id.as_str(),
                 error: &e,
             }
             .emit(),
@@ -253,6 +255,14 @@ impl Executor {
         let span = capture_span(&capture);
         self.execute(capture).instrument(span).await
     }
+}
+
+/// Whether an order being driven was dispatched again since its drive began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dispatched {
+    Once,
+    /// Drive it once more when this drive ends.
+    Again,
 }
 
 /// What the run loop is asked to do.

@@ -260,8 +260,10 @@ impl Intake {
         };
         tx.commit("committing batched intake").await?;
         if let Some(handoff) = &self.claimer {
-            let claimed_orders: std::collections::HashSet<String> =
-                claimed.iter().map(|c| c.order_id.clone()).collect();
+            let claimed_orders: std::collections::HashSet<String> = claimed
+                .iter()
+                .map(|c| c.order_id.as_str().to_owned())
+                .collect();
             for (_, outcome) in &mut done {
                 if let IntakeOutcome::Processed { dispatch } = outcome {
                     dispatch.retain(|order| !claimed_orders.contains(order));
