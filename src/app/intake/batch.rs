@@ -255,7 +255,10 @@ impl Intake {
         let Some(handoff) = &self.claimer else {
             return;
         };
-        let claimed_orders: HashSet<String> = claimed.iter().map(|c| c.order_id.clone()).collect();
+        let claimed_orders: HashSet<String> = claimed
+            .iter()
+            .map(|c| c.order_id.as_str().to_owned())
+            .collect();
         for (_, outcome) in done.iter_mut() {
             if let IntakeOutcome::Processed { dispatch } = outcome {
                 dispatch.retain(|order| !claimed_orders.contains(order));
