@@ -13,7 +13,6 @@ use crate::storage::ledger::{InboxStatus, NewInbox, StoredOrder};
 use crate::storage::plans::PlanCause;
 use crate::storage::{LedgerTx, StorageError};
 
-use super::parked::parked_span;
 use super::plan::{PlanInput, order_fingerprint};
 use super::refuse::{Refusal, Unread};
 use super::{Intake, IntakeOutcome, TOO_LARGE_EXCERPT_CHARS, intake_span, record_outcome};
@@ -214,7 +213,6 @@ impl Intake {
                 .await;
         };
         let order_hash = order_fingerprint(order);
-        let mut dispatch = Vec::new();
         match tx.order_payload_hash(order.order_id()).await? {
             Some(h) if h == order_hash => {
                 self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
@@ -259,30 +257,7 @@ impl Intake {
             .await?;
         // Shipments and cancellations that arrived first are processed now, in arrival order,
         // in this same transaction.
-        for parked in tx.parked_for_order(order.order_id().as_str()).await? {
-            let incoming = IncomingMessage {
-                body: parked.body.clone(),
-                routing_key: parked.routing_key.clone().unwrap_or_default(),
-                traceparent: parked.traceparent.clone(),
-                tracestate: parked.tracestate.clone(),
-                redelivered: false,
-            };
-            let hash = hex::encode(Sha256::digest(&parked.body));
-            match wire::parse(&parked.body, None) {
-                Ok(p) => {
-                    let out = Box::pin(self.apply(tx, &incoming, &p, &hash, true))
-                        .instrument(parked_span(&parked))
-                        .await?;
-                    if let IntakeOutcome::Processed { dispatch: d } = out {
-                        dispatch.extend(d);
-                    }
-                }
-                Err(rej) => {
-                    // Parsed fine when it was parked; only a contract change could get here.
-                    tracing::error!(message_id = %parked.message_id, reason = %rej.reason, "a parked message no longer parses");
-                }
-            }
-        }
+        let mut dispatch = self.release_parked(tx, order.order_id()).await?;
         dispatch.dedup();
         Ok(IntakeOutcome::Processed { dispatch })
     }

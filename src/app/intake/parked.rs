@@ -4,16 +4,51 @@
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use crate::domain::{self};
+use crate::domain;
 use crate::queue::consumer::IncomingMessage;
-use crate::queue::wire::{self};
-use crate::storage::StorageError;
+use crate::queue::wire;
 use crate::storage::ledger::{self, InboxStatus};
+use crate::storage::{LedgerTx, StorageError};
 
 use super::refuse::Refusal;
 use super::{Intake, IntakeOutcome};
 
 impl Intake {
+    /// Processes the messages parked for an order just registered, in arrival order, in the
+    /// registration's transaction; returns the orders with captures to send.
+    pub(super) async fn release_parked(
+        &self,
+        tx: &mut LedgerTx,
+        order_id: &domain::OrderId,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut dispatch = Vec::new();
+        for parked in tx.parked_for_order(order_id.as_str()).await? {
+            let incoming = IncomingMessage {
+                body: parked.body.clone(),
+                routing_key: parked.routing_key.clone().unwrap_or_default(),
+                traceparent: parked.traceparent.clone(),
+                tracestate: parked.tracestate.clone(),
+                redelivered: false,
+            };
+            let hash = hex::encode(Sha256::digest(&parked.body));
+            match wire::parse(&parked.body, None) {
+                Ok(p) => {
+                    let out = Box::pin(self.apply(tx, &incoming, &p, &hash, true))
+                        .instrument(parked_span(&parked))
+                        .await?;
+                    if let IntakeOutcome::Processed { dispatch: d } = out {
+                        dispatch.extend(d);
+                    }
+                }
+                Err(rej) => {
+                    // Parsed fine when it was parked; only a contract change could get here.
+                    tracing::error!(message_id = %parked.message_id, reason = %rej.reason, "a parked message no longer parses");
+                }
+            }
+        }
+        Ok(dispatch)
+    }
+
     /// Dead-letters a parked message that waited longer than `capture.parking_seconds`.
     pub async fn expire_parked(
         &self,
