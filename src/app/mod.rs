@@ -10,7 +10,10 @@
 //!
 //! - `intake`    — one message (or one batch of deliveries), one transaction, then the
 //!   acknowledgement.
-//! - `execute`   — sends each capture to its provider and records what happened.
+//! - `execute/`  — sends each capture to its provider and records what happened: the run
+//!   loop (`mod.rs`), one attempt and its outcome (`attempt`), read-backs (`readback`), batched
+//!   claims and successes (`batch`), the provider requests (`request`), spans and metrics
+//!   (`spans`).
 //! - `recovery`  — the sweeper: captures whose retry is due or whose lease expired.
 //! - `expiry`    — the authorization-expiry sweep.
 //! - `retry`     — the retry schedule.
