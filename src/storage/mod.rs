@@ -12,7 +12,11 @@ pub mod deadlines;
 pub mod gauges;
 pub mod ledger;
 pub mod operator;
+pub mod plans;
+pub mod tx;
 pub mod webhooks;
+
+pub use tx::LedgerTx;
 
 use std::str::FromStr;
 use std::time::Duration;

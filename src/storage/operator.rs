@@ -353,6 +353,22 @@ pub async fn carried_captures(
         .collect()
 }
 
+/// Shipments and cancellations of `order_id` refused while its decline latch was set and not
+/// requeued since: what an operator should requeue after lifting the latch.
+pub async fn refused_while_latched(
+    tx: &mut PgConnection,
+    order_id: &crate::domain::OrderId,
+) -> Result<i64, StorageError> {
+    sqlx::query_scalar(
+        "select count(*) from rejected_messages
+         where order_id = $1 and reason = 'order_declined' and requeued_at is null",
+    )
+    .bind(order_id.as_str())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| StorageError::classify("counting messages refused while latched", e))
+}
+
 /// The order an authorization belongs to (now or before a resume), if any.
 pub async fn authorization_owner(
     tx: &mut PgConnection,

@@ -289,3 +289,49 @@ enum Work {
 
 /// The receiving end of an executor's work queue, for [`Executor::run`].
 pub struct WorkReceiver(mpsc::UnboundedReceiver<Work>);
+
+/// What intake and the expiry sweep need of execution: a way to hand work over. Obtained from
+/// [`Executor::handoff`]; holds the executor's work queue and the terms of its claims, not the
+/// executor, so those use cases do not depend on how captures are sent. Cheap to clone.
+#[derive(Clone)]
+pub struct Handoff {
+    tx: mpsc::UnboundedSender<Work>,
+    worker_id: Arc<str>,
+    lease_seconds: f64,
+}
+
+impl Executor {
+    /// A handle that hands work to this executor.
+    pub fn handoff(&self) -> Handoff {
+        Handoff {
+            tx: self.inner.tx.clone(),
+            worker_id: Arc::from(self.inner.worker_id.as_str()),
+            lease_seconds: self.inner.lease_seconds,
+        }
+    }
+}
+
+impl Handoff {
+    /// The worker that claims captures handed over through this handle.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// How long a claim holds a capture, in seconds.
+    pub fn lease_seconds(&self) -> f64 {
+        self.lease_seconds
+    }
+
+    /// Asks for the order's captures to be sent now (as [`Executor::dispatch`]).
+    pub fn dispatch(&self, order_id: impl Into<String>) {
+        // After shutdown the sweeper of the next start picks the capture up.
+        let _ = self.tx.send(Work::Order(order_id.into()));
+    }
+
+    /// Sends a capture already claimed for this worker (as [`Executor::send_claimed`]).
+    pub fn send_claimed(&self, capture: ClaimedCapture) {
+        // Undelivered only after the run loop ended: the lease expires and the sweeper of the
+        // next start takes the capture over.
+        let _ = self.tx.send(Work::Claimed(Box::new(capture)));
+    }
+}
