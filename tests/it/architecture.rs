@@ -853,20 +853,9 @@ fn persistence_in(text: &str) -> Vec<String> {
 /// The tools, by name: they set up and inspect their own databases.
 const PERSISTENCE_TOOLS: &[&str] = &["src/bin/bench/", "src/bin/fault-harness/"];
 
-/// Product files that still reach `sqlx` directly, each until the ledger transaction
-/// (`Store::begin()`) covers what they do. Only shrinks: an entry that no longer matches must
-/// leave (the test says so).
-const PERSISTENCE_FOR_NOW: &[&str] = &[
-    // removed once it uses Store::begin()
-    "src/app/intake/",
-    // removed once it uses Store::begin()
-    "src/app/operator/orders.rs",
-];
-
 #[test]
 fn no_sqlx_and_no_sql_outside_storage() {
     let mut violations = Vec::new();
-    let mut allowed_used = Vec::new();
     let mut checked = 0;
     for (path, text) in sources() {
         if path.starts_with("src/storage/") || PERSISTENCE_TOOLS.iter().any(|t| path.starts_with(t))
@@ -874,31 +863,19 @@ fn no_sqlx_and_no_sql_outside_storage() {
             continue;
         }
         checked += 1;
-        let hits = persistence_in(&text);
-        if hits.is_empty() {
-            continue;
-        }
-        match PERSISTENCE_FOR_NOW.iter().find(|p| path.starts_with(*p)) {
-            Some(allowed) => allowed_used.push(*allowed),
-            None => violations.extend(hits.into_iter().map(|hit| format!("{path}:{hit}"))),
-        }
+        violations.extend(
+            persistence_in(&text)
+                .into_iter()
+                .map(|hit| format!("{path}:{hit}")),
+        );
     }
     assert!(checked >= 50, "expected the product's sources");
     assert!(
         violations.is_empty(),
         "only src/storage names sqlx or writes SQL (it owns every statement); add a function to \
-         the storage module that fits (captures, ledger, operator, …) and call it with the Store:\n{}",
+         the storage module that fits (captures, ledger, operator, …) or an operation of the \
+         ledger transaction (`Store::begin()`), and call that:\n{}",
         violations.join("\n")
-    );
-    let unused: Vec<&str> = PERSISTENCE_FOR_NOW
-        .iter()
-        .filter(|p| !allowed_used.contains(p))
-        .copied()
-        .collect();
-    assert!(
-        unused.is_empty(),
-        "no longer names sqlx or holds SQL: remove it from PERSISTENCE_FOR_NOW:\n{}",
-        unused.join("\n")
     );
 }
 
