@@ -11,7 +11,10 @@
 //! - `intake`    — one message (or one batch of deliveries), one transaction, then the
 //!   acknowledgement; a folder, one file per responsibility (see its own layout). It hands
 //!   the captures it creates to execution through an `execute::Handoff`, not the executor.
-//! - `execute`   — sends each capture to its provider and records what happened.
+//! - `execute/`  — sends each capture to its provider and records what happened: the run
+//!   loop (`mod.rs`), one attempt and its outcome (`attempt`), read-backs (`readback`), batched
+//!   claims and successes (`batch`), the provider requests (`request`), spans and metrics
+//!   (`spans`).
 //! - `recovery`  — the sweeper: captures whose retry is due or whose lease expired.
 //! - `expiry`    — the authorization-expiry sweep; dispatches through an `execute::Handoff`.
 //! - `retry`     — the retry schedule.

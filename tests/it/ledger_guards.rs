@@ -219,15 +219,23 @@ async fn a_claimed_row_is_parsed_once_and_an_unparseable_one_names_its_capture_a
     assert_eq!(claimed.idempotency_key, key("O1"));
     assert_eq!(claimed.sequence, 1);
 
+    // A capture's currency is one of its fixed terms: the row is written with it.
     order(pool, "O2", "pi_O2").await;
-    let bad = capture(pool, "O2", 1, key("O2").as_str(), 400, false, "queued")
-        .await
-        .unwrap();
-    sqlx::query("update captures set currency = 'QQQ' where capture_id = $1")
-        .bind(bad)
+    sqlx::query("update orders set currency = 'QQQ' where order_id = 'O2'")
         .execute(pool)
         .await
         .unwrap();
+    let bad: i64 = sqlx::query_scalar(
+        "insert into captures (order_id, provider, authorization_id, sequence, kind, cause_kind,
+             cause_id, amount, currency, is_final, idempotency_key, status)
+         values ('O2', 'sandbox', 'pi_O2', 1, 'capture', 'shipment', 'S1', 400, 'QQQ', false, $1,
+             'queued')
+         returning capture_id",
+    )
+    .bind(key("O2").as_str())
+    .fetch_one(pool)
+    .await
+    .unwrap();
     let e = captures::claim_next(pool, "O2", "w1", 30.0)
         .await
         .expect_err("a currency outside the table does not parse");

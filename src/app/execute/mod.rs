@@ -14,8 +14,22 @@
 //! Each step runs in a `capture` span. The first attempt continues the trace that created the
 //! capture (the `traceparent` stored on its row, written by intake); a later one — after a
 //! backoff, a crash or to poll a pending answer — starts a trace of its own linked to that
-//! one. Each provider call is a child span of kind client, and the attempt row records the
-//! trace id.
+//! one. Each provider call is a child span (each HTTP request in it a client span of its own),
+//! and the attempt row records the trace id.
+//!
+//! # Layout
+//!
+//! - `mod.rs`   — [`Executor`]: the dispatch queue, the run loop, driving an order step by step.
+//! - `attempt`  — one attempt: send the claimed capture, decide the transition from the
+//!   provider's answer (with [`crate::domain::readback`] for a failure without a definite
+//!   answer), record it, log it.
+//! - `readback` — reading the authorization back, as named steps: after a release, after a
+//!   capture (the provider's total against the ledger's), nothing captured, a read-back that
+//!   failed or cannot be done, a capture still pending.
+//! - `batch`    — claims and successes of concurrent orders sharing one statement.
+//! - `request`  — the provider's capture and release requests, built from the claimed capture
+//!   (typed when storage read it, so building cannot fail).
+//! - `spans`    — the `capture` and `provider call` spans and the capture metrics.
 
 mod attempt;
 mod batch;

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tracing::Instrument;
 
-use crate::domain::AuthorizationId;
 use crate::domain::readback;
 use crate::provider::{AuthorizationSnapshot, CallResult, LookupError, Outcome, PaymentProvider};
 use crate::storage::StorageError;
@@ -15,7 +14,6 @@ use crate::storage::ledger::CaptureKind;
 use crate::telemetry::{metrics, trace};
 
 use super::Executor;
-use super::attempt::error_call;
 use super::spans::provider_span;
 
 pub(super) enum Resolution {
@@ -79,23 +77,7 @@ impl Executor {
         c: &mut ClaimedCapture,
     ) -> Result<Resolution, StorageError> {
         let started = Utc::now();
-        let auth = match AuthorizationId::parse(c.authorization_id.clone()) {
-            Ok(a) => a,
-            Err(e) => {
-                self.finish(
-                    c,
-                    "lookup",
-                    None,
-                    &error_call(&e.to_string()),
-                    Transition::Attention {
-                        error: e.to_string(),
-                    },
-                )
-                .await?;
-                return Ok(Resolution::Settled);
-            }
-        };
-        let (snapshot, latency) = read_back(provider, c, &auth).await;
+        let (snapshot, latency) = read_back(provider, c).await;
         let lookup = ReadBackCall { started, latency };
         match snapshot {
             Ok(snapshot) => match c.kind {
@@ -498,13 +480,12 @@ enum ReadBacks {
 async fn read_back(
     provider: &Arc<dyn PaymentProvider>,
     c: &ClaimedCapture,
-    auth: &AuthorizationId,
 ) -> (Result<AuthorizationSnapshot, LookupError>, Duration) {
     let t0 = Instant::now();
     let call_span = provider_span(c, "lookup");
     let snapshot = async {
         let _in_flight = metrics::InFlight::start();
-        provider.lookup(auth).await
+        provider.lookup(&c.authorization_id).await
     }
     .instrument(call_span.clone())
     .await;
