@@ -130,8 +130,10 @@ pub async fn latency_run(
 
         let mut promises = check_promises(&sb, &store, &saturated).await?;
         promises.add(check_promises(&sb, &store, &paced).await?);
+        let worker_cpu_ms = (cpu1 - cpu0) * 1e3 / shipments as f64;
         Ok::<_, anyhow::Error>(EndToEnd {
             latency_ms,
+            worker_settings: super::report::WorkerSettings::of(&env.settings, &env.overrides),
             orders: saturated.orders,
             shipments_per_order: saturated.shipments,
             shipments,
@@ -149,8 +151,11 @@ pub async fn latency_run(
                 checkpoints: paced_checkpoints,
             },
             worker_cpu_seconds: cpu1 - cpu0,
-            worker_cpu_ms_per_shipment: (cpu1 - cpu0) * 1e3 / shipments as f64,
+            worker_cpu_ms_per_shipment: worker_cpu_ms,
             service_cpu_ms_per_shipment: services,
+            pipeline_cpu_ms_per_shipment: worker_cpu_ms + services.postgres + services.rabbitmq,
+            ratio_to_peer: None,
+            cpu_ratio_to_peer: None,
             worker_cpu_seconds_total: cpu_total,
             worker_peak_rss_mb: kib_to_mb(peak_rss),
             max_unsettled_captures: progress.max_unsettled,
@@ -518,7 +523,7 @@ async fn wait_captured(
 
 /// Captures per second between the 10th and the 90th percentile of completion times; `None`
 /// for too small a sample.
-fn steady_rate(completions: &mut [DateTime<Utc>]) -> Option<f64> {
+pub fn steady_rate(completions: &mut [DateTime<Utc>]) -> Option<f64> {
     let n = completions.len();
     if n < 20 {
         return None;

@@ -38,12 +38,19 @@ pub struct BenchEnv {
     /// The PostgreSQL and RabbitMQ processes serving this run, for CPU accounting.
     pub services: Services,
     databases: Mutex<Vec<String>>,
+    /// Settings the worker runs with other than its configuration's (`CAPTURE__…` variables
+    /// and values): none unless `--concurrency` or `--prefetch` were given.
+    pub overrides: Vec<(String, String)>,
     topologies: Mutex<Vec<Topology>>,
     next: std::sync::atomic::AtomicU32,
 }
 
 impl BenchEnv {
-    pub fn new(settings: &Settings, worker_binary: PathBuf) -> anyhow::Result<BenchEnv> {
+    pub fn new(
+        settings: &Settings,
+        worker_binary: PathBuf,
+        overrides: Vec<(String, String)>,
+    ) -> anyhow::Result<BenchEnv> {
         let server = PgConnectOptions::from_str(settings.database.url.expose())
             .context("parsing database.url")?
             .disable_statement_logging();
@@ -67,6 +74,7 @@ impl BenchEnv {
             server,
             services,
             databases: Mutex::new(Vec::new()),
+            overrides,
             topologies: Mutex::new(Vec::new()),
             next: std::sync::atomic::AtomicU32::new(0),
         })
@@ -80,6 +88,20 @@ impl BenchEnv {
 
     /// Creates and migrates a fresh database; returns its URL (for the worker) and a store.
     pub async fn fresh_database(&self, max_connections: u32) -> anyhow::Result<(String, Store)> {
+        let (url, pool) = self.fresh_empty_database(max_connections).await?;
+        let store = Store::from_pool(pool);
+        store
+            .migrate()
+            .await
+            .with_context(|| format!("migrating {url}"))?;
+        Ok((url, store))
+    }
+
+    /// Creates a fresh, empty database; returns its URL and a pool.
+    pub async fn fresh_empty_database(
+        &self,
+        max_connections: u32,
+    ) -> anyhow::Result<(String, sqlx::PgPool)> {
         let name = self.unique("cw_bench");
         let mut admin = sqlx::PgConnection::connect_with(&self.server.clone().database("postgres"))
             .await
@@ -98,15 +120,10 @@ impl BenchEnv {
             .connect_with(self.server.clone().database(&name))
             .await
             .with_context(|| format!("connecting to {name}"))?;
-        let store = Store::from_pool(pool);
-        store
-            .migrate()
-            .await
-            .with_context(|| format!("migrating {name}"))?;
         let mut url = reqwest::Url::parse(self.settings.database.url.expose())
             .context("database.url is not a URL")?;
         url.set_path(&format!("/{name}"));
-        Ok((url.to_string(), store))
+        Ok((url.to_string(), pool))
     }
 
     /// A uniquely named topology (exchange, quorum queue, dead-letter pair), declared now.
@@ -312,7 +329,9 @@ impl WorkerProcess {
         let log = env.log_dir.join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("creating the worker log {}", log.display()))?;
-        let child = Command::new(&env.worker_binary)
+        let mut command = Command::new(&env.worker_binary);
+        command.envs(env.overrides.iter().map(|(k, v)| (k, v)));
+        let child = command
             .arg("run")
             .env("CAPTURE__DATABASE__URL", database_url)
             .env("CAPTURE__AMQP__URL", env.settings.amqp.url.expose())
@@ -321,18 +340,6 @@ impl WorkerProcess {
             .env("CAPTURE__HTTP__LISTEN", http.to_string())
             .env("CAPTURE__SANDBOX__EMBEDDED", "false")
             .env("CAPTURE__PROVIDERS__SANDBOX__BASE_URL", sandbox_url)
-            .env(
-                "CAPTURE__CAPTURE__CONCURRENCY",
-                env.settings.capture.concurrency.to_string(),
-            )
-            .env(
-                "CAPTURE__AMQP__PREFETCH",
-                env.settings.amqp.prefetch.to_string(),
-            )
-            .env(
-                "CAPTURE__DATABASE__MAX_CONNECTIONS",
-                env.settings.database.max_connections.to_string(),
-            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))
