@@ -64,6 +64,7 @@ pub async fn latency_run(
         let cpu0 = worker.cpu_seconds().unwrap_or(0.0);
         let services0 = service_cpu_seconds(&env.services);
         let baseline = provider.captured();
+        let db0 = super::support::db_activity(store.pool()).await;
         let t0 = Utc::now();
         let started = Instant::now();
         let mut published = HashMap::new();
@@ -80,6 +81,16 @@ pub async fn latency_run(
         let progress = wait_captured(&store, &saturated, &worker, &provider, baseline).await?;
         let cpu1 = worker.cpu_seconds().unwrap_or(cpu0);
         let services = service_cpu_seconds(&env.services).per_item_ms(&services0, shipments);
+        // Waiting for PostgreSQL's counts costs 10 s: not in the smoke run.
+        let database = if options.quick {
+            None
+        } else {
+            Some(
+                super::support::settled_db_activity(store.pool())
+                    .await
+                    .per_item(&db0, shipments),
+            )
+        };
         let mut saturated_latencies = latencies(&store, &saturated, &published).await?;
         let last = saturated_latencies.last;
         let steady = steady_rate(&mut saturated_latencies.completions);
@@ -160,6 +171,7 @@ pub async fn latency_run(
             worker_peak_rss_mb: kib_to_mb(peak_rss),
             max_unsettled_captures: progress.max_unsettled,
             statements,
+            database,
             ratio_to_tighter_raw: None,
             ratio_to_postgres_naive: None,
             promises,

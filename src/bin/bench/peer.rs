@@ -39,8 +39,8 @@ use tokio::sync::oneshot;
 
 use super::BenchOptions;
 use super::support::{
-    BenchEnv, PUBLISH_WINDOW, PipelinedPublisher, ServiceCpu, Workload, proc_cpu_seconds,
-    proc_status_kib, service_cpu_seconds,
+    BenchEnv, DbActivity, PUBLISH_WINDOW, PipelinedPublisher, ServiceCpu, Workload,
+    proc_cpu_seconds, proc_status_kib, service_cpu_seconds,
 };
 
 /// The peer's prefetch and pool, as the issue that asked for it describes them.
@@ -110,6 +110,8 @@ pub struct PeerRun {
     /// Peer + PostgreSQL + RabbitMQ, the figure compared with the worker's.
     pub pipeline_cpu_ms_per_shipment: f64,
     pub peer_peak_rss_mb: f64,
+    /// PostgreSQL's work per shipment (`pg_stat_database`).
+    pub database: DbActivity,
     /// Captures recorded as succeeded; must equal `shipments`.
     pub captured: u64,
 }
@@ -462,6 +464,11 @@ impl PeerProcess {
     fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for PeerProcess {
@@ -516,6 +523,7 @@ pub async fn peer_run(
 
         let cpu0 = proc_cpu_seconds(peer.pid()).unwrap_or(0.0);
         let services0 = service_cpu_seconds(&env.services);
+        let db0 = super::support::db_activity(&pool).await;
         let t0 = Utc::now();
         for (i, j) in work.shipment_order() {
             publisher
@@ -550,8 +558,14 @@ pub async fn peer_run(
         let cpu = proc_cpu_seconds(peer.pid()).unwrap_or(cpu0) - cpu0;
         let services = service_cpu_seconds(&env.services).per_item_ms(&services0, shipments);
         let peak = proc_status_kib(peer.pid(), "VmHWM:").unwrap_or(0);
+
         publisher.close().await?;
         let _ = conn.close(200, "done".into()).await;
+        // The peer stopped, its connections close and report their counts.
+        peer.kill();
+        let database = super::support::db_activity_after_disconnect(&pool)
+            .await
+            .per_item(&db0, shipments);
 
         let mut completions: Vec<DateTime<Utc>> = sqlx::query_scalar(
             "select completed_at from captures where status = 'succeeded'",
@@ -580,6 +594,7 @@ pub async fn peer_run(
             service_cpu_ms_per_shipment: services,
             pipeline_cpu_ms_per_shipment: peer_ms + services.postgres + services.rabbitmq,
             peer_peak_rss_mb: peak as f64 * 1024.0 / 1e6,
+            database,
             captured,
         })
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::BenchOptions;
 use super::peer::PeerRun;
-use super::support::{self, Checkpoints, Percentiles, ServiceCpu};
+use super::support::{self, Checkpoints, DbActivity, Percentiles, ServiceCpu};
 use capture_worker::config::Settings;
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,6 +137,9 @@ pub struct EndToEnd {
     pub max_unsettled_captures: i64,
     /// How the saturated phase's writes were batched.
     pub statements: Statements,
+    /// PostgreSQL's work per shipment in the saturated phase (`pg_stat_database`); not
+    /// measured in the smoke run.
+    pub database: Option<DbActivity>,
     pub ratio_to_tighter_raw: Option<f64>,
     pub ratio_to_postgres_naive: Option<f64>,
     /// Worker + PostgreSQL + RabbitMQ CPU per shipment (saturated).
@@ -661,6 +664,30 @@ impl Report {
                     r.pipeline_cpu_ms_per_shipment,
                     r.worker_settings.describe()
                 );
+            }
+            let _ = writeln!(
+                t,
+                "\n  PostgreSQL per shipment (saturated): commits / rows inserted / updated / deleted / fetched / buffers touched"
+            );
+            let db = |t: &mut String, who: String, d: &DbActivity| {
+                let _ = writeln!(
+                    t,
+                    "  {who:<12} {:.2} / {:.2} / {:.2} / {:.2} / {:.1} / {:.1}",
+                    d.commits,
+                    d.rows_inserted,
+                    d.rows_updated,
+                    d.rows_deleted,
+                    d.rows_fetched,
+                    d.buffers
+                );
+            };
+            for r in &self.end_to_end {
+                if let Some(d) = &r.database {
+                    db(&mut t, format!("worker L={}", r.latency_ms), d);
+                }
+            }
+            for p in &self.peer {
+                db(&mut t, format!("peer L={}", p.latency_ms), &p.database);
             }
         }
         if let Some(b) = &self.backlog {

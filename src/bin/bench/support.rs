@@ -819,3 +819,81 @@ pub fn worker_binary() -> anyhow::Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// What PostgreSQL did in one database (`pg_stat_database`): commits, rows written and read,
+/// buffers touched. Deterministic enough to compare on a busy machine, where CPU time is not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct DbActivity {
+    pub commits: f64,
+    pub rows_inserted: f64,
+    pub rows_updated: f64,
+    pub rows_deleted: f64,
+    pub rows_fetched: f64,
+    pub buffers: f64,
+}
+
+impl DbActivity {
+    /// Per item between `earlier` and `self`.
+    pub fn per_item(&self, earlier: &DbActivity, items: usize) -> DbActivity {
+        let n = items.max(1) as f64;
+        DbActivity {
+            commits: (self.commits - earlier.commits) / n,
+            rows_inserted: (self.rows_inserted - earlier.rows_inserted) / n,
+            rows_updated: (self.rows_updated - earlier.rows_updated) / n,
+            rows_deleted: (self.rows_deleted - earlier.rows_deleted) / n,
+            rows_fetched: (self.rows_fetched - earlier.rows_fetched) / n,
+            buffers: (self.buffers - earlier.buffers) / n,
+        }
+    }
+}
+
+/// The database's activity so far. Backends report theirs about once a second after a
+/// transaction, so at the end of a phase call [`settled_db_activity`].
+pub async fn db_activity(pool: &sqlx::PgPool) -> DbActivity {
+    let row: Result<(i64, i64, i64, i64, i64, i64), _> = sqlx::query_as(
+        "select xact_commit, tup_inserted, tup_updated, tup_deleted, tup_fetched,
+                blks_hit + blks_read
+         from pg_stat_database where datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await;
+    match row {
+        Ok((c, i, u, d, f, b)) => DbActivity {
+            commits: c as f64,
+            rows_inserted: i as f64,
+            rows_updated: u as f64,
+            rows_deleted: d as f64,
+            rows_fetched: f as f64,
+            buffers: b as f64,
+        },
+        Err(_) => DbActivity::default(),
+    }
+}
+
+/// The database's activity once the writes of a phase that just ended are all reported.
+/// A backend reports its counts at most once a second while busy, and one that went idle
+/// with counts pending reports them only 10 s later or when it exits: wait that long.
+pub async fn settled_db_activity(pool: &sqlx::PgPool) -> DbActivity {
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    db_activity(pool).await
+}
+
+/// The database's activity once every other connection to it closed (a closing backend
+/// reports its counts): waits up to 10 s for them to go.
+pub async fn db_activity_after_disconnect(pool: &sqlx::PgPool) -> DbActivity {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let others: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and pid <> pg_backend_pid()",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0);
+        if others == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    db_activity(pool).await
+}
