@@ -134,9 +134,15 @@ pub struct CaptureSettings {
     pub sweep_interval_ms: u64,
     /// Provider request timeout in milliseconds. Example: 10000.
     pub provider_timeout_ms: u64,
-    /// Orders whose captures are sent at the same time (one capture in flight per order).
-    /// Example: 64.
+    /// The most provider calls in flight at once, per provider, and the most orders whose
+    /// captures are sent at once (one capture in flight per order). Each provider's limit
+    /// adapts below it: it grows while the provider's latency holds and calls succeed, and
+    /// backs off on rising latency, 429s and timeouts (docs/performance.md). Example: 1024.
     pub concurrency: usize,
+    /// Where each provider's adaptive limit starts, and the least it backs off to.
+    /// Example: 16.
+    #[serde(default = "default_concurrency_min")]
+    pub concurrency_min: usize,
     /// How long a capture the provider accepted (a pending answer) waits for the provider's
     /// notification before the worker reads the authorization back, in milliseconds; later
     /// read-backs back off like retries. A pending capture still unsettled after
@@ -148,6 +154,10 @@ pub struct CaptureSettings {
     /// orders at risk, in milliseconds. Example: 60000.
     #[serde(default = "default_expiry_sweep_ms")]
     pub expiry_sweep_ms: u64,
+}
+
+fn default_concurrency_min() -> usize {
+    16
 }
 
 fn default_notification_wait_ms() -> u64 {

@@ -44,6 +44,7 @@ pub mod execute;
 pub mod expiry;
 pub mod http;
 pub mod intake;
+pub mod limiter;
 pub mod operator;
 pub mod providers;
 pub mod recovery;
@@ -67,7 +68,7 @@ use crate::queue::dead_letter::DeadLetterSink;
 use crate::queue::topology::Topology;
 use crate::storage::Store;
 
-use execute::Executor;
+use execute::{CallLimits, Executor};
 use intake::{Intake, IntakeOutcome};
 use providers::Providers;
 use recovery::Sweeper;
@@ -140,13 +141,19 @@ impl Application {
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let (executor, dispatch_rx) = Executor::new(
+        let (executor, dispatch_rx) = Executor::with_limits(
             store.clone(),
             providers.clone(),
             policy,
             worker_id,
             c.lease_seconds,
-            c.concurrency,
+            CallLimits::adaptive(
+                c.concurrency_min.min(c.concurrency),
+                c.concurrency,
+                // A call without an answer after nine tenths of the timeout timed out (the
+                // adapters measure a little less than the client waited).
+                Duration::from_millis(c.provider_timeout_ms.saturating_mul(9) / 10),
+            ),
         );
         let intake = Arc::new(
             Intake::new(

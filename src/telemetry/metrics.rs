@@ -34,6 +34,10 @@ pub const CAPTURED_AMOUNT: &str = "capture_worker_captured_amount_minor_total";
 pub const RETRIES: &str = "capture_worker_capture_retries_total";
 /// Provider calls in progress in this process.
 pub const IN_FLIGHT: &str = "capture_worker_captures_in_flight";
+/// The adaptive limit of calls in flight, by `provider` (docs/performance.md).
+pub const PROVIDER_CONCURRENCY_LIMIT: &str = "capture_worker_provider_concurrency_limit";
+/// Capture and release calls in flight, by `provider`.
+pub const PROVIDER_CALLS_IN_FLIGHT: &str = "capture_worker_provider_calls_in_flight";
 /// Declines, by `provider` and `decline_code` (event `capture_declined`).
 pub const DECLINES: &str = "capture_worker_declines_total";
 /// Captures stopped for an operator, by `provider` and `outcome` (event
@@ -86,6 +90,8 @@ pub const ALL: &[&str] = &[
     CAPTURED_AMOUNT,
     RETRIES,
     IN_FLIGHT,
+    PROVIDER_CONCURRENCY_LIMIT,
+    PROVIDER_CALLS_IN_FLIGHT,
     DECLINES,
     ATTENTION,
     LEASE_TAKEOVERS,
@@ -175,6 +181,14 @@ fn describe() {
         "Capture retries scheduled, by provider and reason."
     );
     describe_gauge!(IN_FLIGHT, "Provider calls in progress in this process.");
+    describe_gauge!(
+        PROVIDER_CONCURRENCY_LIMIT,
+        "Capture and release calls this process lets be in flight at once, by provider: adapted to the provider's latency and push-back, within capture.concurrency_min and capture.concurrency."
+    );
+    describe_gauge!(
+        PROVIDER_CALLS_IN_FLIGHT,
+        "Capture and release calls in flight, by provider."
+    );
     describe_counter!(DECLINES, "Declined captures, by provider and decline code.");
     describe_counter!(
         ATTENTION,
@@ -265,6 +279,13 @@ pub fn provider_call(
         .increment(1);
     histogram!(PROVIDER_CALL_DURATION, "provider" => provider, "operation" => operation)
         .record(took.as_secs_f64());
+}
+
+/// A provider's adaptive concurrency limit and its calls in flight now.
+pub fn provider_concurrency(provider: &str, limit: usize, in_flight: usize) {
+    let provider = label(provider);
+    gauge!(PROVIDER_CONCURRENCY_LIMIT, "provider" => provider.clone()).set(limit as f64);
+    gauge!(PROVIDER_CALLS_IN_FLIGHT, "provider" => provider).set(in_flight as f64);
 }
 
 /// A capture reached `outcome` (`succeeded`, `declined`, `attention`).

@@ -1,6 +1,7 @@
 //! The benchmark in CI: the `bench` tool's `--quick` run completes and writes its report. It
 //! asserts nothing about speed (figures on a shared machine drift); only that every section
-//! ran, the promises held, and the run cleaned up after itself.
+//! ran (the hand-written peer included), the promises held, and the run cleaned up after
+//! itself.
 
 use std::process::Command;
 
@@ -55,11 +56,26 @@ async fn the_quick_benchmark_completes_and_writes_its_report() {
     ] {
         assert!(raw[key].as_f64().unwrap() > 0.0, "{key} measured");
     }
+    // The hand-written peer ran at every latency and captured every shipment once.
+    let peers = report["peer"].as_array().unwrap();
+    assert!(!peers.is_empty(), "the peer ran");
+    for peer in peers {
+        assert!(peer["throughput_per_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(peer["captured"], peer["shipments"], "peer: {peer}");
+        assert!(peer["pipeline_cpu_ms_per_shipment"].as_f64().is_some());
+    }
     let runs = report["end_to_end"].as_array().unwrap();
     assert!(!runs.is_empty());
+    assert_eq!(runs.len(), peers.len());
     for run in runs {
         assert!(run["throughput_per_s"].as_f64().unwrap() > 0.0);
         assert!(run["ratio_to_tighter_raw"].as_f64().is_some());
+        assert!(run["ratio_to_peer"].as_f64().is_some(), "ratio to the peer");
+        // No overrides: the worker ran with its configuration's settings.
+        assert_eq!(
+            run["worker_settings"]["overrides"].as_array().map(Vec::len),
+            Some(0)
+        );
         assert!(run["paced"]["latency_ms"]["count"].as_u64().unwrap() > 0);
         assert!(run["worker_peak_rss_mb"].as_f64().unwrap() > 0.0);
         assert_eq!(run["promises"]["keys_that_moved_money_twice"], 0);

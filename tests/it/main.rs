@@ -2,6 +2,7 @@
 // Test helpers fail loudly: an unwrap here is an assertion that the fixture is valid.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod adaptive_concurrency;
 mod architecture;
 mod asyncapi;
 mod bad_input;

@@ -56,6 +56,8 @@ impl Executor {
                 Resolution::Send => {}
             }
         }
+        // Wait for a place among the provider's calls in flight (its adaptive limit).
+        let slot = inner.gates.get(&capture.provider).enter().await;
         let started = Utc::now();
         let op = if capture.kind == CaptureKind::Capture {
             "capture"
@@ -74,6 +76,7 @@ impl Executor {
         }
         .instrument(call_span.clone())
         .await;
+        slot.finish(&call);
         record_call(&call_span, &call);
         metrics::provider_call(
             capture.provider.as_str(),

@@ -33,6 +33,7 @@
 
 mod attempt;
 mod batch;
+mod gate;
 mod readback;
 mod request;
 mod spans;
@@ -50,6 +51,8 @@ use crate::telemetry::events::{self, Emit};
 
 use super::providers::Providers;
 use super::retry::RetryPolicy;
+
+pub use gate::CallLimits;
 
 use batch::{ClaimRequest, SuccessRequest, claim_batch, spawn_batcher, success_batch};
 use spans::capture_span;
@@ -84,13 +87,16 @@ struct Inner {
     /// not left to the sweeper).
     active: Mutex<HashMap<String, Dispatched>>,
     permits: Arc<Semaphore>,
+    /// Capture and release calls in flight, per provider.
+    gates: gate::Gates,
     tx: mpsc::UnboundedSender<Work>,
     claims: mpsc::UnboundedSender<ClaimRequest>,
     successes: mpsc::UnboundedSender<SuccessRequest>,
 }
 
 impl Executor {
-    /// Creates the executor and the receiver its [`Executor::run`] loop consumes.
+    /// Creates the executor and the receiver its [`Executor::run`] loop consumes; it drives
+    /// `concurrency` orders at once and makes as many provider calls, not adapted.
     pub fn new(
         store: Store,
         providers: Providers,
@@ -98,6 +104,25 @@ impl Executor {
         worker_id: String,
         lease_seconds: u64,
         concurrency: usize,
+    ) -> (Executor, WorkReceiver) {
+        Executor::with_limits(
+            store,
+            providers,
+            policy,
+            worker_id,
+            lease_seconds,
+            CallLimits::fixed(concurrency),
+        )
+    }
+
+    /// [`Executor::new`] with the calls in flight adapted per provider within `limits`.
+    pub fn with_limits(
+        store: Store,
+        providers: Providers,
+        policy: RetryPolicy,
+        worker_id: String,
+        lease_seconds: u64,
+        limits: CallLimits,
     ) -> (Executor, WorkReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
         let lease_seconds = lease_seconds as f64;
@@ -116,7 +141,8 @@ impl Executor {
             worker_id,
             lease_seconds,
             active: Mutex::new(HashMap::new()),
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(limits.orders.max(1))),
+            gates: gate::Gates::new(limits),
             tx,
             claims,
             successes,

@@ -64,6 +64,7 @@ pub async fn latency_run(
         let cpu0 = worker.cpu_seconds().unwrap_or(0.0);
         let services0 = service_cpu_seconds(&env.services);
         let baseline = provider.captured();
+        let db0 = super::support::db_activity(store.pool()).await;
         let t0 = Utc::now();
         let started = Instant::now();
         let mut published = HashMap::new();
@@ -80,6 +81,16 @@ pub async fn latency_run(
         let progress = wait_captured(&store, &saturated, &worker, &provider, baseline).await?;
         let cpu1 = worker.cpu_seconds().unwrap_or(cpu0);
         let services = service_cpu_seconds(&env.services).per_item_ms(&services0, shipments);
+        // Waiting for PostgreSQL's counts costs 10 s: not in the smoke run.
+        let database = if options.quick {
+            None
+        } else {
+            Some(
+                super::support::settled_db_activity(store.pool())
+                    .await
+                    .per_item(&db0, shipments),
+            )
+        };
         let mut saturated_latencies = latencies(&store, &saturated, &published).await?;
         let last = saturated_latencies.last;
         let steady = steady_rate(&mut saturated_latencies.completions);
@@ -130,8 +141,10 @@ pub async fn latency_run(
 
         let mut promises = check_promises(&sb, &store, &saturated).await?;
         promises.add(check_promises(&sb, &store, &paced).await?);
+        let worker_cpu_ms = (cpu1 - cpu0) * 1e3 / shipments as f64;
         Ok::<_, anyhow::Error>(EndToEnd {
             latency_ms,
+            worker_settings: super::report::WorkerSettings::of(&env.settings, &env.overrides),
             orders: saturated.orders,
             shipments_per_order: saturated.shipments,
             shipments,
@@ -149,12 +162,16 @@ pub async fn latency_run(
                 checkpoints: paced_checkpoints,
             },
             worker_cpu_seconds: cpu1 - cpu0,
-            worker_cpu_ms_per_shipment: (cpu1 - cpu0) * 1e3 / shipments as f64,
+            worker_cpu_ms_per_shipment: worker_cpu_ms,
             service_cpu_ms_per_shipment: services,
+            pipeline_cpu_ms_per_shipment: worker_cpu_ms + services.postgres + services.rabbitmq,
+            ratio_to_peer: None,
+            cpu_ratio_to_peer: None,
             worker_cpu_seconds_total: cpu_total,
             worker_peak_rss_mb: kib_to_mb(peak_rss),
             max_unsettled_captures: progress.max_unsettled,
             statements,
+            database,
             ratio_to_tighter_raw: None,
             ratio_to_postgres_naive: None,
             promises,
@@ -518,7 +535,7 @@ async fn wait_captured(
 
 /// Captures per second between the 10th and the 90th percentile of completion times; `None`
 /// for too small a sample.
-fn steady_rate(completions: &mut [DateTime<Utc>]) -> Option<f64> {
+pub fn steady_rate(completions: &mut [DateTime<Utc>]) -> Option<f64> {
     let n = completions.len();
     if n < 20 {
         return None;

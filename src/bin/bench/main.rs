@@ -31,6 +31,7 @@
 //! same run, is the figure to compare across runs.
 
 mod e2e;
+mod peer;
 mod raw;
 mod report;
 mod support;
@@ -89,15 +90,17 @@ struct Args {
     /// Seconds the half-throughput latency run publishes (full: 10).
     #[arg(long)]
     paced_seconds: Option<f64>,
-    /// The worker's `capture.concurrency` (orders whose captures are sent at once, one in
-    /// flight per order). Provider latency is hidden only while concurrency ≥ throughput ×
-    /// latency, so the benchmark runs with more than the default.
-    #[arg(long, default_value_t = 1024)]
-    concurrency: usize,
-    /// The worker's `amqp.prefetch`: deliveries in hand at once, which is also the largest
-    /// intake batch.
-    #[arg(long, default_value_t = 256)]
-    prefetch: u16,
+    /// Run the worker with this `capture.concurrency` instead of its configuration's. Without
+    /// it (and without `--prefetch`) the worker runs with its defaults, as the targets
+    /// require for the L=200 row.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Run the worker with this `amqp.prefetch` instead of its configuration's.
+    #[arg(long)]
+    prefetch: Option<u16>,
+    /// Skip the hand-written peer worker measured beside the worker at each latency.
+    #[arg(long)]
+    no_peer: bool,
     /// The worker binary to run as a child process (default: `capture-worker` next to this
     /// binary, built first when run through cargo).
     #[arg(long)]
@@ -107,6 +110,10 @@ struct Args {
 /// Settings and telemetry as `capture-worker` loads them, then the run.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The peer worker runs as a child process of this binary (see `peer`).
+    if std::env::args().nth(1).as_deref() == Some(peer::PEER_ARG) {
+        return peer::serve_from_env().await;
+    }
     let args = Args::parse();
     let settings = Settings::load().context("loading settings")?;
     let _telemetry = capture_worker::telemetry::init(&settings.telemetry);
@@ -143,6 +150,8 @@ pub struct BenchOptions {
     pub concurrency: Option<usize>,
     /// The worker's `amqp.prefetch`; the configured value when `None`.
     pub prefetch: Option<u16>,
+    /// Measure the hand-written peer worker at each latency.
+    pub peer: bool,
     /// The smoke size (set by `--quick`), noted in the report.
     pub quick: bool,
 }
@@ -162,8 +171,9 @@ impl BenchOptions {
             paced_duration: Duration::from_secs(10),
             out,
             worker_binary: None,
-            concurrency: Some(1024),
-            prefetch: Some(256),
+            concurrency: None,
+            prefetch: None,
+            peer: true,
             quick: false,
         }
     }
@@ -182,8 +192,9 @@ impl BenchOptions {
             paced_duration: Duration::from_millis(500),
             out,
             worker_binary: None,
-            concurrency: Some(1024),
-            prefetch: Some(256),
+            concurrency: None,
+            prefetch: None,
+            peer: true,
             quick: true,
         }
     }
@@ -211,8 +222,9 @@ impl From<Args> for BenchOptions {
             raw_duration: seconds(a.raw_seconds, base.raw_duration),
             paced_duration: seconds(a.paced_seconds, base.paced_duration),
             worker_binary: a.worker_binary,
-            concurrency: Some(a.concurrency),
-            prefetch: Some(a.prefetch),
+            concurrency: a.concurrency,
+            prefetch: a.prefetch,
+            peer: !a.no_peer,
             ..base
         }
     }
@@ -234,17 +246,28 @@ pub async fn run(settings: Settings, options: BenchOptions) -> anyhow::Result<Re
     };
     support::check_writable(&options.out)?;
     let started = Instant::now();
-    // The worker runs with these settings (passed to it explicitly); the raw limits use the
-    // same prefetch and concurrency.
+    // The worker runs with its own configuration, the same layers this process loaded, and
+    // only the overrides asked for (passed to it explicitly); the raw limits use the same
+    // prefetch and concurrency.
     let mut settings = settings;
+    let mut overrides = Vec::new();
     if let Some(c) = options.concurrency {
         settings.capture.concurrency = c.max(1);
+        overrides.push((
+            "CAPTURE__CAPTURE__CONCURRENCY".to_owned(),
+            settings.capture.concurrency.to_string(),
+        ));
     }
     if let Some(p) = options.prefetch {
         settings.amqp.prefetch = p.max(1);
+        overrides.push((
+            "CAPTURE__AMQP__PREFETCH".to_owned(),
+            settings.amqp.prefetch.to_string(),
+        ));
     }
-    let env = support::BenchEnv::new(&settings, worker_binary)?;
+    let env = support::BenchEnv::new(&settings, worker_binary, overrides)?;
     let mut report = Report::new(&settings, &options);
+    report.worker_settings = report::WorkerSettings::of(&settings, &env.overrides);
     report.run_id = env.run_id.clone();
     report.machine.postgres_postmaster_pid = env.services.postmaster;
     report.machine.rabbitmq_pid = env.services.rabbitmq;
@@ -287,6 +310,18 @@ async fn measure(
 ) -> anyhow::Result<()> {
     report.raw = Some(raw::measure(env, options).await?);
     for &latency in &options.latencies_ms {
+        if options.peer {
+            eprintln!(
+                "bench: hand-written peer worker at provider latency {latency} ms ({} orders × {} shipments)…",
+                options.orders, options.shipments_per_order
+            );
+            let run = peer::peer_run(env, options, latency).await?;
+            eprintln!(
+                "bench:   peer {:.0} shipments/s, CPU {:.2} ms/shipment (peer + PostgreSQL + RabbitMQ)",
+                run.throughput_per_s, run.pipeline_cpu_ms_per_shipment
+            );
+            report.peer.push(run);
+        }
         eprintln!(
             "bench: end to end at provider latency {latency} ms ({} orders × {} shipments)…",
             options.orders, options.shipments_per_order

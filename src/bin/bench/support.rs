@@ -38,12 +38,19 @@ pub struct BenchEnv {
     /// The PostgreSQL and RabbitMQ processes serving this run, for CPU accounting.
     pub services: Services,
     databases: Mutex<Vec<String>>,
+    /// Settings the worker runs with other than its configuration's (`CAPTURE__…` variables
+    /// and values): none unless `--concurrency` or `--prefetch` were given.
+    pub overrides: Vec<(String, String)>,
     topologies: Mutex<Vec<Topology>>,
     next: std::sync::atomic::AtomicU32,
 }
 
 impl BenchEnv {
-    pub fn new(settings: &Settings, worker_binary: PathBuf) -> anyhow::Result<BenchEnv> {
+    pub fn new(
+        settings: &Settings,
+        worker_binary: PathBuf,
+        overrides: Vec<(String, String)>,
+    ) -> anyhow::Result<BenchEnv> {
         let server = PgConnectOptions::from_str(settings.database.url.expose())
             .context("parsing database.url")?
             .disable_statement_logging();
@@ -67,6 +74,7 @@ impl BenchEnv {
             server,
             services,
             databases: Mutex::new(Vec::new()),
+            overrides,
             topologies: Mutex::new(Vec::new()),
             next: std::sync::atomic::AtomicU32::new(0),
         })
@@ -80,6 +88,20 @@ impl BenchEnv {
 
     /// Creates and migrates a fresh database; returns its URL (for the worker) and a store.
     pub async fn fresh_database(&self, max_connections: u32) -> anyhow::Result<(String, Store)> {
+        let (url, pool) = self.fresh_empty_database(max_connections).await?;
+        let store = Store::from_pool(pool);
+        store
+            .migrate()
+            .await
+            .with_context(|| format!("migrating {url}"))?;
+        Ok((url, store))
+    }
+
+    /// Creates a fresh, empty database; returns its URL and a pool.
+    pub async fn fresh_empty_database(
+        &self,
+        max_connections: u32,
+    ) -> anyhow::Result<(String, sqlx::PgPool)> {
         let name = self.unique("cw_bench");
         let mut admin = sqlx::PgConnection::connect_with(&self.server.clone().database("postgres"))
             .await
@@ -98,15 +120,10 @@ impl BenchEnv {
             .connect_with(self.server.clone().database(&name))
             .await
             .with_context(|| format!("connecting to {name}"))?;
-        let store = Store::from_pool(pool);
-        store
-            .migrate()
-            .await
-            .with_context(|| format!("migrating {name}"))?;
         let mut url = reqwest::Url::parse(self.settings.database.url.expose())
             .context("database.url is not a URL")?;
         url.set_path(&format!("/{name}"));
-        Ok((url.to_string(), store))
+        Ok((url.to_string(), pool))
     }
 
     /// A uniquely named topology (exchange, quorum queue, dead-letter pair), declared now.
@@ -312,7 +329,9 @@ impl WorkerProcess {
         let log = env.log_dir.join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("creating the worker log {}", log.display()))?;
-        let child = Command::new(&env.worker_binary)
+        let mut command = Command::new(&env.worker_binary);
+        command.envs(env.overrides.iter().map(|(k, v)| (k, v)));
+        let child = command
             .arg("run")
             .env("CAPTURE__DATABASE__URL", database_url)
             .env("CAPTURE__AMQP__URL", env.settings.amqp.url.expose())
@@ -321,18 +340,6 @@ impl WorkerProcess {
             .env("CAPTURE__HTTP__LISTEN", http.to_string())
             .env("CAPTURE__SANDBOX__EMBEDDED", "false")
             .env("CAPTURE__PROVIDERS__SANDBOX__BASE_URL", sandbox_url)
-            .env(
-                "CAPTURE__CAPTURE__CONCURRENCY",
-                env.settings.capture.concurrency.to_string(),
-            )
-            .env(
-                "CAPTURE__AMQP__PREFETCH",
-                env.settings.amqp.prefetch.to_string(),
-            )
-            .env(
-                "CAPTURE__DATABASE__MAX_CONNECTIONS",
-                env.settings.database.max_connections.to_string(),
-            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))
@@ -811,4 +818,82 @@ pub fn worker_binary() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+/// What PostgreSQL did in one database (`pg_stat_database`): commits, rows written and read,
+/// buffers touched. Deterministic enough to compare on a busy machine, where CPU time is not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct DbActivity {
+    pub commits: f64,
+    pub rows_inserted: f64,
+    pub rows_updated: f64,
+    pub rows_deleted: f64,
+    pub rows_fetched: f64,
+    pub buffers: f64,
+}
+
+impl DbActivity {
+    /// Per item between `earlier` and `self`.
+    pub fn per_item(&self, earlier: &DbActivity, items: usize) -> DbActivity {
+        let n = items.max(1) as f64;
+        DbActivity {
+            commits: (self.commits - earlier.commits) / n,
+            rows_inserted: (self.rows_inserted - earlier.rows_inserted) / n,
+            rows_updated: (self.rows_updated - earlier.rows_updated) / n,
+            rows_deleted: (self.rows_deleted - earlier.rows_deleted) / n,
+            rows_fetched: (self.rows_fetched - earlier.rows_fetched) / n,
+            buffers: (self.buffers - earlier.buffers) / n,
+        }
+    }
+}
+
+/// The database's activity so far. Backends report theirs about once a second after a
+/// transaction, so at the end of a phase call [`settled_db_activity`].
+pub async fn db_activity(pool: &sqlx::PgPool) -> DbActivity {
+    let row: Result<(i64, i64, i64, i64, i64, i64), _> = sqlx::query_as(
+        "select xact_commit, tup_inserted, tup_updated, tup_deleted, tup_fetched,
+                blks_hit + blks_read
+         from pg_stat_database where datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await;
+    match row {
+        Ok((c, i, u, d, f, b)) => DbActivity {
+            commits: c as f64,
+            rows_inserted: i as f64,
+            rows_updated: u as f64,
+            rows_deleted: d as f64,
+            rows_fetched: f as f64,
+            buffers: b as f64,
+        },
+        Err(_) => DbActivity::default(),
+    }
+}
+
+/// The database's activity once the writes of a phase that just ended are all reported.
+/// A backend reports its counts at most once a second while busy, and one that went idle
+/// with counts pending reports them only 10 s later or when it exits: wait that long.
+pub async fn settled_db_activity(pool: &sqlx::PgPool) -> DbActivity {
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    db_activity(pool).await
+}
+
+/// The database's activity once every other connection to it closed (a closing backend
+/// reports its counts): waits up to 10 s for them to go.
+pub async fn db_activity_after_disconnect(pool: &sqlx::PgPool) -> DbActivity {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let others: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and pid <> pg_backend_pid()",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0);
+        if others == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    db_activity(pool).await
 }
