@@ -57,7 +57,7 @@ impl Executor {
             }
         }
         // Wait for a place among the provider's calls in flight (its adaptive limit).
-        let slot = inner.gates.get(&capture.provider).enter().await;
+        let slot = inner.gates.get(capture.provider.as_str()).enter().await;
         let started = Utc::now();
         let op = if capture.kind == CaptureKind::Capture {
             "capture"
