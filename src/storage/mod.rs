@@ -12,6 +12,7 @@ pub mod deadlines;
 pub mod gauges;
 pub mod ledger;
 pub mod operator;
+pub mod outbox;
 pub mod webhooks;
 
 use std::str::FromStr;
