@@ -141,7 +141,7 @@ pub async fn backlog(pool: &PgPool) -> Result<(i64, i64), StorageError> {
 }
 
 /// One of an order's events, as `order show` lists it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct OrderEvent {
     pub sequence: i64,
     pub event_type: String,

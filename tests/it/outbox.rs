@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use capture_worker::app::operator::orders::{self, StoryFormat};
 use capture_worker::config::{Secret, Settings};
 use capture_worker::sandbox::{self, NewAuthorization, SandboxOptions, Scenario};
 use serde_json::{Value, json};
@@ -328,6 +329,31 @@ async fn a_three_parcel_order_yields_three_capture_events_one_final_then_order_c
         4,
     )
     .await;
+    let story = orders::story(&app.store, ORDER).await.unwrap();
+    let listed: Vec<(i64, &str, bool)> = story
+        .events
+        .iter()
+        .map(|e| (e.sequence, e.event_type.as_str(), e.published_at.is_some()))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (1, "capture.succeeded", true),
+            (2, "capture.succeeded", true),
+            (3, "capture.succeeded", true),
+            (4, "order.completed", true)
+        ]
+    );
+    let text = orders::render_story(&story, StoryFormat::Text).unwrap();
+    let section = text
+        .split("outcome events")
+        .nth(1)
+        .expect("an events section");
+    assert_eq!(section.matches("published 20").count(), 4, "{section}");
+    assert!(section.contains("order.completed"), "{section}");
+    let json: Value =
+        serde_json::from_str(&orders::render_story(&story, StoryFormat::Json).unwrap()).unwrap();
+    assert_eq!(json["events"][0]["event_id"], events[0].body["event_id"]);
     sub.delete().await;
     app.cleanup().await;
 }
