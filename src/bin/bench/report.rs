@@ -52,6 +52,8 @@ pub struct WorkerSettings {
     pub amqp_prefetch: u16,
     pub capture_concurrency: usize,
     pub log_level: String,
+    /// The outbox relay publishes an outcome event per ledger transition (`outbox.relay`).
+    pub outbox_relay: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -231,6 +233,7 @@ impl Report {
                 capture_concurrency: settings.capture.concurrency,
                 log_level: std::env::var("RUST_LOG")
                     .unwrap_or_else(|_| settings.telemetry.log_level.clone()),
+                outbox_relay: settings.outbox.relay,
             },
             raw: None,
             end_to_end: Vec::new(),
@@ -408,8 +411,16 @@ impl Report {
         let w = &self.worker_settings;
         let _ = writeln!(
             t,
-            "worker: pool {} connections, prefetch {}, capture concurrency {}, log level {}",
-            w.database_max_connections, w.amqp_prefetch, w.capture_concurrency, w.log_level
+            "worker: pool {} connections, prefetch {}, capture concurrency {}, log level {}, outcome events {}",
+            w.database_max_connections,
+            w.amqp_prefetch,
+            w.capture_concurrency,
+            w.log_level,
+            if w.outbox_relay {
+                "on (outbox relay publishing)"
+            } else {
+                "off"
+            }
         );
         if let Some(other) = m.other_load_cores {
             let _ = writeln!(
