@@ -151,7 +151,7 @@ impl Application {
                 c.parking_seconds,
             )
             .with_max_message_bytes(settings.amqp.max_message_bytes)
-            .claiming_for(executor.clone()),
+            .claiming_for(executor.handoff()),
         );
         let listener = tokio::net::TcpListener::bind(&settings.http.listen)
             .await
@@ -238,7 +238,7 @@ impl Application {
                 expiry::ExpirySweep {
                     store: self.store.clone(),
                     providers: self.providers.clone(),
-                    executor: self.executor.clone(),
+                    handoff: self.executor.handoff(),
                     shipping: self.settings.capture.shipping_policy.into(),
                 },
                 Duration::from_millis(self.settings.capture.expiry_sweep_ms.max(1)),

@@ -697,9 +697,9 @@ pub struct NewCapture<'a> {
     pub order: &'a Order,
     pub sequence: u32,
     pub kind: CaptureKind,
-    /// `shipment`, `cancellation` or `deadline`.
+    /// `shipment`, `cancellation`, `deadline` or `resume` (see [`super::plans::PlanCause`]).
     pub cause_kind: &'static str,
-    pub cause_id: &'a str,
+    pub cause_id: std::borrow::Cow<'a, str>,
     pub amount: MinorUnits,
     pub is_final: bool,
     pub release_after: bool,
@@ -743,7 +743,7 @@ pub async fn insert_capture(
     .bind(c.sequence as i32)
     .bind(c.kind.as_str())
     .bind(c.cause_kind)
-    .bind(c.cause_id)
+    .bind(c.cause_id.as_ref())
     .bind(c.amount.get())
     .bind(c.order.currency().code())
     .bind(c.is_final)
@@ -1076,7 +1076,7 @@ pub async fn store_intake_batch(
         c_seqs.push(c.sequence as i32);
         c_kinds.push(c.kind.as_str());
         c_cause_kinds.push(c.cause_kind);
-        c_cause_ids.push(c.cause_id);
+        c_cause_ids.push(c.cause_id.as_ref());
         c_amounts.push(c.amount.get());
         c_currencies.push(c.order.currency().code().to_owned());
         c_finals.push(c.is_final);

@@ -13,7 +13,11 @@ pub mod gauges;
 pub mod ledger;
 pub mod operator;
 pub mod outbox;
+pub mod plans;
+pub mod tx;
 pub mod webhooks;
+
+pub use tx::LedgerTx;
 
 use std::str::FromStr;
 use std::time::Duration;

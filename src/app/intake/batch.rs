@@ -6,13 +6,14 @@ use std::sync::Arc;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{self, Event, PlanContext};
+use crate::domain::{self, Decision, Event, PlanContext};
 use crate::queue::consumer::IncomingMessage;
 use crate::queue::wire::{self, Command, Parsed};
+use crate::storage::StorageError;
 use crate::storage::ledger::{self, InboxStatus, NewInbox};
-use crate::storage::{StorageError, captures};
+use crate::storage::plans::PlanCause;
 
-use super::plan::{capture_rows, order_fingerprint};
+use super::plan::order_fingerprint;
 use super::{Intake, IntakeOutcome, intake_span, record_outcome};
 
 /// Batched intake: many deliveries, one transaction.
@@ -102,26 +103,21 @@ impl Intake {
         &self,
         candidates: &[Candidate<'_>],
     ) -> Result<Vec<(usize, IntakeOutcome)>, StorageError> {
-        let mut tx = self
-            .store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| StorageError::classify("starting batched intake", e))?;
+        let mut tx = self.store.begin("starting batched intake").await?;
         let mut order_ids: Vec<&str> = candidates.iter().map(|c| c.order_id().as_str()).collect();
         order_ids.sort_unstable();
-        ledger::lock_order_keys(&mut tx, &order_ids).await?;
+        tx.lock_order_keys(&order_ids).await?;
         let message_ids: Vec<&str> = candidates
             .iter()
             .map(|c| c.parsed.envelope.message_id.as_str())
             .collect();
-        let seen = ledger::inbox_get_many(&mut tx, &message_ids).await?;
-        let orders = ledger::load_orders_for_update(&mut tx, &order_ids).await?;
+        let seen = tx.inbox_get_many(&message_ids).await?;
+        let orders = tx.load_orders_for_update(&order_ids).await?;
         let (ship_orders, ship_ids): (Vec<&str>, Vec<&str>) = candidates
             .iter()
             .filter_map(|c| Some((c.order_id().as_str(), c.shipment()?.shipment_id().as_str())))
             .unzip();
-        let earlier = ledger::existing_shipments(&mut tx, &ship_orders, &ship_ids).await?;
+        let earlier = tx.existing_shipments(&ship_orders, &ship_ids).await?;
         let registering: Vec<&str> = candidates
             .iter()
             .filter(|c| matches!(c.parsed.command, Command::RegisterOrder(_)))
@@ -130,7 +126,7 @@ impl Intake {
         let parked = if registering.is_empty() {
             Default::default()
         } else {
-            ledger::orders_with_parked(&mut tx, &registering).await?
+            tx.orders_with_parked(&registering).await?
         };
 
         let now = Utc::now();
@@ -216,19 +212,18 @@ impl Intake {
             let (Ok(before), Ok(after)) = (before, after) else {
                 continue;
             };
-            let (rows, label) = capture_rows(
-                &stored.order,
-                &plan,
-                "shipment",
-                shipment_id,
-                c.traceparent.as_deref(),
-            );
-            let dispatch = if rows.is_empty() {
+            // A plan that moves money has capture rows to send.
+            let dispatch = if matches!(plan.decision, Decision::Nothing(_)) {
                 Vec::new()
             } else {
                 vec![order_id.as_str().to_owned()]
             };
-            writes.captures.extend(rows);
+            let label = writes.record_plan(
+                &stored.order,
+                plan,
+                PlanCause::Shipment(shipment.shipment_id()),
+                c.traceparent.as_deref(),
+            );
             writes.shipments.push(ledger::NewShipment {
                 order_id,
                 shipment,
@@ -237,15 +232,14 @@ impl Intake {
                 decision: label,
             });
             writes.inbox.push(inbox);
-            writes.progress.push((&stored.order, plan.state));
             done.push((c.index, IntakeOutcome::Processed { dispatch }));
         }
         if done.is_empty() {
             return Ok(done); // nothing written; the transaction rolls back on drop
         }
-        ledger::store_intake_batch(&mut tx, &writes).await?;
+        tx.store_intake_batch(&writes).await?;
         let claimed = match &self.claimer {
-            Some(executor) => {
+            Some(handoff) => {
                 // The orders' head captures, claimed before anyone else can see the new rows:
                 // usually the capture just created; an earlier one if it is still unsettled
                 // and due (P8 holds either way: the claim takes only the head).
@@ -259,29 +253,24 @@ impl Intake {
                     .collect();
                 orders.sort_unstable();
                 orders.dedup();
-                captures::claim_many(
-                    &mut *tx,
-                    &orders,
-                    executor.worker_id(),
-                    executor.lease_seconds(),
-                )
-                .await?
+                tx.claim_many(&orders, handoff.worker_id(), handoff.lease_seconds())
+                    .await?
             }
             None => Vec::new(),
         };
-        tx.commit()
-            .await
-            .map_err(|e| StorageError::classify("committing batched intake", e))?;
-        if let Some(executor) = &self.claimer {
-            let claimed_orders: std::collections::HashSet<String> =
-                claimed.iter().map(|c| c.order_id.clone()).collect();
+        tx.commit("committing batched intake").await?;
+        if let Some(handoff) = &self.claimer {
+            let claimed_orders: std::collections::HashSet<String> = claimed
+                .iter()
+                .map(|c| c.order_id.as_str().to_owned())
+                .collect();
             for (_, outcome) in &mut done {
                 if let IntakeOutcome::Processed { dispatch } = outcome {
                     dispatch.retain(|order| !claimed_orders.contains(order));
                 }
             }
             for capture in claimed {
-                executor.send_claimed(capture);
+                handoff.send_claimed(capture);
             }
         }
         Ok(done)

@@ -27,6 +27,8 @@ mod refuse;
 
 pub use batch::IntakeBatcher;
 
+use super::execute::Handoff;
+
 use std::sync::Arc;
 
 use chrono::Duration as ChronoDuration;
@@ -61,9 +63,9 @@ pub struct Intake {
     capabilities: Arc<dyn CapabilityLookup>,
     shipping: ShippingPolicy,
     parking: ChronoDuration,
-    /// When set, batched intake claims the captures it creates for this executor in the same
-    /// transaction and hands them over, saving a claim round trip per capture.
-    claimer: Option<super::execute::Executor>,
+    /// When set, batched intake claims the captures it creates for this handle's worker in the
+    /// same transaction and hands them over, saving a claim round trip per capture.
+    claimer: Option<Handoff>,
     /// Largest body read (`amqp.max_message_bytes`); a larger one is refused as `too_large`.
     max_message_bytes: usize,
 }
@@ -101,10 +103,10 @@ impl Intake {
         self
     }
 
-    /// Batched intake claims the captures it creates for `executor` and hands them over
-    /// after the commit (see [`Intake::handle_batch`]).
-    pub fn claiming_for(mut self, executor: super::execute::Executor) -> Self {
-        self.claimer = Some(executor);
+    /// Batched intake claims the captures it creates for the worker behind `handoff` and hands
+    /// them over after the commit (see [`Intake::handle_batch`]).
+    pub fn claiming_for(mut self, handoff: Handoff) -> Self {
+        self.claimer = Some(handoff);
         self
     }
 }
