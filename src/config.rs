@@ -33,6 +33,9 @@ pub struct Settings {
     pub http: HttpSettings,
     pub telemetry: TelemetrySettings,
     pub capture: CaptureSettings,
+    /// Outcome events: the outbox relay and its retention.
+    #[serde(default)]
+    pub outbox: OutboxSettings,
     /// The built-in sandbox provider.
     pub sandbox: SandboxSettings,
     /// Per provider, by name (`stripe`, `sandbox`, …).
@@ -71,10 +74,48 @@ pub struct AmqpSettings {
     /// whole bodies. Default 262144 (256 KiB).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Durable topic exchange the worker publishes its outcome events to (routing key = the
+    /// event type; docs/subscribers.md). Default `fulfillment.outcomes`.
+    #[serde(default = "default_outcomes_exchange")]
+    pub outcomes_exchange: String,
 }
 
 fn default_max_message_bytes() -> usize {
     256 * 1024
+}
+
+fn default_outcomes_exchange() -> String {
+    "fulfillment.outcomes".to_owned()
+}
+
+/// The outbox relay: outcome events are written with the ledger transition they report and
+/// published from the `outcome_events` table by a task in every worker.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxSettings {
+    /// Run the relay in this worker. Off, events still queue up in the outbox (another
+    /// replica, or this one restarted with it on, publishes them). Default true.
+    pub relay: bool,
+    /// How often an idle relay looks for new events, in milliseconds. Example: 100.
+    pub poll_interval_ms: u64,
+    /// Events published per relay transaction (at most one per order). Example: 256.
+    pub batch: u32,
+    /// How long the broker may take to confirm a publish, in milliseconds. Example: 10000.
+    pub confirm_timeout_ms: u64,
+    /// Published events are deleted after this many hours. Example: 168 (a week).
+    pub retention_hours: u64,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        OutboxSettings {
+            relay: true,
+            poll_interval_ms: 100,
+            batch: 256,
+            confirm_timeout_ms: 10_000,
+            retention_hours: 168,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -82,7 +82,8 @@ async fn metrics_text(State(state): State<HealthState>) -> impl IntoResponse {
 }
 
 /// Unsettled captures per status with the age of the oldest, and open orders whose
-/// authorization (its `expires_at`, else its provider's window) expires within a day.
+/// authorization (its `expires_at`, else its provider's window) expires within a day, and the
+/// outbox backlog.
 async fn ledger_snapshot(
     store: &Store,
     providers: &Providers,
@@ -100,8 +101,10 @@ async fn ledger_snapshot(
         .collect();
     let authorizations_expiring =
         gauges::authorizations_expiring_within_a_day(store.pool(), &names, &windows).await?;
+    let outbox = crate::storage::outbox::backlog(store.pool()).await?;
     Ok(LedgerSnapshot {
         captures,
         authorizations_expiring,
+        outbox,
     })
 }

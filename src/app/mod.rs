@@ -17,6 +17,8 @@
 //!   (`spans`).
 //! - `recovery`  — the sweeper: captures whose retry is due or whose lease expired.
 //! - `expiry`    — the authorization-expiry sweep; dispatches through an `execute::Handoff`.
+//! - `relay`     — the outbox relay: publishes the outcome events the ledger's transitions
+//!   wrote, and prunes published ones.
 //! - `retry`     — the retry schedule.
 //! - `providers` — the providers this worker can call, built from `providers.<name>`.
 //! - `http`, `webhooks` — health, readiness, metrics and the provider webhooks on
@@ -48,6 +50,7 @@ pub mod limiter;
 pub mod operator;
 pub mod providers;
 pub mod recovery;
+pub mod relay;
 pub mod retry;
 pub mod webhooks;
 
@@ -257,6 +260,21 @@ impl Application {
             )),
         };
         let sweeper_task = tokio::spawn(sweeper.run(stop_rx.clone()));
+        let relay_task = self.settings.outbox.relay.then(|| {
+            let o = &self.settings.outbox;
+            let relay = relay::Relay {
+                store: self.store.clone(),
+                publisher: Arc::new(crate::queue::outcomes::OutcomePublisher::new(
+                    self.settings.amqp.url.expose().to_owned(),
+                    self.settings.amqp.outcomes_exchange.clone(),
+                )),
+                batch: i64::from(o.batch.max(1)),
+                poll_interval: Duration::from_millis(o.poll_interval_ms.max(1)),
+                confirm_timeout: Duration::from_millis(o.confirm_timeout_ms.max(1)),
+                retention: Duration::from_secs(o.retention_hours.saturating_mul(3600)),
+            };
+            tokio::spawn(relay.run(stop_rx.clone()))
+        });
         let router = http::router(http::HealthState {
             store: self.store.clone(),
             consumer: self.consumer_status.clone(),
@@ -288,6 +306,9 @@ impl Application {
             let _ = consumer_task.await;
             let _ = executor_task.await;
             let _ = sweeper_task.await;
+            if let Some(relay_task) = relay_task {
+                let _ = relay_task.await;
+            }
             let _ = http_task.await;
         };
         if tokio::time::timeout(Duration::from_secs(20), drain)

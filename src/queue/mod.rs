@@ -8,6 +8,7 @@
 
 pub mod consumer;
 pub mod dead_letter;
+pub mod outcomes;
 pub mod publisher;
 pub mod topology;
 pub mod trace;

@@ -1,6 +1,7 @@
 //! Publishing with publisher confirms and `mandatory`: a publish succeeds only when the broker
 //! acked it and did not return it as unroutable (STACK trap 6). Used for the dead-letter copies
-//! of refused messages and by the `publish` and `demo` commands. Every publish is a producer
+//! of refused messages and by the `publish` and `demo` commands; the outbox relay publishes
+//! outcome events with confirms but without `mandatory` (subscribers bind what they want). Every publish is a producer
 //! span whose `traceparent` the message carries.
 
 use crate::sanitize;
@@ -65,6 +66,11 @@ impl Publisher {
         Ok(Publisher { channel })
     }
 
+    /// Wraps a channel the caller already put in confirm mode.
+    pub fn from_confirm_channel(channel: Channel) -> Publisher {
+        Publisher { channel }
+    }
+
     /// Publishes one persistent JSON message and waits for the broker's confirm, in a producer
     /// span (see [`producer_span`]) whose W3C `traceparent` the message carries. A message that
     /// already carries a `traceparent` (a dead-letter copy, a requeue) stays in that trace: the
@@ -74,8 +80,43 @@ impl Publisher {
         exchange: &str,
         routing_key: &str,
         body: &[u8],
+        headers: FieldTable,
+        message_id: Option<&str>,
+    ) -> Result<(), PublishError> {
+        self.publish_with(exchange, routing_key, body, headers, message_id, true)
+            .await
+    }
+
+    /// Publishes an outcome event (see [`Publisher::publish`]) without `mandatory`: an event
+    /// no subscriber has bound a queue for is delivered to nobody, which is not a failure of
+    /// the publish. The broker's confirm still decides.
+    pub async fn publish_event(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: FieldTable,
+        message_id: &str,
+    ) -> Result<(), PublishError> {
+        self.publish_with(
+            exchange,
+            routing_key,
+            body,
+            headers,
+            Some(message_id),
+            false,
+        )
+        .await
+    }
+
+    async fn publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
         mut headers: FieldTable,
         message_id: Option<&str>,
+        mandatory: bool,
     ) -> Result<(), PublishError> {
         let span = producer_span(exchange, routing_key, body, message_id);
         let carried = super::trace::header_str(Some(&headers), "traceparent");
@@ -88,7 +129,7 @@ impl Publisher {
             headers.insert("traceparent".into(), text(&traceparent));
         }
         let result = self
-            .confirmed(exchange, routing_key, body, headers, message_id)
+            .confirmed(exchange, routing_key, body, headers, message_id, mandatory)
             .instrument(span.clone())
             .await;
         if let Err(error) = &result {
@@ -106,6 +147,7 @@ impl Publisher {
         body: &[u8],
         headers: FieldTable,
         message_id: Option<&str>,
+        mandatory: bool,
     ) -> Result<(), PublishError> {
         let broker = |source| PublishError::Broker {
             exchange: exchange.to_owned(),
@@ -125,7 +167,7 @@ impl Publisher {
                 exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions {
-                    mandatory: true,
+                    mandatory,
                     ..BasicPublishOptions::default()
                 },
                 body,

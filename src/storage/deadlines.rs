@@ -2,7 +2,10 @@
 //!
 //! An authorization's deadline is the `expires_at` checkout sent, else its provider's window
 //! after `authorized_at` (DESIGN §3.4; `domain::authorization_deadline` is the same rule).
-//! Read-only; the partial indexes on open orders keep it cheap.
+//! The only write: the first time an authorization is found at risk for a deadline, a row of
+//! `expiry_warnings`, whose trigger emits the `authorization.expiring` outcome event in the
+//! same statement (once per authorization and deadline, however many workers sweep). The
+//! partial indexes on open orders keep it cheap.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
@@ -32,7 +35,8 @@ pub struct AtRisk {
     pub unclaimed: i64,
 }
 
-/// Open orders of the given providers whose deadline is near, soonest first.
+/// Open orders of the given providers whose deadline is near, soonest first; each one found
+/// for the first time at this deadline is warned about (`authorization.expiring`).
 pub async fn at_risk(
     pool: &PgPool,
     windows: &[ProviderWindow],
@@ -53,16 +57,23 @@ pub async fn at_risk(
                     w.ahead_seconds
              from orders o join w on w.provider = o.provider
              where o.phase = 'open'
+         ), found as (
+             select o.order_id, o.provider, o.authorization_id, o.deadline, o.unclaimed,
+                    exists (select 1 from order_lines l
+                            where l.order_id = o.order_id
+                              and l.shipped_quantity > l.charged_quantity) as waiting
+             from o
+             where o.deadline is not null
+               and o.deadline <= now() + make_interval(secs => o.ahead_seconds)
+             order by o.deadline
+             limit $4
+         ), warned as (
+             -- once per authorization and deadline; its trigger writes authorization.expiring
+             insert into expiry_warnings (provider, authorization_id, deadline, order_id)
+             select provider, authorization_id, deadline, order_id from found
+             on conflict do nothing
          )
-         select o.order_id, o.provider, o.authorization_id, o.deadline, o.unclaimed,
-                exists (select 1 from order_lines l
-                        where l.order_id = o.order_id
-                          and l.shipped_quantity > l.charged_quantity) as waiting
-         from o
-         where o.deadline is not null
-           and o.deadline <= now() + make_interval(secs => o.ahead_seconds)
-         order by o.deadline
-         limit $4",
+         select * from found order by deadline",
     )
     .bind(&providers)
     .bind(&window)

@@ -30,6 +30,7 @@ pub mod deadlines;
 pub mod gauges;
 pub mod ledger;
 pub mod operator;
+pub mod outbox;
 pub mod plans;
 pub mod tx;
 pub mod webhooks;

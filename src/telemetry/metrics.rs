@@ -80,6 +80,13 @@ pub const NOTIFICATIONS: &str = "capture_worker_notifications_total";
 /// `authorization_at_risk`).
 pub const AUTHORIZATION_DEADLINES: &str = "capture_worker_authorization_deadlines_total";
 
+/// Outcome events published (the broker confirmed them), by `type` (the event type).
+pub const OUTCOMES_PUBLISHED: &str = "capture_worker_outcome_events_published_total";
+/// Outcome events in the outbox not yet published, read from the ledger on scrape.
+pub const OUTBOX_BACKLOG: &str = "capture_worker_outbox_backlog";
+/// Age in seconds of the oldest outcome event not yet published (0: none), read on scrape.
+pub const OUTBOX_OLDEST_AGE: &str = "capture_worker_outbox_oldest_unpublished_age_seconds";
+
 /// Every metric this service exports (deploy/ files are checked against it).
 pub const ALL: &[&str] = &[
     MESSAGES,
@@ -107,6 +114,9 @@ pub const ALL: &[&str] = &[
     LEDGER_SCRAPE_OK,
     NOTIFICATIONS,
     AUTHORIZATION_DEADLINES,
+    OUTCOMES_PUBLISHED,
+    OUTBOX_BACKLOG,
+    OUTBOX_OLDEST_AGE,
 ];
 
 /// The statuses of a capture that still needs something to happen.
@@ -228,6 +238,16 @@ fn describe() {
         AUTHORIZATIONS_EXPIRING,
         "Open orders whose authorization expires within 24 hours or already has."
     );
+    describe_counter!(
+        OUTCOMES_PUBLISHED,
+        "Outcome events the broker confirmed, by event type."
+    );
+    describe_gauge!(OUTBOX_BACKLOG, "Outcome events not yet published.");
+    describe_gauge!(
+        OUTBOX_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest outcome event not yet published (0: none)."
+    );
     describe_gauge!(
         LEDGER_SCRAPE_OK,
         "1 when the last scrape read the ledger gauges; 0 means they are stale."
@@ -309,6 +329,11 @@ pub fn retry_scheduled(provider: &str, reason: &'static str) {
     counter!(RETRIES, "provider" => label(provider), "reason" => reason).increment(1);
 }
 
+/// Counts an outcome event the broker confirmed.
+pub fn outcome_published(event_type: &str) {
+    counter!(OUTCOMES_PUBLISHED, "type" => label(event_type)).increment(1);
+}
+
 /// One provider notification event, or one refused delivery.
 pub fn notification(provider: &str, result: &'static str) {
     counter!(NOTIFICATIONS, "provider" => label(provider), "result" => result).increment(1);
@@ -341,6 +366,8 @@ pub struct LedgerSnapshot {
     /// (status, count, age of the oldest in seconds) for the statuses that have captures.
     pub captures: Vec<(String, i64, i64)>,
     pub authorizations_expiring: i64,
+    /// Unpublished outcome events and the age in seconds of the oldest.
+    pub outbox: (i64, i64),
 }
 
 /// Sets the ledger gauges; statuses absent from the snapshot read 0.
@@ -360,6 +387,8 @@ pub fn ledger_snapshot(snapshot: Option<&LedgerSnapshot>) {
         gauge!(OLDEST_CAPTURE_AGE, "status" => *status).set(age.max(0) as f64);
     }
     gauge!(AUTHORIZATIONS_EXPIRING).set(s.authorizations_expiring as f64);
+    gauge!(OUTBOX_BACKLOG).set(s.outbox.0 as f64);
+    gauge!(OUTBOX_OLDEST_AGE).set(s.outbox.1.max(0) as f64);
     gauge!(LEDGER_SCRAPE_OK).set(1.0);
 }
 

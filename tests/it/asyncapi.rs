@@ -304,3 +304,53 @@ fn asyncapi_topology_matches_what_the_worker_declares() {
     assert_eq!(exchange["amqp"]["exchange"]["type"], "topic");
     assert_eq!(exchange["amqp"]["exchange"]["durable"], true);
 }
+
+/// The outcomes channel carries exactly the outcome event types, each message naming its schema
+/// file in contract/v1/outcomes/ and an example there that is valid against it; the exchange is
+/// the default `amqp.outcomes_exchange`, a durable topic exchange.
+#[test]
+fn the_outcomes_channel_names_every_event_type_its_schema_and_a_valid_example() {
+    let doc = document();
+    let channel = &doc["channels"]["outcomes"];
+    let exchange = &channel["bindings"]["amqp"]["exchange"];
+    assert_eq!(
+        (exchange["name"].as_str(), exchange["type"].as_str()),
+        (Some("fulfillment.outcomes"), Some("topic"))
+    );
+    assert_eq!(exchange["durable"], true);
+    let mut names = BTreeSet::new();
+    for m in channel["messages"].as_object().unwrap().values() {
+        let message = deref(&doc, m);
+        let name = message["name"].as_str().unwrap().to_owned();
+        let file = payload_schema_file(&message).unwrap();
+        assert_eq!(
+            file,
+            contract().join(format!("./v1/outcomes/{name}.schema.json"))
+        );
+        let schema = load(&file);
+        assert_eq!(schema["properties"]["type"]["const"], name.as_str());
+        let payload = validator(&schema);
+        let headers = validator(&inline(&doc, &message["headers"]));
+        for example in message["examples"].as_array().unwrap() {
+            let body = deref(&doc, &example["payload"]);
+            assert_eq!(body["type"], name.as_str());
+            let found = errors(&payload, &body);
+            assert!(found.is_empty(), "{name}: {found:?}");
+            let found = errors(&headers, &example["headers"]);
+            assert!(found.is_empty(), "{name} headers: {found:?}");
+        }
+        names.insert(name);
+    }
+    let types: BTreeSet<String> = crate::outbox::OUTCOME_TYPES
+        .iter()
+        .map(|t| (*t).to_owned())
+        .collect();
+    assert_eq!(names, types);
+    let config = capture_worker::config::Settings::load_from(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+        None,
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(config.amqp.outcomes_exchange, "fulfillment.outcomes");
+}

@@ -30,6 +30,7 @@ pub fn test_settings(db: &str, tag: &str, sandbox_url: &str) -> Settings {
     s.amqp.url = Secret::new(AMQP);
     s.amqp.exchange = format!("fulfillment-{tag}");
     s.amqp.queue = format!("capture-worker-{tag}");
+    s.amqp.outcomes_exchange = format!("fulfillment.outcomes-{tag}");
     s.amqp.prefetch = 16;
     s.http.listen = "127.0.0.1:0".into();
     s.capture.retry_initial_ms = 50;
@@ -460,7 +461,11 @@ impl TestApp {
                     .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                     .await;
             }
-            for x in [t.exchange.clone(), t.dead_letter()] {
+            for x in [
+                t.exchange.clone(),
+                t.dead_letter(),
+                self.settings.amqp.outcomes_exchange.clone(),
+            ] {
                 let _ = ch
                     .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
                     .await;

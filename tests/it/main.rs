@@ -19,6 +19,7 @@ mod intake_batch;
 mod ledger_guards;
 mod operator;
 mod operator_output;
+mod outbox;
 mod pipeline;
 mod process;
 mod provider_adyen;

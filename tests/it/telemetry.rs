@@ -928,11 +928,21 @@ async fn provider_requests_webhooks_and_dead_letter_copies_follow_the_semantic_c
                     .map(|s| attr(s, "http.response.status_code").as_i64())
                     .collect::<Vec<_>>();
                 let webhooks = spans.iter().filter(|s| s["kind"] == KIND_SERVER).count();
-                let producer = spans.iter().any(|s| s["kind"] == KIND_PRODUCER);
+                let producer = spans.iter().any(|s| {
+                    s["kind"] == KIND_PRODUCER
+                        && s["name"].as_str().is_some_and(|n| n.ends_with(".dead-letter"))
+                });
+                // The outbox relay's publish of the capture's outcome event.
+                let outcome = spans.iter().any(|s| {
+                    s["kind"] == KIND_PRODUCER
+                        && attr(s, "messaging.rabbitmq.destination.routing_key")
+                            == "capture.succeeded"
+                });
                 (clients.contains(&Some(503))
                     && clients.contains(&Some(200))
                     && webhooks == 2
-                    && producer)
+                    && producer
+                    && outcome)
                     .then(|| spans.to_vec())
             },
         )
@@ -983,13 +993,31 @@ async fn provider_requests_webhooks_and_dead_letter_copies_follow_the_semantic_c
         );
     }
 
+    // The outcome event of the capture: the relay's publish is a producer span in the
+    // capture's trace (here the publisher's, which the capture joined).
+    let outcome = spans
+        .iter()
+        .find(|s| {
+            s["kind"] == KIND_PRODUCER
+                && attr(s, "messaging.rabbitmq.destination.routing_key") == "capture.succeeded"
+        })
+        .unwrap();
+    assert_eq!(outcome["trace_id"], trace_id.as_str(), "{outcome}");
+    assert_eq!(outcome["name"], "publish fulfillment.outcomes");
+
     // The dead-letter copy: a producer span in the publisher's trace, with messaging
     // attributes from the conventions only, whose traceparent the copy carries.
     let topology = capture_worker::queue::topology::Topology::new(
         settings.amqp.exchange.clone(),
         settings.amqp.queue.clone(),
     );
-    let producer = spans.iter().find(|s| s["kind"] == KIND_PRODUCER).unwrap();
+    let producer = spans
+        .iter()
+        .find(|s| {
+            s["kind"] == KIND_PRODUCER
+                && s["name"] == format!("publish {}", topology.dead_letter()).as_str()
+        })
+        .unwrap();
     assert_eq!(producer["trace_id"], trace_id.as_str(), "{producer}");
     assert_eq!(
         producer["name"],

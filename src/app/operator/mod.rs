@@ -9,6 +9,7 @@
 //! worker's sweeper, through the same executor as every other capture.
 
 pub mod dead_letters;
+mod order_events;
 pub mod orders;
 pub mod reconcile;
 pub mod report;

@@ -31,6 +31,8 @@ pub struct OrderStory {
     #[serde(flatten)]
     pub overview: OrderOverview,
     pub history: Vec<TimelineRow>,
+    /// Its outcome events with their publication state.
+    pub events: Vec<crate::storage::outbox::OrderEvent>,
 }
 
 pub async fn story(store: &Store, order_id: &str) -> Result<OrderStory, OperatorError> {
@@ -41,7 +43,12 @@ pub async fn story(store: &Store, order_id: &str) -> Result<OrderStory, Operator
             id: order_id.to_owned(),
         })?;
     let history = sql::order_timeline(store.pool(), order_id).await?;
-    Ok(OrderStory { overview, history })
+    let events = crate::storage::outbox::order_events(store.pool(), order_id).await?;
+    Ok(OrderStory {
+        overview,
+        history,
+        events,
+    })
 }
 
 fn text(v: &Value) -> String {
@@ -276,6 +283,7 @@ pub fn render_story(story: &OrderStory, format: StoryFormat) -> Result<String, O
             summary(row)
         ));
     }
+    out.push_str(&super::order_events::render(&story.events));
     Ok(out)
 }
 

@@ -58,6 +58,8 @@ pub struct WorkerSettings {
     /// Settings given to the worker over its configuration (`KEY=value`); empty: its
     /// defaults.
     pub overrides: Vec<String>,
+    /// The outbox relay publishes an outcome event per ledger transition (`outbox.relay`).
+    pub outbox_relay: bool,
 }
 
 impl WorkerSettings {
@@ -70,6 +72,7 @@ impl WorkerSettings {
             log_level: std::env::var("RUST_LOG")
                 .unwrap_or_else(|_| settings.telemetry.log_level.clone()),
             overrides: overrides.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            outbox_relay: settings.outbox.relay,
         }
     }
 
@@ -78,6 +81,14 @@ impl WorkerSettings {
         let base = format!(
             "pool {}, prefetch {}, capture concurrency {}",
             self.database_max_connections, self.amqp_prefetch, self.capture_concurrency
+        );
+        let base = format!(
+            "{base}, outcome events {}",
+            if self.outbox_relay {
+                "on (outbox relay publishing)"
+            } else {
+                "off"
+            }
         );
         if self.overrides.is_empty() {
             format!("{base} (its configuration, no overrides)")

@@ -177,7 +177,11 @@ impl BenchEnv {
                                     eprintln!("bench: could not delete queue {q}: {e}");
                                 }
                             }
-                            for x in [t.exchange.clone(), t.dead_letter()] {
+                            for x in [
+                                t.exchange.clone(),
+                                t.dead_letter(),
+                                format!("{}.outcomes", t.exchange),
+                            ] {
                                 let _ = ch
                                     .exchange_delete(
                                         x.as_str().into(),
@@ -337,6 +341,15 @@ impl WorkerProcess {
             .env("CAPTURE__AMQP__URL", env.settings.amqp.url.expose())
             .env("CAPTURE__AMQP__EXCHANGE", &topology.exchange)
             .env("CAPTURE__AMQP__QUEUE", &topology.queue)
+            // outcome events on: every transition's event is written and published
+            .env(
+                "CAPTURE__AMQP__OUTCOMES_EXCHANGE",
+                format!("{}.outcomes", topology.exchange),
+            )
+            .env(
+                "CAPTURE__OUTBOX__RELAY",
+                env.settings.outbox.relay.to_string(),
+            )
             .env("CAPTURE__HTTP__LISTEN", http.to_string())
             .env("CAPTURE__SANDBOX__EMBEDDED", "false")
             .env("CAPTURE__PROVIDERS__SANDBOX__BASE_URL", sandbox_url)

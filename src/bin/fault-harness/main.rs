@@ -14,6 +14,7 @@
 mod check;
 mod infra;
 mod oracle;
+mod outcomes;
 mod proxy;
 mod publish;
 mod rng;

@@ -72,6 +72,9 @@ struct Stage {
     pool: PgPool,
     exchange: String,
     queue: String,
+    /// The workers' outcomes exchange, and the subscriber queue bound to it.
+    outcomes_exchange: String,
+    outcomes_queue: String,
     sandbox: Sandbox,
     sandbox_url: String,
     _server: SandboxServer,
@@ -111,6 +114,8 @@ impl Stage {
         let stage = Stage {
             exchange: format!("fulfillment-{tag}"),
             queue: format!("capture-worker-{tag}"),
+            outcomes_exchange: format!("fulfillment.outcomes-{tag}"),
+            outcomes_queue: format!("outcomes-subscriber-{tag}"),
             log_dir: env.dir.join(format!("logs-{tag}")),
             tag,
             db,
@@ -136,6 +141,7 @@ impl Stage {
         .await?;
         let ch = conn.create_channel().await?;
         self.topology().declare(&ch).await?;
+        crate::outcomes::declare(&ch, &self.outcomes_exchange, &self.outcomes_queue).await?;
         let _ = conn.close(200, "declared".into()).await;
         Ok(())
     }
@@ -154,6 +160,10 @@ impl Stage {
             ("CAPTURE__AMQP__URL", amqp_url.to_owned()),
             ("CAPTURE__AMQP__EXCHANGE", self.exchange.clone()),
             ("CAPTURE__AMQP__QUEUE", self.queue.clone()),
+            (
+                "CAPTURE__AMQP__OUTCOMES_EXCHANGE",
+                self.outcomes_exchange.clone(),
+            ),
             ("CAPTURE__AMQP__PREFETCH", "32".into()),
             ("CAPTURE__SANDBOX__EMBEDDED", "false".into()),
             (
@@ -213,6 +223,39 @@ impl Stage {
             .await?;
         let _ = conn.close(200, "done".into()).await;
         Ok(q.message_count())
+    }
+
+    /// Checks the outcome-events promise (after the run settled, before the workers stop):
+    /// waits for the outbox to drain, then compares what the subscriber queue received with
+    /// the ledger. Returns violations and a note.
+    async fn check_outcomes(&self, env: &Env) -> anyhow::Result<(Vec<String>, String)> {
+        let mut violations = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = crate::outcomes::unpublished(&self.pool).await?;
+            if left == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                violations.push(format!(
+                    "{}: {left} outcome events still unpublished 60 s after the run settled",
+                    crate::outcomes::PROMISE
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let conn = lapin::Connection::connect(
+            &env.rabbit.amqp_url(),
+            lapin::ConnectionProperties::default(),
+        )
+        .await?;
+        let ch = conn.create_channel().await?;
+        let delivered = crate::outcomes::drain(&ch, &self.outcomes_queue).await?;
+        let _ = conn.close(200, "done".into()).await;
+        let (found, note) = crate::outcomes::check(&self.pool, &delivered).await?;
+        violations.extend(found);
+        Ok((violations, note))
     }
 
     async fn drain_dead_letters(&self, env: &Env) -> anyhow::Result<Vec<DeadLetter>> {
@@ -477,6 +520,13 @@ async fn storm(env: &mut Env, seed: u64, spec: Storm) -> anyhow::Result<Report> 
             "P7: the run did not settle within {:?} (messages unaccounted, captures unsettled or the queue not empty)",
             spec.settle_within
         ));
+    }
+    // Every ledger transition has exactly one event, delivered at least once, in order per
+    // order: checked where the broker and the workers were hit hardest.
+    if matches!(spec.name, "S1" | "S3" | "S7") {
+        let (violations, note) = stage.check_outcomes(env).await?;
+        findings_extra.extend(violations);
+        notes.push(note);
     }
     let stop_problems = fleet.stop_all(Duration::from_secs(30)).await;
     findings_extra.extend(stop_problems.into_iter().map(|p| format!("shutdown: {p}")));
