@@ -1,0 +1,460 @@
+//! The per-message path: one message, one transaction, retried on conflicts and transient
+//! database errors.
+
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+use tracing::Instrument;
+
+use crate::domain::{self, Event, Order, PlanContext, Rejection};
+use crate::queue::consumer::IncomingMessage;
+use crate::queue::wire::{self, Command, Parsed};
+use crate::sanitize;
+use crate::storage::StorageError;
+use crate::storage::ledger::{self, InboxStatus, NewInbox};
+
+use super::parked::parked_span;
+use super::plan::{PlanInput, capture_rows, order_fingerprint};
+use super::refuse::{Refusal, Unread};
+use super::{Intake, IntakeOutcome, TOO_LARGE_EXCERPT_CHARS, intake_span, record_outcome};
+
+impl Intake {
+    /// Processes one message, retrying the transaction on conflicts and transient database
+    /// errors a few times before giving up (the caller then returns the message to the queue).
+    pub async fn handle(&self, message: &IncomingMessage) -> Result<IntakeOutcome, StorageError> {
+        self.handle_in(message, intake_span()).await
+    }
+
+    /// [`Intake::handle`] inside the given `intake` span.
+    pub(super) async fn handle_in(
+        &self,
+        message: &IncomingMessage,
+        span: tracing::Span,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let outcome = match self
+            .handle_with_retries(message)
+            .instrument(span.clone())
+            .await
+        {
+            // The same message would fail the same way on every delivery: refuse it (P7).
+            Err(e) if e.refuses_data() => {
+                self.refuse_unstorable(message, &e)
+                    .instrument(span.clone())
+                    .await
+            }
+            other => other,
+        };
+        record_outcome(&span, &outcome);
+        outcome
+    }
+
+    pub(super) async fn handle_with_retries(
+        &self,
+        message: &IncomingMessage,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let mut attempt = 0;
+        loop {
+            tracing::Span::current().record("transaction_attempts", (attempt + 1) as i64);
+            attempt += 1;
+            match self.handle_once(message).await {
+                Err(e)
+                    if attempt < 5
+                        && (e.is_retryable() || matches!(e, StorageError::Conflict { .. })) =>
+                {
+                    tracing::debug!(error = %e, attempt, "intake transaction retried");
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(super) async fn handle_once(
+        &self,
+        message: &IncomingMessage,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let body_hash = hex::encode(Sha256::digest(&message.body));
+        if message.body.len() > self.max_message_bytes {
+            // Not parsed, and only an excerpt is kept: the body is dropped with the delivery.
+            let unread = Unread {
+                reason: wire::RejectReason::TooLarge.as_str(),
+                detail: format!(
+                    "the body is {} bytes; at most {} bytes are read (amqp.max_message_bytes); only its first {TOO_LARGE_EXCERPT_CHARS} characters are kept",
+                    message.body.len(),
+                    self.max_message_bytes
+                ),
+                message_id: None,
+                message_type: None,
+                order_id: None,
+            };
+            let excerpt = sanitize::bytes(&message.body, TOO_LARGE_EXCERPT_CHARS);
+            return self
+                .refuse_unread(message, &body_hash, unread, &excerpt)
+                .await;
+        }
+        let parsed = match wire::parse(&message.body, Some(&message.routing_key)) {
+            Ok(p) => p,
+            Err(rej) => {
+                let unread = Unread {
+                    reason: rej.reason.as_str(),
+                    detail: rej.detail,
+                    message_id: rej.message_id,
+                    message_type: rej.message_type,
+                    order_id: None,
+                };
+                let body = String::from_utf8_lossy(&message.body);
+                return self.refuse_unread(message, &body_hash, unread, &body).await;
+            }
+        };
+        let message_id = parsed.envelope.message_id.as_str().to_owned();
+        let span = tracing::Span::current();
+        span.record("messaging.message.id", message_id.as_str());
+        span.record("message_type", parsed.envelope.message_type.as_str());
+        span.record("order_id", parsed.command.order_id().as_str());
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| StorageError::classify("starting intake", e))?;
+        let outcome = self
+            .apply(&mut tx, message, &parsed, &body_hash, false)
+            .await?;
+        tx.commit()
+            .await
+            .map_err(|e| StorageError::classify("committing intake", e))?;
+        Ok(match outcome {
+            IntakeOutcome::Rejected { reason, detail, .. } => IntakeOutcome::Rejected {
+                reason,
+                detail,
+                message_id: Some(message_id),
+            },
+            other => other,
+        })
+    }
+
+    /// Applies a parsed message inside `tx`. `from_park` is set when a parked message is being
+    /// processed now that its order exists.
+    pub(super) async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        message: &IncomingMessage,
+        parsed: &Parsed,
+        body_hash: &str,
+        from_park: bool,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let message_id = parsed.envelope.message_id.as_str();
+        let order_id = parsed.command.order_id().clone();
+        ledger::lock_order_key(tx, &order_id).await?;
+
+        if let Some(seen) = ledger::inbox_get(tx, message_id).await? {
+            if seen.payload_hash != body_hash {
+                return self
+                    .refuse(tx, message, parsed, body_hash, Refusal {
+                        reason: "message_conflict".into(),
+                        detail: format!("message_id {message_id} was already received with different content; the first stands. Publish a new message with a new message_id"),
+                    }, false)
+                    .await;
+            }
+            match (seen.status, from_park) {
+                (InboxStatus::Parked, true) => {} // process it now
+                (InboxStatus::Processed, _) => return Ok(IntakeOutcome::Duplicate),
+                (InboxStatus::Parked, false) => return Ok(IntakeOutcome::Parked),
+                (InboxStatus::Rejected, _) => {
+                    return Ok(IntakeOutcome::Rejected {
+                        reason: seen.reject_reason.unwrap_or_else(|| "rejected".into()),
+                        detail: "already refused; see rejected_messages".into(),
+                        message_id: Some(message_id.to_owned()),
+                    });
+                }
+            }
+        }
+
+        let result = match &parsed.command {
+            Command::RegisterOrder(order) => {
+                self.register(tx, message, parsed, order, body_hash).await?
+            }
+            Command::Ship { shipment, .. } => {
+                self.plan_event(
+                    tx,
+                    message,
+                    parsed,
+                    body_hash,
+                    PlanInput::Shipment(shipment),
+                )
+                .await?
+            }
+            Command::Cancel { cancellation, .. } => {
+                self.plan_event(
+                    tx,
+                    message,
+                    parsed,
+                    body_hash,
+                    PlanInput::Cancellation(cancellation),
+                )
+                .await?
+            }
+        };
+        if from_park && matches!(result, IntakeOutcome::Rejected { .. }) {
+            // Its delivery was acknowledged when it was parked: the dead-letter copy is owed,
+            // and the sweeper sends it.
+            ledger::owe_dead_letter(tx, message_id, &message.body).await?;
+        }
+        Ok(result)
+    }
+
+    pub(super) async fn register(
+        &self,
+        tx: &mut PgConnection,
+        message: &IncomingMessage,
+        parsed: &Parsed,
+        order: &Order,
+        body_hash: &str,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let auth = order.authorization();
+        let Some(caps) = self.capabilities.capabilities(auth.provider.as_str()) else {
+            return self
+                .refuse(tx, message, parsed, body_hash, Refusal {
+                    reason: "unknown_provider".into(),
+                    detail: format!("payment.provider {:?} is not configured on this worker; configure providers.{}.base_url or correct the provider name", auth.provider.as_str(), auth.provider.as_str()),
+                }, true)
+                .await;
+        };
+        let order_hash = order_fingerprint(order);
+        let mut dispatch = Vec::new();
+        match ledger::order_payload_hash(tx, order.order_id()).await? {
+            Some(h) if h == order_hash => {
+                self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
+                    .await?;
+                return Ok(IntakeOutcome::Duplicate);
+            }
+            Some(_) => {
+                return self
+                    .refuse(tx, message, parsed, body_hash, Refusal {
+                        reason: "order_conflict".into(),
+                        detail: format!("order {} was already registered with different content; the first stands", order.order_id()),
+                    }, true)
+                    .await;
+            }
+            None => {
+                // Checked before inserting: a unique violation would abort the transaction
+                // and leave no way to record the refusal in it. Two registrations racing for
+                // one authorization still meet the constraint; the loser's transaction is
+                // retried by `handle` and refused here.
+                if ledger::authorization_taken(tx, &auth.provider, &auth.authorization_id).await? {
+                    return self
+                        .refuse(tx, message, parsed, body_hash, Refusal {
+                            reason: "authorization_conflict".into(),
+                            detail: format!("authorization {} of provider {} already belongs to another order", auth.authorization_id, auth.provider),
+                        }, true)
+                        .await;
+                }
+                let allowance = caps.over_capture.for_authorized(auth.amount);
+                ledger::insert_order(
+                    tx,
+                    order,
+                    allowance,
+                    parsed.envelope.message_id.as_str(),
+                    &order_hash,
+                )
+                .await?;
+            }
+        }
+        self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
+            .await?;
+        // Shipments and cancellations that arrived first are processed now, in arrival order,
+        // in this same transaction.
+        for parked in ledger::parked_for_order(tx, order.order_id().as_str()).await? {
+            let incoming = IncomingMessage {
+                body: parked.body.clone(),
+                routing_key: parked.routing_key.clone().unwrap_or_default(),
+                traceparent: parked.traceparent.clone(),
+                tracestate: parked.tracestate.clone(),
+                redelivered: false,
+            };
+            let hash = hex::encode(Sha256::digest(&parked.body));
+            match wire::parse(&parked.body, None) {
+                Ok(p) => {
+                    let out = Box::pin(self.apply(tx, &incoming, &p, &hash, true))
+                        .instrument(parked_span(&parked))
+                        .await?;
+                    if let IntakeOutcome::Processed { dispatch: d } = out {
+                        dispatch.extend(d);
+                    }
+                }
+                Err(rej) => {
+                    // Parsed fine when it was parked; only a contract change could get here.
+                    tracing::error!(message_id = %parked.message_id, reason = %rej.reason, "a parked message no longer parses");
+                }
+            }
+        }
+        dispatch.dedup();
+        Ok(IntakeOutcome::Processed { dispatch })
+    }
+
+    pub(super) async fn plan_event(
+        &self,
+        tx: &mut PgConnection,
+        message: &IncomingMessage,
+        parsed: &Parsed,
+        body_hash: &str,
+        input: PlanInput<'_>,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let order_id = parsed.command.order_id();
+        let Some(mut stored) = ledger::load_order(tx, order_id, true).await? else {
+            self.remember(tx, message, parsed, body_hash, InboxStatus::Parked, None)
+                .await?;
+            return Ok(IntakeOutcome::Parked);
+        };
+        let caps = match self
+            .capabilities
+            .capabilities(stored.order.authorization().provider.as_str())
+        {
+            Some(c) => c,
+            None => {
+                return Err(StorageError::Corrupt {
+                    context: "planning a capture",
+                    detail: format!(
+                        "provider {} of order {} is no longer configured",
+                        stored.order.authorization().provider,
+                        order_id
+                    ),
+                });
+            }
+        };
+        let event = match input {
+            PlanInput::Shipment(s) => {
+                if let Some(prev) = ledger::load_shipment(tx, order_id, s.shipment_id()).await? {
+                    stored.state.shipments.push(prev);
+                }
+                Event::Shipment(s)
+            }
+            PlanInput::Cancellation(c) => {
+                if let Some(prev) =
+                    ledger::load_cancellation(tx, order_id, c.cancellation_id()).await?
+                {
+                    stored.state.cancellations.push(prev);
+                }
+                Event::Cancellation(c)
+            }
+        };
+        let ctx = PlanContext {
+            capabilities: caps,
+            shipping: self.shipping,
+            now: Utc::now(),
+        };
+        let plan = match domain::plan(&stored.order, &stored.state, event, &ctx) {
+            Ok(p) => p,
+            Err(Rejection::Duplicate) => {
+                self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
+                    .await?;
+                return Ok(IntakeOutcome::Duplicate);
+            }
+            Err(rej) => {
+                return self
+                    .refuse(
+                        tx,
+                        message,
+                        parsed,
+                        body_hash,
+                        Refusal {
+                            reason: rej.reason().to_owned(),
+                            detail: format!("order {order_id}: {rej}"),
+                        },
+                        true,
+                    )
+                    .await;
+            }
+        };
+        let value_before = domain::shipped_value(&stored.order, &stored.state, self.shipping);
+        let value_after = domain::shipped_value(&stored.order, &plan.state, self.shipping);
+        let shipped_value = match (value_before, value_after) {
+            (Ok(b), Ok(a)) => a.saturating_sub(b),
+            _ => {
+                return self
+                    .refuse(
+                        tx,
+                        message,
+                        parsed,
+                        body_hash,
+                        Refusal {
+                            reason: "amount_overflow".into(),
+                            detail: format!(
+                                "order {order_id}: the shipped value overflows 64-bit minor units"
+                            ),
+                        },
+                        true,
+                    )
+                    .await;
+            }
+        };
+        ledger::save_progress(tx, &stored.order, &plan.state).await?;
+        let order = &stored.order;
+        let (cause_kind, cause_id) = match input {
+            PlanInput::Shipment(s) => ("shipment", s.shipment_id().as_str()),
+            PlanInput::Cancellation(c) => ("cancellation", c.cancellation_id().as_str()),
+        };
+        // The capture's execution joins this span's trace (or links to it when it runs later);
+        // without tracing installed, the publisher's context is the best we have.
+        let traceparent =
+            crate::telemetry::trace::current_traceparent().or_else(|| message.traceparent.clone());
+        let traceparent = traceparent.as_deref();
+        let mut dispatch = Vec::new();
+        let (captures, label) = capture_rows(order, &plan, cause_kind, cause_id, traceparent);
+        for capture in &captures {
+            ledger::insert_capture(tx, capture).await?;
+        }
+        if !captures.is_empty() {
+            dispatch.push(order_id.as_str().to_owned());
+        }
+        match input {
+            PlanInput::Shipment(s) => {
+                ledger::insert_shipment(
+                    tx,
+                    order_id,
+                    s,
+                    parsed.envelope.message_id.as_str(),
+                    shipped_value,
+                    &label,
+                )
+                .await?
+            }
+            PlanInput::Cancellation(c) => {
+                ledger::insert_cancellation(tx, order_id, c, &label).await?
+            }
+        }
+        self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
+            .await?;
+        Ok(IntakeOutcome::Processed { dispatch })
+    }
+
+    /// Records the message in the inbox with its status.
+    pub(super) async fn remember(
+        &self,
+        tx: &mut PgConnection,
+        message: &IncomingMessage,
+        parsed: &Parsed,
+        body_hash: &str,
+        status: InboxStatus,
+        reason: Option<&str>,
+    ) -> Result<(), StorageError> {
+        let parked = status == InboxStatus::Parked;
+        ledger::inbox_upsert(
+            tx,
+            &NewInbox {
+                message_id: parsed.envelope.message_id.as_str(),
+                message_type: parsed.envelope.message_type.as_str(),
+                order_id: Some(parsed.command.order_id().as_str()),
+                payload_hash: body_hash,
+                status,
+                reject_reason: reason,
+                body: parked.then_some(message.body.as_slice()),
+                routing_key: Some(&message.routing_key),
+                traceparent: message.traceparent.as_deref(),
+                tracestate: message.tracestate.as_deref(),
+                park_expires_at: parked.then(|| Utc::now() + self.parking),
+            },
+        )
+        .await
+    }
+}

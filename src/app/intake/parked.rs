@@ -1,0 +1,114 @@
+//! Parked messages: shipments and cancellations that arrived before their order, processed
+//! once it is registered or dead-lettered when they waited too long.
+
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use crate::domain::{self};
+use crate::queue::consumer::IncomingMessage;
+use crate::queue::wire::{self};
+use crate::storage::StorageError;
+use crate::storage::ledger::{self, InboxStatus};
+
+use super::refuse::Refusal;
+use super::{Intake, IntakeOutcome};
+
+impl Intake {
+    /// Dead-letters a parked message that waited longer than `capture.parking_seconds`.
+    pub async fn expire_parked(
+        &self,
+        parked: &ledger::ParkedMessage,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let Ok(parsed) = wire::parse(&parked.body, None) else {
+            return Ok(IntakeOutcome::Duplicate);
+        };
+        let incoming = IncomingMessage {
+            body: parked.body.clone(),
+            routing_key: parked.routing_key.clone().unwrap_or_default(),
+            traceparent: parked.traceparent.clone(),
+            tracestate: parked.tracestate.clone(),
+            redelivered: false,
+        };
+        let hash = hex::encode(Sha256::digest(&parked.body));
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| StorageError::classify("expiring a parked message", e))?;
+        ledger::lock_order_key(&mut tx, parsed.command.order_id()).await?;
+        // Still parked? (Its order may have arrived since the sweeper looked.)
+        let still = ledger::inbox_get(&mut tx, parsed.envelope.message_id.as_str()).await?;
+        if !matches!(still.map(|s| s.status), Some(InboxStatus::Parked)) {
+            return Ok(IntakeOutcome::Duplicate);
+        }
+        if ledger::load_order(&mut tx, parsed.command.order_id(), false)
+            .await?
+            .is_some()
+        {
+            drop(tx);
+            return Ok(IntakeOutcome::Duplicate);
+        }
+        let out = self
+            .refuse(&mut tx, &incoming, &parsed, &hash, Refusal {
+                reason: "unknown_order".into(),
+                detail: format!("order {} was not registered within the parking time; publish order.authorized first, then requeue this message", parsed.command.order_id()),
+            }, true)
+            .await?;
+        tx.commit()
+            .await
+            .map_err(|e| StorageError::classify("expiring a parked message", e))?;
+        Ok(out)
+    }
+
+    /// Processes the parked messages of an order that now exists (the sweeper's safety net).
+    pub async fn process_parked(&self, order_id: &str) -> Result<Vec<String>, StorageError> {
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| StorageError::classify("processing parked messages", e))?;
+        let Ok(oid) = domain::OrderId::parse(order_id) else {
+            return Ok(Vec::new());
+        };
+        ledger::lock_order_key(&mut tx, &oid).await?;
+        let mut dispatch = Vec::new();
+        for parked in ledger::parked_for_order(&mut tx, order_id).await? {
+            let Ok(p) = wire::parse(&parked.body, None) else {
+                continue;
+            };
+            let incoming = IncomingMessage {
+                body: parked.body.clone(),
+                routing_key: parked.routing_key.clone().unwrap_or_default(),
+                traceparent: parked.traceparent.clone(),
+                tracestate: parked.tracestate.clone(),
+                redelivered: false,
+            };
+            let hash = hex::encode(Sha256::digest(&parked.body));
+            if let IntakeOutcome::Processed { dispatch: d } = self
+                .apply(&mut tx, &incoming, &p, &hash, true)
+                .instrument(parked_span(&parked))
+                .await?
+            {
+                dispatch.extend(d);
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(|e| StorageError::classify("processing parked messages", e))?;
+        Ok(dispatch)
+    }
+}
+
+/// The span of a parked message processed now that its order exists: part of the current
+/// trace (the order's message, or the sweeper's pass), linked to the trace that published it.
+pub(super) fn parked_span(parked: &ledger::ParkedMessage) -> tracing::Span {
+    let span = tracing::info_span!(
+        "intake parked message",
+        messaging.message.id = %parked.message_id,
+        order_id = parked.order_id.as_deref().unwrap_or_default(),
+    );
+    crate::telemetry::trace::link_to(&span, parked.traceparent.as_deref());
+    span
+}
