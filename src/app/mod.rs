@@ -36,6 +36,7 @@ pub mod execute;
 pub mod expiry;
 pub mod http;
 pub mod intake;
+pub mod lifecycle;
 pub mod operator;
 pub mod providers;
 pub mod recovery;

@@ -15,9 +15,12 @@
 
 use chrono::{DateTime, Duration, Utc};
 
+use super::allocation::ShippingPolicy;
 use super::capability::LifecycleCapabilities;
 use super::ids::{AuthorizationId, IdempotencyKey, ProviderName};
-use super::money::MinorUnits;
+use super::money::{MinorUnits, MoneyError};
+use super::order::Order;
+use super::plan::{OrderState, shipped_value};
 
 /// One hold as the policy sees it, with its order's progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,6 +318,27 @@ pub fn decide(now: DateTime<Utc>, hold: &Hold, settings: &LifecycleSettings) -> 
         return Decision::new(Action::ReleaseRemainder, Reason::AgedNothingToShip);
     }
     Decision::new(Action::Nothing, Reason::Healthy)
+}
+
+/// What an order still needs from its hold: (the value of the live lines not shipped yet,
+/// the value shipped but not planned into a capture nor cut as shortfall). Values follow the
+/// capture plan's rule (`shipped_value`), so they add up with the captures exactly.
+pub fn progress(
+    order: &Order,
+    state: &OrderState,
+    policy: ShippingPolicy,
+) -> Result<(MinorUnits, MinorUnits), MoneyError> {
+    let shipped = shipped_value(order, state, policy)?;
+    let mut all = state.clone();
+    for (i, line) in order.lines().iter().enumerate() {
+        all.shipped[i] = line.quantity.get().saturating_sub(state.cancelled[i]);
+    }
+    let everything = shipped_value(order, &all, policy)?;
+    let unshipped = everything.saturating_sub(shipped);
+    let uncaptured = shipped
+        .saturating_sub(state.claimed)
+        .saturating_sub(state.shortfall);
+    Ok((unshipped, uncaptured))
 }
 
 /// The idempotency key of the `sequence`-th lifecycle action (`extend`, `increment`) on an

@@ -11,6 +11,7 @@ pub mod captures;
 pub mod deadlines;
 pub mod gauges;
 pub mod ledger;
+pub mod lifecycle;
 pub mod operator;
 pub mod webhooks;
 

@@ -261,6 +261,11 @@ impl TestApp {
         }
     }
 
+    /// The store the workers use (a login of `capture_worker_app` where least privileged).
+    pub fn worker_store(&self) -> &Store {
+        &self.worker_store
+    }
+
     /// Registers an authorization in the sandbox, as given.
     pub fn authorize_with(&self, authorization: NewAuthorization) {
         self.sandbox.create_authorization(authorization).unwrap();

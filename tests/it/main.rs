@@ -16,6 +16,7 @@ mod hardening;
 mod harness;
 mod intake_batch;
 mod ledger_guards;
+mod lifecycle_e2e;
 mod lifecycle_properties;
 mod operator;
 mod operator_output;

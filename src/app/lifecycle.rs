@@ -1,0 +1,307 @@
+//! The authorization lifecycle sweep: asks the domain's lifecycle policy
+//! (`domain::lifecycle::decide`) about each open order's hold and performs what it proposes
+//! where the provider documents it — extend the hold, or increment it for a shortfall.
+//!
+//! Each action is planned in `lifecycle_actions` with its idempotency key before the provider
+//! is called, and finished with the answer; a successful answer puts the hold it reports on
+//! the order (amount, expiry, and for PayPal's reauthorization the new authorization, the old
+//! one kept in `superseded_authorizations`). An action left `planned` or `unknown` by a worker
+//! that stopped mid-call is resent under the same key before anything else, so the provider
+//! applies it once.
+//!
+//! The time is an argument (`run_once_at(now)`): the sweep never reads the clock itself, so
+//! tests drive days of a hold's life without sleeping. The expiry sweep (`expiry.rs`) keeps
+//! capturing what shipped before a hold that cannot be extended lapses; this sweep leaves
+//! `CaptureShippedNow` to it, and reports `ReleaseRemainder` (see docs/runbook.md).
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::lifecycle::{self, Action, Decision, Hold, LifecycleSettings};
+use crate::domain::{
+    AuthorizationId, CapabilityLookup, IdempotencyKey, MinorUnits, Money, OrderId, Phase,
+    ShippingPolicy, authorization_deadline,
+};
+use crate::provider::{LifecycleCall, LifecycleRequest, LifecycleResult, Outcome};
+use crate::storage::lifecycle::{self as store, ActionAnswer, ActionRow};
+use crate::storage::{StorageError, Store, ledger};
+
+use super::providers::Providers;
+
+/// Orders looked at per pass, oldest authorization first.
+const BATCH: i64 = 500;
+
+/// The lifecycle sweep.
+#[derive(Clone)]
+pub struct LifecycleSweep {
+    pub store: Store,
+    pub providers: Providers,
+    pub shipping: ShippingPolicy,
+    pub settings: LifecycleSettings,
+}
+
+/// What one pass did about one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swept {
+    pub order_id: String,
+    pub decision: Decision,
+    /// The outcome label of the provider call made for it, if one was made.
+    pub outcome: Option<&'static str>,
+}
+
+impl LifecycleSweep {
+    /// One pass at `now`. Returns every order whose decision was not "nothing".
+    pub async fn run_once_at(&self, now: DateTime<Utc>) -> Result<Vec<Swept>, StorageError> {
+        let providers = self.providers.names();
+        let ids = store::open_orders(self.store.pool(), &providers, BATCH).await?;
+        let mut swept = Vec::new();
+        for order_id in ids {
+            if let Some(s) = self.sweep_order(&order_id, now).await? {
+                swept.push(s);
+            }
+        }
+        Ok(swept)
+    }
+
+    async fn sweep_order(
+        &self,
+        order_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Swept>, StorageError> {
+        const CTX: &str = "sweeping an authorization's lifecycle";
+        let corrupt = |detail: String| StorageError::Corrupt {
+            context: CTX,
+            detail,
+        };
+        let id = OrderId::parse(order_id.to_owned()).map_err(|e| corrupt(e.to_string()))?;
+        let mut conn = self
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| StorageError::classify(CTX, e))?;
+        let Some(stored) = ledger::load_order(&mut conn, &id, false).await? else {
+            return Ok(None);
+        };
+        if stored.state.phase != Phase::Open {
+            return Ok(None);
+        }
+        let facts = store::facts(&mut conn, order_id).await?;
+        drop(conn);
+        let provider_name = stored.order.authorization().provider.as_str().to_owned();
+        let (Some(provider), Some(caps)) = (
+            self.providers.get(&provider_name),
+            self.providers.capabilities(&provider_name),
+        ) else {
+            return Ok(None);
+        };
+        // A call a stopped worker left unanswered goes first, under its own key.
+        if let Some(row) = &facts.unfinished {
+            let request = request_of(row).map_err(corrupt)?;
+            let result = provider.lifecycle(&request).await;
+            let outcome = self.finish(row, &result, now).await?;
+            let decision = Decision {
+                action: match request.call {
+                    LifecycleCall::Extend => Action::Extend,
+                    LifecycleCall::Increment => Action::Increment { by: request.by },
+                },
+                reason: lifecycle::Reason::CaptureInFlight,
+            };
+            return Ok(Some(Swept {
+                order_id: order_id.to_owned(),
+                decision,
+                outcome: Some(outcome),
+            }));
+        }
+        let order = &stored.order;
+        let auth = order.authorization();
+        let (unshipped, shipped_uncaptured) =
+            lifecycle::progress(order, &stored.state, self.shipping)
+                .map_err(|e| corrupt(format!("order {order_id}: {e}")))?;
+        let captured = MinorUnits::new(facts.captured).map_err(|e| corrupt(e.to_string()))?;
+        let pending = stored.state.claimed.saturating_sub(captured);
+        // The honor period runs from the authorization, or from its last reauthorization.
+        let guaranteed_until = caps
+            .lifecycle
+            .honor_period
+            .map(|honor| facts.last_extension_at.unwrap_or(auth.authorized_at) + honor);
+        let hold = Hold {
+            authorized_at: auth.authorized_at,
+            original_amount: auth.amount,
+            amount: auth.amount,
+            captured,
+            pending,
+            expires_at: authorization_deadline(order, &caps),
+            guaranteed_until,
+            extensions: facts.extensions,
+            increments: facts.increments,
+            unshipped,
+            shipped_uncaptured,
+            last_shipment_at: facts.last_shipment_at,
+            capabilities: caps.lifecycle,
+        };
+        let decision = lifecycle::decide(now, &hold, &self.settings);
+        let call = match decision.action {
+            Action::Nothing => return Ok(None),
+            Action::CaptureShippedNow | Action::ReleaseRemainder => {
+                tracing::info!(
+                    event = "lifecycle_decision",
+                    order_id,
+                    provider = %provider_name,
+                    action = decision.action.label(),
+                    reason = decision.reason.label(),
+                    "the lifecycle policy proposes an action the expiry sweep or an operator carries out"
+                );
+                return Ok(Some(Swept {
+                    order_id: order_id.to_owned(),
+                    decision,
+                    outcome: None,
+                }));
+            }
+            Action::Extend => LifecycleCall::Extend,
+            Action::Increment { .. } => LifecycleCall::Increment,
+        };
+        let by = match decision.action {
+            Action::Increment { by } => by,
+            _ => MinorUnits::ZERO,
+        };
+        // PayPal reauthorizes what is left of the hold; the others restate the amount.
+        let authorized = match call {
+            LifecycleCall::Extend if caps.lifecycle.honor_period.is_some() => {
+                auth.amount.saturating_sub(captured)
+            }
+            _ => auth.amount,
+        };
+        let key = lifecycle::lifecycle_key(
+            &auth.provider,
+            &auth.authorization_id,
+            call.label(),
+            facts.next_sequence,
+        );
+        let row = ActionRow {
+            order_id: order_id.to_owned(),
+            sequence: i32::try_from(facts.next_sequence).map_err(|e| corrupt(e.to_string()))?,
+            provider: provider_name.clone(),
+            authorization_id: auth.authorization_id.as_str().to_owned(),
+            action: call.label().to_owned(),
+            reason: decision.reason.label().to_owned(),
+            currency: order.currency().code().to_owned(),
+            authorized_before: authorized.get(),
+            increase: by.get(),
+            idempotency_key: key.as_str().to_owned(),
+            status: "planned".to_owned(),
+            provider_reference: None,
+            provider_code: None,
+            new_authorization_id: None,
+            new_amount: None,
+            new_expires_at: None,
+            error: None,
+            planned_at: now,
+            finished_at: None,
+        };
+        if !store::plan_action(self.store.pool(), &row).await? {
+            return Ok(None);
+        }
+        let request = request_of(&row).map_err(corrupt)?;
+        let result = provider.lifecycle(&request).await;
+        let outcome = self.finish(&row, &result, now).await?;
+        Ok(Some(Swept {
+            order_id: order_id.to_owned(),
+            decision,
+            outcome: Some(outcome),
+        }))
+    }
+
+    /// Records the answer and, for a success, the hold it reports (for an increment without
+    /// an amount in the answer, the amount asked for).
+    async fn finish(
+        &self,
+        row: &ActionRow,
+        result: &LifecycleResult,
+        now: DateTime<Utc>,
+    ) -> Result<&'static str, StorageError> {
+        let call = &result.call;
+        let (status, reference, error) = match &call.outcome {
+            Outcome::Succeeded { reference } => ("succeeded", reference.clone(), None),
+            Outcome::Pending { reference } => ("pending", reference.clone(), None),
+            Outcome::Declined { code, message } => {
+                ("declined", None, Some(format!("{code}: {message}")))
+            }
+            Outcome::Failed { reason } => ("failed", None, Some(reason.clone())),
+            // Not applied yet, or maybe applied: the same key is resent on the next pass.
+            Outcome::Retryable { reason, .. } => ("planned", None, Some(reason.clone())),
+            Outcome::Unknown { reason, .. } => ("unknown", None, Some(reason.clone())),
+        };
+        let hold = result.hold.clone().unwrap_or_default();
+        let asked = row.authorized_before.checked_add(row.increase);
+        let new_amount = hold
+            .amount
+            .map(MinorUnits::get)
+            .or(match row.action.as_str() {
+                "increment" if status == "succeeded" => asked,
+                _ => None,
+            });
+        let new_id = hold.authorization_id.as_ref().map(AuthorizationId::as_str);
+        let error = error.map(|e| crate::sanitize::text(&e, crate::sanitize::FIELD_CHARS));
+        store::finish_action(
+            self.store.pool(),
+            &row.idempotency_key,
+            &ActionAnswer {
+                status,
+                provider_reference: reference.as_deref(),
+                provider_code: call.provider_code.as_deref(),
+                http_status: call.http_status.map(i32::from),
+                new_authorization_id: new_id,
+                // A reauthorization holds what was left; the order keeps its total.
+                new_amount: if new_id.is_some() { None } else { new_amount },
+                new_expires_at: hold.expires_at,
+                error: error.as_deref(),
+            },
+            now,
+        )
+        .await?;
+        let label = call.outcome.label();
+        if status == "failed" || status == "declined" {
+            tracing::warn!(
+                event = "lifecycle_action_failed",
+                order_id = %row.order_id,
+                provider = %row.provider,
+                action = %row.action,
+                outcome = label,
+                "the provider did not extend or increment the hold; the expiry sweep captures what shipped before it lapses"
+            );
+        } else {
+            tracing::info!(
+                event = "lifecycle_action",
+                order_id = %row.order_id,
+                provider = %row.provider,
+                action = %row.action,
+                outcome = label,
+                "hold extended or incremented"
+            );
+        }
+        Ok(label)
+    }
+}
+
+/// The provider request an action row describes.
+fn request_of(row: &ActionRow) -> Result<LifecycleRequest, String> {
+    let currency = crate::domain::Currency::parse(&row.currency).map_err(|e| e.to_string())?;
+    Ok(LifecycleRequest {
+        call: if row.action == "increment" {
+            LifecycleCall::Increment
+        } else {
+            LifecycleCall::Extend
+        },
+        authorization_id: AuthorizationId::parse(row.authorization_id.clone())
+            .map_err(|e| e.to_string())?,
+        order_id: OrderId::parse(row.order_id.clone()).map_err(|e| e.to_string())?,
+        sequence: u32::try_from(row.sequence).map_err(|e| e.to_string())?,
+        authorized: Money::new(
+            MinorUnits::new(row.authorized_before).map_err(|e| e.to_string())?,
+            currency,
+        ),
+        by: MinorUnits::new(row.increase).map_err(|e| e.to_string())?,
+        idempotency_key: IdempotencyKey::from_stored(&row.idempotency_key)
+            .map_err(|e| e.to_string())?,
+    })
+}

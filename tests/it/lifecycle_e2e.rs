@@ -1,0 +1,275 @@
+//! The lifecycle sweep end to end: real worker, RabbitMQ, PostgreSQL (as the least-privileged
+//! `capture_worker_app`) and the sandbox dialects over HTTP. The sweep takes the time as an
+//! argument (`run_once_at`), so a hold's days pass without sleeping.
+
+use capture_worker::app::lifecycle::LifecycleSweep;
+use capture_worker::app::providers::Providers;
+use capture_worker::domain::ShippingPolicy;
+use capture_worker::domain::lifecycle::{Action, LifecycleSettings, Reason};
+use capture_worker::sandbox::{NewAuthorization, Scenario};
+use chrono::{DateTime, Duration, Utc};
+
+use crate::harness::*;
+use crate::providers_e2e::order_on;
+
+fn sweep(app: &TestApp, settings: LifecycleSettings) -> LifecycleSweep {
+    LifecycleSweep {
+        store: app.worker_store().clone(),
+        providers: Providers::from_settings(&app.settings).unwrap(),
+        shipping: ShippingPolicy::default(),
+        settings,
+    }
+}
+
+fn settings() -> LifecycleSettings {
+    LifecycleSettings {
+        idle_release_after: None,
+        ..LifecycleSettings::default()
+    }
+}
+
+async fn authorized_at(app: &TestApp, order_id: &str) -> DateTime<Utc> {
+    sqlx::query_scalar("select authorized_at from orders where order_id = $1")
+        .bind(order_id)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap()
+}
+
+/// (action, reason, status, new authorization id) of the order's lifecycle actions.
+async fn actions(app: &TestApp, order_id: &str) -> Vec<(String, String, String, Option<String>)> {
+    sqlx::query_as(
+        "select action, reason, status, new_authorization_id from lifecycle_actions
+         where order_id = $1 order by sequence",
+    )
+    .bind(order_id)
+    .fetch_all(app.store.pool())
+    .await
+    .unwrap()
+}
+
+async fn lifecycle_calls(app: &TestApp, auth: &str, suffix: &str) -> usize {
+    app.sandbox
+        .ledger_for(auth)
+        .iter()
+        .filter(|e| e.method == "POST" && e.path.ends_with(suffix))
+        .count()
+}
+
+#[tokio::test]
+async fn a_paypal_order_whose_honor_period_runs_out_is_reauthorized_and_then_captured_in_full() {
+    let mut app = TestApp::spawn_with_dialects(|_| {}).await;
+    app.start_worker().await;
+    let auth = "PPLIFECYCLE0001";
+    let (order, s1, s2, s3) = order_on("paypal", "ORD-PP-LC", auth, 12455);
+    app.authorize_with(NewAuthorization::new(auth, 12455, "USD"));
+    app.publish(&[order, s1]).await;
+    app.wait_settled("ORD-PP-LC", 1).await;
+
+    let start = authorized_at(&app, "ORD-PP-LC").await;
+    let sweep = sweep(&app, settings());
+    // Within the honor period nothing is done.
+    assert!(
+        sweep
+            .run_once_at(start + Duration::days(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Past it, with two parcels still to ship: reauthorized, once.
+    let swept = sweep
+        .run_once_at(start + Duration::days(3) + Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(swept[0].decision.action, Action::Extend);
+    assert_eq!(swept[0].decision.reason, Reason::GuaranteeEnding);
+    assert_eq!(swept[0].outcome, Some("succeeded"));
+    let rows = actions(&app, "ORD-PP-LC").await;
+    let new_auth = rows[0].3.clone().expect("the reauthorization's new id");
+    assert_eq!(rows[0].2, "succeeded");
+    let on_order: String =
+        sqlx::query_scalar("select authorization_id from orders where order_id = 'ORD-PP-LC'")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(on_order, new_auth);
+    let again = sweep
+        .run_once_at(start + Duration::days(3) + Duration::hours(2))
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(lifecycle_calls(&app, auth, "/reauthorize").await, 1);
+
+    // The rest ships and is captured from the new authorization, in full.
+    app.publish(&[s2, s3]).await;
+    app.wait_settled("ORD-PP-LC", 3).await;
+    let total: i64 = app.captures("ORD-PP-LC").await.iter().map(|c| c.2).sum();
+    assert_eq!(total, 12455);
+    let new = app.sandbox.authorization(&new_auth).unwrap();
+    assert_eq!(new.amount_received, 2890 + 4383);
+    assert_eq!(
+        app.sandbox.authorization(auth).unwrap().amount_received,
+        5182
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_order_whose_parcels_exceed_the_hold_is_incremented_on_checkout_and_captured_in_full() {
+    let mut app = TestApp::spawn_with_dialects(|_| {}).await;
+    app.start_worker().await;
+    let auth = "pay_lifecycle_inc_0001";
+    // Checkout authorized 100.00 of a 124.55 order (edited after checkout).
+    let (order, s1, s2, s3) = order_on("checkout", "ORD-CKO-LC", auth, 10_000);
+    app.authorize_with(NewAuthorization::new(auth, 10_000, "USD"));
+    app.publish(&[order]).await;
+    app.wait_count(
+        "select count(*) from orders where order_id = 'ORD-CKO-LC'",
+        1,
+    )
+    .await;
+    let start = authorized_at(&app, "ORD-CKO-LC").await;
+    let swept = sweep(&app, settings())
+        .run_once_at(start + Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(swept.len(), 1, "{swept:?}");
+    assert_eq!(
+        swept[0].decision.action,
+        Action::Increment {
+            by: capture_worker::domain::MinorUnits::new(2455).unwrap()
+        }
+    );
+    assert_eq!(swept[0].outcome, Some("succeeded"));
+    let authorized: i64 =
+        sqlx::query_scalar("select authorized_amount from orders where order_id = 'ORD-CKO-LC'")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(authorized, 12455);
+    assert_eq!(app.sandbox.authorization(auth).unwrap().amount, 12455);
+
+    app.publish(&[s1, s2, s3]).await;
+    app.wait_settled("ORD-CKO-LC", 3).await;
+    let captures = app.captures("ORD-CKO-LC").await;
+    assert_eq!(captures.iter().map(|c| c.2).sum::<i64>(), 12455);
+    let shortfall: i64 =
+        sqlx::query_scalar("select shortfall_amount from orders where order_id = 'ORD-CKO-LC'")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(shortfall, 0);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_adyen_hold_is_extended_before_it_lapses() {
+    let mut app = TestApp::spawn_with_dialects(|_| {}).await;
+    app.start_worker().await;
+    let auth = "ADYENLIFECYCLE01";
+    let (order, _, _, _) = order_on("adyen", "ORD-ADY-LC", auth, 12455);
+    app.authorize_with(NewAuthorization::new(auth, 12455, "USD"));
+    app.publish(&[order]).await;
+    app.wait_count(
+        "select count(*) from orders where order_id = 'ORD-ADY-LC'",
+        1,
+    )
+    .await;
+    let expires: DateTime<Utc> = sqlx::query_scalar(
+        "select authorization_expires_at from orders where order_id = 'ORD-ADY-LC'",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    let sweep = sweep(&app, settings());
+    assert!(
+        sweep
+            .run_once_at(expires - Duration::days(2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let swept = sweep
+        .run_once_at(expires - Duration::hours(20))
+        .await
+        .unwrap();
+    assert_eq!(swept.len(), 1, "{swept:?}");
+    assert_eq!(swept[0].decision.action, Action::Extend);
+    assert_eq!(swept[0].decision.reason, Reason::Expiring);
+    // Adyen answers `received`; the outcome is its AUTHORISATION_ADJUSTMENT notification.
+    assert_eq!(swept[0].outcome, Some("pending"));
+    assert_eq!(lifecycle_calls(&app, auth, "/amountUpdates").await, 1);
+    let rows = actions(&app, "ORD-ADY-LC").await;
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].2.as_str()),
+        ("extend", "pending")
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_stripe_hold_that_cannot_be_extended_is_left_to_the_expiry_sweep() {
+    let mut app = TestApp::spawn_with_dialects(|_| {}).await;
+    app.start_worker().await;
+    let auth = "pi_lifecycle_noext_01";
+    let (order, s1, _, _) = order_on("sandbox", "ORD-STR-LC", auth, 12455);
+    app.authorize_with(NewAuthorization::new(auth, 12455, "USD"));
+    app.publish(&[order, s1]).await;
+    app.wait_settled("ORD-STR-LC", 1).await;
+    let expires: DateTime<Utc> = sqlx::query_scalar(
+        "select authorization_expires_at from orders where order_id = 'ORD-STR-LC'",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    let swept = sweep(&app, settings())
+        .run_once_at(expires - Duration::hours(6))
+        .await
+        .unwrap();
+    assert!(swept.is_empty(), "{swept:?}");
+    assert_eq!(
+        lifecycle_calls(&app, auth, "/increment_authorization").await,
+        0
+    );
+    assert!(actions(&app, "ORD-STR-LC").await.is_empty());
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_untouched_hold_is_proposed_for_release_after_the_configured_time() {
+    let mut app = TestApp::spawn_with_dialects(|_| {}).await;
+    app.start_worker().await;
+    let auth = "pi_lifecycle_idle_01";
+    let (order, _, _, _) = order_on("sandbox", "ORD-IDLE-LC", auth, 12455);
+    app.authorize_with(NewAuthorization {
+        scenario: Some(Scenario::default()),
+        ..NewAuthorization::new(auth, 12455, "USD")
+    });
+    app.publish(&[order]).await;
+    app.wait_count(
+        "select count(*) from orders where order_id = 'ORD-IDLE-LC'",
+        1,
+    )
+    .await;
+    let start = authorized_at(&app, "ORD-IDLE-LC").await;
+    let sweep = sweep(
+        &app,
+        LifecycleSettings {
+            idle_release_after: Some(Duration::days(3)),
+            ..LifecycleSettings::default()
+        },
+    );
+    assert!(
+        sweep
+            .run_once_at(start + Duration::days(2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let swept = sweep.run_once_at(start + Duration::days(3)).await.unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(swept[0].decision.action, Action::ReleaseRemainder);
+    assert_eq!(swept[0].decision.reason, Reason::Untouched);
+    app.cleanup().await;
+}
