@@ -39,6 +39,84 @@ create table lifecycle_actions (
 
 create index lifecycle_actions_order on lifecycle_actions (order_id, sequence);
 
+-- Finance sees each authorization's extensions and increments (appended columns: the view's
+-- earlier columns are unchanged).
+create or replace view reconciliation_authorizations as
+with auth as (
+    select o.order_id, o.provider, o.authorization_id, o.currency, o.authorized_amount,
+           o.over_capture_allowance, o.authorized_at, o.authorization_expires_at as expires_at,
+           true as is_current, null::timestamptz as superseded_at, null::text as superseded_by,
+           case when o.phase = 'declined' then o.declined_code end as declined_code,
+           case when o.phase = 'declined' then o.declined_at end as declined_at
+    from orders o
+    union all
+    select s.order_id, s.provider, s.authorization_id, o.currency, s.authorized_amount,
+           s.over_capture_allowance, s.authorized_at, s.expires_at,
+           false, s.superseded_at, s.superseded_by, s.declined_code, s.declined_at
+    from superseded_authorizations s
+    join orders o on o.order_id = s.order_id
+), cap as (
+    select order_id, provider, authorization_id,
+        coalesce(sum(amount) filter (where kind = 'capture' and status = 'succeeded'), 0)::bigint as captured_amount,
+        coalesce(sum(amount) filter (where kind = 'capture' and status in ('queued', 'in_flight', 'pending', 'retrying')), 0)::bigint as pending_amount,
+        coalesce(sum(amount) filter (where kind = 'capture' and status = 'declined'), 0)::bigint as declined_amount,
+        coalesce(sum(amount) filter (where kind = 'capture' and status = 'blocked'), 0)::bigint as blocked_amount,
+        count(*) filter (where kind = 'capture' and status = 'succeeded' and amount > 0) as succeeded_count,
+        -- the request that released the rest (final capture, release or void) succeeded
+        min(completed_at) filter (where is_final and status = 'succeeded') as closed_at
+    from captures
+    group by order_id, provider, authorization_id
+), life as (
+    select order_id, provider, authorization_id,
+        count(*) filter (where action = 'extend' and status = 'succeeded') as extensions,
+        count(*) filter (where action = 'increment' and status = 'succeeded') as increments,
+        coalesce(sum(increase) filter (where action = 'increment' and status = 'succeeded'), 0)::bigint
+            as incremented_amount,
+        max(finished_at) filter (where status = 'succeeded') as last_lifecycle_at,
+        count(*) filter (where status in ('declined', 'failed', 'unknown')) as lifecycle_failures
+    from lifecycle_actions
+    group by order_id, provider, authorization_id
+)
+select
+    a.order_id,
+    a.provider,
+    a.authorization_id,
+    a.currency,
+    a.authorized_amount,
+    a.over_capture_allowance,
+    a.authorized_at,
+    a.expires_at,
+    coalesce(c.captured_amount, 0) as captured_amount,
+    coalesce(c.pending_amount, 0) as pending_amount,
+    coalesce(c.declined_amount, 0) as declined_amount,
+    coalesce(c.blocked_amount, 0) as blocked_amount,
+    case when c.closed_at is not null
+         then greatest(a.authorized_amount - c.captured_amount, 0)
+         else 0 end::bigint as released_amount,
+    coalesce(c.succeeded_count, 0) as succeeded_count,
+    c.closed_at,
+    case
+        when not a.is_current then 'superseded'
+        when a.declined_at is not null then 'declined'
+        when c.closed_at is not null then 'closed'
+        else 'open'
+    end as status,
+    a.is_current,
+    a.superseded_at,
+    a.superseded_by,
+    a.declined_code,
+    a.declined_at,
+    coalesce(l.extensions, 0) as extensions,
+    coalesce(l.increments, 0) as increments,
+    coalesce(l.incremented_amount, 0) as incremented_amount,
+    l.last_lifecycle_at,
+    coalesce(l.lifecycle_failures, 0) as lifecycle_failures
+from auth a
+left join cap c
+    on c.order_id = a.order_id and c.provider = a.provider and c.authorization_id = a.authorization_id
+left join life l
+    on l.order_id = a.order_id and l.provider = a.provider and l.authorization_id = a.authorization_id;
+
 create or replace function capture_grant_roles() returns void language plpgsql as $$
 begin
     if exists (select 1 from pg_roles where rolname = 'capture_finance') then

@@ -25,6 +25,8 @@ use crate::provider::{LifecycleCall, LifecycleRequest, LifecycleResult, Outcome}
 use crate::storage::lifecycle::{self as store, ActionAnswer, ActionRow};
 use crate::storage::{StorageError, Store, ledger};
 
+use crate::telemetry::events::{self, Emit};
+
 use super::providers::Providers;
 
 /// Orders looked at per pass, oldest authorization first.
@@ -260,25 +262,16 @@ impl LifecycleSweep {
         )
         .await?;
         let label = call.outcome.label();
-        if status == "failed" || status == "declined" {
-            tracing::warn!(
-                event = "lifecycle_action_failed",
-                order_id = %row.order_id,
-                provider = %row.provider,
-                action = %row.action,
-                outcome = label,
-                "the provider did not extend or increment the hold; the expiry sweep captures what shipped before it lapses"
-            );
-        } else {
-            tracing::info!(
-                event = "lifecycle_action",
-                order_id = %row.order_id,
-                provider = %row.provider,
-                action = %row.action,
-                outcome = label,
-                "hold extended or incremented"
-            );
+        events::LifecycleActionDone {
+            provider: &row.provider,
+            order_id: &row.order_id,
+            authorization_id: &row.authorization_id,
+            action: &row.action,
+            reason: &row.reason,
+            outcome: label,
+            error: error.as_deref(),
         }
+        .emit();
         Ok(label)
     }
 }

@@ -226,22 +226,31 @@ impl Application {
         let exec_rx = stop_rx.clone();
         let executor_task =
             tokio::spawn(async move { executor.run(self.dispatch_rx, exec_rx).await });
-        let sweeper = Sweeper {
-            store: self.store.clone(),
-            executor: self.executor.clone(),
-            intake: self.intake.clone(),
-            dead_letters: Some(sink),
-            interval: Duration::from_millis(self.settings.capture.sweep_interval_ms),
-            expiry: Some((
-                expiry::ExpirySweep {
-                    store: self.store.clone(),
-                    providers: self.providers.clone(),
-                    executor: self.executor.clone(),
-                    shipping: self.settings.capture.shipping_policy.into(),
-                },
-                Duration::from_millis(self.settings.capture.expiry_sweep_ms.max(1)),
-            )),
-        };
+        let sweeper =
+            Sweeper {
+                store: self.store.clone(),
+                executor: self.executor.clone(),
+                intake: self.intake.clone(),
+                dead_letters: Some(sink),
+                interval: Duration::from_millis(self.settings.capture.sweep_interval_ms),
+                expiry: Some((
+                    expiry::ExpirySweep {
+                        store: self.store.clone(),
+                        providers: self.providers.clone(),
+                        executor: self.executor.clone(),
+                        shipping: self.settings.capture.shipping_policy.into(),
+                    },
+                    Duration::from_millis(self.settings.capture.expiry_sweep_ms.max(1)),
+                )),
+                lifecycle: self.settings.capture.lifecycle_sweep.then(|| {
+                    lifecycle::LifecycleSweep {
+                        store: self.store.clone(),
+                        providers: self.providers.clone(),
+                        shipping: self.settings.capture.shipping_policy.into(),
+                        settings: self.settings.capture.lifecycle(),
+                    }
+                }),
+            };
         let sweeper_task = tokio::spawn(sweeper.run(stop_rx.clone()));
         let router = http::router(http::HealthState {
             store: self.store.clone(),

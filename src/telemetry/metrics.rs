@@ -76,6 +76,12 @@ pub const NOTIFICATIONS: &str = "capture_worker_notifications_total";
 /// `authorization_at_risk`).
 pub const AUTHORIZATION_DEADLINES: &str = "capture_worker_authorization_deadlines_total";
 
+/// Extensions and increments of holds by the lifecycle sweep, by `provider`, `action`
+/// (`extend`, `increment`) and `outcome` (the provider call's: `succeeded`, `pending`,
+/// `declined`, `failed`, `retryable`, `unknown`; events `lifecycle_action` and
+/// `lifecycle_action_failed`).
+pub const LIFECYCLE_ACTIONS: &str = "capture_worker_lifecycle_actions_total";
+
 /// Every metric this service exports (deploy/ files are checked against it).
 pub const ALL: &[&str] = &[
     MESSAGES,
@@ -101,6 +107,7 @@ pub const ALL: &[&str] = &[
     LEDGER_SCRAPE_OK,
     NOTIFICATIONS,
     AUTHORIZATION_DEADLINES,
+    LIFECYCLE_ACTIONS,
 ];
 
 /// The statuses of a capture that still needs something to happen.

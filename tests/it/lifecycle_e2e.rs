@@ -160,6 +160,15 @@ async fn an_order_whose_parcels_exceed_the_hold_is_incremented_on_checkout_and_c
             .await
             .unwrap();
     assert_eq!(shortfall, 0);
+    // Finance sees the increment on the authorization.
+    let (increments, incremented, authorized): (i64, i64, i64) = sqlx::query_as(
+        "select increments, incremented_amount, authorized_amount
+         from reconciliation_authorizations where order_id = 'ORD-CKO-LC'",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((increments, incremented, authorized), (1, 2455, 12455));
     app.cleanup().await;
 }
 
