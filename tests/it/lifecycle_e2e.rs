@@ -282,3 +282,70 @@ async fn an_untouched_hold_is_proposed_for_release_after_the_configured_time() {
     assert_eq!(swept[0].decision.reason, Reason::Untouched);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_increment_left_unanswered_by_a_stopped_worker_is_resent_under_its_key_and_applied_once()
+{
+    let mut app = TestApp::spawn_with_dialects(|_| {}).await;
+    app.start_worker().await;
+    let auth = "pi_lifecycle_crash_01";
+    let (order, _, _, _) = order_on("sandbox", "ORD-CRASH-LC", auth, 10_000);
+    app.authorize_with(NewAuthorization::new(auth, 10_000, "USD"));
+    app.publish(&[order]).await;
+    app.wait_count(
+        "select count(*) from orders where order_id = 'ORD-CRASH-LC'",
+        1,
+    )
+    .await;
+    let start = authorized_at(&app, "ORD-CRASH-LC").await;
+    let sweep = sweep(&app, settings());
+    // The first pass increments; then the worker "dies" before recording the answer: the row
+    // goes back to `planned`, the order to its old amount, as after a crash mid-call.
+    let swept = sweep
+        .run_once_at(start + Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(swept[0].outcome, Some("succeeded"));
+    sqlx::query("update lifecycle_actions set status = 'planned', finished_at = null, new_amount = null where order_id = 'ORD-CRASH-LC'")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    sqlx::query("update orders set authorized_amount = 10000 where order_id = 'ORD-CRASH-LC'")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    // The next pass resends the same key: Stripe replays the answer, nothing is applied twice.
+    let swept = sweep
+        .run_once_at(start + Duration::minutes(6))
+        .await
+        .unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(swept[0].outcome, Some("succeeded"));
+    let calls: Vec<String> = app
+        .sandbox
+        .ledger_for(auth)
+        .iter()
+        .filter(|e| e.path.ends_with("/increment_authorization"))
+        .map(|e| format!("{:?}", e.outcome))
+        .collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(app.sandbox.authorization(auth).unwrap().amount, 12455);
+    assert_eq!(app.sandbox.authorization(auth).unwrap().adjustments, 1);
+    let (n, authorized): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from lifecycle_actions where order_id = 'ORD-CRASH-LC'),
+                (select authorized_amount from orders where order_id = 'ORD-CRASH-LC')",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((n, authorized), (1, 12455));
+    // Nothing more to do.
+    assert!(
+        sweep
+            .run_once_at(start + Duration::minutes(7))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    app.cleanup().await;
+}
