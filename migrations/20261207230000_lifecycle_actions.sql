@@ -117,6 +117,102 @@ left join cap c
 left join life l
     on l.order_id = a.order_id and l.provider = a.provider and l.authorization_id = a.authorization_id;
 
+-- A hold the lifecycle policy releases (nobody used it, or it is old with nothing left to
+-- ship) is a release or void row with cause_kind 'lifecycle', never silent: it is a row of
+-- reconciliation_exceptions (`authorization_released`).
+alter table captures drop constraint captures_cause_kind_check;
+alter table captures add constraint captures_cause_kind_check
+    check (cause_kind in ('shipment', 'cancellation', 'deadline', 'resume', 'lifecycle')) not valid;
+alter table captures validate constraint captures_cause_kind_check;
+
+create or replace view reconciliation_exceptions as
+with settings as (
+    select
+        coalesce(nullif(current_setting('capture.stale_after', true), ''), '1 hour')::interval as stale_after,
+        coalesce(nullif(current_setting('capture.expiry_warning', true), ''), '2 days')::interval as expiry_warning,
+        coalesce(nullif(current_setting('capture.authorization_window', true), ''), '7 days')::interval as authorization_window
+)
+select
+    'declined_latch'::text as kind,
+    o.order_id,
+    null::bigint as capture_id,
+    null::bigint as rejection_id,
+    o.provider,
+    o.authorization_id,
+    o.currency,
+    coalesce((select sum(c.amount) from captures c
+              where c.order_id = o.order_id and c.provider = o.provider
+                and c.authorization_id = o.authorization_id
+                and c.kind = 'capture' and c.status in ('declined', 'blocked')), 0)::bigint as amount,
+    o.declined_at as since,
+    o.declined_code as reason,
+    'a capture was declined: later captures are blocked and later shipments refused until an operator resumes the order with a new authorization'::text as detail
+from orders o
+where o.phase = 'declined'
+union all
+select 'capture_attention', c.order_id, c.capture_id, null, c.provider, c.authorization_id,
+       c.currency, c.amount, c.updated_at, c.status, coalesce(c.last_error, '')
+from captures c
+where c.status in ('attention', 'failed')
+union all
+select 'outcome_pending', c.order_id, c.capture_id, null, c.provider, c.authorization_id,
+       c.currency, c.amount, coalesce(c.first_attempt_at, c.created_at), c.status,
+       'the provider accepted the capture but has not confirmed it'
+from captures c, settings s
+where c.status = 'pending' and coalesce(c.first_attempt_at, c.created_at) < now() - s.stale_after
+union all
+select 'outcome_unknown', c.order_id, c.capture_id, null, c.provider, c.authorization_id,
+       c.currency, c.amount, c.created_at, c.status,
+       case when c.needs_lookup
+            then 'no answer from the provider: the worker reads the payment back before any retry'
+            else 'not settled: ' || coalesce(c.last_error, 'waiting to be sent') end
+from captures c, settings s
+where c.status in ('queued', 'in_flight', 'retrying') and c.created_at < now() - s.stale_after
+union all
+select 'authorization_expiring', r.order_id, null, null, r.provider, r.authorization_id,
+       r.currency, r.unshipped_amount,
+       coalesce(r.authorization_expires_at, r.authorized_at + s.authorization_window),
+       case when coalesce(r.authorization_expires_at, r.authorized_at + s.authorization_window) <= now()
+            then 'expired' else 'expiring' end,
+       'the authorization ends with value still to ship'
+from reconciliation_orders r, settings s
+where r.status in ('open', 'attention') and r.unshipped_amount > 0
+  and coalesce(r.authorization_expires_at, r.authorized_at + s.authorization_window) < now() + s.expiry_warning
+union all
+select 'shortfall', o.order_id, null, null, o.provider, o.authorization_id, o.currency,
+       o.shortfall_amount,
+       coalesce((select min(c.created_at) from captures c
+                 where c.order_id = o.order_id and c.shortfall_amount > 0), o.updated_at),
+       'authorization_exhausted',
+       'shipped value the authorization could not cover; it is never captured'
+from orders o
+where o.shortfall_amount > 0
+union all
+select
+    case
+        when r.reason in ('over_shipment', 'over_cancellation', 'after_final') then 'over_shipment'
+        when r.reason in ('shipment_conflict', 'message_conflict', 'order_conflict', 'authorization_conflict') then 'conflict'
+        else 'dead_letter'
+    end,
+    r.order_id, null, r.rejection_id, o.provider, o.authorization_id, o.currency, null,
+    r.received_at, r.reason, r.detail
+from rejected_messages r
+left join orders o on o.order_id = r.order_id
+where r.requeued_at is null
+union all
+select 'authorization_released', c.order_id, c.capture_id, null, c.provider, c.authorization_id,
+       c.currency,
+       greatest(o.authorized_amount - coalesce((select sum(x.amount) from captures x
+                 where x.order_id = c.order_id and x.authorization_id = c.authorization_id
+                   and x.kind = 'capture' and x.status = 'succeeded'), 0), 0)::bigint,
+       c.created_at, c.cause_id,
+       case when c.cause_id like 'untouched%'
+            then 'the worker released a hold nothing was shipped or captured on for the configured time'
+            else 'the worker released what was left of an old hold with nothing left to ship' end
+from captures c
+join orders o on o.order_id = c.order_id
+where c.cause_kind = 'lifecycle';
+
 create or replace function capture_grant_roles() returns void language plpgsql as $$
 begin
     if exists (select 1 from pg_roles where rolname = 'capture_finance') then

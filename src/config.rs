@@ -158,11 +158,12 @@ pub struct CaptureSettings {
     #[serde(default = "default_extend_ahead_hours")]
     pub extend_ahead_hours: u64,
     /// A hold with nothing shipped and nothing captured this many hours after it was made is
-    /// proposed for release (an `authorization_idle` line for an operator); 0: never.
+    /// released (event `authorization_released`, a `reconciliation_exceptions` row); 0: never.
     /// Example: 0.
     #[serde(default)]
     pub idle_release_hours: u64,
-    /// A hold this many days old with nothing left to ship is proposed for release; 0: never.
+    /// What is left of a hold this many days old with nothing left to ship is released;
+    /// 0: never.
     /// Example: 30.
     #[serde(default = "default_max_hold_age_days")]
     pub max_hold_age_days: u64,

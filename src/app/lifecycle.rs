@@ -12,21 +12,26 @@
 //! The time is an argument (`run_once_at(now)`): the sweep never reads the clock itself, so
 //! tests drive days of a hold's life without sleeping. The expiry sweep (`expiry.rs`) keeps
 //! capturing what shipped before a hold that cannot be extended lapses; this sweep leaves
-//! `CaptureShippedNow` to it, and reports `ReleaseRemainder` (see docs/runbook.md).
+//! `CaptureShippedNow` to it. `ReleaseRemainder` (an untouched or aged hold) is planned as a
+//! void or release row (`cause_kind` `lifecycle`) the executor sends, never silently (event
+//! `authorization_released`, a `reconciliation_exceptions` row).
 
 use chrono::{DateTime, Utc};
 
+use crate::domain::ReleaseMethod;
 use crate::domain::lifecycle::{self, Action, Decision, Hold, LifecycleSettings};
 use crate::domain::{
     AuthorizationId, CapabilityLookup, IdempotencyKey, MinorUnits, Money, OrderId, Phase,
     ShippingPolicy, authorization_deadline,
 };
 use crate::provider::{LifecycleCall, LifecycleRequest, LifecycleResult, Outcome};
+use crate::storage::ledger::{CaptureKind, NewCapture};
 use crate::storage::lifecycle::{self as store, ActionAnswer, ActionRow};
 use crate::storage::{StorageError, Store, ledger};
 
 use crate::telemetry::events::{self, Emit};
 
+use super::execute::Executor;
 use super::providers::Providers;
 
 /// Orders looked at per pass, oldest authorization first.
@@ -39,6 +44,8 @@ pub struct LifecycleSweep {
     pub providers: Providers,
     pub shipping: ShippingPolicy,
     pub settings: LifecycleSettings,
+    /// Dispatches a planned release at once; without it the sweeper's next tick sends it.
+    pub executor: Option<Executor>,
 }
 
 /// What one pass did about one order.
@@ -144,14 +151,22 @@ impl LifecycleSweep {
         let decision = lifecycle::decide(now, &hold, &self.settings);
         let call = match decision.action {
             Action::Nothing => return Ok(None),
-            Action::CaptureShippedNow | Action::ReleaseRemainder => {
+            Action::ReleaseRemainder => {
+                let planned = self.release(&id, &decision, &caps).await?;
+                return Ok(Some(Swept {
+                    order_id: order_id.to_owned(),
+                    decision,
+                    outcome: planned.then_some("planned"),
+                }));
+            }
+            Action::CaptureShippedNow => {
                 tracing::info!(
                     event = "lifecycle_decision",
                     order_id,
                     provider = %provider_name,
                     action = decision.action.label(),
                     reason = decision.reason.label(),
-                    "the lifecycle policy proposes an action the expiry sweep or an operator carries out"
+                    "the hold cannot be kept: the expiry sweep captures what shipped before it lapses"
                 );
                 return Ok(Some(Swept {
                     order_id: order_id.to_owned(),
@@ -211,6 +226,84 @@ impl LifecycleSweep {
             decision,
             outcome: Some(outcome),
         }))
+    }
+
+    /// Plans the release of what is left of the hold (a void when nothing was claimed, else
+    /// the provider's release), closing the order, in one transaction under the order's
+    /// intake lock; re-checks that nothing shipped is waiting and, for an untouched hold, that
+    /// nothing shipped at all. Returns whether it was planned. The capture row's
+    /// `cause_kind` is `lifecycle`, so the release is a row of `reconciliation_exceptions`.
+    async fn release(
+        &self,
+        order_id: &OrderId,
+        decision: &Decision,
+        caps: &crate::domain::Capabilities,
+    ) -> Result<bool, StorageError> {
+        const CTX: &str = "releasing a hold the lifecycle policy found unused";
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| StorageError::classify(CTX, e))?;
+        ledger::lock_order_key(&mut tx, order_id).await?;
+        let Some(stored) = ledger::load_order(&mut tx, order_id, true).await? else {
+            return Ok(false);
+        };
+        let mut state = stored.state;
+        let untouched = decision.reason == lifecycle::Reason::Untouched;
+        if state.phase != Phase::Open
+            || state.shipped != state.charged
+            || (untouched && state.shipped.iter().any(|&u| u > 0))
+        {
+            return Ok(false);
+        }
+        let kind = if state.claimed.is_zero() {
+            CaptureKind::Void
+        } else {
+            match caps.release {
+                ReleaseMethod::Cancel => CaptureKind::Release,
+                ReleaseMethod::ZeroAmountFinalCapture => CaptureKind::Capture,
+            }
+        };
+        let sequence = state.captures + 1;
+        let cause_id = format!("{}-{sequence}", decision.reason.label());
+        ledger::insert_capture(
+            &mut tx,
+            &NewCapture {
+                order: &stored.order,
+                sequence,
+                kind,
+                cause_kind: "lifecycle",
+                cause_id: &cause_id,
+                amount: MinorUnits::ZERO,
+                is_final: true,
+                release_after: false,
+                lines: Vec::new(),
+                shipping: MinorUnits::ZERO,
+                shortfall: MinorUnits::ZERO,
+                traceparent: None,
+            },
+        )
+        .await?;
+        state.captures = sequence;
+        state.phase = Phase::Completed;
+        ledger::save_progress(&mut tx, &stored.order, &state).await?;
+        tx.commit()
+            .await
+            .map_err(|e| StorageError::classify(CTX, e))?;
+        let auth = stored.order.authorization();
+        events::AuthorizationReleased {
+            provider: auth.provider.as_str(),
+            order_id: order_id.as_str(),
+            authorization_id: auth.authorization_id.as_str(),
+            reason: decision.reason.label(),
+        }
+        .emit();
+        if let Some(executor) = &self.executor {
+            executor.dispatch(order_id.as_str());
+        }
+        Ok(true)
     }
 
     /// Records the answer and, for a success, the hold it reports (for an increment without

@@ -248,6 +248,7 @@ impl Application {
                         providers: self.providers.clone(),
                         shipping: self.settings.capture.shipping_policy.into(),
                         settings: self.settings.capture.lifecycle(),
+                        executor: Some(self.executor.clone()),
                     }
                 }),
             };

@@ -357,3 +357,28 @@ impl Emit for LifecycleActionDone<'_> {
             .increment(1);
     }
 }
+
+/// The lifecycle sweep planned the release of a hold nobody used (`untouched`) or of an old
+/// one with nothing left to ship (`aged_nothing_to_ship`).
+pub struct AuthorizationReleased<'a> {
+    pub provider: &'a str,
+    pub order_id: &'a str,
+    pub authorization_id: &'a str,
+    pub reason: &'a str,
+}
+
+impl Emit for AuthorizationReleased<'_> {
+    fn emit(self) {
+        let provider = label(self.provider);
+        tracing::warn!(
+            event = "authorization_released",
+            provider = %provider,
+            order_id = %self.order_id,
+            authorization_id = %self.authorization_id,
+            reason = %self.reason,
+            "the worker releases a hold nobody will use"
+        );
+        counter!(m::LIFECYCLE_ACTIONS, "provider" => provider, "action" => "release", "outcome" => "planned")
+            .increment(1);
+    }
+}

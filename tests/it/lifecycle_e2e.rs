@@ -18,6 +18,7 @@ fn sweep(app: &TestApp, settings: LifecycleSettings) -> LifecycleSweep {
         providers: Providers::from_settings(&app.settings).unwrap(),
         shipping: ShippingPolicy::default(),
         settings,
+        executor: None,
     }
 }
 
@@ -246,7 +247,7 @@ async fn a_stripe_hold_that_cannot_be_extended_is_left_to_the_expiry_sweep() {
 }
 
 #[tokio::test]
-async fn an_untouched_hold_is_proposed_for_release_after_the_configured_time() {
+async fn an_untouched_hold_is_released_after_the_configured_time_and_shows_as_an_exception() {
     let mut app = TestApp::spawn_with_dialects(|_| {}).await;
     app.start_worker().await;
     let auth = "pi_lifecycle_idle_01";
@@ -280,6 +281,35 @@ async fn an_untouched_hold_is_proposed_for_release_after_the_configured_time() {
     assert_eq!(swept.len(), 1);
     assert_eq!(swept[0].decision.action, Action::ReleaseRemainder);
     assert_eq!(swept[0].decision.reason, Reason::Untouched);
+    assert_eq!(swept[0].outcome, Some("planned"));
+    // The void is sent by the worker, once; the order is closed.
+    app.wait_settled("ORD-IDLE-LC", 1).await;
+    assert_eq!(
+        app.captures("ORD-IDLE-LC").await,
+        vec![(1, "void".to_owned(), 0, true, "succeeded".to_owned())]
+    );
+    assert_eq!(
+        app.sandbox.authorization(auth).unwrap().status,
+        capture_worker::sandbox::Status::Canceled
+    );
+    // Never silently: a row in the exceptions view, worth the whole hold.
+    let (kind, amount, reason): (String, i64, String) = sqlx::query_as(
+        "select kind, amount, reason from reconciliation_exceptions where order_id = 'ORD-IDLE-LC'",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (kind.as_str(), amount, reason.as_str()),
+        ("authorization_released", 12455, "untouched-1")
+    );
+    assert!(
+        sweep
+            .run_once_at(start + Duration::days(4))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     app.cleanup().await;
 }
 
