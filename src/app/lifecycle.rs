@@ -121,6 +121,10 @@ impl LifecycleSweep {
                 outcome: Some(outcome),
             }));
         }
+        // An adjustment the provider accepted is settled by its notification first.
+        if facts.awaiting {
+            return Ok(None);
+        }
         let order = &stored.order;
         let auth = order.authorization();
         let (unshipped, shipped_uncaptured) =

@@ -38,6 +38,9 @@ pub struct HoldFacts {
     pub increments: u32,
     /// When the last extension that succeeded was answered.
     pub last_extension_at: Option<DateTime<Utc>>,
+    /// An action the provider accepted and has not settled yet (Adyen's adjustment, until
+    /// its notification): nothing more is asked meanwhile.
+    pub awaiting: bool,
     /// The next action's sequence.
     pub next_sequence: u32,
     /// An action not finished yet (a worker stopped mid-call), to resend under its key.
@@ -66,6 +69,7 @@ pub async fn facts(conn: &mut PgConnection, order_id: &str) -> Result<HoldFacts,
                 count(*) filter (where action = 'increment' and status <> 'failed') as increments,
                 max(finished_at) filter (where action = 'extend' and status = 'succeeded')
                     as last_extension_at,
+                count(*) filter (where status = 'pending') > 0 as awaiting,
                 coalesce(max(sequence), 0) + 1 as next_sequence
          from lifecycle_actions where order_id = $1",
     )
@@ -92,6 +96,7 @@ pub async fn facts(conn: &mut PgConnection, order_id: &str) -> Result<HoldFacts,
         extensions: count("extensions"),
         increments: count("increments"),
         last_extension_at: counts.get("last_extension_at"),
+        awaiting: counts.get("awaiting"),
         next_sequence,
         unfinished,
     })
