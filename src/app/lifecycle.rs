@@ -395,3 +395,79 @@ fn request_of(row: &ActionRow) -> Result<LifecycleRequest, String> {
             .map_err(|e| e.to_string())?,
     })
 }
+
+/// One `order show` line for a lifecycle action (the `lifecycle_actions` row as JSON):
+/// `extend #1 (guarantee_ending) on 0VF5… → succeeded · new authorization 8AA8… · holds until
+/// 2026-03-30T12:00:00Z · key cw1-…`.
+pub fn summary(f: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut line = format!(
+        "{} #{} ({}) on {}/{}",
+        text(&f["action"]),
+        text(&f["sequence"]),
+        text(&f["reason"]),
+        text(&f["provider"]),
+        text(&f["authorization_id"]),
+    );
+    if f["action"] == "increment" {
+        line.push_str(&format!(
+            " · {} + {} {}",
+            text(&f["authorized_before"]),
+            text(&f["increase"]),
+            text(&f["currency"]).trim()
+        ));
+    }
+    line.push_str(&format!(" → {}", text(&f["status"])));
+    if let Value::String(id) = &f["new_authorization_id"] {
+        line.push_str(&format!(" · new authorization {id}"));
+    }
+    if !f["new_amount"].is_null() {
+        line.push_str(&format!(" · authorized {}", text(&f["new_amount"])));
+    }
+    if let Value::String(at) = &f["new_expires_at"] {
+        line.push_str(&format!(" · holds until {at}"));
+    }
+    if let Value::String(code) = &f["provider_code"] {
+        line.push_str(&format!(" · code {code}"));
+    }
+    line.push_str(&format!(" · key {}", text(&f["idempotency_key"])));
+    if let Value::String(e) = &f["error"] {
+        line.push_str(&format!(" · {e}"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summary;
+    use serde_json::json;
+
+    #[test]
+    fn an_order_show_line_says_what_was_asked_and_what_came_back() {
+        let line = summary(&json!({
+            "action": "increment", "sequence": 1, "reason": "shortfall", "provider": "checkout",
+            "authorization_id": "pay_1", "authorized_before": 10000, "increase": 2455,
+            "currency": "USD", "status": "succeeded", "new_authorization_id": null,
+            "new_amount": 12455, "new_expires_at": "2026-03-15T12:00:00+00:00",
+            "provider_code": "10000", "idempotency_key": "cw1-abc", "error": null,
+        }));
+        assert_eq!(
+            line,
+            "increment #1 (shortfall) on checkout/pay_1 · 10000 + 2455 USD → succeeded · authorized 12455 · holds until 2026-03-15T12:00:00+00:00 · code 10000 · key cw1-abc"
+        );
+        let line = summary(&json!({
+            "action": "extend", "sequence": 2, "reason": "guarantee_ending", "provider": "paypal",
+            "authorization_id": "0VF5", "status": "failed", "idempotency_key": "cw1-def",
+            "error": "422 REAUTHORIZATION_NOT_SUPPORTED",
+        }));
+        assert_eq!(
+            line,
+            "extend #2 (guarantee_ending) on paypal/0VF5 → failed · key cw1-def · 422 REAUTHORIZATION_NOT_SUPPORTED"
+        );
+    }
+}

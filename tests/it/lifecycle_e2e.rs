@@ -170,6 +170,19 @@ async fn an_order_whose_parcels_exceed_the_hold_is_incremented_on_checkout_and_c
     .await
     .unwrap();
     assert_eq!((increments, incremented, authorized), (1, 2455, 12455));
+    // `order show` has a line for it.
+    let story = capture_worker::app::operator::orders::story(&app.store, "ORD-CKO-LC")
+        .await
+        .unwrap();
+    let text = capture_worker::app::operator::orders::render_story(
+        &story,
+        capture_worker::app::operator::orders::StoryFormat::Text,
+    )
+    .unwrap();
+    assert!(
+        text.contains("increment #1 (shortfall) on checkout/pay_lifecycle_inc_0001 · 10000 + 2455 USD → succeeded · authorized 12455"),
+        "{text}"
+    );
     app.cleanup().await;
 }
 
