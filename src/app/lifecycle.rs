@@ -396,6 +396,53 @@ fn request_of(row: &ActionRow) -> Result<LifecycleRequest, String> {
     })
 }
 
+/// Settles the extension or increment whose pending answer gave `reference`, from the
+/// provider's notification (Adyen's `AUTHORISATION_ADJUSTMENT`): a success renews the hold for
+/// the provider's documented period from now and puts the amount asked on the order.
+pub async fn settle_notified(
+    store: &Store,
+    providers: &Providers,
+    provider: &str,
+    reference: &str,
+    outcome: &Outcome,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, StorageError> {
+    let renews = providers.capabilities(provider).and_then(|caps| {
+        let l = caps.lifecycle;
+        l.extension
+            .map(|e| e.renews_for)
+            .or(l.increment.and_then(|i| i.renews_for))
+    });
+    let (succeeded, error) = match outcome {
+        Outcome::Succeeded { .. } => (true, None),
+        Outcome::Declined { code, message } => (false, Some(format!("{code}: {message}"))),
+        Outcome::Failed { reason } => (false, Some(reason.clone())),
+        Outcome::Pending { .. } | Outcome::Retryable { .. } | Outcome::Unknown { .. } => {
+            return Ok(None);
+        }
+    };
+    let settled = store::settle_pending(
+        store.pool(),
+        provider,
+        reference,
+        succeeded,
+        error.as_deref(),
+        renews.map(|r| now + r),
+        now,
+    )
+    .await?;
+    if let Some(order_id) = &settled {
+        tracing::info!(
+            event = "lifecycle_action_settled",
+            order_id = %order_id,
+            provider,
+            succeeded,
+            "the provider settled an extension or increment"
+        );
+    }
+    Ok(settled)
+}
+
 /// One `order show` line for a lifecycle action (the `lifecycle_actions` row as JSON):
 /// `extend #1 (guarantee_ending) on 0VF5… → succeeded · new authorization 8AA8… · holds until
 /// 2026-03-30T12:00:00Z · key cw1-…`.

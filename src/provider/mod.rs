@@ -271,6 +271,9 @@ pub enum NotificationSubject {
     Capture,
     /// The release (cancel / void) of an authorization's remainder.
     Release,
+    /// An extension or increment of the hold the worker asked for (Adyen's
+    /// `AUTHORISATION_ADJUSTMENT`); `reference` is the one the call's pending answer gave.
+    Lifecycle,
     /// Anything else (refunds, authorisations, disputes…).
     Other,
 }

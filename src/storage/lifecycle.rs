@@ -259,6 +259,61 @@ pub async fn finish_action(
     Ok(())
 }
 
+/// Settles the pending action of `provider` whose pending answer gave `reference` (Adyen's
+/// adjustment, by its notification): `succeeded` puts the amount asked and `expires_at` on the
+/// order. Returns the order, or `None` when no pending action carries the reference (already
+/// settled, or not ours). Idempotent.
+pub async fn settle_pending(
+    pool: &PgPool,
+    provider: &str,
+    reference: &str,
+    succeeded: bool,
+    error: Option<&str>,
+    expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, StorageError> {
+    const CTX: &str = "settling a lifecycle action from its notification";
+    let mut tx = pool.begin().await.ctx(CTX)?;
+    let row = sqlx::query(
+        "update lifecycle_actions set status = $3, error = $4, finished_at = $5,
+             new_amount = case when $3 = 'succeeded' then authorized_before + increase end,
+             new_expires_at = case when $3 = 'succeeded' then $6 end
+         where provider = $1 and provider_reference = $2 and status = 'pending'
+         returning order_id, authorized_before + increase as total",
+    )
+    .bind(provider)
+    .bind(reference)
+    .bind(if succeeded { "succeeded" } else { "declined" })
+    .bind(error)
+    .bind(now)
+    .bind(expires_at)
+    .fetch_optional(&mut *tx)
+    .await
+    .ctx(CTX)?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let order_id: String = row.get("order_id");
+    if succeeded {
+        let total: i64 = row.get("total");
+        sqlx::query(
+            "update orders set authorized_amount = greatest(authorized_amount, $2),
+                 authorization_expires_at = coalesce(greatest(authorization_expires_at, $3), $3,
+                                                     authorization_expires_at),
+                 updated_at = now()
+             where order_id = $1",
+        )
+        .bind(&order_id)
+        .bind(total)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await
+        .ctx(CTX)?;
+    }
+    tx.commit().await.ctx(CTX)?;
+    Ok(Some(order_id))
+}
+
 /// Every lifecycle action of `order_id`, in order.
 pub async fn actions(pool: &PgPool, order_id: &str) -> Result<Vec<ActionRow>, StorageError> {
     let rows = sqlx::query("select * from lifecycle_actions where order_id = $1 order by sequence")

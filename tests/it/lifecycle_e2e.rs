@@ -186,25 +186,47 @@ async fn an_order_whose_parcels_exceed_the_hold_is_incremented_on_checkout_and_c
     app.cleanup().await;
 }
 
+/// An Adyen order registered with `scenario`, and its `expires_at`.
+async fn adyen_order(
+    app: &TestApp,
+    order_id: &str,
+    auth: &str,
+    scenario: Scenario,
+) -> DateTime<Utc> {
+    let (order, _, _, _) = order_on("adyen", order_id, auth, 12455);
+    app.authorize_with(NewAuthorization {
+        scenario: Some(scenario),
+        ..NewAuthorization::new(auth, 12455, "USD")
+    });
+    app.publish(&[order]).await;
+    let pool = app.store.pool().clone();
+    let id = order_id.to_owned();
+    eventually(std::time::Duration::from_secs(20), || {
+        let pool = pool.clone();
+        let id = id.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select count(*) from orders where order_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                == 1
+        }
+    })
+    .await;
+    sqlx::query_scalar("select authorization_expires_at from orders where order_id = $1")
+        .bind(order_id)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
-async fn an_adyen_hold_is_extended_before_it_lapses() {
+async fn an_adyen_hold_is_extended_before_it_lapses_and_its_notification_settles_it() {
     let mut app = TestApp::spawn_with_dialects(|_| {}).await;
     app.start_worker().await;
     let auth = "ADYENLIFECYCLE01";
-    let (order, _, _, _) = order_on("adyen", "ORD-ADY-LC", auth, 12455);
-    app.authorize_with(NewAuthorization::new(auth, 12455, "USD"));
-    app.publish(&[order]).await;
-    app.wait_count(
-        "select count(*) from orders where order_id = 'ORD-ADY-LC'",
-        1,
-    )
-    .await;
-    let expires: DateTime<Utc> = sqlx::query_scalar(
-        "select authorization_expires_at from orders where order_id = 'ORD-ADY-LC'",
-    )
-    .fetch_one(app.store.pool())
-    .await
-    .unwrap();
+    let expires = adyen_order(&app, "ORD-ADY-LC", auth, Scenario::default()).await;
     let sweep = sweep(&app, settings());
     assert!(
         sweep
@@ -220,10 +242,54 @@ async fn an_adyen_hold_is_extended_before_it_lapses() {
     assert_eq!(swept.len(), 1, "{swept:?}");
     assert_eq!(swept[0].decision.action, Action::Extend);
     assert_eq!(swept[0].decision.reason, Reason::Expiring);
-    // Adyen answers `received`; the outcome is its AUTHORISATION_ADJUSTMENT notification.
+    // Adyen answers `received`; the outcome is its AUTHORISATION_ADJUSTMENT notification,
+    // which the sandbox posts to the worker's webhook.
     assert_eq!(swept[0].outcome, Some("pending"));
     assert_eq!(lifecycle_calls(&app, auth, "/amountUpdates").await, 1);
-    let rows = actions(&app, "ORD-ADY-LC").await;
+    app.wait_count(
+        "select count(*) from lifecycle_actions where order_id = 'ORD-ADY-LC' and status = 'succeeded' and new_expires_at is not null",
+        1,
+    )
+    .await;
+    let (now_expires, extensions): (DateTime<Utc>, i64) = sqlx::query_as(
+        "select o.authorization_expires_at, r.extensions from orders o
+         join reconciliation_authorizations r on r.order_id = o.order_id
+         where o.order_id = 'ORD-ADY-LC'",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert!(now_expires > expires, "{now_expires} after {expires}");
+    assert_eq!(extensions, 1);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_adyen_adjustment_not_settled_yet_is_not_asked_again() {
+    let mut app = TestApp::spawn_with_dialects(|_| {}).await;
+    app.start_worker().await;
+    let auth = "ADYENLIFECYCLE02";
+    // The notification is lost: the action stays pending.
+    let silent = Scenario {
+        silent: true,
+        ..Scenario::default()
+    };
+    let expires = adyen_order(&app, "ORD-ADY-LC2", auth, silent).await;
+    let sweep = sweep(&app, settings());
+    let swept = sweep
+        .run_once_at(expires - Duration::hours(20))
+        .await
+        .unwrap();
+    assert_eq!(swept[0].outcome, Some("pending"));
+    assert!(
+        sweep
+            .run_once_at(expires - Duration::hours(19))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(lifecycle_calls(&app, auth, "/amountUpdates").await, 1);
+    let rows = actions(&app, "ORD-ADY-LC2").await;
     assert_eq!(
         (rows[0].0.as_str(), rows[0].2.as_str()),
         ("extend", "pending")

@@ -233,6 +233,9 @@ impl PaymentProvider for AdyenProvider {
                         NotificationSubject::Capture
                     }
                     NotificationEvent::Cancellation if ours => NotificationSubject::Release,
+                    NotificationEvent::AuthorisationAdjustment if ours => {
+                        NotificationSubject::Lifecycle
+                    }
                     _ => NotificationSubject::Other,
                 };
                 let effect = match (subject, n.outcome()) {
