@@ -106,7 +106,40 @@ impl LifecycleSweep {
         // A call a stopped worker left unanswered goes first, under its own key.
         if let Some(row) = &facts.unfinished {
             let request = request_of(row).map_err(corrupt)?;
-            let result = provider.lifecycle(&request).await;
+            // An increment whose answer was lost may have been applied; a provider that keeps
+            // no answer for a 5xx (Checkout.com) would apply a resend again. Read the hold
+            // back first where possible: if it already holds the total, it was applied.
+            let applied = if row.status == "unknown"
+                && request.call == LifecycleCall::Increment
+                && provider.offers_read_back()
+            {
+                let total = request.new_total().map_err(|e| corrupt(e.to_string()))?;
+                match provider.lookup(&request.authorization_id).await {
+                    Ok(snapshot) => snapshot
+                        .captured
+                        .amount()
+                        .checked_add(snapshot.capturable.amount(), "read-back total")
+                        .is_ok_and(|held| held >= total),
+                    // Not readable now: try again on the next pass, sending nothing.
+                    Err(_) => return Ok(None),
+                }
+            } else {
+                false
+            };
+            let result = if applied {
+                LifecycleResult {
+                    call: crate::provider::CallResult {
+                        outcome: Outcome::Succeeded { reference: None },
+                        http_status: None,
+                        provider_code: Some("read_back".to_owned()),
+                        provider_request_id: None,
+                        latency: std::time::Duration::ZERO,
+                    },
+                    hold: None,
+                }
+            } else {
+                provider.lifecycle(&request).await
+            };
             let outcome = self.finish(row, &result, now).await?;
             let decision = Decision {
                 action: match request.call {

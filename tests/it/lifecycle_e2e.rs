@@ -458,3 +458,49 @@ async fn an_increment_left_unanswered_by_a_stopped_worker_is_resent_under_its_ke
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_checkout_increment_whose_answer_was_lost_is_read_back_not_sent_again() {
+    let mut app = TestApp::spawn_with_dialects(|_| {}).await;
+    app.start_worker().await;
+    let auth = "pay_lifecycle_lost_0001";
+    let (order, _, _, _) = order_on("checkout", "ORD-LOST-LC", auth, 10_000);
+    app.authorize_with(NewAuthorization::new(auth, 10_000, "USD"));
+    app.publish(&[order]).await;
+    app.wait_count(
+        "select count(*) from orders where order_id = 'ORD-LOST-LC'",
+        1,
+    )
+    .await;
+    let start = authorized_at(&app, "ORD-LOST-LC").await;
+    let sweep = sweep(&app, settings());
+    let swept = sweep
+        .run_once_at(start + Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(swept[0].outcome, Some("succeeded"));
+    // As if Checkout.com had answered 5xx after applying it (it keeps no answer for a 5xx, so
+    // a resend under the key would increment again).
+    sqlx::query("update lifecycle_actions set status = 'unknown', finished_at = null, new_amount = null where order_id = 'ORD-LOST-LC'")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    sqlx::query("update orders set authorized_amount = 10000 where order_id = 'ORD-LOST-LC'")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    let swept = sweep
+        .run_once_at(start + Duration::minutes(6))
+        .await
+        .unwrap();
+    assert_eq!(swept[0].outcome, Some("succeeded"));
+    assert_eq!(lifecycle_calls(&app, auth, "/authorizations").await, 1);
+    assert_eq!(app.sandbox.authorization(auth).unwrap().amount, 12455);
+    let authorized: i64 =
+        sqlx::query_scalar("select authorized_amount from orders where order_id = 'ORD-LOST-LC'")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(authorized, 12455);
+    app.cleanup().await;
+}
