@@ -19,8 +19,10 @@
 //!   but `domain` may use it. Imports no adapter.
 //! - `provider`  — the payment-provider trait and outcome, and one adapter per provider
 //!   (`provider/<name>/`). Imports `domain` and `secret`.
-//! - `storage`   — PostgreSQL via sqlx: migrations, the ledger, the capture queue. Imports
-//!   `domain`, `config` (`DatabaseSettings`) and `sanitize`.
+//! - `storage`   — PostgreSQL via sqlx: migrations, the ledger, the capture queue. Owns every
+//!   SQL statement and parses what it reads into the domain's types (a claimed capture carries
+//!   `OrderId`, `AuthorizationId`, `Money`…). Imports `domain`, `config` (`DatabaseSettings`)
+//!   and `sanitize`.
 //! - `queue`     — RabbitMQ via lapin: topology, the message contract (wire), consumer,
 //!   publisher, trace headers. Imports `domain`, `telemetry` and `sanitize`.
 //! - `sanitize`  — the one boundary for outside text we store, log, forward or print: NUL and
@@ -40,7 +42,9 @@
 //! `bench`, the benchmark (docs/performance.md), and `fault-harness` (docs/reliability.md).
 //! They use this library's public API only; the library holds none of their code.
 //! `tests/it/architecture.rs` checks that, the domain's purity, the adapters' imports, who
-//! uses `cli`, and that the modules of `app` name each other in no circle.
+//! uses `cli`, that the modules of `app` (a folder such as `app/execute/` counts as one) name
+//! each other in no circle, and that nothing outside `storage` and the tools names `sqlx` or
+//! holds a SQL statement.
 
 pub mod app;
 pub mod cli;

@@ -12,6 +12,7 @@ use crate::queue::publisher::Publisher;
 use crate::queue::topology::Topology;
 use crate::sandbox::{self, SandboxOptions};
 use crate::storage::Store;
+use crate::storage::operator as operator_sql;
 
 use super::operator::units::Units;
 use super::{Application, RunOptions};
@@ -320,32 +321,28 @@ pub async fn demo(settings: Settings, wait: Duration, units: Units) -> anyhow::R
     let deadline = tokio::time::Instant::now() + wait;
     let pattern = format!("demo-{run}-%");
     loop {
-        let unsettled: i64 = sqlx::query_scalar(
-            "select count(*) from captures where order_id like $1
-               and status in ('queued', 'in_flight', 'pending', 'retrying')",
-        )
-        .bind(&pattern)
-        .fetch_one(store.pool())
-        .await?;
-        let orders: i64 = sqlx::query_scalar("select count(*) from orders where order_id like $1")
-            .bind(&pattern)
-            .fetch_one(store.pool())
-            .await?;
-        if (orders == 4 && unsettled == 0) || tokio::time::Instant::now() > deadline {
+        let progress = operator_sql::orders_progress(store.pool(), &pattern).await?;
+        if (progress.orders == 4 && progress.unsettled_captures == 0)
+            || tokio::time::Instant::now() > deadline
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let rows = sqlx::query_as::<_, (String, String, i64, i64, i64, i64, i64, i64, String)>(
-        "select order_id, currency, order_total, authorized_amount, shipped_amount, captured_amount,
-                pending_amount, capture_count, status
-         from reconciliation_orders where order_id like $1 order by order_id",
-    )
-    .bind(&pattern)
-    .fetch_all(store.pool())
-    .await?;
+    let rows = operator_sql::reconciled_orders(store.pool(), &pattern).await?;
     let mut table_rows = Vec::with_capacity(rows.len());
-    for (id, cur, total, auth, shipped, captured, pending, caps, status) in rows {
+    for operator_sql::ReconciledOrder {
+        order_id: id,
+        currency: cur,
+        order_total: total,
+        authorized_amount: auth,
+        shipped_amount: shipped,
+        captured_amount: captured,
+        pending_amount: pending,
+        capture_count: caps,
+        status,
+    } in rows
+    {
         let money = |v: i64| super::operator::units::amount(units, v, &cur);
         table_rows.push(vec![
             id,

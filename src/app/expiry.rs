@@ -16,15 +16,13 @@
 use chrono::Utc;
 use tracing::Instrument;
 
-use crate::domain::{
-    self, Decision, Event, MinorUnits, OrderId, Phase, PlanContext, ReleaseMethod, ShippingPolicy,
-};
+use crate::domain::{self, Event, OrderId, Phase, PlanContext, ShippingPolicy};
 use crate::storage::deadlines::{self, AtRisk, ProviderWindow};
-use crate::storage::ledger::{self, CaptureKind, NewCapture, StoredCaptureLine};
+use crate::storage::plans::PlanCause;
 use crate::storage::{StorageError, Store};
 use crate::telemetry::events::{self, Emit};
 
-use super::execute::Executor;
+use super::execute::Handoff;
 use super::providers::Providers;
 use crate::domain::CapabilityLookup;
 
@@ -36,7 +34,8 @@ const BATCH: i64 = 500;
 pub struct ExpirySweep {
     pub store: Store,
     pub providers: Providers,
-    pub executor: Executor,
+    /// Where the orders it planned captures for are dispatched.
+    pub handoff: Handoff,
     pub shipping: ShippingPolicy,
 }
 
@@ -101,14 +100,9 @@ impl ExpirySweep {
         };
         let order_id =
             OrderId::parse(found.order_id.clone()).map_err(|e| corrupt(e.to_string()))?;
-        let mut tx = self
-            .store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| StorageError::classify(CTX, e))?;
-        ledger::lock_order_key(&mut tx, &order_id).await?;
-        let Some(stored) = ledger::load_order(&mut tx, &order_id, true).await? else {
+        let mut tx = self.store.begin(CTX).await?;
+        tx.lock_order_key(&order_id).await?;
+        let Some(stored) = tx.load_order(&order_id, true).await? else {
             return Ok(false);
         };
         // Another worker may have planned it since the list was read.
@@ -126,136 +120,22 @@ impl ExpirySweep {
         };
         let plan = domain::plan(&stored.order, &stored.state, Event::Deadline, &ctx)
             .map_err(|e| corrupt(format!("order {order_id}: {e}")))?;
-        let order = &stored.order;
         let traceparent = crate::telemetry::trace::current_traceparent();
-        let traceparent = traceparent.as_deref();
-        let moved = match &plan.decision {
-            Decision::Capture(cp) => {
-                let cause_id = format!("deadline-{}", cp.sequence);
-                let lines = cp
-                    .lines
-                    .iter()
-                    .map(|l| {
-                        let line = order.line_index(&l.line_id).map(|i| &order.lines()[i]);
-                        StoredCaptureLine {
-                            line_id: l.line_id.as_str().to_owned(),
-                            sku: line.map(|x| x.sku.clone()).unwrap_or_default(),
-                            name: line.map(|x| x.name.clone()).unwrap_or_default(),
-                            units: l.units,
-                            amount: l.amount.get(),
-                        }
-                    })
-                    .collect();
-                ledger::insert_capture(
-                    &mut tx,
-                    &NewCapture {
-                        order,
-                        sequence: cp.sequence,
-                        kind: CaptureKind::Capture,
-                        cause_kind: "deadline",
-                        cause_id: &cause_id,
-                        amount: cp.amount,
-                        is_final: cp.is_final,
-                        release_after: cp.release_after,
-                        lines,
-                        shipping: cp.shipping,
-                        shortfall: plan.shortfall,
-                        traceparent,
-                    },
-                )
-                .await?;
-                if cp.release_after {
-                    ledger::insert_capture(
-                        &mut tx,
-                        &bare(
-                            order,
-                            cp.sequence + 1,
-                            CaptureKind::Release,
-                            &cause_id,
-                            false,
-                            MinorUnits::ZERO,
-                            traceparent,
-                        ),
-                    )
-                    .await?;
-                }
-                true
-            }
-            Decision::ReleaseRemainder { method, sequence } => {
-                let kind = match method {
-                    ReleaseMethod::ZeroAmountFinalCapture => CaptureKind::Capture,
-                    ReleaseMethod::Cancel => CaptureKind::Release,
-                };
-                let cause_id = format!("deadline-{sequence}");
-                ledger::insert_capture(
-                    &mut tx,
-                    &bare(
-                        order,
-                        *sequence,
-                        kind,
-                        &cause_id,
-                        true,
-                        plan.shortfall,
-                        traceparent,
-                    ),
-                )
-                .await?;
-                true
-            }
-            Decision::VoidAuthorization => {
-                let sequence = plan.state.captures + 1;
-                let cause_id = format!("deadline-{sequence}");
-                ledger::insert_capture(
-                    &mut tx,
-                    &bare(
-                        order,
-                        sequence,
-                        CaptureKind::Void,
-                        &cause_id,
-                        true,
-                        plan.shortfall,
-                        traceparent,
-                    ),
-                )
-                .await?;
-                true
-            }
-            Decision::Nothing(_) => false,
-        };
-        ledger::save_progress(&mut tx, order, &plan.state).await?;
-        tx.commit()
-            .await
-            .map_err(|e| StorageError::classify(CTX, e))?;
+        let recorded = tx
+            .record_plan(
+                &stored.order,
+                &plan,
+                PlanCause::Deadline,
+                traceparent.as_deref(),
+            )
+            .await?;
+        // Money moves when the plan asked for a capture, a release or a void.
+        let moved = !recorded.captures.is_empty();
+        tx.commit(CTX).await?;
         if moved {
             tracing::info!(event = "deadline_capture_planned", order_id = %order_id, provider = %provider, deadline = %found.deadline.to_rfc3339(), "the authorization is about to expire: what shipped is captured now");
-            self.executor.dispatch(order_id.as_str());
+            self.handoff.dispatch(order_id.as_str());
         }
         Ok(moved)
-    }
-}
-
-/// A capture row that moves no money: a release, a void or a zero-amount final capture.
-fn bare<'a>(
-    order: &'a domain::Order,
-    sequence: u32,
-    kind: CaptureKind,
-    cause_id: &'a str,
-    is_final: bool,
-    shortfall: MinorUnits,
-    traceparent: Option<&'a str>,
-) -> NewCapture<'a> {
-    NewCapture {
-        order,
-        sequence,
-        kind,
-        cause_kind: "deadline",
-        cause_id,
-        amount: MinorUnits::ZERO,
-        is_final,
-        release_after: false,
-        lines: Vec::new(),
-        shipping: MinorUnits::ZERO,
-        shortfall,
-        traceparent,
     }
 }

@@ -312,7 +312,7 @@ impl LifecycleSweep {
                 sequence,
                 kind,
                 cause_kind: "lifecycle",
-                cause_id: &cause_id,
+                cause_id: std::borrow::Cow::Borrowed(cause_id.as_str()),
                 amount: MinorUnits::ZERO,
                 is_final: true,
                 release_after: false,

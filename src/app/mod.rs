@@ -9,10 +9,14 @@
 //! # Layout
 //!
 //! - `intake`    — one message (or one batch of deliveries), one transaction, then the
-//!   acknowledgement.
-//! - `execute`   — sends each capture to its provider and records what happened.
+//!   acknowledgement; a folder, one file per responsibility (see its own layout). It hands
+//!   the captures it creates to execution through an `execute::Handoff`, not the executor.
+//! - `execute/`  — sends each capture to its provider and records what happened: the run
+//!   loop (`mod.rs`), one attempt and its outcome (`attempt`), read-backs (`readback`), batched
+//!   claims and successes (`batch`), the provider requests (`request`), spans and metrics
+//!   (`spans`).
 //! - `recovery`  — the sweeper: captures whose retry is due or whose lease expired.
-//! - `expiry`    — the authorization-expiry sweep.
+//! - `expiry`    — the authorization-expiry sweep; dispatches through an `execute::Handoff`.
 //! - `retry`     — the retry schedule.
 //! - `providers` — the providers this worker can call, built from `providers.<name>`.
 //! - `http`, `webhooks` — health, readiness, metrics and the provider webhooks on
@@ -20,6 +24,10 @@
 //! - `commands`  — the commands behind the command line: run, migrate, sandbox, publish, demo.
 //! - `operator`  — the operator and finance commands (report, order, capture, dead-letter,
 //!   provider), each taking its own request type.
+//!
+//! Intake, the expiry sweep and `order resume` write the ledger through one unit of work,
+//! `storage::LedgerTx`, and record a plan through one writer, `LedgerTx::record_plan`: no
+//! `sqlx` and no SQL in them.
 //!
 //! None of them knows the command line: `cli` maps clap's arguments to their request, format
 //! and units types.
@@ -149,7 +157,7 @@ impl Application {
                 c.parking_seconds,
             )
             .with_max_message_bytes(settings.amqp.max_message_bytes)
-            .claiming_for(executor.clone()),
+            .claiming_for(executor.handoff()),
         );
         let listener = tokio::net::TcpListener::bind(&settings.http.listen)
             .await
@@ -237,7 +245,7 @@ impl Application {
                     expiry::ExpirySweep {
                         store: self.store.clone(),
                         providers: self.providers.clone(),
-                        executor: self.executor.clone(),
+                        handoff: self.executor.handoff(),
                         shipping: self.settings.capture.shipping_policy.into(),
                     },
                     Duration::from_millis(self.settings.capture.expiry_sweep_ms.max(1)),

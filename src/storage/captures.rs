@@ -9,25 +9,27 @@ use sqlx::{PgPool, Row};
 
 use super::ledger::{CaptureKind, StoredCaptureLine};
 use super::{Ctx, StorageError, outside};
-use crate::domain::IdempotencyKey;
+use crate::domain::{
+    AuthorizationId, Currency, IdempotencyKey, LineId, MinorUnits, Money, OrderId, ProviderName,
+};
 
-/// A capture this worker holds the lease on.
+/// A capture this worker holds the lease on, parsed into the domain's types once, here.
 #[derive(Debug, Clone)]
 pub struct ClaimedCapture {
     pub capture_id: i64,
-    pub order_id: String,
-    pub provider: String,
-    pub authorization_id: String,
-    pub sequence: i32,
+    pub order_id: OrderId,
+    pub provider: ProviderName,
+    pub authorization_id: AuthorizationId,
+    /// 1, 2, 3… within the order.
+    pub sequence: u32,
     pub kind: CaptureKind,
     pub cause_id: String,
-    pub amount: i64,
-    pub currency: String,
+    pub amount: Money,
     pub is_final: bool,
     pub release_after: bool,
-    pub lines: Vec<StoredCaptureLine>,
-    pub idempotency_key: String,
-    pub key_generation: i32,
+    pub lines: Vec<ClaimedLine>,
+    pub idempotency_key: IdempotencyKey,
+    pub key_generation: u32,
     /// Calls already made, including this one.
     pub attempts: i32,
     pub needs_lookup: bool,
@@ -41,6 +43,28 @@ pub struct ClaimedCapture {
     /// When the provider accepted this request with a pending answer: from then on it is
     /// never sent again, only awaited.
     pub accepted_at: Option<DateTime<Utc>>,
+}
+
+impl ClaimedCapture {
+    /// The amount in minor units, as the ledger stores it.
+    pub fn minor_units(&self) -> i64 {
+        self.amount.amount().get()
+    }
+
+    /// The sequence as the ledger stores it (it was read from there, so it fits).
+    fn stored_sequence(&self) -> i32 {
+        i32::try_from(self.sequence).unwrap_or(i32::MAX)
+    }
+}
+
+/// A line a claimed capture carries, in the capture's currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedLine {
+    pub line_id: LineId,
+    pub sku: String,
+    pub name: String,
+    pub units: u32,
+    pub amount: MinorUnits,
 }
 
 /// Takes the order's next capture, if it is due and nobody else holds it.
@@ -59,34 +83,55 @@ pub async fn claim_next(
         .pop())
 }
 
-/// A claimed capture from a `returning c.*, … as taken_over` row.
+/// A claimed capture from a `returning c.*, … as taken_over` row. A value that does not parse
+/// is a [`StorageError::Corrupt`] naming the capture and the column.
 fn claimed_from_row(r: &sqlx::postgres::PgRow) -> Result<ClaimedCapture, StorageError> {
     const CTX: &str = "claiming the order's next capture";
-    let kind_text: String = r.get("kind");
-    let kind = CaptureKind::parse(&kind_text).ok_or_else(|| StorageError::Corrupt {
+    let capture_id: i64 = r.get("capture_id");
+    let corrupt = |column: &str, detail: &dyn std::fmt::Display| StorageError::Corrupt {
         context: CTX,
-        detail: format!("unknown capture kind {kind_text:?}"),
-    })?;
-    let lines: Vec<StoredCaptureLine> =
-        serde_json::from_value(r.get("lines")).map_err(|e| StorageError::Corrupt {
-            context: CTX,
-            detail: e.to_string(),
-        })?;
+        detail: format!(
+            "capture {capture_id}, column {column}: {detail}; correct the row (or set the capture aside) before it is claimed again"
+        ),
+    };
+    let text = |column: &str| -> String { r.get(column) };
+    let kind_text = text("kind");
+    let kind = CaptureKind::parse(&kind_text)
+        .ok_or_else(|| corrupt("kind", &format!("unknown capture kind {kind_text:?}")))?;
+    let stored: Vec<StoredCaptureLine> =
+        serde_json::from_value(r.get("lines")).map_err(|e| corrupt("lines", &e))?;
+    let lines = stored
+        .into_iter()
+        .map(|l| {
+            Ok(ClaimedLine {
+                line_id: LineId::parse(l.line_id).map_err(|e| corrupt("lines", &e))?,
+                sku: l.sku,
+                name: l.name,
+                units: l.units,
+                amount: MinorUnits::new(l.amount).map_err(|e| corrupt("lines", &e))?,
+            })
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
+    let currency = Currency::parse(text("currency").trim()).map_err(|e| corrupt("currency", &e))?;
+    let amount = MinorUnits::new(r.get("amount")).map_err(|e| corrupt("amount", &e))?;
+    let key_generation: i32 = r.get("key_generation");
+    let sequence: i32 = r.get("sequence");
     Ok(ClaimedCapture {
-        capture_id: r.get("capture_id"),
-        order_id: r.get("order_id"),
-        provider: r.get("provider"),
-        authorization_id: r.get("authorization_id"),
-        sequence: r.get("sequence"),
+        capture_id,
+        order_id: OrderId::parse(text("order_id")).map_err(|e| corrupt("order_id", &e))?,
+        provider: ProviderName::parse(text("provider")).map_err(|e| corrupt("provider", &e))?,
+        authorization_id: AuthorizationId::parse(text("authorization_id"))
+            .map_err(|e| corrupt("authorization_id", &e))?,
+        sequence: u32::try_from(sequence).map_err(|e| corrupt("sequence", &e))?,
         kind,
         cause_id: r.get("cause_id"),
-        amount: r.get("amount"),
-        currency: r.get::<String, _>("currency").trim().to_owned(),
+        amount: Money::new(amount, currency),
         is_final: r.get("is_final"),
         release_after: r.get("release_after"),
         lines,
-        idempotency_key: r.get("idempotency_key"),
-        key_generation: r.get("key_generation"),
+        idempotency_key: IdempotencyKey::from_stored(&text("idempotency_key"))
+            .map_err(|e| corrupt("idempotency_key", &e))?,
+        key_generation: u32::try_from(key_generation).map_err(|e| corrupt("key_generation", &e))?,
         attempts: r.get("attempts"),
         needs_lookup: r.get("needs_lookup"),
         key_spent: r.get("key_spent"),
@@ -206,23 +251,23 @@ impl Transition {
     }
 }
 
-/// Records a call and moves the capture on, in one transaction. Returns false when this worker
-/// no longer held the lease (another worker took the capture over); the attempt is still
-/// recorded, the capture is left to its new holder.
+/// Records a call and moves the capture on, in one transaction. Returns [`Lease::Lost`] when
+/// this worker no longer held the lease (another worker took the capture over, or a provider
+/// notification settled it); the attempt is still recorded, the capture is left as it is.
 pub async fn record(
     pool: &PgPool,
     capture: &ClaimedCapture,
     worker: &str,
     attempt: &AttemptRecord<'_>,
     transition: &Transition,
-) -> Result<bool, StorageError> {
+) -> Result<Lease, StorageError> {
     const CTX: &str = "recording the capture's outcome";
     let mut tx = pool.begin().await.ctx(CTX)?;
     if matches!(transition, Transition::Declined { .. }) {
         // Take the order row first: intake holds it while it plans and inserts captures, so
         // the latch below sees every capture committed before it and none can slip in after.
         sqlx::query("select 1 from orders where order_id = $1 for update")
-            .bind(&capture.order_id)
+            .bind(capture.order_id.as_str())
             .execute(&mut *tx)
             .await
             .ctx("locking the order to latch it")?;
@@ -302,15 +347,15 @@ pub async fn record(
     if updated && let Transition::Declined { code, .. } = transition {
         latch(
             &mut tx,
-            &capture.order_id,
-            capture.sequence,
-            capture.amount,
+            capture.order_id.as_str(),
+            capture.stored_sequence(),
+            capture.minor_units(),
             code,
         )
         .await?;
     }
     tx.commit().await.ctx(CTX)?;
-    Ok(updated)
+    Ok(if updated { Lease::Held } else { Lease::Lost })
 }
 
 /// The decline latch (P4), inside the caller's transaction, which holds the order row: the
@@ -366,7 +411,7 @@ async fn insert_attempt(
     .bind(capture.attempts.max(1))
     .bind(a.operation)
     .bind(a.idempotency_key)
-    .bind(capture.amount)
+    .bind(capture.minor_units())
     .bind(capture.is_final)
     .bind(a.outcome)
     .bind(a.http_status.map(i32::from))
@@ -391,14 +436,42 @@ pub struct Success<'a> {
     pub reference: Option<&'a str>,
 }
 
+/// Whether this worker still held a capture's lease when it recorded the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// It did: the capture moved on as recorded.
+    Held,
+    /// It did not (settled by a notification, or taken over meanwhile): only the attempt was
+    /// recorded.
+    Lost,
+}
+
+/// Whether the order has a capture after the one recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Following {
+    /// A next capture exists (worth claiming now); also when not known.
+    More,
+    /// None: the order has nothing left to send.
+    Nothing,
+}
+
 /// What [`record_succeeded_many`] did for one capture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
-    /// This worker still held the lease; the capture is now succeeded.
-    pub held: bool,
-    /// The order has a next capture (worth claiming now). True when not known (the lease was
-    /// lost).
-    pub more: bool,
+    /// [`Lease::Held`]: the capture is now succeeded.
+    pub lease: Lease,
+    /// [`Following::More`] when not known (the lease was lost).
+    pub following: Following,
+}
+
+impl Recorded {
+    /// A capture recorded one at a time: whether the order has more is not known.
+    pub fn alone(lease: Lease) -> Recorded {
+        Recorded {
+            lease,
+            following: Following::More,
+        }
+    }
 }
 
 /// [`record`] with [`Transition::Succeeded`] for several captures, in one statement (so one
@@ -439,7 +512,7 @@ pub async fn record_succeeded_many(
         attempt_nos.push(c.attempts.max(1));
         operations.push(a.operation);
         keys.push(a.idempotency_key);
-        amounts.push(c.amount);
+        amounts.push(c.minor_units());
         finals.push(c.is_final);
         outcomes.push(a.outcome);
         statuses.push(a.http_status.map(i32::from));
@@ -500,11 +573,15 @@ pub async fn record_succeeded_many(
     Ok(ids
         .iter()
         .map(|id| match updated.get(id) {
-            Some(&more) => Recorded { held: true, more },
-            None => Recorded {
-                held: false,
-                more: true,
+            Some(&more) => Recorded {
+                lease: Lease::Held,
+                following: if more {
+                    Following::More
+                } else {
+                    Following::Nothing
+                },
             },
+            None => Recorded::alone(Lease::Lost),
         })
         .collect())
 }
@@ -528,21 +605,20 @@ pub async fn new_key_generation(
 ) -> Result<(), StorageError> {
     const CTX: &str = "moving the capture to a new idempotency key";
     let generation = capture.key_generation + 1;
-    let cause = format!("{}:regen:{}", capture.kind.as_str(), capture.capture_id);
-    let provider = crate::domain::ProviderName::parse(capture.provider.clone()).map_err(|e| {
-        StorageError::Corrupt {
-            context: CTX,
-            detail: e.to_string(),
-        }
+    let stored_generation = i32::try_from(generation).map_err(|e| StorageError::Corrupt {
+        context: CTX,
+        detail: format!(
+            "capture {}: key generation {generation}: {e}",
+            capture.capture_id
+        ),
     })?;
-    let auth =
-        crate::domain::AuthorizationId::parse(capture.authorization_id.clone()).map_err(|e| {
-            StorageError::Corrupt {
-                context: CTX,
-                detail: e.to_string(),
-            }
-        })?;
-    let key = IdempotencyKey::derive(&provider, &auth, &cause, generation as u32);
+    let cause = format!("{}:regen:{}", capture.kind.as_str(), capture.capture_id);
+    let key = IdempotencyKey::derive(
+        &capture.provider,
+        &capture.authorization_id,
+        &cause,
+        generation,
+    );
     let mut tx = pool.begin().await.ctx(CTX)?;
     sqlx::query(
         "insert into capture_keys (idempotency_key, capture_id, key_generation, amount, is_final)
@@ -550,8 +626,8 @@ pub async fn new_key_generation(
     )
     .bind(key.as_str())
     .bind(capture.capture_id)
-    .bind(generation)
-    .bind(capture.amount)
+    .bind(stored_generation)
+    .bind(capture.minor_units())
     .bind(capture.is_final)
     .execute(&mut *tx)
     .await
@@ -564,7 +640,7 @@ pub async fn new_key_generation(
     )
     .bind(capture.capture_id)
     .bind(key.as_str())
-    .bind(generation)
+    .bind(stored_generation)
     .bind(worker)
     .execute(&mut *tx)
     .await
@@ -577,7 +653,7 @@ pub async fn new_key_generation(
         });
     }
     tx.commit().await.ctx(CTX)?;
-    capture.idempotency_key = key.as_str().to_owned();
+    capture.idempotency_key = key;
     capture.key_generation = generation;
     capture.needs_lookup = false;
     capture.key_spent = false;

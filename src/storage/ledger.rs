@@ -3,10 +3,12 @@
 //! message's effect commits whole or not at all.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, Row};
+use sqlx::postgres::PgArguments;
+use sqlx::{PgConnection, Postgres, Row};
 
 use super::{Ctx, StorageError, outside};
 use crate::domain::{
@@ -697,9 +699,9 @@ pub struct NewCapture<'a> {
     pub order: &'a Order,
     pub sequence: u32,
     pub kind: CaptureKind,
-    /// `shipment`, `cancellation` or `deadline`.
+    /// `shipment`, `cancellation`, `deadline` or `resume` (see [`super::plans::PlanCause`]).
     pub cause_kind: &'static str,
-    pub cause_id: &'a str,
+    pub cause_id: std::borrow::Cow<'a, str>,
     pub amount: MinorUnits,
     pub is_final: bool,
     pub release_after: bool,
@@ -743,7 +745,7 @@ pub async fn insert_capture(
     .bind(c.sequence as i32)
     .bind(c.kind.as_str())
     .bind(c.cause_kind)
-    .bind(c.cause_id)
+    .bind(c.cause_id.as_ref())
     .bind(c.amount.get())
     .bind(c.order.currency().code())
     .bind(c.is_final)
@@ -985,166 +987,44 @@ pub async fn store_intake_batch(
     tx: &mut PgConnection,
     batch: &IntakeBatch<'_>,
 ) -> Result<(), StorageError> {
-    // new orders
-    let mut n_ids = Vec::new();
-    let (mut n_currency, mut n_provider, mut n_auth, mut n_authorized, mut n_allowance) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut n_at, mut n_expires, mut n_shipping, mut n_discount, mut n_total) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut n_message, mut n_hash) = (Vec::new(), Vec::new());
-    // their lines
-    let (mut nl_orders, mut nl_no, mut nl_ids, mut nl_skus, mut nl_names) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut nl_qty, mut nl_unit, mut nl_tax, mut nl_disc, mut nl_share, mut nl_net) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for n in &batch.orders {
-        let (order, auth) = (n.order, n.order.authorization());
-        n_ids.push(order.order_id().as_str());
-        n_currency.push(order.currency().code().to_owned());
-        n_provider.push(auth.provider.as_str());
-        n_auth.push(auth.authorization_id.as_str());
-        n_authorized.push(auth.amount.get());
-        n_allowance.push(n.allowance.get());
-        n_at.push(auth.authorized_at);
-        n_expires.push(auth.expires_at);
-        n_shipping.push(order.shipping_amount().get());
-        n_discount.push(order.order_discount_amount().get());
-        n_total.push(order.total().amount().get());
-        n_message.push(n.message_id);
-        n_hash.push(n.payload_hash.as_str());
-        let (shares, nets) = (order.discount_shares(), order.line_nets());
-        for (i, l) in order.lines().iter().enumerate() {
-            nl_orders.push(order.order_id().as_str());
-            nl_no.push(i as i32);
-            nl_ids.push(l.line_id.as_str());
-            nl_skus.push(outside(&l.sku));
-            nl_names.push(outside(&l.name));
-            nl_qty.push(l.quantity.get() as i32);
-            nl_unit.push(l.unit_amount.get());
-            nl_tax.push(l.tax_amount.get());
-            nl_disc.push(l.discount_amount.get());
-            nl_share.push(shares.get(i).map_or(0, |m| m.get()));
-            nl_net.push(nets.get(i).map_or(0, |m| m.get()));
-        }
-    }
-    // orders
-    let mut o_ids = Vec::new();
-    let (mut o_phase, mut o_claimed, mut o_shipping, mut o_shortfall, mut o_count) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    // order_lines
-    let (mut l_orders, mut l_ids, mut l_shipped, mut l_cancelled, mut l_charged) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (order, state) in &batch.progress {
-        o_ids.push(order.order_id().as_str());
-        o_phase.push(match state.phase {
-            Phase::Open => "open",
-            Phase::Completed => "completed",
-            Phase::Declined => "declined",
-        });
-        o_claimed.push(state.claimed.get());
-        o_shipping.push(state.shipping_charged.get());
-        o_shortfall.push(state.shortfall.get());
-        o_count.push(state.captures as i32);
-        for (i, line) in order.lines().iter().enumerate() {
-            let at = |v: &[u32]| v.get(i).copied().unwrap_or(0) as i32;
-            l_orders.push(order.order_id().as_str());
-            l_ids.push(line.line_id.as_str());
-            l_shipped.push(at(&state.shipped));
-            l_cancelled.push(at(&state.cancelled));
-            l_charged.push(at(&state.charged));
-        }
-    }
-    // captures and their keys
-    let mut c_orders = Vec::new();
-    let (mut c_providers, mut c_auths, mut c_seqs, mut c_kinds, mut c_cause_kinds) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut c_cause_ids, mut c_amounts, mut c_currencies, mut c_finals, mut c_release) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut c_lines, mut c_shipping, mut c_shortfall, mut c_keys, mut c_parents) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for c in &batch.captures {
-        let auth = c.order.authorization();
-        c_orders.push(c.order.order_id().as_str());
-        c_providers.push(auth.provider.as_str());
-        c_auths.push(auth.authorization_id.as_str());
-        c_seqs.push(c.sequence as i32);
-        c_kinds.push(c.kind.as_str());
-        c_cause_kinds.push(c.cause_kind);
-        c_cause_ids.push(c.cause_id);
-        c_amounts.push(c.amount.get());
-        c_currencies.push(c.order.currency().code().to_owned());
-        c_finals.push(c.is_final);
-        c_release.push(c.release_after);
-        c_lines.push(
-            serde_json::to_string(&clean_lines(&c.lines))
-                .map_err(|e| corrupt("encoding capture lines", e))?,
-        );
-        c_shipping.push(c.shipping.get());
-        c_shortfall.push(c.shortfall.get());
-        c_keys.push(capture_key(c).as_str().to_owned());
-        c_parents.push(c.traceparent);
-    }
-    // shipments
-    let s_orders: Vec<&str> = batch
-        .shipments
-        .iter()
-        .map(|s| s.order_id.as_str())
-        .collect();
-    let s_ids: Vec<&str> = batch
-        .shipments
-        .iter()
-        .map(|s| s.shipment.shipment_id().as_str())
-        .collect();
-    let s_messages: Vec<&str> = batch.shipments.iter().map(|s| s.message_id).collect();
-    let s_items: Vec<String> = batch
-        .shipments
-        .iter()
-        .map(|s| items_json(s.shipment.items()).to_string())
-        .collect();
-    let s_last: Vec<bool> = batch
-        .shipments
-        .iter()
-        .map(|s| s.shipment.last_shipment())
-        .collect();
-    let s_at: Vec<DateTime<Utc>> = batch
-        .shipments
-        .iter()
-        .map(|s| s.shipment.shipped_at())
-        .collect();
-    let s_value: Vec<i64> = batch
-        .shipments
-        .iter()
-        .map(|s| s.shipped_value.get())
-        .collect();
-    let s_decision: Vec<&str> = batch
-        .shipments
-        .iter()
-        .map(|s| s.decision.as_str())
-        .collect();
-    // inbox
-    let i_ids: Vec<&str> = batch.inbox.iter().map(|m| m.message_id).collect();
-    let i_types: Vec<&str> = batch.inbox.iter().map(|m| m.message_type).collect();
-    let i_orders: Vec<Option<&str>> = batch.inbox.iter().map(|m| m.order_id).collect();
-    let i_hashes: Vec<&str> = batch.inbox.iter().map(|m| m.payload_hash).collect();
-    let i_keys: Vec<Option<&str>> = batch.inbox.iter().map(|m| m.routing_key).collect();
-    let i_parents: Vec<Option<&str>> = batch.inbox.iter().map(|m| m.traceparent).collect();
-    let i_states: Vec<Option<&str>> = batch.inbox.iter().map(|m| m.tracestate).collect();
+    let progress = ProgressColumns::of(&batch.progress);
+    let captures = CaptureColumns::of(&batch.captures)?;
+    let shipments = ShipmentColumns::of(&batch.shipments);
+    let inbox = InboxColumns::of(&batch.inbox);
+    let orders = NewOrderColumns::of(&batch.orders);
+    // Bound in the order the statement numbers its parameters.
+    let query = sqlx::query(STORE_BATCH.as_str());
+    let query = progress.bind(query);
+    let query = captures.bind(query);
+    let query = shipments.bind(query);
+    let query = inbox.bind(query);
+    let query = orders.bind(query);
+    query.execute(tx).await.ctx("storing the batch")?;
+    Ok(())
+}
 
-    sqlx::query(
-        "with progress as (
+/// The batch statement, one named part per table it writes; the inbox insert is the statement
+/// the parts hang on. Parameters are numbered across the parts: progress $1–$11, captures
+/// $12–$27, shipments $28–$35, inbox $36–$42, new orders and their lines $43–$66.
+static STORE_BATCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "with {PROGRESS}, {LINE_PROGRESS}, {NEW_CAPTURES}, {NEW_KEYS}, {NEW_SHIPMENTS}, \
+         {NEW_ORDERS}, {NEW_LINES} {NEW_INBOX}"
+    )
+});
+
+/// Each shipped order's progress ($1–$6).
+const PROGRESS: &str = "progress as (
              update orders o set phase = v.phase, claimed_amount = v.claimed,
                  shipping_charged = v.shipping, shortfall_amount = v.shortfall,
                  capture_count = v.captures, updated_at = now()
              from unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
                  $6::int[]) as v(order_id, phase, claimed, shipping, shortfall, captures)
              where o.order_id = v.order_id
-         ), line_progress as (
+         )";
+
+/// Its lines' quantities, where they changed ($7–$11).
+const LINE_PROGRESS: &str = "line_progress as (
              update order_lines l set shipped_quantity = v.s, cancelled_quantity = v.c,
                  charged_quantity = v.ch
              from unnest($7::text[], $8::text[], $9::int[], $10::int[], $11::int[])
@@ -1152,7 +1032,10 @@ pub async fn store_intake_batch(
              where l.order_id = v.order_id and l.line_id = v.line_id
                and (l.shipped_quantity, l.cancelled_quantity, l.charged_quantity)
                    is distinct from (v.s, v.c, v.ch)
-         ), new_captures as (
+         )";
+
+/// The capture rows the plans asked for ($12–$27).
+const NEW_CAPTURES: &str = "new_captures as (
              insert into captures (order_id, provider, authorization_id, sequence, kind,
                  cause_kind, cause_id, amount, currency, is_final, release_after, lines,
                  shipping_amount, shortfall_amount, idempotency_key, traceparent)
@@ -1166,11 +1049,17 @@ pub async fn store_intake_batch(
                       amount, currency, is_final, release_after, lines, shipping_amount,
                       shortfall_amount, idempotency_key, traceparent)
              returning capture_id, idempotency_key, amount, is_final
-         ), new_keys as (
+         )";
+
+/// Their generation-0 keys, from the captures' `returning`.
+const NEW_KEYS: &str = "new_keys as (
              insert into capture_keys (idempotency_key, capture_id, key_generation, amount,
                  is_final)
              select idempotency_key, capture_id, 0, amount, is_final from new_captures
-         ), new_shipments as (
+         )";
+
+/// The shipment rows ($28–$35).
+const NEW_SHIPMENTS: &str = "new_shipments as (
              insert into shipments (order_id, shipment_id, message_id, items, last_shipment,
                  shipped_at, shipped_value, decision)
              select order_id, shipment_id, message_id, items::jsonb, last_shipment, shipped_at,
@@ -1179,7 +1068,10 @@ pub async fn store_intake_batch(
                  $33::timestamptz[], $34::bigint[], $35::text[])
                  as v(order_id, shipment_id, message_id, items, last_shipment, shipped_at,
                       shipped_value, decision)
-         ), new_orders as (
+         )";
+
+/// New orders ($43–$55).
+const NEW_ORDERS: &str = "new_orders as (
              insert into orders (order_id, currency, provider, authorization_id,
                  authorized_amount, over_capture_allowance, authorized_at,
                  authorization_expires_at, shipping_amount, order_discount_amount, order_total,
@@ -1187,90 +1079,329 @@ pub async fn store_intake_batch(
              select * from unnest($43::text[], $44::text[], $45::text[], $46::text[],
                  $47::bigint[], $48::bigint[], $49::timestamptz[], $50::timestamptz[],
                  $51::bigint[], $52::bigint[], $53::bigint[], $54::text[], $55::text[])
-         ), new_lines as (
+         )";
+
+/// Their lines ($56–$66).
+const NEW_LINES: &str = "new_lines as (
              insert into order_lines (order_id, line_no, line_id, sku, name, quantity,
                  unit_amount, tax_amount, discount_amount, order_discount_share, net_amount)
              select * from unnest($56::text[], $57::int[], $58::text[], $59::text[], $60::text[],
                  $61::int[], $62::bigint[], $63::bigint[], $64::bigint[], $65::bigint[],
                  $66::bigint[])
-         )
-         insert into inbox_messages (message_id, message_type, order_id, payload_hash, status,
+         )";
+
+/// The messages, processed ($36–$42).
+const NEW_INBOX: &str =
+    "insert into inbox_messages (message_id, message_type, order_id, payload_hash, status,
              routing_key, traceparent, tracestate)
          select message_id, message_type, order_id, payload_hash, 'processed', routing_key,
              traceparent, tracestate
          from unnest($36::text[], $37::text[], $38::text[], $39::text[], $40::text[],
              $41::text[], $42::text[])
              as v(message_id, message_type, order_id, payload_hash, routing_key, traceparent,
-                  tracestate)",
-    )
-    .bind(&o_ids)
-    .bind(&o_phase)
-    .bind(&o_claimed)
-    .bind(&o_shipping)
-    .bind(&o_shortfall)
-    .bind(&o_count)
-    .bind(&l_orders)
-    .bind(&l_ids)
-    .bind(&l_shipped)
-    .bind(&l_cancelled)
-    .bind(&l_charged)
-    .bind(&c_orders)
-    .bind(&c_providers)
-    .bind(&c_auths)
-    .bind(&c_seqs)
-    .bind(&c_kinds)
-    .bind(&c_cause_kinds)
-    .bind(&c_cause_ids)
-    .bind(&c_amounts)
-    .bind(&c_currencies)
-    .bind(&c_finals)
-    .bind(&c_release)
-    .bind(&c_lines)
-    .bind(&c_shipping)
-    .bind(&c_shortfall)
-    .bind(&c_keys)
-    .bind(&c_parents)
-    .bind(&s_orders)
-    .bind(&s_ids)
-    .bind(&s_messages)
-    .bind(&s_items)
-    .bind(&s_last)
-    .bind(&s_at)
-    .bind(&s_value)
-    .bind(&s_decision)
-    .bind(&i_ids)
-    .bind(&i_types)
-    .bind(&i_orders)
-    .bind(&i_hashes)
-    .bind(&i_keys)
-    .bind(&i_parents)
-    .bind(&i_states)
-    .bind(&n_ids)
-    .bind(&n_currency)
-    .bind(&n_provider)
-    .bind(&n_auth)
-    .bind(&n_authorized)
-    .bind(&n_allowance)
-    .bind(&n_at)
-    .bind(&n_expires)
-    .bind(&n_shipping)
-    .bind(&n_discount)
-    .bind(&n_total)
-    .bind(&n_message)
-    .bind(&n_hash)
-    .bind(&nl_orders)
-    .bind(&nl_no)
-    .bind(&nl_ids)
-    .bind(&nl_skus)
-    .bind(&nl_names)
-    .bind(&nl_qty)
-    .bind(&nl_unit)
-    .bind(&nl_tax)
-    .bind(&nl_disc)
-    .bind(&nl_share)
-    .bind(&nl_net)
-    .execute(tx)
-    .await
-    .ctx("storing the batch")?;
-    Ok(())
+                  tracestate)";
+
+type BatchQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+/// The parameters of [`PROGRESS`] and [`LINE_PROGRESS`], one array per column.
+#[derive(Default)]
+struct ProgressColumns<'a> {
+    order_ids: Vec<&'a str>,
+    phases: Vec<&'static str>,
+    claimed: Vec<i64>,
+    shipping: Vec<i64>,
+    shortfall: Vec<i64>,
+    captures: Vec<i32>,
+    line_orders: Vec<&'a str>,
+    line_ids: Vec<&'a str>,
+    shipped: Vec<i32>,
+    cancelled: Vec<i32>,
+    charged: Vec<i32>,
+}
+
+impl<'a> ProgressColumns<'a> {
+    fn of(progress: &'a [(&'a Order, OrderState)]) -> Self {
+        let mut c = ProgressColumns::default();
+        for (order, state) in progress {
+            c.order_ids.push(order.order_id().as_str());
+            c.phases.push(match state.phase {
+                Phase::Open => "open",
+                Phase::Completed => "completed",
+                Phase::Declined => "declined",
+            });
+            c.claimed.push(state.claimed.get());
+            c.shipping.push(state.shipping_charged.get());
+            c.shortfall.push(state.shortfall.get());
+            c.captures.push(state.captures as i32);
+            for (i, line) in order.lines().iter().enumerate() {
+                let at = |v: &[u32]| v.get(i).copied().unwrap_or(0) as i32;
+                c.line_orders.push(order.order_id().as_str());
+                c.line_ids.push(line.line_id.as_str());
+                c.shipped.push(at(&state.shipped));
+                c.cancelled.push(at(&state.cancelled));
+                c.charged.push(at(&state.charged));
+            }
+        }
+        c
+    }
+
+    fn bind<'q>(&'q self, query: BatchQuery<'q>) -> BatchQuery<'q> {
+        query
+            .bind(&self.order_ids)
+            .bind(&self.phases)
+            .bind(&self.claimed)
+            .bind(&self.shipping)
+            .bind(&self.shortfall)
+            .bind(&self.captures)
+            .bind(&self.line_orders)
+            .bind(&self.line_ids)
+            .bind(&self.shipped)
+            .bind(&self.cancelled)
+            .bind(&self.charged)
+    }
+}
+
+/// The parameters of [`NEW_CAPTURES`], one array per column.
+#[derive(Default)]
+struct CaptureColumns<'a> {
+    orders: Vec<&'a str>,
+    providers: Vec<&'a str>,
+    authorizations: Vec<&'a str>,
+    sequences: Vec<i32>,
+    kinds: Vec<&'static str>,
+    cause_kinds: Vec<&'static str>,
+    cause_ids: Vec<&'a str>,
+    amounts: Vec<i64>,
+    currencies: Vec<String>,
+    finals: Vec<bool>,
+    release_after: Vec<bool>,
+    lines: Vec<String>,
+    shipping: Vec<i64>,
+    shortfall: Vec<i64>,
+    keys: Vec<String>,
+    traceparents: Vec<Option<&'a str>>,
+}
+
+impl<'a> CaptureColumns<'a> {
+    fn of(captures: &'a [NewCapture<'a>]) -> Result<Self, StorageError> {
+        let mut c = CaptureColumns::default();
+        for row in captures {
+            let auth = row.order.authorization();
+            c.orders.push(row.order.order_id().as_str());
+            c.providers.push(auth.provider.as_str());
+            c.authorizations.push(auth.authorization_id.as_str());
+            c.sequences.push(row.sequence as i32);
+            c.kinds.push(row.kind.as_str());
+            c.cause_kinds.push(row.cause_kind);
+            c.cause_ids.push(row.cause_id.as_ref());
+            c.amounts.push(row.amount.get());
+            c.currencies.push(row.order.currency().code().to_owned());
+            c.finals.push(row.is_final);
+            c.release_after.push(row.release_after);
+            c.lines.push(
+                serde_json::to_string(&clean_lines(&row.lines))
+                    .map_err(|e| corrupt("encoding capture lines", e))?,
+            );
+            c.shipping.push(row.shipping.get());
+            c.shortfall.push(row.shortfall.get());
+            c.keys.push(capture_key(row).as_str().to_owned());
+            c.traceparents.push(row.traceparent);
+        }
+        Ok(c)
+    }
+
+    fn bind<'q>(&'q self, query: BatchQuery<'q>) -> BatchQuery<'q> {
+        query
+            .bind(&self.orders)
+            .bind(&self.providers)
+            .bind(&self.authorizations)
+            .bind(&self.sequences)
+            .bind(&self.kinds)
+            .bind(&self.cause_kinds)
+            .bind(&self.cause_ids)
+            .bind(&self.amounts)
+            .bind(&self.currencies)
+            .bind(&self.finals)
+            .bind(&self.release_after)
+            .bind(&self.lines)
+            .bind(&self.shipping)
+            .bind(&self.shortfall)
+            .bind(&self.keys)
+            .bind(&self.traceparents)
+    }
+}
+
+/// The parameters of [`NEW_SHIPMENTS`], one array per column.
+#[derive(Default)]
+struct ShipmentColumns<'a> {
+    orders: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    messages: Vec<&'a str>,
+    items: Vec<String>,
+    last: Vec<bool>,
+    shipped_at: Vec<DateTime<Utc>>,
+    values: Vec<i64>,
+    decisions: Vec<&'a str>,
+}
+
+impl<'a> ShipmentColumns<'a> {
+    fn of(shipments: &'a [NewShipment<'a>]) -> Self {
+        let mut c = ShipmentColumns::default();
+        for s in shipments {
+            c.orders.push(s.order_id.as_str());
+            c.ids.push(s.shipment.shipment_id().as_str());
+            c.messages.push(s.message_id);
+            c.items.push(items_json(s.shipment.items()).to_string());
+            c.last.push(s.shipment.last_shipment());
+            c.shipped_at.push(s.shipment.shipped_at());
+            c.values.push(s.shipped_value.get());
+            c.decisions.push(s.decision.as_str());
+        }
+        c
+    }
+
+    fn bind<'q>(&'q self, query: BatchQuery<'q>) -> BatchQuery<'q> {
+        query
+            .bind(&self.orders)
+            .bind(&self.ids)
+            .bind(&self.messages)
+            .bind(&self.items)
+            .bind(&self.last)
+            .bind(&self.shipped_at)
+            .bind(&self.values)
+            .bind(&self.decisions)
+    }
+}
+
+/// The parameters of [`NEW_INBOX`], one array per column.
+#[derive(Default)]
+struct InboxColumns<'a> {
+    ids: Vec<&'a str>,
+    types: Vec<&'a str>,
+    orders: Vec<Option<&'a str>>,
+    hashes: Vec<&'a str>,
+    routing_keys: Vec<Option<&'a str>>,
+    traceparents: Vec<Option<&'a str>>,
+    tracestates: Vec<Option<&'a str>>,
+}
+
+impl<'a> InboxColumns<'a> {
+    fn of(inbox: &'a [NewInbox<'a>]) -> Self {
+        let mut c = InboxColumns::default();
+        for m in inbox {
+            c.ids.push(m.message_id);
+            c.types.push(m.message_type);
+            c.orders.push(m.order_id);
+            c.hashes.push(m.payload_hash);
+            c.routing_keys.push(m.routing_key);
+            c.traceparents.push(m.traceparent);
+            c.tracestates.push(m.tracestate);
+        }
+        c
+    }
+
+    fn bind<'q>(&'q self, query: BatchQuery<'q>) -> BatchQuery<'q> {
+        query
+            .bind(&self.ids)
+            .bind(&self.types)
+            .bind(&self.orders)
+            .bind(&self.hashes)
+            .bind(&self.routing_keys)
+            .bind(&self.traceparents)
+            .bind(&self.tracestates)
+    }
+}
+
+/// The parameters of [`NEW_ORDERS`] and [`NEW_LINES`], one array per column.
+#[derive(Default)]
+struct NewOrderColumns<'a> {
+    ids: Vec<&'a str>,
+    currencies: Vec<String>,
+    providers: Vec<&'a str>,
+    authorizations: Vec<&'a str>,
+    authorized: Vec<i64>,
+    allowances: Vec<i64>,
+    authorized_at: Vec<DateTime<Utc>>,
+    expires_at: Vec<Option<DateTime<Utc>>>,
+    shipping: Vec<i64>,
+    discounts: Vec<i64>,
+    totals: Vec<i64>,
+    messages: Vec<&'a str>,
+    hashes: Vec<&'a str>,
+    line_orders: Vec<&'a str>,
+    line_nos: Vec<i32>,
+    line_ids: Vec<&'a str>,
+    skus: Vec<String>,
+    names: Vec<String>,
+    quantities: Vec<i32>,
+    unit_amounts: Vec<i64>,
+    tax_amounts: Vec<i64>,
+    discount_amounts: Vec<i64>,
+    discount_shares: Vec<i64>,
+    nets: Vec<i64>,
+}
+
+impl<'a> NewOrderColumns<'a> {
+    fn of(orders: &'a [NewOrder<'a>]) -> Self {
+        let mut c = NewOrderColumns::default();
+        for n in orders {
+            let (order, auth) = (n.order, n.order.authorization());
+            c.ids.push(order.order_id().as_str());
+            c.currencies.push(order.currency().code().to_owned());
+            c.providers.push(auth.provider.as_str());
+            c.authorizations.push(auth.authorization_id.as_str());
+            c.authorized.push(auth.amount.get());
+            c.allowances.push(n.allowance.get());
+            c.authorized_at.push(auth.authorized_at);
+            c.expires_at.push(auth.expires_at);
+            c.shipping.push(order.shipping_amount().get());
+            c.discounts.push(order.order_discount_amount().get());
+            c.totals.push(order.total().amount().get());
+            c.messages.push(n.message_id);
+            c.hashes.push(n.payload_hash.as_str());
+            let (shares, nets) = (order.discount_shares(), order.line_nets());
+            for (i, l) in order.lines().iter().enumerate() {
+                c.line_orders.push(order.order_id().as_str());
+                c.line_nos.push(i as i32);
+                c.line_ids.push(l.line_id.as_str());
+                c.skus.push(outside(&l.sku));
+                c.names.push(outside(&l.name));
+                c.quantities.push(l.quantity.get() as i32);
+                c.unit_amounts.push(l.unit_amount.get());
+                c.tax_amounts.push(l.tax_amount.get());
+                c.discount_amounts.push(l.discount_amount.get());
+                c.discount_shares.push(shares.get(i).map_or(0, |m| m.get()));
+                c.nets.push(nets.get(i).map_or(0, |m| m.get()));
+            }
+        }
+        c
+    }
+
+    fn bind<'q>(&'q self, query: BatchQuery<'q>) -> BatchQuery<'q> {
+        query
+            .bind(&self.ids)
+            .bind(&self.currencies)
+            .bind(&self.providers)
+            .bind(&self.authorizations)
+            .bind(&self.authorized)
+            .bind(&self.allowances)
+            .bind(&self.authorized_at)
+            .bind(&self.expires_at)
+            .bind(&self.shipping)
+            .bind(&self.discounts)
+            .bind(&self.totals)
+            .bind(&self.messages)
+            .bind(&self.hashes)
+            .bind(&self.line_orders)
+            .bind(&self.line_nos)
+            .bind(&self.line_ids)
+            .bind(&self.skus)
+            .bind(&self.names)
+            .bind(&self.quantities)
+            .bind(&self.unit_amounts)
+            .bind(&self.tax_amounts)
+            .bind(&self.discount_amounts)
+            .bind(&self.discount_shares)
+            .bind(&self.nets)
+    }
 }

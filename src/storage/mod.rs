@@ -6,6 +6,24 @@
 //! or trigger that guards a promise refused the write) or permanent. Imports `domain` only,
 //! and `sanitize`: every text that came from outside (a message's free text, a provider's
 //! answer, a notification) passes through it on its way into the ledger.
+//!
+//! # Layout
+//!
+//! - `tx`        — [`LedgerTx`], the ledger's unit of work: [`Store::begin`] opens it, the use
+//!   cases (intake, the expiry sweep, `order resume`) run their operations through its methods
+//!   and commit it. Nothing outside `storage` names `sqlx` to write the ledger.
+//! - `plans`     — a plan turned into rows: which capture rows a plan asks for, with which
+//!   cause (`plans::PlanCause`) and what its decision is called. The one writer of a plan:
+//!   `LedgerTx::record_plan`, and `IntakeBatch::record_plan` for the batched intake.
+//! - `ledger`    — intake's SQL: the inbox, orders and their progress, parked messages,
+//!   shipments, cancellations, capture rows and refusals; the batched intake's reads and its
+//!   one write statement.
+//! - `captures`  — execution's SQL: claims under a lease, provider calls and outcomes, the
+//!   decline latch, due work.
+//! - `deadlines` — the expiry sweep's SQL: open orders whose authorization expires soon.
+//! - `webhooks`  — provider notifications, recorded once and settled.
+//! - `operator`  — the operator and finance commands' SQL.
+//! - `gauges`    — the read-only figures behind the ledger gauges on `/metrics`.
 
 pub mod captures;
 pub mod deadlines;
@@ -13,7 +31,11 @@ pub mod gauges;
 pub mod ledger;
 pub mod lifecycle;
 pub mod operator;
+pub mod plans;
+pub mod tx;
 pub mod webhooks;
+
+pub use tx::LedgerTx;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::ledger::StoredCaptureLine;
-use super::{Ctx, StorageError};
+use super::{Ctx, StorageError, Store};
 
 /// One row of `reconciliation_daily`: a UTC day, a currency and a provider. The view's amounts
 /// are numeric (a day's sum can exceed 64 bits); they are read as 128-bit integers.
@@ -356,6 +356,22 @@ pub async fn carried_captures(
         .collect()
 }
 
+/// Shipments and cancellations of `order_id` refused while its decline latch was set and not
+/// requeued since: what an operator should requeue after lifting the latch.
+pub async fn refused_while_latched(
+    tx: &mut PgConnection,
+    order_id: &crate::domain::OrderId,
+) -> Result<i64, StorageError> {
+    sqlx::query_scalar(
+        "select count(*) from rejected_messages
+         where order_id = $1 and reason = 'order_declined' and requeued_at is null",
+    )
+    .bind(order_id.as_str())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| StorageError::classify("counting messages refused while latched", e))
+}
+
 /// The order an authorization belongs to (now or before a resume), if any.
 pub async fn authorization_owner(
     tx: &mut PgConnection,
@@ -498,6 +514,40 @@ pub async fn list_rejections(
     Ok(rows.iter().map(rejection_from_row).collect())
 }
 
+/// A requeue in progress: one transaction that holds the refused message's row. Committed only
+/// once the broker confirmed the publish; dropped (so rolled back) otherwise, and on a dry run.
+pub struct Requeue {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+impl Requeue {
+    /// Starts the requeue of `rejection_id`: the refused message, locked until the requeue ends,
+    /// or `None` when there is no such message.
+    pub async fn begin(
+        store: &Store,
+        rejection_id: i64,
+    ) -> Result<(Requeue, Option<RejectionRow>), StorageError> {
+        let mut tx = store.pool().begin().await.ctx("starting the requeue")?;
+        let row = lock_rejection(&mut tx, rejection_id).await?;
+        Ok((Requeue { tx }, row))
+    }
+
+    /// [`forget_refusal`], inside the requeue.
+    pub async fn forget_refusal(&mut self, message_id: &str) -> Result<u64, StorageError> {
+        forget_refusal(&mut self.tx, message_id).await
+    }
+
+    /// [`mark_requeued`], inside the requeue.
+    pub async fn mark_requeued(&mut self, rejection_id: i64) -> Result<(), StorageError> {
+        mark_requeued(&mut self.tx, rejection_id).await
+    }
+
+    /// Makes the requeue permanent (after the broker confirmed the publish).
+    pub async fn commit(self) -> Result<(), StorageError> {
+        self.tx.commit().await.ctx("committing the requeue")
+    }
+}
+
 /// One refused message, locked until the caller's transaction ends.
 pub async fn lock_rejection(
     tx: &mut PgConnection,
@@ -621,5 +671,98 @@ pub async fn authorizations(
             released_amount: r.get("released_amount"),
             status: r.get("status"),
         })
+        .collect())
+}
+
+/// The SQLSTATE PostgreSQL refused a statement with, when it did (`None` for any other
+/// failure): for telling the user which of the database's refusals happened.
+pub fn sqlstate(e: &StorageError) -> Option<String> {
+    match e {
+        StorageError::Permanent {
+            source: sqlx::Error::Database(db),
+            ..
+        }
+        | StorageError::Retryable {
+            source: sqlx::Error::Database(db),
+            ..
+        } => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// How far the orders whose id matches a `like` pattern got: how many exist, and how many of
+/// their captures are not settled yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrdersProgress {
+    pub orders: i64,
+    pub unsettled_captures: i64,
+}
+
+/// [`OrdersProgress`] of the orders whose id matches `pattern` (`demo-7-%`).
+pub async fn orders_progress(pool: &PgPool, pattern: &str) -> Result<OrdersProgress, StorageError> {
+    let unsettled_captures: i64 = sqlx::query_scalar(
+        "select count(*) from captures where order_id like $1
+           and status in ('queued', 'in_flight', 'pending', 'retrying')",
+    )
+    .bind(pattern)
+    .fetch_one(pool)
+    .await
+    .ctx("counting the orders' unsettled captures")?;
+    let orders: i64 = sqlx::query_scalar("select count(*) from orders where order_id like $1")
+        .bind(pattern)
+        .fetch_one(pool)
+        .await
+        .ctx("counting the orders")?;
+    Ok(OrdersProgress {
+        orders,
+        unsettled_captures,
+    })
+}
+
+/// One row of `reconciliation_orders`: an order's amounts as finance sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconciledOrder {
+    pub order_id: String,
+    pub currency: String,
+    pub order_total: i64,
+    pub authorized_amount: i64,
+    pub shipped_amount: i64,
+    pub captured_amount: i64,
+    pub pending_amount: i64,
+    pub capture_count: i64,
+    pub status: String,
+}
+
+/// The `reconciliation_orders` rows of the orders whose id matches `pattern`, by order id.
+pub async fn reconciled_orders(
+    pool: &PgPool,
+    pattern: &str,
+) -> Result<Vec<ReconciledOrder>, StorageError> {
+    let rows = sqlx::query_as::<_, (String, String, i64, i64, i64, i64, i64, i64, String)>(
+        "select order_id, currency, order_total, authorized_amount, shipped_amount, captured_amount,
+                pending_amount, capture_count, status
+         from reconciliation_orders where order_id like $1 order by order_id",
+    )
+    .bind(pattern)
+    .fetch_all(pool)
+    .await
+    .ctx("reading reconciliation_orders")?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(order_id, currency, total, authorized, shipped, captured, pending, count, status)| {
+                ReconciledOrder {
+                    order_id,
+                    currency,
+                    order_total: total,
+                    authorized_amount: authorized,
+                    shipped_amount: shipped,
+                    captured_amount: captured,
+                    pending_amount: pending,
+                    capture_count: count,
+                    status,
+                }
+            },
+        )
         .collect())
 }

@@ -2,7 +2,9 @@
 //! clock, no floats); the product library holds no tool code (the benchmark and the fault
 //! harness are binaries under `src/bin/`); only the `capture-worker` binary knows its command
 //! line; an adapter imports neither another adapter, nor the use cases, nor the sandbox provider,
-//! nor the settings; the modules directly under `src/app` name each other in no circle.
+//! nor the settings; the modules directly under `src/app` name each other in no circle (a
+//! folder such as `src/app/execute/` is one module); outside `src/storage` (and the tools) no
+//! code names `sqlx` or holds a SQL statement.
 
 use std::path::{Path, PathBuf};
 
@@ -646,6 +648,26 @@ fn the_circle_guard_catches_what_it_is_meant_to_catch() {
         .is_some()
     );
 
+    // Folders are one module each: execute/ and intake/ name each other from their files.
+    assert_eq!(
+        app_circle(&files(&[
+            (
+                "src/app/intake/batch.rs",
+                "pub fn hand(e: &super::super::execute::Executor) {}"
+            ),
+            ("src/app/intake/mod.rs", "use super::retry;"),
+            (
+                "src/app/execute/attempt.rs",
+                "use super::{Executor, Step}; use super::super::intake::Intake;"
+            ),
+            ("src/app/execute/mod.rs", "mod attempt; use attempt::X;"),
+        ])),
+        Some(vec![
+            "intake → execute (src/app/intake/batch.rs:1)".to_string(),
+            "execute → intake (src/app/execute/attempt.rs:1)".to_string(),
+        ])
+    );
+
     // A child module's `super::` is its folder, not `app`; comments and `app` itself are none.
     assert_eq!(
         app_circle(&files(&[
@@ -674,4 +696,213 @@ fn the_circle_guard_catches_what_it_is_meant_to_catch() {
     );
     assert_eq!(app_module_of("src/app/mod.rs"), None);
     assert_eq!(app_module_of("src/storage/mod.rs"), None);
+}
+
+/// The string literals of Rust source, each with the line it starts on, and the code with
+/// comments and literals blanked out (line breaks kept). Knows line and block comments, plain,
+/// byte and raw strings, and char literals (so `'"'` opens no string and `'a` is a lifetime).
+fn lex(text: &str) -> (Vec<(usize, String)>, String) {
+    let chars: Vec<char> = text.chars().collect();
+    let (mut strings, mut code) = (Vec::new(), String::new());
+    let (mut i, mut line) = (0, 1);
+    let blank = |code: &mut String, c: char| code.push(if c == '\n' { '\n' } else { ' ' });
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+            continue;
+        }
+        if c == '/' && next == Some('*') {
+            let mut depth = 0;
+            while i < chars.len() {
+                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    i += 2;
+                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    if chars[i] == '\n' {
+                        line += 1;
+                    }
+                    blank(&mut code, chars[i]);
+                    i += 1;
+                }
+            }
+            continue;
+        }
+        // A raw string: r"…", r#"…"#, br"…".
+        let ident_before = i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
+        let raw_at = if c == 'r' && !ident_before {
+            Some(i + 1)
+        } else if c == 'b' && next == Some('r') && !ident_before {
+            Some(i + 2)
+        } else {
+            None
+        };
+        if let Some(mut j) = raw_at {
+            let mut hashes = 0;
+            while chars.get(j) == Some(&'#') {
+                hashes += 1;
+                j += 1;
+            }
+            if chars.get(j) == Some(&'"') {
+                let (start_line, mut content) = (line, String::new());
+                j += 1;
+                while j < chars.len() {
+                    if chars[j] == '"' && (1..=hashes).all(|k| chars.get(j + k) == Some(&'#')) {
+                        j += 1 + hashes;
+                        break;
+                    }
+                    if chars[j] == '\n' {
+                        line += 1;
+                    }
+                    content.push(chars[j]);
+                    blank(&mut code, chars[j]);
+                    j += 1;
+                }
+                strings.push((start_line, content));
+                i = j;
+                continue;
+            }
+        }
+        if c == '"' {
+            let (start_line, mut content) = (line, String::new());
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                if chars[i] == '\\' {
+                    content.push(chars[i]);
+                    i += 1;
+                }
+                if let Some(&ch) = chars.get(i) {
+                    if ch == '\n' {
+                        line += 1;
+                    }
+                    content.push(ch);
+                    blank(&mut code, ch);
+                }
+                i += 1;
+            }
+            i += 1;
+            strings.push((start_line, content));
+            continue;
+        }
+        if c == '\'' {
+            // '\n', '\'', '"': a char literal; 'a (no closing quote after one char): a lifetime.
+            let len = if next == Some('\\') {
+                (i + 2..chars.len().min(i + 12))
+                    .find(|&k| chars[k] == '\'')
+                    .map(|k| k + 1 - i)
+            } else if chars.get(i + 2) == Some(&'\'') {
+                Some(3)
+            } else {
+                None
+            };
+            if let Some(len) = len {
+                i += len;
+                continue;
+            }
+        }
+        if c == '\n' {
+            line += 1;
+        }
+        code.push(c);
+        i += 1;
+    }
+    (strings, code)
+}
+
+/// Whether a string literal is a SQL statement: it starts with `select`, `insert`, `update`,
+/// `delete` or `with` (any case) and has the clause that statement needs (`from` — or a call or
+/// parameter right after `select` —, `into`, `set`, `as (`), so that a message such as "update
+/// the settings" or "select a provider" is not one.
+fn is_sql(literal: &str) -> bool {
+    let text = literal.trim_start().to_lowercase();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let Some(first) = words.first() else {
+        return false;
+    };
+    let has = |word: &str| words.iter().skip(1).any(|w| *w == word);
+    match *first {
+        "select" => has("from") || words.get(1).is_some_and(|w| w.contains(['(', '$'])),
+        "insert" => has("into"),
+        "update" => has("set"),
+        "delete" => has("from"),
+        "with" => text.contains(" as (") || text.contains(" as("),
+        _ => false,
+    }
+}
+
+/// Where a source names `sqlx` or holds a SQL statement, as `line: what`.
+fn persistence_in(text: &str) -> Vec<String> {
+    let (strings, code) = lex(text);
+    let mut hits: Vec<String> = mentions_in(&code, &["sqlx"]);
+    hits.extend(strings.iter().filter(|(_, s)| is_sql(s)).map(|(line, s)| {
+        let start: String = s.trim_start().chars().take(40).collect();
+        format!("{line}: SQL {:?}", start.replace('\n', " "))
+    }));
+    hits
+}
+
+/// The tools, by name: they set up and inspect their own databases.
+const PERSISTENCE_TOOLS: &[&str] = &["src/bin/bench/", "src/bin/fault-harness/"];
+
+#[test]
+fn no_sqlx_and_no_sql_outside_storage() {
+    let mut violations = Vec::new();
+    let mut checked = 0;
+    for (path, text) in sources() {
+        if path.starts_with("src/storage/") || PERSISTENCE_TOOLS.iter().any(|t| path.starts_with(t))
+        {
+            continue;
+        }
+        checked += 1;
+        violations.extend(
+            persistence_in(&text)
+                .into_iter()
+                .map(|hit| format!("{path}:{hit}")),
+        );
+    }
+    assert!(checked >= 50, "expected the product's sources");
+    assert!(
+        violations.is_empty(),
+        "only src/storage names sqlx or writes SQL (it owns every statement); add a function to \
+         the storage module that fits (captures, ledger, operator, …) or an operation of the \
+         ledger transaction (`Store::begin()`), and call that:\n{}",
+        violations.join("\n")
+    );
+}
+
+#[test]
+fn the_persistence_guard_catches_what_it_is_meant_to_catch() {
+    assert!(!persistence_in("use sqlx::PgPool;").is_empty());
+    assert!(!persistence_in("let n: i64 = sqlx::query_scalar(q)").is_empty());
+    assert!(!persistence_in("f(\"select count(*) from captures\")").is_empty());
+    assert!(!persistence_in("f(\"\n    SELECT order_id\n    FROM orders\")").is_empty());
+    assert!(!persistence_in("f(\"insert into orders (a) values ($1)\")").is_empty());
+    assert!(!persistence_in("f(\"update captures set status = $1\")").is_empty());
+    assert!(!persistence_in("f(\"delete from inbox_messages\")").is_empty());
+    assert!(!persistence_in("f(\"with b as (select 1) select * from b\")").is_empty());
+    assert!(!persistence_in("f(r#\"select \"x\" from t\"#)").is_empty());
+    assert_eq!(
+        persistence_in("let a = '\"';\nlet b = \"delete from t\";"),
+        vec!["2: SQL \"delete from t\""]
+    );
+
+    // Comments, words in messages and the like are none.
+    assert!(persistence_in("//! PostgreSQL via sqlx").is_empty());
+    assert!(persistence_in("/* sqlx::query(\"select 1 from t\") */ let x = 1;").is_empty());
+    assert!(persistence_in("bail!(\"update the settings and try again\")").is_empty());
+    assert!(persistence_in("bail!(\"with the sandbox, run `demo`\")").is_empty());
+    assert!(persistence_in("let s = \"delete the file by hand\";").is_empty());
+    assert!(persistence_in("let s = \"select a provider\";").is_empty());
+    assert!(!persistence_in("f(\"select pg_advisory_lock($1)\")").is_empty());
+    assert!(persistence_in("let url = \"http://x//y\"; fn f<'a>(x: &'a str) {}").is_empty());
+    assert!(persistence_in("let sqlx_like = 1; // sqlx::query").is_empty());
 }

@@ -403,7 +403,7 @@ async fn a_batch_claims_the_captures_it_creates_for_its_executor_which_sends_the
         8,
     );
     let intake = Intake::new(store.clone(), Arc::new(providers), Default::default(), 3600)
-        .claiming_for(executor.clone());
+        .claiming_for(executor.handoff());
     let orders: Vec<Vec<Value>> = (0..2).map(usd_order_as).collect();
     for n in 0..2 {
         sandbox

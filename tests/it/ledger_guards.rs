@@ -1,5 +1,6 @@
 //! The schema makes violations of P2, P3, P5 and P8 impossible to commit: each guard is
-//! attacked directly with SQL and must refuse with its SQLSTATE.
+//! attacked directly with SQL and must refuse with its SQLSTATE. What the schema lets through
+//! but the domain does not is refused where storage reads the row.
 
 use sqlx::PgPool;
 
@@ -181,4 +182,116 @@ async fn the_ledger_refuses_what_would_break_a_promise() {
 
     store.pool().close().await;
     drop_database(&db).await;
+}
+
+/// What the schema lets through but the domain does not (a currency outside the worker's
+/// table, here) is caught where storage reads the row: the claim fails with a storage error
+/// naming the capture and the column, instead of a request built from a half-parsed row.
+#[tokio::test]
+async fn a_claimed_row_is_parsed_once_and_an_unparseable_one_names_its_capture_and_column() {
+    use capture_worker::domain::{AuthorizationId, IdempotencyKey, ProviderName};
+    use capture_worker::storage::{StorageError, captures};
+
+    let (_db, store) = fresh_database().await;
+    let pool = store.pool();
+    let key = |order: &str| {
+        IdempotencyKey::derive(
+            &ProviderName::parse("sandbox").unwrap(),
+            &AuthorizationId::parse(format!("pi_{order}")).unwrap(),
+            "S1",
+            0,
+        )
+    };
+
+    order(pool, "O1", "pi_O1").await;
+    capture(pool, "O1", 1, key("O1").as_str(), 400, false, "queued")
+        .await
+        .unwrap();
+    let claimed = captures::claim_next(pool, "O1", "w1", 30.0)
+        .await
+        .unwrap()
+        .expect("the queued capture is claimed");
+    assert_eq!(claimed.order_id.as_str(), "O1");
+    assert_eq!(claimed.authorization_id.as_str(), "pi_O1");
+    assert_eq!(claimed.provider.as_str(), "sandbox");
+    assert_eq!(claimed.amount.amount().get(), 400);
+    assert_eq!(claimed.amount.currency().code(), "USD");
+    assert_eq!(claimed.idempotency_key, key("O1"));
+    assert_eq!(claimed.sequence, 1);
+
+    // A capture's currency is one of its fixed terms: the row is written with it.
+    order(pool, "O2", "pi_O2").await;
+    sqlx::query("update orders set currency = 'QQQ' where order_id = 'O2'")
+        .execute(pool)
+        .await
+        .unwrap();
+    let bad: i64 = sqlx::query_scalar(
+        "insert into captures (order_id, provider, authorization_id, sequence, kind, cause_kind,
+             cause_id, amount, currency, is_final, idempotency_key, status)
+         values ('O2', 'sandbox', 'pi_O2', 1, 'capture', 'shipment', 'S1', 400, 'QQQ', false, $1,
+             'queued')
+         returning capture_id",
+    )
+    .bind(key("O2").as_str())
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let e = captures::claim_next(pool, "O2", "w1", 30.0)
+        .await
+        .expect_err("a currency outside the table does not parse");
+    assert!(matches!(e, StorageError::Corrupt { .. }), "{e:?}");
+    let message = e.to_string();
+    assert!(
+        message.contains(&format!("capture {bad}")) && message.contains("column currency"),
+        "{message}"
+    );
+}
+
+/// The figures the demo waits on and prints, read through storage: how many of a run's orders
+/// exist and how many of their captures are unsettled, then finance's row per order.
+#[tokio::test]
+async fn the_demo_reads_its_orders_progress_and_reconciliation_through_storage() {
+    use capture_worker::domain::{AuthorizationId, IdempotencyKey, ProviderName};
+    use capture_worker::storage::operator::{OrdersProgress, orders_progress, reconciled_orders};
+
+    let (_db, store) = fresh_database().await;
+    let pool = store.pool();
+    order(pool, "demo-1-a", "pi_a").await;
+    order(pool, "demo-1-b", "pi_b").await;
+    order(pool, "other", "pi_c").await;
+    let key = IdempotencyKey::derive(
+        &ProviderName::parse("sandbox").unwrap(),
+        &AuthorizationId::parse("pi_a").unwrap(),
+        "S1",
+        0,
+    );
+    capture(pool, "demo-1-a", 1, key.as_str(), 400, false, "queued")
+        .await
+        .unwrap();
+
+    assert_eq!(
+        orders_progress(pool, "demo-1-%").await.unwrap(),
+        OrdersProgress {
+            orders: 2,
+            unsettled_captures: 1
+        }
+    );
+    sqlx::query("update captures set status = 'attention' where order_id = 'demo-1-a'")
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        orders_progress(pool, "demo-1-%")
+            .await
+            .unwrap()
+            .unsettled_captures,
+        0
+    );
+
+    let rows = reconciled_orders(pool, "demo-1-%").await.unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r.order_id.as_str()).collect();
+    assert_eq!(ids, ["demo-1-a", "demo-1-b"]);
+    assert_eq!(rows[0].currency.trim(), "USD");
+    assert_eq!(rows[0].authorized_amount, 1000);
+    assert_eq!(rows[0].order_total, 1000);
 }

@@ -425,21 +425,16 @@ async fn a_worker_killed_between_the_providers_success_and_recording_it_is_taken
             .await
             .unwrap()
             .unwrap();
+    assert_eq!(claimed.amount.currency().code(), "USD");
     let provider = providers.get("sandbox").unwrap();
     let req = capture_worker::provider::CaptureRequest {
         authorization_id: capture_worker::domain::AuthorizationId::parse(AUTH).unwrap(),
         order_id: capture_worker::domain::OrderId::parse(ORDER).unwrap(),
         cause: "S1".into(),
         sequence: 1,
-        amount: capture_worker::domain::Money::new(
-            capture_worker::domain::MinorUnits::new(claimed.amount).unwrap(),
-            capture_worker::domain::Currency::parse("USD").unwrap(),
-        ),
+        amount: claimed.amount,
         is_final: claimed.is_final,
-        idempotency_key: capture_worker::domain::IdempotencyKey::from_stored(
-            &claimed.idempotency_key,
-        )
-        .unwrap(),
+        idempotency_key: claimed.idempotency_key.clone(),
         lines: vec![],
     };
     let result = provider.capture(&req).await;

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use crate::domain::readback;
 use crate::provider::{CallResult, Outcome, PaymentProvider};
 use crate::storage::StorageError;
-use crate::storage::captures::{self, AttemptRecord, ClaimedCapture, Transition};
+use crate::storage::captures::{self, AttemptRecord, ClaimedCapture, Following, Lease, Transition};
 use crate::storage::ledger::CaptureKind;
 use crate::telemetry::events::{self, Emit};
 use crate::telemetry::{metrics, trace};
@@ -25,16 +25,16 @@ impl Executor {
         let inner = &self.inner;
         if capture.taken_over {
             events::LeaseTakenOver {
-                provider: &capture.provider,
-                order_id: &capture.order_id,
+                provider: capture.provider.as_str(),
+                order_id: capture.order_id.as_str(),
                 capture_id: capture.capture_id,
             }
             .emit();
         }
-        let Some(provider) = inner.providers.get(&capture.provider) else {
+        let Some(provider) = inner.providers.get(capture.provider.as_str()) else {
             let error = format!(
                 "provider {:?} is not configured on this worker",
-                capture.provider
+                capture.provider.as_str()
             );
             self.finish(
                 &capture,
@@ -66,23 +66,24 @@ impl Executor {
         let call = async {
             let _in_flight = metrics::InFlight::start();
             match capture.kind {
-                CaptureKind::Capture => match capture_request(&capture) {
-                    Ok(req) => provider.capture(&req).await,
-                    Err(e) => error_call(&e),
-                },
-                CaptureKind::Release | CaptureKind::Void => match release_request(&capture) {
-                    Ok(req) => provider.release(&req).await,
-                    Err(e) => error_call(&e),
-                },
+                CaptureKind::Capture => provider.capture(&capture_request(&capture)).await,
+                CaptureKind::Release | CaptureKind::Void => {
+                    provider.release(&release_request(&capture)).await
+                }
             }
         }
         .instrument(call_span.clone())
         .await;
         record_call(&call_span, &call);
-        metrics::provider_call(&capture.provider, op, call.outcome.label(), call.latency);
+        metrics::provider_call(
+            capture.provider.as_str(),
+            op,
+            call.outcome.label(),
+            call.latency,
+        );
         let transition = self.transition_after(&capture, &provider, &call).await?;
         let key = capture.idempotency_key.clone();
-        self.record(&capture, op, Some(&key), &call, started, transition)
+        self.record(&capture, op, Some(key.as_str()), &call, started, transition)
             .await
     }
 
@@ -126,9 +127,13 @@ impl Executor {
             provider_code: call.provider_code.clone(),
         }];
         answers.extend(
-            captures::key_history(self.inner.store.pool(), c.capture_id, &c.idempotency_key)
-                .await?
-                .answers,
+            captures::key_history(
+                self.inner.store.pool(),
+                c.capture_id,
+                c.idempotency_key.as_str(),
+            )
+            .await?
+            .answers,
         );
         let next = readback::after_failure(&readback::KeyHistory {
             failure,
@@ -250,8 +255,8 @@ impl Executor {
             Transition::Succeeded { reference } => {
                 self.record_success(c, &attempt, reference.clone()).await?
             }
-            _ => captures::Recorded {
-                held: captures::record(
+            _ => captures::Recorded::alone(
+                captures::record(
                     self.inner.store.pool(),
                     c,
                     &self.inner.worker_id,
@@ -259,18 +264,17 @@ impl Executor {
                     &transition,
                 )
                 .await?,
-                more: true,
-            },
+            ),
         };
-        if recorded.held {
-            count_transition(c, operation, &call.outcome, &transition);
-        } else {
-            tracing::warn!(event = "lease_lost", capture_id = c.capture_id, order_id = %c.order_id, "the capture was settled or taken over while the call was in progress (a provider notification, or a worker that took the lease over); the ledger keeps that outcome");
+        match recorded.lease {
+            Lease::Held => count_transition(c, operation, &call.outcome, &transition),
+            Lease::Lost => {
+                tracing::warn!(event = "lease_lost", capture_id = c.capture_id, order_id = %c.order_id, "the capture was settled or taken over while the call was in progress (a provider notification, or a worker that took the lease over); the ledger keeps that outcome");
+            }
         }
-        Ok(if recorded.more {
-            Step::Handled
-        } else {
-            Step::Drained
+        Ok(match recorded.following {
+            Following::More => Step::Handled,
+            Following::Nothing => Step::Drained,
         })
     }
 
@@ -295,20 +299,20 @@ impl Executor {
     ) {
         match outcome {
             Outcome::Declined { code, .. } => events::CaptureDeclined {
-                provider: &c.provider,
+                provider: c.provider.as_str(),
                 decline_code: code,
-                order_id: &c.order_id,
+                order_id: c.order_id.as_str(),
                 capture_id: c.capture_id,
-                authorization_id: &c.authorization_id,
-                amount: c.amount,
-                currency: &c.currency,
+                authorization_id: c.authorization_id.as_str(),
+                amount: c.amount.amount().get(),
+                currency: c.amount.currency().code(),
             }
             .emit(),
             _ if let Transition::Attention { error } = transition => {
                 events::CaptureNeedsAttention {
-                    provider: &c.provider,
+                    provider: c.provider.as_str(),
                     outcome: outcome.label(),
-                    order_id: &c.order_id,
+                    order_id: c.order_id.as_str(),
                     capture_id: c.capture_id,
                     error,
                 }
@@ -321,8 +325,8 @@ impl Executor {
                 sequence = c.sequence,
                 kind = c.kind.as_str(),
                 provider = %c.provider,
-                amount = c.amount,
-                currency = %c.currency,
+                amount = c.amount.amount().get(),
+                currency = %c.amount.currency(),
                 is_final = c.is_final,
                 attempt = c.attempts,
                 outcome = outcome.label(),

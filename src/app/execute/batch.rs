@@ -44,8 +44,8 @@ impl Executor {
         .await
     }
 
-    /// Records a success, batched with concurrent ones. Returns whether the lease was held and
-    /// whether the order has more to send.
+    /// Records a success, batched with concurrent ones. Says whether the lease was still held
+    /// and whether the order has more to send.
     pub(super) async fn record_success(
         &self,
         c: &ClaimedCapture,
@@ -65,7 +65,7 @@ impl Executor {
         {
             return result;
         }
-        let held = captures::record(
+        let lease = captures::record(
             inner.store.pool(),
             c,
             &inner.worker_id,
@@ -73,7 +73,7 @@ impl Executor {
             &Transition::Succeeded { reference },
         )
         .await?;
-        Ok(captures::Recorded { held, more: true })
+        Ok(captures::Recorded::alone(lease))
     }
 }
 
@@ -190,7 +190,7 @@ pub(super) async fn claim_batch(
         Ok(claimed) => {
             let mut by_order: HashMap<String, ClaimedCapture> = claimed
                 .into_iter()
-                .map(|c| (c.order_id.clone(), c))
+                .map(|c| (c.order_id.as_str().to_owned(), c))
                 .collect();
             for r in batch {
                 let claimed = by_order.remove(&r.order_id);
@@ -243,7 +243,7 @@ pub(super) async fn success_batch(store: Store, worker: String, mut batch: Vec<S
                     &transition,
                 )
                 .await
-                .map(|held| captures::Recorded { held, more: true });
+                .map(captures::Recorded::alone);
                 let _ = r.reply.send(result);
             }
         }

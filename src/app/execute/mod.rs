@@ -14,8 +14,22 @@
 //! Each step runs in a `capture` span. The first attempt continues the trace that created the
 //! capture (the `traceparent` stored on its row, written by intake); a later one — after a
 //! backoff, a crash or to poll a pending answer — starts a trace of its own linked to that
-//! one. Each provider call is a child span of kind client, and the attempt row records the
-//! trace id.
+//! one. Each provider call is a child span (each HTTP request in it a client span of its own),
+//! and the attempt row records the trace id.
+//!
+//! # Layout
+//!
+//! - `mod.rs`   — [`Executor`]: the dispatch queue, the run loop, driving an order step by step.
+//! - `attempt`  — one attempt: send the claimed capture, decide the transition from the
+//!   provider's answer (with [`crate::domain::readback`] for a failure without a definite
+//!   answer), record it, log it.
+//! - `readback` — reading the authorization back, as named steps: after a release, after a
+//!   capture (the provider's total against the ledger's), nothing captured, a read-back that
+//!   failed or cannot be done, a capture still pending.
+//! - `batch`    — claims and successes of concurrent orders sharing one statement.
+//! - `request`  — the provider's capture and release requests, built from the claimed capture
+//!   (typed when storage read it, so building cannot fail).
+//! - `spans`    — the `capture` and `provider call` spans and the capture metrics.
 
 mod attempt;
 mod batch;
@@ -68,7 +82,7 @@ struct Inner {
     /// Orders being driven by this process right now, and whether each was dispatched again
     /// meanwhile (then it is driven once more, so a capture queued just as the drive ended is
     /// not left to the sweeper).
-    active: Mutex<HashMap<String, bool>>,
+    active: Mutex<HashMap<String, Dispatched>>,
     permits: Arc<Semaphore>,
     tx: mpsc::UnboundedSender<Work>,
     claims: mpsc::UnboundedSender<ClaimRequest>,
@@ -170,12 +184,12 @@ impl Executor {
                         match active.entry(order_id.clone()) {
                             // Already being driven: it loops until the order has no due work,
                             // and once more for this dispatch.
-                            Entry::Occupied(mut again) => {
-                                *again.get_mut() = true;
+                            Entry::Occupied(mut driven) => {
+                                *driven.get_mut() = Dispatched::Again;
                                 continue;
                             }
                             Entry::Vacant(slot) => {
-                                slot.insert(false);
+                                slot.insert(Dispatched::Once);
                             }
                         }
                     }
@@ -186,7 +200,9 @@ impl Executor {
                             this.drive(&order_id).await;
                             let Ok(mut active) = this.inner.active.lock() else { break };
                             match active.get_mut(&order_id) {
-                                Some(again) if *again => *again = false,
+                                Some(dispatched) if *dispatched == Dispatched::Again => {
+                                    *dispatched = Dispatched::Once;
+                                }
                                 _ => {
                                     active.remove(&order_id);
                                     break;
@@ -220,7 +236,7 @@ impl Executor {
             Ok(Step::Handled) => self.dispatch(order_id),
             Ok(Step::Idle | Step::Drained) => {}
             Err(e) => events::CaptureStepFailed {
-                order_id: &order_id,
+                order_id: order_id.as_str(),
                 error: &e,
             }
             .emit(),
@@ -255,6 +271,14 @@ impl Executor {
     }
 }
 
+/// Whether an order being driven was dispatched again since its drive began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dispatched {
+    Once,
+    /// Drive it once more when this drive ends.
+    Again,
+}
+
 /// What the run loop is asked to do.
 enum Work {
     /// Drive the order: claim and send its due captures in sequence.
@@ -265,3 +289,49 @@ enum Work {
 
 /// The receiving end of an executor's work queue, for [`Executor::run`].
 pub struct WorkReceiver(mpsc::UnboundedReceiver<Work>);
+
+/// What intake and the expiry sweep need of execution: a way to hand work over. Obtained from
+/// [`Executor::handoff`]; holds the executor's work queue and the terms of its claims, not the
+/// executor, so those use cases do not depend on how captures are sent. Cheap to clone.
+#[derive(Clone)]
+pub struct Handoff {
+    tx: mpsc::UnboundedSender<Work>,
+    worker_id: Arc<str>,
+    lease_seconds: f64,
+}
+
+impl Executor {
+    /// A handle that hands work to this executor.
+    pub fn handoff(&self) -> Handoff {
+        Handoff {
+            tx: self.inner.tx.clone(),
+            worker_id: Arc::from(self.inner.worker_id.as_str()),
+            lease_seconds: self.inner.lease_seconds,
+        }
+    }
+}
+
+impl Handoff {
+    /// The worker that claims captures handed over through this handle.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// How long a claim holds a capture, in seconds.
+    pub fn lease_seconds(&self) -> f64 {
+        self.lease_seconds
+    }
+
+    /// Asks for the order's captures to be sent now (as [`Executor::dispatch`]).
+    pub fn dispatch(&self, order_id: impl Into<String>) {
+        // After shutdown the sweeper of the next start picks the capture up.
+        let _ = self.tx.send(Work::Order(order_id.into()));
+    }
+
+    /// Sends a capture already claimed for this worker (as [`Executor::send_claimed`]).
+    pub fn send_claimed(&self, capture: ClaimedCapture) {
+        // Undelivered only after the run loop ended: the lease expires and the sweeper of the
+        // next start takes the capture over.
+        let _ = self.tx.send(Work::Claimed(Box::new(capture)));
+    }
+}

@@ -46,8 +46,8 @@ pub(super) fn provider_span(c: &ClaimedCapture, operation: &'static str) -> trac
         payment.provider = %c.provider,
         payment.operation = operation,
         payment.capture_id = c.capture_id,
-        payment.amount = c.amount,
-        payment.currency = %c.currency,
+        payment.amount = c.amount.amount().get(),
+        payment.currency = %c.amount.currency(),
         payment.final = c.is_final,
         payment.attempt = c.attempts,
         payment.key_generation = c.key_generation,
@@ -97,23 +97,27 @@ pub(super) fn count_transition(
     outcome: &Outcome,
     transition: &Transition,
 ) {
-    let kind = c.kind.as_str();
+    let (kind, provider) = (c.kind.as_str(), c.provider.as_str());
     match transition {
         Transition::Succeeded { .. } => {
-            metrics::capture_outcome(&c.provider, kind, "succeeded");
+            metrics::capture_outcome(provider, kind, "succeeded");
             if c.kind == CaptureKind::Capture {
-                metrics::captured(&c.provider, &c.currency, c.amount);
+                metrics::captured(
+                    provider,
+                    c.amount.currency().code(),
+                    c.amount.amount().get(),
+                );
             }
         }
-        Transition::Declined { .. } => metrics::capture_outcome(&c.provider, kind, "declined"),
-        Transition::Attention { .. } => metrics::capture_outcome(&c.provider, kind, "attention"),
+        Transition::Declined { .. } => metrics::capture_outcome(provider, kind, "declined"),
+        Transition::Attention { .. } => metrics::capture_outcome(provider, kind, "attention"),
         Transition::Retry { .. } => {
             let reason = if operation == "lookup" {
                 "lookup"
             } else {
                 outcome.label()
             };
-            metrics::retry_scheduled(&c.provider, reason);
+            metrics::retry_scheduled(provider, reason);
         }
         Transition::Pending { .. } => {}
     }

@@ -1,18 +1,20 @@
 //! The batched path: many deliveries, one transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::domain::{self, Event, PlanContext};
+use crate::domain::{self, Decision, Event, Order, PlanContext};
 use crate::queue::consumer::IncomingMessage;
 use crate::queue::wire::{self, Command, Parsed};
-use crate::storage::ledger::{self, InboxStatus, NewInbox};
-use crate::storage::{StorageError, captures};
+use crate::storage::captures::ClaimedCapture;
+use crate::storage::ledger::{self, InboxRecord, InboxStatus, NewInbox, StoredOrder};
+use crate::storage::plans::PlanCause;
+use crate::storage::{LedgerTx, StorageError};
 
-use super::plan::{capture_rows, order_fingerprint};
+use super::plan::order_fingerprint;
 use super::{Intake, IntakeOutcome, intake_span, record_outcome};
 
 /// Batched intake: many deliveries, one transaction.
@@ -102,190 +104,217 @@ impl Intake {
         &self,
         candidates: &[Candidate<'_>],
     ) -> Result<Vec<(usize, IntakeOutcome)>, StorageError> {
-        let mut tx = self
-            .store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| StorageError::classify("starting batched intake", e))?;
-        let mut order_ids: Vec<&str> = candidates.iter().map(|c| c.order_id().as_str()).collect();
-        order_ids.sort_unstable();
-        ledger::lock_order_keys(&mut tx, &order_ids).await?;
-        let message_ids: Vec<&str> = candidates
-            .iter()
-            .map(|c| c.parsed.envelope.message_id.as_str())
-            .collect();
-        let seen = ledger::inbox_get_many(&mut tx, &message_ids).await?;
-        let orders = ledger::load_orders_for_update(&mut tx, &order_ids).await?;
-        let (ship_orders, ship_ids): (Vec<&str>, Vec<&str>) = candidates
-            .iter()
-            .filter_map(|c| Some((c.order_id().as_str(), c.shipment()?.shipment_id().as_str())))
-            .unzip();
-        let earlier = ledger::existing_shipments(&mut tx, &ship_orders, &ship_ids).await?;
-        let registering: Vec<&str> = candidates
-            .iter()
-            .filter(|c| matches!(c.parsed.command, Command::RegisterOrder(_)))
-            .map(|c| c.order_id().as_str())
-            .collect();
-        let parked = if registering.is_empty() {
-            Default::default()
-        } else {
-            ledger::orders_with_parked(&mut tx, &registering).await?
-        };
-
+        let mut tx = self.store.begin("starting batched intake").await?;
+        let found = read_batch(&mut tx, candidates).await?;
         let now = Utc::now();
         let mut writes = ledger::IntakeBatch::default();
         let mut done = Vec::new();
         for c in candidates {
-            let message_id = c.parsed.envelope.message_id.as_str();
-            let order_id = c.order_id();
-            let inbox = NewInbox {
-                message_id,
-                message_type: c.parsed.envelope.message_type.as_str(),
-                order_id: Some(order_id.as_str()),
-                payload_hash: &c.body_hash,
-                status: InboxStatus::Processed,
-                reject_reason: None,
-                body: None,
-                routing_key: Some(&c.message.routing_key),
-                traceparent: c.message.traceparent.as_deref(),
-                tracestate: c.message.tracestate.as_deref(),
-                park_expires_at: None,
-            };
-            if let Command::RegisterOrder(order) = &c.parsed.command {
-                // A new order with nothing waiting for it; a known one (duplicate or conflict)
-                // and one with parked messages go through the per-message path.
-                if seen.contains_key(message_id)
-                    || orders.contains_key(order_id.as_str())
-                    || parked.contains(order_id.as_str())
-                {
-                    continue;
+            let outcome = match &c.parsed.command {
+                Command::RegisterOrder(order) => self.register_new(c, order, &found, &mut writes),
+                Command::Ship { shipment, .. } => {
+                    self.plan_shipment(c, shipment, &found, now, &mut writes)
                 }
-                let auth = order.authorization();
-                let Some(caps) = self.capabilities.capabilities(auth.provider.as_str()) else {
-                    continue;
-                };
-                writes.orders.push(ledger::NewOrder {
-                    order,
-                    allowance: caps.over_capture.for_authorized(auth.amount),
-                    message_id,
-                    payload_hash: order_fingerprint(order),
-                });
-                writes.inbox.push(inbox);
-                done.push((
-                    c.index,
-                    IntakeOutcome::Processed {
-                        dispatch: Vec::new(),
-                    },
-                ));
-                continue;
+                Command::Cancel { .. } => None,
+            };
+            if let Some(outcome) = outcome {
+                done.push((c.index, outcome));
             }
-            let Some(shipment) = c.shipment() else {
-                continue;
-            };
-            let shipment_id = shipment.shipment_id().as_str();
-            if seen.contains_key(message_id)
-                || earlier.contains(&(order_id.as_str().to_owned(), shipment_id.to_owned()))
-            {
-                continue; // a redelivery or a duplicate: the per-message path decides
-            }
-            let Some(stored) = orders.get(order_id.as_str()) else {
-                continue; // not registered yet: the per-message path parks it
-            };
-            let Some(caps) = self
-                .capabilities
-                .capabilities(stored.order.authorization().provider.as_str())
-            else {
-                continue;
-            };
-            let ctx = PlanContext {
-                capabilities: caps,
-                shipping: self.shipping,
-                now,
-            };
-            let Ok(plan) = domain::plan(
-                &stored.order,
-                &stored.state,
-                Event::Shipment(shipment),
-                &ctx,
-            ) else {
-                continue; // refused or a duplicate: the per-message path records why
-            };
-            let before = domain::shipped_value(&stored.order, &stored.state, self.shipping);
-            let after = domain::shipped_value(&stored.order, &plan.state, self.shipping);
-            let (Ok(before), Ok(after)) = (before, after) else {
-                continue;
-            };
-            let (rows, label) = capture_rows(
-                &stored.order,
-                &plan,
-                "shipment",
-                shipment_id,
-                c.traceparent.as_deref(),
-            );
-            let dispatch = if rows.is_empty() {
-                Vec::new()
-            } else {
-                vec![order_id.as_str().to_owned()]
-            };
-            writes.captures.extend(rows);
-            writes.shipments.push(ledger::NewShipment {
-                order_id,
-                shipment,
-                message_id,
-                shipped_value: after.saturating_sub(before),
-                decision: label,
-            });
-            writes.inbox.push(inbox);
-            writes.progress.push((&stored.order, plan.state));
-            done.push((c.index, IntakeOutcome::Processed { dispatch }));
         }
         if done.is_empty() {
             return Ok(done); // nothing written; the transaction rolls back on drop
         }
-        ledger::store_intake_batch(&mut tx, &writes).await?;
-        let claimed = match &self.claimer {
-            Some(executor) => {
-                // The orders' head captures, claimed before anyone else can see the new rows:
-                // usually the capture just created; an earlier one if it is still unsettled
-                // and due (P8 holds either way: the claim takes only the head).
-                let mut orders: Vec<&str> = done
-                    .iter()
-                    .filter_map(|(_, o)| match o {
-                        IntakeOutcome::Processed { dispatch } => dispatch.first(),
-                        _ => None,
-                    })
-                    .map(String::as_str)
-                    .collect();
-                orders.sort_unstable();
-                orders.dedup();
-                captures::claim_many(
-                    &mut *tx,
-                    &orders,
-                    executor.worker_id(),
-                    executor.lease_seconds(),
-                )
-                .await?
-            }
-            None => Vec::new(),
-        };
-        tx.commit()
-            .await
-            .map_err(|e| StorageError::classify("committing batched intake", e))?;
-        if let Some(executor) = &self.claimer {
-            let claimed_orders: std::collections::HashSet<String> =
-                claimed.iter().map(|c| c.order_id.clone()).collect();
-            for (_, outcome) in &mut done {
-                if let IntakeOutcome::Processed { dispatch } = outcome {
-                    dispatch.retain(|order| !claimed_orders.contains(order));
-                }
-            }
-            for capture in claimed {
-                executor.send_claimed(capture);
-            }
-        }
+        tx.store_intake_batch(&writes).await?;
+        let claimed = self.claim_heads(&mut tx, &done).await?;
+        tx.commit("committing batched intake").await?;
+        self.hand_over(claimed, &mut done);
         Ok(done)
     }
+
+    /// A registration of a new order with nothing waiting for it, added to `writes`; `None`
+    /// for a known order (duplicate or conflict) and one with parked messages: those go
+    /// through the per-message path.
+    fn register_new<'a>(
+        &self,
+        c: &'a Candidate<'_>,
+        order: &'a Order,
+        found: &BatchReads,
+        writes: &mut ledger::IntakeBatch<'a>,
+    ) -> Option<IntakeOutcome> {
+        let order_id = c.order_id().as_str();
+        if found.seen.contains_key(c.message_id())
+            || found.orders.contains_key(order_id)
+            || found.parked.contains(order_id)
+        {
+            return None;
+        }
+        let auth = order.authorization();
+        let caps = self.capabilities.capabilities(auth.provider.as_str())?;
+        writes.orders.push(ledger::NewOrder {
+            order,
+            allowance: caps.over_capture.for_authorized(auth.amount),
+            message_id: c.message_id(),
+            payload_hash: order_fingerprint(order),
+        });
+        writes.inbox.push(c.processed());
+        Some(IntakeOutcome::Processed {
+            dispatch: Vec::new(),
+        })
+    }
+
+    /// A first shipment of a registered order that plans without a refusal, its plan added to
+    /// `writes`; `None` for anything else (a redelivery, a duplicate, an order not registered
+    /// yet, a refusal): the per-message path decides and records why.
+    fn plan_shipment<'a>(
+        &self,
+        c: &'a Candidate<'_>,
+        shipment: &'a domain::Shipment,
+        found: &'a BatchReads,
+        now: DateTime<Utc>,
+        writes: &mut ledger::IntakeBatch<'a>,
+    ) -> Option<IntakeOutcome> {
+        let order_id = c.order_id();
+        let shipment_id = shipment.shipment_id().as_str();
+        if found.seen.contains_key(c.message_id())
+            || found
+                .earlier
+                .contains(&(order_id.as_str().to_owned(), shipment_id.to_owned()))
+        {
+            return None;
+        }
+        let stored = found.orders.get(order_id.as_str())?;
+        let caps = self
+            .capabilities
+            .capabilities(stored.order.authorization().provider.as_str())?;
+        let ctx = PlanContext {
+            capabilities: caps,
+            shipping: self.shipping,
+            now,
+        };
+        let plan = domain::plan(
+            &stored.order,
+            &stored.state,
+            Event::Shipment(shipment),
+            &ctx,
+        )
+        .ok()?;
+        let before = domain::shipped_value(&stored.order, &stored.state, self.shipping).ok()?;
+        let after = domain::shipped_value(&stored.order, &plan.state, self.shipping).ok()?;
+        // A plan that moves money has capture rows to send.
+        let dispatch = if matches!(plan.decision, Decision::Nothing(_)) {
+            Vec::new()
+        } else {
+            vec![order_id.as_str().to_owned()]
+        };
+        let label = writes.record_plan(
+            &stored.order,
+            plan,
+            PlanCause::Shipment(shipment.shipment_id()),
+            c.traceparent.as_deref(),
+        );
+        writes.shipments.push(ledger::NewShipment {
+            order_id,
+            shipment,
+            message_id: c.message_id(),
+            shipped_value: after.saturating_sub(before),
+            decision: label,
+        });
+        writes.inbox.push(c.processed());
+        Some(IntakeOutcome::Processed { dispatch })
+    }
+
+    /// With a [`Handoff`](super::super::execute::Handoff), claims the head capture of every
+    /// order the batch dispatches, before anyone else can see the new rows: usually the capture
+    /// just created; an earlier one if it is still unsettled and due (P8 holds either way: the
+    /// claim takes only the head). Saves a claim round trip per capture.
+    async fn claim_heads(
+        &self,
+        tx: &mut LedgerTx,
+        done: &[(usize, IntakeOutcome)],
+    ) -> Result<Vec<ClaimedCapture>, StorageError> {
+        let Some(handoff) = &self.claimer else {
+            return Ok(Vec::new());
+        };
+        let mut orders: Vec<&str> = done
+            .iter()
+            .filter_map(|(_, o)| match o {
+                IntakeOutcome::Processed { dispatch } => dispatch.first(),
+                _ => None,
+            })
+            .map(String::as_str)
+            .collect();
+        orders.sort_unstable();
+        orders.dedup();
+        tx.claim_many(&orders, handoff.worker_id(), handoff.lease_seconds())
+            .await
+    }
+
+    /// After the commit: sends the claimed captures to execution, and leaves their orders out
+    /// of the outcomes' dispatch lists (they are on their way already).
+    fn hand_over(&self, claimed: Vec<ClaimedCapture>, done: &mut [(usize, IntakeOutcome)]) {
+        let Some(handoff) = &self.claimer else {
+            return;
+        };
+        let claimed_orders: HashSet<String> = claimed
+            .iter()
+            .map(|c| c.order_id.as_str().to_owned())
+            .collect();
+        for (_, outcome) in done.iter_mut() {
+            if let IntakeOutcome::Processed { dispatch } = outcome {
+                dispatch.retain(|order| !claimed_orders.contains(order));
+            }
+        }
+        for capture in claimed {
+            handoff.send_claimed(capture);
+        }
+    }
+}
+
+/// What a batch reads under its orders' locks, one statement each.
+struct BatchReads {
+    /// The batch's message ids already in the inbox.
+    seen: HashMap<String, InboxRecord>,
+    /// The batch's orders that are registered, locked for update.
+    orders: HashMap<String, StoredOrder>,
+    /// (order id, shipment id) of the batch's shipments already stored.
+    earlier: HashSet<(String, String)>,
+    /// The orders being registered that have parked messages.
+    parked: HashSet<String>,
+}
+
+/// Locks the candidates' orders (sorted, so batches never deadlock on each other) and reads
+/// what planning them needs.
+async fn read_batch(
+    tx: &mut LedgerTx,
+    candidates: &[Candidate<'_>],
+) -> Result<BatchReads, StorageError> {
+    let mut order_ids: Vec<&str> = candidates.iter().map(|c| c.order_id().as_str()).collect();
+    order_ids.sort_unstable();
+    tx.lock_order_keys(&order_ids).await?;
+    let message_ids: Vec<&str> = candidates.iter().map(|c| c.message_id()).collect();
+    let seen = tx.inbox_get_many(&message_ids).await?;
+    let orders = tx.load_orders_for_update(&order_ids).await?;
+    let (ship_orders, ship_ids): (Vec<&str>, Vec<&str>) = candidates
+        .iter()
+        .filter_map(|c| Some((c.order_id().as_str(), c.shipment()?.shipment_id().as_str())))
+        .unzip();
+    let earlier = tx.existing_shipments(&ship_orders, &ship_ids).await?;
+    let registering: Vec<&str> = candidates
+        .iter()
+        .filter(|c| matches!(c.parsed.command, Command::RegisterOrder(_)))
+        .map(|c| c.order_id().as_str())
+        .collect();
+    let parked = if registering.is_empty() {
+        HashSet::new()
+    } else {
+        tx.orders_with_parked(&registering).await?
+    };
+    Ok(BatchReads {
+        seen,
+        orders,
+        earlier,
+        parked,
+    })
 }
 
 /// Groups the deliveries the consumer hands over at the same time into batches for
@@ -380,11 +409,32 @@ pub(super) struct Candidate<'a> {
 }
 
 impl Candidate<'_> {
-    pub(super) fn order_id(&self) -> &domain::OrderId {
+    fn order_id(&self) -> &domain::OrderId {
         self.parsed.command.order_id()
     }
 
-    pub(super) fn shipment(&self) -> Option<&domain::Shipment> {
+    fn message_id(&self) -> &str {
+        self.parsed.envelope.message_id.as_str()
+    }
+
+    /// The message's inbox row, as processed (no body kept: nothing is parked here).
+    fn processed(&self) -> NewInbox<'_> {
+        NewInbox {
+            message_id: self.message_id(),
+            message_type: self.parsed.envelope.message_type.as_str(),
+            order_id: Some(self.order_id().as_str()),
+            payload_hash: &self.body_hash,
+            status: InboxStatus::Processed,
+            reject_reason: None,
+            body: None,
+            routing_key: Some(&self.message.routing_key),
+            traceparent: self.message.traceparent.as_deref(),
+            tracestate: self.message.tracestate.as_deref(),
+            park_expires_at: None,
+        }
+    }
+
+    fn shipment(&self) -> Option<&domain::Shipment> {
         match &self.parsed.command {
             Command::Ship { shipment, .. } => Some(shipment),
             _ => None,

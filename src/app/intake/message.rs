@@ -3,18 +3,18 @@
 
 use chrono::Utc;
 use sha2::{Digest, Sha256};
-use sqlx::PgConnection;
 use tracing::Instrument;
 
-use crate::domain::{self, Event, Order, PlanContext, Rejection};
+use crate::domain::{self, Capabilities, Event, MinorUnits, Order, Plan, PlanContext, Rejection};
 use crate::queue::consumer::IncomingMessage;
 use crate::queue::wire::{self, Command, Parsed};
 use crate::sanitize;
-use crate::storage::StorageError;
-use crate::storage::ledger::{self, InboxStatus, NewInbox};
+use crate::storage::ledger::{InboxStatus, NewInbox, StoredOrder};
+use crate::storage::plans::PlanCause;
+use crate::storage::{LedgerTx, StorageError};
 
 use super::parked::parked_span;
-use super::plan::{PlanInput, capture_rows, order_fingerprint};
+use super::plan::{PlanInput, order_fingerprint};
 use super::refuse::{Refusal, Unread};
 use super::{Intake, IntakeOutcome, TOO_LARGE_EXCERPT_CHARS, intake_span, record_outcome};
 
@@ -111,18 +111,11 @@ impl Intake {
         span.record("messaging.message.id", message_id.as_str());
         span.record("message_type", parsed.envelope.message_type.as_str());
         span.record("order_id", parsed.command.order_id().as_str());
-        let mut tx = self
-            .store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| StorageError::classify("starting intake", e))?;
+        let mut tx = self.store.begin("starting intake").await?;
         let outcome = self
             .apply(&mut tx, message, &parsed, &body_hash, false)
             .await?;
-        tx.commit()
-            .await
-            .map_err(|e| StorageError::classify("committing intake", e))?;
+        tx.commit("committing intake").await?;
         Ok(match outcome {
             IntakeOutcome::Rejected { reason, detail, .. } => IntakeOutcome::Rejected {
                 reason,
@@ -137,7 +130,7 @@ impl Intake {
     /// processed now that its order exists.
     pub(super) async fn apply(
         &self,
-        tx: &mut PgConnection,
+        tx: &mut LedgerTx,
         message: &IncomingMessage,
         parsed: &Parsed,
         body_hash: &str,
@@ -145,9 +138,9 @@ impl Intake {
     ) -> Result<IntakeOutcome, StorageError> {
         let message_id = parsed.envelope.message_id.as_str();
         let order_id = parsed.command.order_id().clone();
-        ledger::lock_order_key(tx, &order_id).await?;
+        tx.lock_order_key(&order_id).await?;
 
-        if let Some(seen) = ledger::inbox_get(tx, message_id).await? {
+        if let Some(seen) = tx.inbox_get(message_id).await? {
             if seen.payload_hash != body_hash {
                 return self
                     .refuse(tx, message, parsed, body_hash, Refusal {
@@ -198,14 +191,14 @@ impl Intake {
         if from_park && matches!(result, IntakeOutcome::Rejected { .. }) {
             // Its delivery was acknowledged when it was parked: the dead-letter copy is owed,
             // and the sweeper sends it.
-            ledger::owe_dead_letter(tx, message_id, &message.body).await?;
+            tx.owe_dead_letter(message_id, &message.body).await?;
         }
         Ok(result)
     }
 
     pub(super) async fn register(
         &self,
-        tx: &mut PgConnection,
+        tx: &mut LedgerTx,
         message: &IncomingMessage,
         parsed: &Parsed,
         order: &Order,
@@ -222,7 +215,7 @@ impl Intake {
         };
         let order_hash = order_fingerprint(order);
         let mut dispatch = Vec::new();
-        match ledger::order_payload_hash(tx, order.order_id()).await? {
+        match tx.order_payload_hash(order.order_id()).await? {
             Some(h) if h == order_hash => {
                 self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
                     .await?;
@@ -241,7 +234,10 @@ impl Intake {
                 // and leave no way to record the refusal in it. Two registrations racing for
                 // one authorization still meet the constraint; the loser's transaction is
                 // retried by `handle` and refused here.
-                if ledger::authorization_taken(tx, &auth.provider, &auth.authorization_id).await? {
+                if tx
+                    .authorization_taken(&auth.provider, &auth.authorization_id)
+                    .await?
+                {
                     return self
                         .refuse(tx, message, parsed, body_hash, Refusal {
                             reason: "authorization_conflict".into(),
@@ -250,8 +246,7 @@ impl Intake {
                         .await;
                 }
                 let allowance = caps.over_capture.for_authorized(auth.amount);
-                ledger::insert_order(
-                    tx,
+                tx.insert_order(
                     order,
                     allowance,
                     parsed.envelope.message_id.as_str(),
@@ -264,7 +259,7 @@ impl Intake {
             .await?;
         // Shipments and cancellations that arrived first are processed now, in arrival order,
         // in this same transaction.
-        for parked in ledger::parked_for_order(tx, order.order_id().as_str()).await? {
+        for parked in tx.parked_for_order(order.order_id().as_str()).await? {
             let incoming = IncomingMessage {
                 body: parked.body.clone(),
                 routing_key: parked.routing_key.clone().unwrap_or_default(),
@@ -294,50 +289,20 @@ impl Intake {
 
     pub(super) async fn plan_event(
         &self,
-        tx: &mut PgConnection,
+        tx: &mut LedgerTx,
         message: &IncomingMessage,
         parsed: &Parsed,
         body_hash: &str,
         input: PlanInput<'_>,
     ) -> Result<IntakeOutcome, StorageError> {
         let order_id = parsed.command.order_id();
-        let Some(mut stored) = ledger::load_order(tx, order_id, true).await? else {
+        let Some(mut stored) = tx.load_order(order_id, true).await? else {
             self.remember(tx, message, parsed, body_hash, InboxStatus::Parked, None)
                 .await?;
             return Ok(IntakeOutcome::Parked);
         };
-        let caps = match self
-            .capabilities
-            .capabilities(stored.order.authorization().provider.as_str())
-        {
-            Some(c) => c,
-            None => {
-                return Err(StorageError::Corrupt {
-                    context: "planning a capture",
-                    detail: format!(
-                        "provider {} of order {} is no longer configured",
-                        stored.order.authorization().provider,
-                        order_id
-                    ),
-                });
-            }
-        };
-        let event = match input {
-            PlanInput::Shipment(s) => {
-                if let Some(prev) = ledger::load_shipment(tx, order_id, s.shipment_id()).await? {
-                    stored.state.shipments.push(prev);
-                }
-                Event::Shipment(s)
-            }
-            PlanInput::Cancellation(c) => {
-                if let Some(prev) =
-                    ledger::load_cancellation(tx, order_id, c.cancellation_id()).await?
-                {
-                    stored.state.cancellations.push(prev);
-                }
-                Event::Cancellation(c)
-            }
-        };
+        let caps = self.configured(&stored)?;
+        let event = with_earlier(tx, input, &mut stored).await?;
         let ctx = PlanContext {
             capabilities: caps,
             shipping: self.shipping,
@@ -388,29 +353,69 @@ impl Intake {
                     .await;
             }
         };
-        ledger::save_progress(tx, &stored.order, &plan.state).await?;
-        let order = &stored.order;
-        let (cause_kind, cause_id) = match input {
-            PlanInput::Shipment(s) => ("shipment", s.shipment_id().as_str()),
-            PlanInput::Cancellation(c) => ("cancellation", c.cancellation_id().as_str()),
+        self.record_event(
+            tx,
+            message,
+            parsed,
+            body_hash,
+            input,
+            &stored.order,
+            &plan,
+            shipped_value,
+        )
+        .await
+    }
+
+    /// The capabilities of the order's provider; an order whose provider is no longer
+    /// configured cannot be planned (retried until the configuration is fixed).
+    fn configured(&self, stored: &StoredOrder) -> Result<Capabilities, StorageError> {
+        let provider = &stored.order.authorization().provider;
+        self.capabilities
+            .capabilities(provider.as_str())
+            .ok_or_else(|| StorageError::Corrupt {
+                context: "planning a capture",
+                detail: format!(
+                    "provider {provider} of order {} is no longer configured",
+                    stored.order.order_id()
+                ),
+            })
+    }
+
+    /// Records what the plan of a shipment or cancellation decided: the plan (progress and
+    /// capture rows), the shipment or cancellation row with the decision's name, and the
+    /// message as processed.
+    #[allow(clippy::too_many_arguments)] // one message's parts and its plan, all written here
+    async fn record_event(
+        &self,
+        tx: &mut LedgerTx,
+        message: &IncomingMessage,
+        parsed: &Parsed,
+        body_hash: &str,
+        input: PlanInput<'_>,
+        order: &Order,
+        plan: &Plan,
+        shipped_value: MinorUnits,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let order_id = parsed.command.order_id();
+        let cause = match input {
+            PlanInput::Shipment(s) => PlanCause::Shipment(s.shipment_id()),
+            PlanInput::Cancellation(c) => PlanCause::Cancellation(c.cancellation_id()),
         };
         // The capture's execution joins this span's trace (or links to it when it runs later);
         // without tracing installed, the publisher's context is the best we have.
         let traceparent =
             crate::telemetry::trace::current_traceparent().or_else(|| message.traceparent.clone());
-        let traceparent = traceparent.as_deref();
+        let recorded = tx
+            .record_plan(order, plan, cause, traceparent.as_deref())
+            .await?;
+        let label = recorded.decision;
         let mut dispatch = Vec::new();
-        let (captures, label) = capture_rows(order, &plan, cause_kind, cause_id, traceparent);
-        for capture in &captures {
-            ledger::insert_capture(tx, capture).await?;
-        }
-        if !captures.is_empty() {
+        if !recorded.captures.is_empty() {
             dispatch.push(order_id.as_str().to_owned());
         }
         match input {
             PlanInput::Shipment(s) => {
-                ledger::insert_shipment(
-                    tx,
+                tx.insert_shipment(
                     order_id,
                     s,
                     parsed.envelope.message_id.as_str(),
@@ -419,9 +424,7 @@ impl Intake {
                 )
                 .await?
             }
-            PlanInput::Cancellation(c) => {
-                ledger::insert_cancellation(tx, order_id, c, &label).await?
-            }
+            PlanInput::Cancellation(c) => tx.insert_cancellation(order_id, c, &label).await?,
         }
         self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
             .await?;
@@ -431,7 +434,7 @@ impl Intake {
     /// Records the message in the inbox with its status.
     pub(super) async fn remember(
         &self,
-        tx: &mut PgConnection,
+        tx: &mut LedgerTx,
         message: &IncomingMessage,
         parsed: &Parsed,
         body_hash: &str,
@@ -439,22 +442,43 @@ impl Intake {
         reason: Option<&str>,
     ) -> Result<(), StorageError> {
         let parked = status == InboxStatus::Parked;
-        ledger::inbox_upsert(
-            tx,
-            &NewInbox {
-                message_id: parsed.envelope.message_id.as_str(),
-                message_type: parsed.envelope.message_type.as_str(),
-                order_id: Some(parsed.command.order_id().as_str()),
-                payload_hash: body_hash,
-                status,
-                reject_reason: reason,
-                body: parked.then_some(message.body.as_slice()),
-                routing_key: Some(&message.routing_key),
-                traceparent: message.traceparent.as_deref(),
-                tracestate: message.tracestate.as_deref(),
-                park_expires_at: parked.then(|| Utc::now() + self.parking),
-            },
-        )
+        tx.inbox_upsert(&NewInbox {
+            message_id: parsed.envelope.message_id.as_str(),
+            message_type: parsed.envelope.message_type.as_str(),
+            order_id: Some(parsed.command.order_id().as_str()),
+            payload_hash: body_hash,
+            status,
+            reject_reason: reason,
+            body: parked.then_some(message.body.as_slice()),
+            routing_key: Some(&message.routing_key),
+            traceparent: message.traceparent.as_deref(),
+            tracestate: message.tracestate.as_deref(),
+            park_expires_at: parked.then(|| Utc::now() + self.parking),
+        })
         .await
     }
+}
+
+/// The event to plan, with the earlier shipment or cancellation of the same id (if any) added
+/// to the order's state, so planning can tell a duplicate from a conflict.
+async fn with_earlier<'e>(
+    tx: &mut LedgerTx,
+    input: PlanInput<'e>,
+    stored: &mut StoredOrder,
+) -> Result<Event<'e>, StorageError> {
+    let order_id = stored.order.order_id().clone();
+    Ok(match input {
+        PlanInput::Shipment(s) => {
+            if let Some(prev) = tx.load_shipment(&order_id, s.shipment_id()).await? {
+                stored.state.shipments.push(prev);
+            }
+            Event::Shipment(s)
+        }
+        PlanInput::Cancellation(c) => {
+            if let Some(prev) = tx.load_cancellation(&order_id, c.cancellation_id()).await? {
+                stored.state.cancellations.push(prev);
+            }
+            Event::Cancellation(c)
+        }
+    })
 }

@@ -17,7 +17,12 @@
 //! - `batch`   — the batched path and the [`IntakeBatcher`] that groups deliveries.
 //! - `refuse`  — refusals: what is recorded and dead-lettered, and why.
 //! - `parked`  — shipments and cancellations waiting for their order.
-//! - `plan`    — a plan turned into capture rows; an order registration's fingerprint.
+//! - `plan`    — what a message asks to plan (a shipment or a cancellation), and an order
+//!   registration's fingerprint. The rows a plan becomes are written by storage
+//!   (`LedgerTx::record_plan`, `IntakeBatch::record_plan`), the same for both paths.
+//!
+//! Every statement runs in a `storage::LedgerTx`; captures created by a batch are claimed in
+//! it and handed to execution through an `execute::Handoff`.
 
 mod batch;
 mod message;
@@ -26,6 +31,8 @@ mod plan;
 mod refuse;
 
 pub use batch::IntakeBatcher;
+
+use super::execute::Handoff;
 
 use std::sync::Arc;
 
@@ -61,9 +68,9 @@ pub struct Intake {
     capabilities: Arc<dyn CapabilityLookup>,
     shipping: ShippingPolicy,
     parking: ChronoDuration,
-    /// When set, batched intake claims the captures it creates for this executor in the same
-    /// transaction and hands them over, saving a claim round trip per capture.
-    claimer: Option<super::execute::Executor>,
+    /// When set, batched intake claims the captures it creates for this handle's worker in the
+    /// same transaction and hands them over, saving a claim round trip per capture.
+    claimer: Option<Handoff>,
     /// Largest body read (`amqp.max_message_bytes`); a larger one is refused as `too_large`.
     max_message_bytes: usize,
 }
@@ -101,10 +108,10 @@ impl Intake {
         self
     }
 
-    /// Batched intake claims the captures it creates for `executor` and hands them over
-    /// after the commit (see [`Intake::handle_batch`]).
-    pub fn claiming_for(mut self, executor: super::execute::Executor) -> Self {
-        self.claimer = Some(executor);
+    /// Batched intake claims the captures it creates for the worker behind `handoff` and hands
+    /// them over after the commit (see [`Intake::handle_batch`]).
+    pub fn claiming_for(mut self, handoff: Handoff) -> Self {
+        self.claimer = Some(handoff);
         self
     }
 }

@@ -30,19 +30,15 @@ impl Intake {
             redelivered: false,
         };
         let hash = hex::encode(Sha256::digest(&parked.body));
-        let mut tx = self
-            .store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| StorageError::classify("expiring a parked message", e))?;
-        ledger::lock_order_key(&mut tx, parsed.command.order_id()).await?;
+        let mut tx = self.store.begin("expiring a parked message").await?;
+        tx.lock_order_key(parsed.command.order_id()).await?;
         // Still parked? (Its order may have arrived since the sweeper looked.)
-        let still = ledger::inbox_get(&mut tx, parsed.envelope.message_id.as_str()).await?;
+        let still = tx.inbox_get(parsed.envelope.message_id.as_str()).await?;
         if !matches!(still.map(|s| s.status), Some(InboxStatus::Parked)) {
             return Ok(IntakeOutcome::Duplicate);
         }
-        if ledger::load_order(&mut tx, parsed.command.order_id(), false)
+        if tx
+            .load_order(parsed.command.order_id(), false)
             .await?
             .is_some()
         {
@@ -55,26 +51,19 @@ impl Intake {
                 detail: format!("order {} was not registered within the parking time; publish order.authorized first, then requeue this message", parsed.command.order_id()),
             }, true)
             .await?;
-        tx.commit()
-            .await
-            .map_err(|e| StorageError::classify("expiring a parked message", e))?;
+        tx.commit("expiring a parked message").await?;
         Ok(out)
     }
 
     /// Processes the parked messages of an order that now exists (the sweeper's safety net).
     pub async fn process_parked(&self, order_id: &str) -> Result<Vec<String>, StorageError> {
-        let mut tx = self
-            .store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| StorageError::classify("processing parked messages", e))?;
+        let mut tx = self.store.begin("processing parked messages").await?;
         let Ok(oid) = domain::OrderId::parse(order_id) else {
             return Ok(Vec::new());
         };
-        ledger::lock_order_key(&mut tx, &oid).await?;
+        tx.lock_order_key(&oid).await?;
         let mut dispatch = Vec::new();
-        for parked in ledger::parked_for_order(&mut tx, order_id).await? {
+        for parked in tx.parked_for_order(order_id).await? {
             let Ok(p) = wire::parse(&parked.body, None) else {
                 continue;
             };
@@ -94,9 +83,7 @@ impl Intake {
                 dispatch.extend(d);
             }
         }
-        tx.commit()
-            .await
-            .map_err(|e| StorageError::classify("processing parked messages", e))?;
+        tx.commit("processing parked messages").await?;
         Ok(dispatch)
     }
 }

@@ -2,12 +2,11 @@
 //! was read, marked in the inbox) and dead-lettered; it never reaches the provider.
 
 use sha2::{Digest, Sha256};
-use sqlx::PgConnection;
 
 use crate::queue::consumer::IncomingMessage;
 use crate::queue::wire::{self, Parsed};
-use crate::storage::StorageError;
-use crate::storage::ledger::{self, InboxStatus, NewRejection};
+use crate::storage::ledger::{InboxStatus, NewRejection};
+use crate::storage::{LedgerTx, StorageError};
 use crate::telemetry::events::{self, Emit};
 
 use super::{Intake, IntakeOutcome, UNSTORABLE};
@@ -62,29 +61,19 @@ impl Intake {
         unread: Unread,
         body: &str,
     ) -> Result<IntakeOutcome, StorageError> {
-        let mut tx = self
-            .store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| StorageError::classify("starting intake", e))?;
-        ledger::insert_rejection(
-            &mut tx,
-            &NewRejection {
-                message_id: unread.message_id.as_deref(),
-                message_type: unread.message_type.as_deref(),
-                order_id: unread.order_id.as_deref(),
-                reason: unread.reason,
-                detail: &unread.detail,
-                routing_key: Some(&message.routing_key),
-                body: Some(body),
-                body_hash,
-            },
-        )
+        let mut tx = self.store.begin("starting intake").await?;
+        tx.insert_rejection(&NewRejection {
+            message_id: unread.message_id.as_deref(),
+            message_type: unread.message_type.as_deref(),
+            order_id: unread.order_id.as_deref(),
+            reason: unread.reason,
+            detail: &unread.detail,
+            routing_key: Some(&message.routing_key),
+            body: Some(body),
+            body_hash,
+        })
         .await?;
-        tx.commit()
-            .await
-            .map_err(|e| StorageError::classify("committing intake", e))?;
+        tx.commit("committing intake").await?;
         events::MessageRejected {
             reason: unread.reason,
             message_id: unread.message_id.as_deref().unwrap_or_default(),
@@ -103,7 +92,7 @@ impl Intake {
     /// is refused the same way.
     pub(super) async fn refuse(
         &self,
-        tx: &mut PgConnection,
+        tx: &mut LedgerTx,
         message: &IncomingMessage,
         parsed: &Parsed,
         body_hash: &str,
@@ -112,19 +101,16 @@ impl Intake {
     ) -> Result<IntakeOutcome, StorageError> {
         // Stored through the text boundary (storage).
         let body = String::from_utf8_lossy(&message.body);
-        ledger::insert_rejection(
-            tx,
-            &NewRejection {
-                message_id: Some(parsed.envelope.message_id.as_str()),
-                message_type: Some(parsed.envelope.message_type.as_str()),
-                order_id: Some(parsed.command.order_id().as_str()),
-                reason: &refusal.reason,
-                detail: &refusal.detail,
-                routing_key: Some(&message.routing_key),
-                body: Some(&body),
-                body_hash,
-            },
-        )
+        tx.insert_rejection(&NewRejection {
+            message_id: Some(parsed.envelope.message_id.as_str()),
+            message_type: Some(parsed.envelope.message_type.as_str()),
+            order_id: Some(parsed.command.order_id().as_str()),
+            reason: &refusal.reason,
+            detail: &refusal.detail,
+            routing_key: Some(&message.routing_key),
+            body: Some(&body),
+            body_hash,
+        })
         .await?;
         if in_inbox {
             self.remember(

@@ -34,8 +34,8 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::queue::publisher::Publisher;
 use crate::queue::topology::Topology;
+use crate::storage::Store;
 use crate::storage::operator::{self as sql, RejectionRow};
-use crate::storage::{StorageError, Store};
 
 use super::{Cell, OperatorError, OutputFormat, csv, table};
 
@@ -183,13 +183,8 @@ impl Requeuer {
     /// the broker confirmed the publish: if the publish fails, nothing changes.
     pub async fn requeue(&self, rejection_id: i64) -> Result<RequeueResult, OperatorError> {
         let skipped = |why| Ok(RequeueResult::Skipped { rejection_id, why });
-        let mut tx = self
-            .store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| StorageError::classify("starting the requeue", e))?;
-        let Some(r) = sql::lock_rejection(&mut tx, rejection_id).await? else {
+        let (mut requeue, rejection) = sql::Requeue::begin(&self.store, rejection_id).await?;
+        let Some(r) = rejection else {
             return skipped(SkipReason::NotFound);
         };
         if r.requeued_at.is_some() {
@@ -232,10 +227,10 @@ impl Requeuer {
         // waits on these rows until the commit, then finds the message id forgotten and the
         // old refusal's dedupe key retired, so a second refusal is recorded as a new row.
         let inbox_cleared = match r.message_id.as_deref() {
-            Some(id) => sql::forget_refusal(&mut tx, id).await? > 0,
+            Some(id) => requeue.forget_refusal(id).await? > 0,
             None => false,
         };
-        sql::mark_requeued(&mut tx, rejection_id).await?;
+        requeue.mark_requeued(rejection_id).await?;
         let mut headers = FieldTable::default();
         headers.insert(
             REQUEUED_FROM_HEADER.into(),
@@ -251,9 +246,7 @@ impl Requeuer {
             )
             .await
             .map_err(Box::new)?;
-        tx.commit()
-            .await
-            .map_err(|e| StorageError::classify("committing the requeue", e))?;
+        requeue.commit().await?;
         tracing::info!(
             event = "message_requeued",
             rejection_id,

@@ -350,16 +350,7 @@ pub async fn report(settings: Settings, request: ReportRequest) -> anyhow::Resul
 /// database's own text.
 fn report_failure(e: &OperatorError, from: NaiveDate, to: NaiveDate) -> String {
     let code = match e {
-        OperatorError::Storage(
-            StorageError::Permanent {
-                source: sqlx::Error::Database(db),
-                ..
-            }
-            | StorageError::Retryable {
-                source: sqlx::Error::Database(db),
-                ..
-            },
-        ) => db.code().map(|c| c.into_owned()),
+        OperatorError::Storage(e) => sql::sqlstate(e),
         _ => None,
     };
     let what = match (e, code.as_deref()) {

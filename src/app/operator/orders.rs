@@ -5,14 +5,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::domain::plan::{self, Carried, Decision, LineCharge, PlanContext, ResumeError};
-use crate::domain::{
-    Authorization, AuthorizationId, LineId, MinorUnits, Order, OrderId, ReleaseMethod,
-    ShippingPolicy,
-};
+use crate::domain::plan::{self, Carried, LineCharge, PlanContext, ResumeError};
+use crate::domain::{Authorization, AuthorizationId, LineId, MinorUnits, OrderId, ShippingPolicy};
 use crate::storage::Store;
-use crate::storage::ledger::{self, CaptureKind, NewCapture, StoredCaptureLine};
-use crate::storage::operator::{self as sql, NewAuthorization, OrderOverview, TimelineRow};
+use crate::storage::operator::{
+    self as sql, CarriedCapture, NewAuthorization, OrderOverview, TimelineRow,
+};
+use crate::storage::plans::{PlanCause, PlannedCapture};
 
 use super::{OperatorError, table};
 use crate::domain::CapabilityLookup;
@@ -333,24 +332,12 @@ pub async fn resume(
     shipping: ShippingPolicy,
     request: &ResumeRequest<'_>,
 ) -> Result<ResumeOutcome, OperatorError> {
-    let invalid = |e: &dyn std::fmt::Display| OperatorError::Invalid(e.to_string());
-    let order_id = OrderId::parse(request.order_id).map_err(|e| invalid(&e))?;
-    let authorization_id =
-        AuthorizationId::parse(request.authorization_id).map_err(|e| invalid(&e))?;
-    let amount = MinorUnits::new(request.amount).map_err(|e| invalid(&e))?;
-    if amount.is_zero() {
-        return Err(OperatorError::Invalid(
-            "--amount must be above 0: the new authorization's amount in minor units".into(),
-        ));
-    }
+    let (order_id, authorization_id, amount) = parse_request(request)?;
     let now = Utc::now();
-    let mut tx = store
-        .pool()
-        .begin()
-        .await
-        .map_err(|e| crate::storage::StorageError::classify("starting the resume", e))?;
-    ledger::lock_order_key(&mut tx, &order_id).await?;
-    let stored = ledger::load_order(&mut tx, &order_id, true)
+    let mut tx = store.begin("starting the resume").await?;
+    tx.lock_order_key(&order_id).await?;
+    let stored = tx
+        .load_order(&order_id, true)
         .await?
         .ok_or_else(|| OperatorError::NotFound {
             what: "order",
@@ -360,54 +347,27 @@ pub async fn resume(
     let caps = capabilities
         .capabilities(current.provider.as_str())
         .ok_or_else(|| OperatorError::UnknownProvider(current.provider.to_string()))?;
-    if let Some(owner) = sql::authorization_owner(
-        &mut tx,
-        current.provider.as_str(),
-        authorization_id.as_str(),
-    )
-    .await?
+    if let Some(owner) = tx
+        .authorization_owner(current.provider.as_str(), authorization_id.as_str())
+        .await?
     {
         return Err(OperatorError::AuthorizationInUse {
             authorization_id: authorization_id.to_string(),
             owner,
         });
     }
-    let carried_rows = sql::carried_captures(
-        &mut tx,
-        order_id.as_str(),
-        current.provider.as_str(),
-        current.authorization_id.as_str(),
-    )
-    .await?;
+    let carried_rows = tx
+        .carried_captures(
+            order_id.as_str(),
+            current.provider.as_str(),
+            current.authorization_id.as_str(),
+        )
+        .await?;
     let resume_error = |source: ResumeError| OperatorError::Resume {
         order_id: order_id.to_string(),
         source,
     };
-    let carried = carried_rows
-        .iter()
-        .map(|c| {
-            Ok(Carried {
-                lines: c
-                    .lines
-                    .iter()
-                    .map(|l| {
-                        Ok(LineCharge {
-                            line_id: LineId::parse(l.line_id.clone())
-                                .map_err(|e| ResumeError::CarriedMismatch(e.to_string()))?,
-                            units: l.units,
-                            amount: MinorUnits::new(l.amount)
-                                .map_err(|e| ResumeError::CarriedMismatch(e.to_string()))?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, ResumeError>>()?,
-                shipping: MinorUnits::new(c.shipping)
-                    .map_err(|e| ResumeError::CarriedMismatch(e.to_string()))?,
-                shortfall: MinorUnits::new(c.shortfall)
-                    .map_err(|e| ResumeError::CarriedMismatch(e.to_string()))?,
-            })
-        })
-        .collect::<Result<Vec<_>, ResumeError>>()
-        .map_err(resume_error)?;
+    let carried = carried_value(&carried_rows).map_err(resume_error)?;
     let new_authorization = Authorization {
         provider: current.provider.clone(),
         authorization_id: authorization_id.clone(),
@@ -427,8 +387,7 @@ pub async fn resume(
         },
     )
     .map_err(resume_error)?;
-    sql::replace_authorization(
-        &mut tx,
+    tx.replace_authorization(
         order_id.as_str(),
         &NewAuthorization {
             authorization_id: authorization_id.as_str(),
@@ -440,114 +399,18 @@ pub async fn resume(
         },
     )
     .await?;
-    ledger::save_progress(&mut tx, &resumed.order, &resumed.plan.state).await?;
     let order = &resumed.order;
-    let cause_id = authorization_id.as_str();
-    let mut planned = Vec::new();
-    let insert = |kind: CaptureKind,
-                  sequence: u32,
-                  amount: MinorUnits,
-                  is_final: bool,
-                  release_after: bool,
-                  lines: Vec<StoredCaptureLine>,
-                  shipping: MinorUnits,
-                  shortfall: MinorUnits| NewCapture {
-        order,
-        sequence,
-        kind,
-        cause_kind: "resume",
-        cause_id,
-        amount,
-        is_final,
-        release_after,
-        lines,
-        shipping,
-        shortfall,
-        traceparent: None,
-    };
-    let rows: Vec<NewCapture<'_>> = match &resumed.plan.decision {
-        Decision::Capture(cp) => {
-            let mut rows = vec![insert(
-                CaptureKind::Capture,
-                cp.sequence,
-                cp.amount,
-                cp.is_final,
-                cp.release_after,
-                stored_lines(order, &cp.lines),
-                cp.shipping,
-                resumed.plan.shortfall,
-            )];
-            if cp.release_after {
-                rows.push(insert(
-                    CaptureKind::Release,
-                    cp.sequence + 1,
-                    MinorUnits::ZERO,
-                    false,
-                    false,
-                    Vec::new(),
-                    MinorUnits::ZERO,
-                    MinorUnits::ZERO,
-                ));
-            }
-            rows
-        }
-        Decision::ReleaseRemainder { method, sequence } => {
-            let kind = match method {
-                ReleaseMethod::ZeroAmountFinalCapture => CaptureKind::Capture,
-                ReleaseMethod::Cancel => CaptureKind::Release,
-            };
-            vec![insert(
-                kind,
-                *sequence,
-                MinorUnits::ZERO,
-                true,
-                false,
-                Vec::new(),
-                MinorUnits::ZERO,
-                resumed.plan.shortfall,
-            )]
-        }
-        Decision::VoidAuthorization => vec![insert(
-            CaptureKind::Void,
-            resumed.plan.state.captures + 1,
-            MinorUnits::ZERO,
-            true,
-            false,
-            Vec::new(),
-            MinorUnits::ZERO,
-            resumed.plan.shortfall,
-        )],
-        Decision::Nothing(_) => Vec::new(),
-    };
-    for row in &rows {
-        let capture_id = ledger::insert_capture(&mut tx, row).await?;
-        planned.push(PlannedRow {
-            capture_id,
-            sequence: row.sequence,
-            kind: row.kind.as_str(),
-            amount: row.amount.get(),
-            is_final: row.is_final,
-        });
-    }
-    let refused_while_latched: i64 = sqlx::query_scalar(
-        "select count(*) from rejected_messages
-         where order_id = $1 and reason = 'order_declined' and requeued_at is null",
-    )
-    .bind(order_id.as_str())
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| {
-        crate::storage::StorageError::classify("counting messages refused while latched", e)
-    })?;
-    tx.commit()
-        .await
-        .map_err(|e| crate::storage::StorageError::classify("committing the resume", e))?;
-    let decision = match &resumed.plan.decision {
-        Decision::Capture(_) => "capture".to_owned(),
-        Decision::ReleaseRemainder { .. } => "release".to_owned(),
-        Decision::VoidAuthorization => "void".to_owned(),
-        Decision::Nothing(reason) => format!("nothing:{}", reason.label()),
-    };
+    let recorded = tx
+        .record_plan(
+            order,
+            &resumed.plan,
+            PlanCause::Resume(&authorization_id),
+            None,
+        )
+        .await?;
+    let refused_while_latched = tx.refused_while_latched(&order_id).await?;
+    tx.commit("committing the resume").await?;
+    let decision = recorded.decision.clone();
     tracing::warn!(
         event = "order_resumed",
         order_id = %order_id,
@@ -564,25 +427,64 @@ pub async fn resume(
         authorized_amount: amount.get(),
         carried_captures: carried_rows.iter().map(|c| c.capture_id).collect(),
         carried_amount: carried_rows.iter().map(|c| c.amount).sum(),
-        planned,
+        planned: planned_rows(&recorded.captures),
         shortfall: resumed.plan.shortfall.get(),
         decision,
         refused_while_latched,
     })
 }
 
-fn stored_lines(order: &Order, lines: &[LineCharge]) -> Vec<StoredCaptureLine> {
-    lines
+/// The request's order, new authorization and its amount, parsed.
+fn parse_request(
+    request: &ResumeRequest<'_>,
+) -> Result<(OrderId, AuthorizationId, MinorUnits), OperatorError> {
+    let invalid = |e: &dyn std::fmt::Display| OperatorError::Invalid(e.to_string());
+    let order_id = OrderId::parse(request.order_id).map_err(|e| invalid(&e))?;
+    let authorization_id =
+        AuthorizationId::parse(request.authorization_id).map_err(|e| invalid(&e))?;
+    let amount = MinorUnits::new(request.amount).map_err(|e| invalid(&e))?;
+    if amount.is_zero() {
+        return Err(OperatorError::Invalid(
+            "--amount must be above 0: the new authorization's amount in minor units".into(),
+        ));
+    }
+    Ok((order_id, authorization_id, amount))
+}
+
+/// The value of the declined and blocked captures, as the domain plans it again.
+fn carried_value(rows: &[CarriedCapture]) -> Result<Vec<Carried>, ResumeError> {
+    let mismatch = |e: &dyn std::fmt::Display| ResumeError::CarriedMismatch(e.to_string());
+    rows.iter()
+        .map(|c| {
+            Ok(Carried {
+                lines: c
+                    .lines
+                    .iter()
+                    .map(|l| {
+                        Ok(LineCharge {
+                            line_id: LineId::parse(l.line_id.clone()).map_err(|e| mismatch(&e))?,
+                            units: l.units,
+                            amount: MinorUnits::new(l.amount).map_err(|e| mismatch(&e))?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ResumeError>>()?,
+                shipping: MinorUnits::new(c.shipping).map_err(|e| mismatch(&e))?,
+                shortfall: MinorUnits::new(c.shortfall).map_err(|e| mismatch(&e))?,
+            })
+        })
+        .collect()
+}
+
+/// The capture rows the resume planned, as `order resume` reports them.
+fn planned_rows(captures: &[PlannedCapture]) -> Vec<PlannedRow> {
+    captures
         .iter()
-        .map(|l| {
-            let line = order.line_index(&l.line_id).map(|i| &order.lines()[i]);
-            StoredCaptureLine {
-                line_id: l.line_id.as_str().to_owned(),
-                sku: line.map(|x| x.sku.clone()).unwrap_or_default(),
-                name: line.map(|x| x.name.clone()).unwrap_or_default(),
-                units: l.units,
-                amount: l.amount.get(),
-            }
+        .map(|c| PlannedRow {
+            capture_id: c.capture_id,
+            sequence: c.sequence,
+            kind: c.kind.as_str(),
+            amount: c.amount.get(),
+            is_final: c.is_final,
         })
         .collect()
 }
