@@ -437,6 +437,7 @@ pub async fn settle_notified(
     providers: &Providers,
     provider: &str,
     reference: &str,
+    merchant_reference: Option<&str>,
     outcome: &Outcome,
     now: DateTime<Utc>,
 ) -> Result<Option<String>, StorageError> {
@@ -458,6 +459,7 @@ pub async fn settle_notified(
         store.pool(),
         provider,
         reference,
+        merchant_reference,
         succeeded,
         error.as_deref(),
         renews.map(|r| now + r),

@@ -170,6 +170,7 @@ async fn receive(
                 &state.providers,
                 &name,
                 &event.reference,
+                event.merchant_reference.as_deref(),
                 outcome,
                 Utc::now(),
             )

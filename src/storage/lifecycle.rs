@@ -205,7 +205,7 @@ pub async fn finish_action(
         "update lifecycle_actions set status = $2, provider_reference = $3, provider_code = $4,
              http_status = $5, new_authorization_id = $6, new_amount = $7, new_expires_at = $8,
              error = $9, finished_at = $10
-         where idempotency_key = $1
+         where idempotency_key = $1 and status in ('planned', 'unknown')
          returning order_id",
     )
     .bind(idempotency_key)
@@ -218,9 +218,13 @@ pub async fn finish_action(
     .bind(answer.new_expires_at)
     .bind(answer.error)
     .bind(now)
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await
     .ctx(CTX)?;
+    // Already settled by the provider's notification, which overtook the call's answer.
+    let Some(row) = row else {
+        return Ok(());
+    };
     let order_id: String = row.get("order_id");
     if answer.status == "succeeded" {
         if let Some(new_id) = answer.new_authorization_id {
@@ -263,10 +267,12 @@ pub async fn finish_action(
 /// adjustment, by its notification): `succeeded` puts the amount asked and `expires_at` on the
 /// order. Returns the order, or `None` when no pending action carries the reference (already
 /// settled, or not ours). Idempotent.
+#[allow(clippy::too_many_arguments)]
 pub async fn settle_pending(
     pool: &PgPool,
     provider: &str,
     reference: &str,
+    merchant_reference: Option<&str>,
     succeeded: bool,
     error: Option<&str>,
     expires_at: Option<DateTime<Utc>>,
@@ -278,7 +284,9 @@ pub async fn settle_pending(
         "update lifecycle_actions set status = $3, error = $4, finished_at = $5,
              new_amount = case when $3 = 'succeeded' then authorized_before + increase end,
              new_expires_at = case when $3 = 'succeeded' then $6 end
-         where provider = $1 and provider_reference = $2 and status = 'pending'
+         where provider = $1 and status in ('pending', 'planned', 'unknown')
+           and (provider_reference = $2
+                or order_id || '/' || action || '-' || sequence = $7)
          returning order_id, authorized_before + increase as total",
     )
     .bind(provider)
@@ -287,6 +295,7 @@ pub async fn settle_pending(
     .bind(error)
     .bind(now)
     .bind(expires_at)
+    .bind(merchant_reference)
     .fetch_optional(&mut *tx)
     .await
     .ctx(CTX)?;
