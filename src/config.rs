@@ -195,6 +195,52 @@ pub struct CaptureSettings {
     /// orders at risk, in milliseconds. Example: 60000.
     #[serde(default = "default_expiry_sweep_ms")]
     pub expiry_sweep_ms: u64,
+    /// Whether the lifecycle sweep runs (with the expiry sweep, every `expiry_sweep_ms`):
+    /// it extends holds before they lapse and increments them for a shortfall where the
+    /// provider documents it (docs/providers.md, Lifecycle). Example: true.
+    #[serde(default = "default_true")]
+    pub lifecycle_sweep: bool,
+    /// How long before a hold (or PayPal's honor period) runs out it is extended, in hours.
+    /// Example: 24.
+    #[serde(default = "default_extend_ahead_hours")]
+    pub extend_ahead_hours: u64,
+    /// A hold with nothing shipped and nothing captured this many hours after it was made is
+    /// released (event `authorization_released`, a `reconciliation_exceptions` row); 0: never.
+    /// Example: 0.
+    #[serde(default)]
+    pub idle_release_hours: u64,
+    /// What is left of a hold this many days old with nothing left to ship is released;
+    /// 0: never.
+    /// Example: 30.
+    #[serde(default = "default_max_hold_age_days")]
+    pub max_hold_age_days: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_extend_ahead_hours() -> u64 {
+    24
+}
+
+fn default_max_hold_age_days() -> u64 {
+    30
+}
+
+impl CaptureSettings {
+    /// The lifecycle policy's settings.
+    pub fn lifecycle(&self) -> crate::domain::lifecycle::LifecycleSettings {
+        let hours = |h: u64| chrono::Duration::hours(i64::try_from(h).unwrap_or(i64::MAX / 7200));
+        crate::domain::lifecycle::LifecycleSettings {
+            extend_ahead: hours(self.extend_ahead_hours),
+            idle_release_after: (self.idle_release_hours > 0)
+                .then(|| hours(self.idle_release_hours)),
+            max_age: (self.max_hold_age_days > 0)
+                .then(|| hours(self.max_hold_age_days.saturating_mul(24))),
+            ..crate::domain::lifecycle::LifecycleSettings::default()
+        }
+    }
 }
 
 fn default_concurrency_min() -> usize {

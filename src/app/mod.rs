@@ -17,6 +17,10 @@
 //!   (`spans`).
 //! - `recovery`  — the sweeper: captures whose retry is due or whose lease expired.
 //! - `expiry`    — the authorization-expiry sweep; dispatches through an `execute::Handoff`.
+//! - `lifecycle` — the lifecycle sweep: asks `domain::lifecycle` about each open hold and
+//!   extends, increments or releases it through the provider.
+//! - `limiter`   — the adaptive limit on each provider's calls in flight (a pure state
+//!   machine; `execute` gates its calls with it).
 //! - `relay`     — the outbox relay: publishes the outcome events the ledger's transitions
 //!   wrote, and prunes published ones.
 //! - `retry`     — the retry schedule.
@@ -46,6 +50,7 @@ pub mod execute;
 pub mod expiry;
 pub mod http;
 pub mod intake;
+pub mod lifecycle;
 pub mod limiter;
 pub mod operator;
 pub mod providers;
@@ -243,22 +248,32 @@ impl Application {
         let exec_rx = stop_rx.clone();
         let executor_task =
             tokio::spawn(async move { executor.run(self.dispatch_rx, exec_rx).await });
-        let sweeper = Sweeper {
-            store: self.store.clone(),
-            executor: self.executor.clone(),
-            intake: self.intake.clone(),
-            dead_letters: Some(sink),
-            interval: Duration::from_millis(self.settings.capture.sweep_interval_ms),
-            expiry: Some((
-                expiry::ExpirySweep {
-                    store: self.store.clone(),
-                    providers: self.providers.clone(),
-                    handoff: self.executor.handoff(),
-                    shipping: self.settings.capture.shipping_policy.into(),
-                },
-                Duration::from_millis(self.settings.capture.expiry_sweep_ms.max(1)),
-            )),
-        };
+        let sweeper =
+            Sweeper {
+                store: self.store.clone(),
+                executor: self.executor.clone(),
+                intake: self.intake.clone(),
+                dead_letters: Some(sink),
+                interval: Duration::from_millis(self.settings.capture.sweep_interval_ms),
+                expiry: Some((
+                    expiry::ExpirySweep {
+                        store: self.store.clone(),
+                        providers: self.providers.clone(),
+                        handoff: self.executor.handoff(),
+                        shipping: self.settings.capture.shipping_policy.into(),
+                    },
+                    Duration::from_millis(self.settings.capture.expiry_sweep_ms.max(1)),
+                )),
+                lifecycle: self.settings.capture.lifecycle_sweep.then(|| {
+                    lifecycle::LifecycleSweep {
+                        store: self.store.clone(),
+                        providers: self.providers.clone(),
+                        shipping: self.settings.capture.shipping_policy.into(),
+                        settings: self.settings.capture.lifecycle(),
+                        executor: Some(self.executor.clone()),
+                    }
+                }),
+            };
         let sweeper_task = tokio::spawn(sweeper.run(stop_rx.clone()));
         let relay_task = self.settings.outbox.relay.then(|| {
             let o = &self.settings.outbox;

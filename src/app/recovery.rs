@@ -26,6 +26,7 @@ use crate::telemetry::events::{self, Emit};
 use super::execute::Executor;
 use super::expiry::ExpirySweep;
 use super::intake::{Intake, IntakeOutcome};
+use super::lifecycle::LifecycleSweep;
 
 pub struct Sweeper {
     pub store: Store,
@@ -35,6 +36,8 @@ pub struct Sweeper {
     pub interval: Duration,
     /// The authorization-expiry sweep and how often it runs.
     pub expiry: Option<(ExpirySweep, Duration)>,
+    /// The lifecycle sweep, run with the expiry sweep.
+    pub lifecycle: Option<LifecycleSweep>,
 }
 
 impl Sweeper {
@@ -49,6 +52,11 @@ impl Sweeper {
             {
                 expiry_due = tokio::time::Instant::now() + *every;
                 if let Err(e) = expiry.run_once().await {
+                    events::SweepFailed { error: &e }.emit();
+                }
+                if let Some(lifecycle) = &self.lifecycle
+                    && let Err(e) = lifecycle.run_once_at(chrono::Utc::now()).await
+                {
                     events::SweepFailed { error: &e }.emit();
                 }
             }

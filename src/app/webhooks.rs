@@ -160,6 +160,30 @@ async fn receive(
     let mut dispatch = Vec::new();
     for event in &events {
         let effect = effect_of(event);
+        // An extension or increment the provider settled: applied before the event is recorded
+        // (idempotent: only a pending action changes), so a delivery that cannot be recorded
+        // and comes again changes nothing twice.
+        if event.subject == NotificationSubject::Lifecycle
+            && let NotificationEffect::Settle(outcome) = &event.effect
+            && let Err(e) = super::lifecycle::settle_notified(
+                &state.store,
+                &state.providers,
+                &name,
+                &event.reference,
+                event.merchant_reference.as_deref(),
+                outcome,
+                Utc::now(),
+            )
+            .await
+        {
+            tracing::error!(event = "notification_not_recorded", provider = %name, provider_reference = %event.reference, event_type = %event.event_type, error = %e, "a provider notification could not be recorded; answering 500 so the provider sends it again");
+            metrics::notification(&name, "error");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the notification could not be recorded; send it again\n",
+            )
+                .into_response();
+        }
         let new = NewEvent {
             provider: &name,
             reference: &event.reference,
@@ -169,7 +193,8 @@ async fn receive(
             subject: match event.subject {
                 NotificationSubject::Capture => Subject::Capture,
                 NotificationSubject::Release => Subject::Release,
-                NotificationSubject::Other => Subject::Other,
+                // Recorded for dedupe only: the lifecycle action was settled above.
+                NotificationSubject::Other | NotificationSubject::Lifecycle => Subject::Other,
             },
             effect: &effect,
             body: &masked,

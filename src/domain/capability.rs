@@ -62,6 +62,178 @@ pub struct Capabilities {
     /// fewer decimals than ISO 4217 gives it. A currency not listed has step 1. The plan
     /// carries the part of a capture that is not a whole step into the order's next capture.
     pub steps: &'static [(&'static str, i64)],
+    /// What the provider documents for keeping a hold alive and raising it: increments,
+    /// extensions, and a guarantee shorter than the capture window (PayPal's honor period).
+    /// The lifecycle policy (`super::lifecycle`) never proposes more than this allows.
+    pub lifecycle: LifecycleCapabilities,
+}
+
+/// How an increment request states its amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncrementAmount {
+    /// The new authorized total (Stripe `amount`, Adyen `amount` of `/amountUpdates`).
+    NewTotal,
+    /// The increase only (Checkout.com `amount` of `/payments/{id}/authorizations`).
+    Increase,
+}
+
+/// A provider's documented incremental authorization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IncrementRule {
+    pub amount: IncrementAmount,
+    /// At most this many increments per authorization (Stripe: 10 attempts, declines
+    /// included); `None`: no documented limit.
+    pub max_increments: Option<u32>,
+    /// Increments only while nothing has been captured (Stripe, Adyen and Checkout.com all say
+    /// so).
+    pub before_first_capture: bool,
+    /// The authorized total may reach at most this many basis points of the original amount;
+    /// `None`: no documented cap (the issuer decides).
+    pub max_total_bp: Option<u32>,
+    /// A successful increment also renews the hold for this long from when it is made
+    /// (Checkout.com: "increase the authorization amount or extend the authorization's validity
+    /// period"); `None`: the expiry is unchanged.
+    pub renews_for: Option<Duration>,
+}
+
+/// Which call extends a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtensionCall {
+    /// PayPal `POST /v2/payments/authorizations/{id}/reauthorize`: a new authorization with a
+    /// new id and a new honor period.
+    Reauthorize,
+    /// Adyen `POST /payments/{pspReference}/amountUpdates` with the current amount: "each time
+    /// that ... the validity period of the authorization is about to expire, you send another
+    /// authorization adjustment request".
+    AmountUpdate,
+    /// Checkout.com `POST /payments/{id}/authorizations` with amount 0 ("Omit the amount or
+    /// provide a value of `0` to extend the authorization validity period", Mastercard only).
+    ZeroIncrement,
+}
+
+/// A provider's documented extension of a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtensionRule {
+    pub call: ExtensionCall,
+    /// The extension may be asked for from this long after the original authorization
+    /// (PayPal: after the 3-day honor period).
+    pub opens_after: Duration,
+    /// ... and no later than this long after it (PayPal: 29 days); `None`: while the hold is
+    /// valid.
+    pub closes_after: Option<Duration>,
+    /// At most this many extensions per authorization (PayPal: once); `None`: no documented
+    /// limit.
+    pub max_extensions: Option<u32>,
+    /// A successful extension holds the funds this much longer from when it is made.
+    pub renews_for: Duration,
+    /// Extensions only while nothing has been captured (Adyen, Checkout.com).
+    pub before_first_capture: bool,
+}
+
+/// What a provider documents for keeping a hold alive and raising it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LifecycleCapabilities {
+    /// `None`: the provider documents no increment (or the worker does not use it).
+    pub increment: Option<IncrementRule>,
+    /// `None`: the hold cannot be extended after the fact.
+    pub extension: Option<ExtensionRule>,
+    /// How long the funds are guaranteed after an authorization (or an extension) when that
+    /// is shorter than the capture window: PayPal's 3-day honor period of a 29-day
+    /// authorization. `None`: the whole window.
+    pub honor_period: Option<Duration>,
+}
+
+impl LifecycleCapabilities {
+    /// Neither increments nor extensions: the hold lapses at its deadline.
+    pub const NONE: LifecycleCapabilities = LifecycleCapabilities {
+        increment: None,
+        extension: None,
+        honor_period: None,
+    };
+
+    /// Stripe: `increment_authorization` with the new total, at most 10 attempts, only on a
+    /// PaymentIntent that is "completely uncaptured" and whose card allows it; an online card
+    /// hold cannot be extended after the fact (extended holds are requested at confirmation).
+    pub fn stripe() -> Self {
+        LifecycleCapabilities {
+            increment: Some(IncrementRule {
+                amount: IncrementAmount::NewTotal,
+                max_increments: Some(10),
+                before_first_capture: true,
+                max_total_bp: None,
+                renews_for: None,
+            }),
+            extension: None,
+            honor_period: None,
+        }
+    }
+
+    /// Adyen authorisation adjustment of a pre-authorised payment (`/amountUpdates`): the new
+    /// total, only before any capture; the same amount again extends the hold (by the card
+    /// scheme's period, taken as the 7-day window).
+    pub fn adyen() -> Self {
+        LifecycleCapabilities {
+            increment: Some(IncrementRule {
+                amount: IncrementAmount::NewTotal,
+                max_increments: None,
+                before_first_capture: true,
+                max_total_bp: None,
+                renews_for: Some(Duration::days(7)),
+            }),
+            extension: Some(ExtensionRule {
+                call: ExtensionCall::AmountUpdate,
+                opens_after: Duration::zero(),
+                closes_after: None,
+                max_extensions: None,
+                renews_for: Duration::days(7),
+                before_first_capture: true,
+            }),
+            honor_period: None,
+        }
+    }
+
+    /// Checkout.com incremental authorization of an estimated authorization: the increase,
+    /// any number within the validity period, none once the payment is partly captured; an
+    /// amount of 0 extends the validity (Mastercard only). Both renew the expiry
+    /// (`expires_on` in the answer; 7 days is the payment's window).
+    pub fn checkout() -> Self {
+        LifecycleCapabilities {
+            increment: Some(IncrementRule {
+                amount: IncrementAmount::Increase,
+                max_increments: None,
+                before_first_capture: true,
+                max_total_bp: None,
+                renews_for: Some(Duration::days(7)),
+            }),
+            extension: Some(ExtensionRule {
+                call: ExtensionCall::ZeroIncrement,
+                opens_after: Duration::zero(),
+                closes_after: None,
+                max_extensions: None,
+                renews_for: Duration::days(7),
+                before_first_capture: true,
+            }),
+            honor_period: None,
+        }
+    }
+
+    /// PayPal: a 3-day honor period within the 29-day authorization; reauthorize once, from
+    /// the end of the honor period to day 29, for a new 3-day honor period. Reauthorizing for
+    /// more (up to 115 %, +75 USD in the US) is not planned, so no increments.
+    pub fn paypal() -> Self {
+        LifecycleCapabilities {
+            increment: None,
+            extension: Some(ExtensionRule {
+                call: ExtensionCall::Reauthorize,
+                opens_after: Duration::days(3),
+                closes_after: Some(Duration::days(29)),
+                max_extensions: Some(1),
+                renews_for: Duration::days(3),
+                before_first_capture: false,
+            }),
+            honor_period: Some(Duration::days(3)),
+        }
+    }
 }
 
 /// Stripe's minimum charge amounts per currency, in minor units
@@ -161,6 +333,7 @@ impl Capabilities {
             capture_ahead: Duration::hours(12),
             minimums: &[],
             steps: &[],
+            lifecycle: LifecycleCapabilities::NONE,
         }
     }
 
@@ -180,6 +353,7 @@ impl Capabilities {
             capture_ahead: Duration::hours(12),
             minimums: STRIPE_MINIMUMS,
             steps: &[],
+            lifecycle: LifecycleCapabilities::stripe(),
         }
     }
 
@@ -198,6 +372,7 @@ impl Capabilities {
             capture_ahead: Duration::hours(12),
             minimums: &[],
             steps: &[],
+            lifecycle: LifecycleCapabilities::NONE,
         }
     }
 
@@ -214,6 +389,7 @@ impl Capabilities {
             capture_ahead: Duration::hours(12),
             minimums: &[],
             steps: ADYEN_STEPS,
+            lifecycle: LifecycleCapabilities::adyen(),
         }
     }
 
@@ -233,6 +409,7 @@ impl Capabilities {
             capture_ahead: Duration::hours(12),
             minimums: &[],
             steps: CHECKOUT_STEPS,
+            lifecycle: LifecycleCapabilities::checkout(),
         }
     }
 
@@ -251,6 +428,7 @@ impl Capabilities {
             capture_ahead: Duration::hours(12),
             minimums: &[],
             steps: PAYPAL_STEPS,
+            lifecycle: LifecycleCapabilities::paypal(),
         }
     }
 
@@ -268,6 +446,7 @@ impl Capabilities {
             capture_ahead: Duration::hours(12),
             minimums: &[],
             steps: &[],
+            lifecycle: LifecycleCapabilities::NONE,
         }
     }
 
@@ -293,6 +472,7 @@ impl Capabilities {
             capture_ahead: Duration::hours(12),
             minimums: &[],
             steps: &[],
+            lifecycle: LifecycleCapabilities::NONE,
         }
     }
 
@@ -307,6 +487,7 @@ impl Capabilities {
             capture_ahead: Duration::hours(12),
             minimums: &[],
             steps: &[],
+            lifecycle: LifecycleCapabilities::NONE,
         }
     }
 }

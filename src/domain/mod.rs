@@ -8,13 +8,17 @@ pub mod allocation;
 pub mod capability;
 pub mod currency;
 pub mod ids;
+pub mod lifecycle;
 pub mod money;
 pub mod order;
 pub mod plan;
 pub mod readback;
 
 pub use allocation::{OverCaptureAllowance, ShippingPolicy};
-pub use capability::{Capabilities, CapabilityLookup, CaptureMode, FinalFlag, ReleaseMethod};
+pub use capability::{
+    Capabilities, CapabilityLookup, CaptureMode, ExtensionCall, ExtensionRule, FinalFlag,
+    IncrementAmount, IncrementRule, LifecycleCapabilities, ReleaseMethod,
+};
 pub use currency::{Currency, UnknownCurrency};
 pub use ids::{
     AuthorizationId, EventId, IdempotencyKey, InvalidId, LineId, OrderId, ProviderName, ShipmentId,

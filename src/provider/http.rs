@@ -400,6 +400,15 @@ impl Api {
         self.span("release", &request.authorization_id, key)
     }
 
+    /// The adapter's span around an extension or increment (see [`Api::span`]).
+    pub(crate) fn lifecycle_span(
+        &self,
+        request: &crate::provider::LifecycleRequest,
+    ) -> tracing::Span {
+        let key = Some(&request.idempotency_key);
+        self.span(request.call.label(), &request.authorization_id, key)
+    }
+
     /// Runs a read-back in the adapter's span (see [`Api::span`]), logging a failure as a
     /// warning.
     pub(crate) async fn traced_lookup(

@@ -70,6 +70,99 @@ pub struct ReleaseRequest {
     pub idempotency_key: IdempotencyKey,
 }
 
+/// Which lifecycle call a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleCall {
+    /// Keep the hold alive: PayPal reauthorize, Adyen amount update with the same amount,
+    /// Checkout.com increment of 0.
+    Extend,
+    /// Raise the authorized amount.
+    Increment,
+}
+
+impl LifecycleCall {
+    /// `extend` / `increment`: the label of the ledger, metrics and references.
+    pub fn label(self) -> &'static str {
+        match self {
+            LifecycleCall::Extend => "extend",
+            LifecycleCall::Increment => "increment",
+        }
+    }
+}
+
+/// A request to extend or increment a hold. Built from the persisted lifecycle row: the
+/// amounts and the key are never recomputed between attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleRequest {
+    pub call: LifecycleCall,
+    pub authorization_id: AuthorizationId,
+    pub order_id: OrderId,
+    /// 1, 2, 3… lifecycle actions within the order; names the action in references
+    /// (`order/increment-1`).
+    pub sequence: u32,
+    /// The amount authorized before the call.
+    pub authorized: Money,
+    /// The increase (zero for an extension).
+    pub by: MinorUnits,
+    pub idempotency_key: IdempotencyKey,
+}
+
+impl LifecycleRequest {
+    /// The authorized total the call asks for: `authorized + by`.
+    pub fn new_total(&self) -> Result<MinorUnits, crate::domain::MoneyError> {
+        self.authorized
+            .amount()
+            .checked_add(self.by, "authorized total")
+    }
+
+    /// The merchant reference of the call: `extend-1`, `increment-2`.
+    pub fn cause(&self) -> String {
+        format!("{}-{}", self.call.label(), self.sequence)
+    }
+}
+
+/// What a provider's answer says the hold is after a lifecycle call, as far as it says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HoldChange {
+    /// The authorization to capture from from now on, when the call made a new one
+    /// (PayPal's reauthorization has an id of its own).
+    pub authorization_id: Option<AuthorizationId>,
+    /// The authorized amount after the call.
+    pub amount: Option<MinorUnits>,
+    /// When the hold now lapses.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One lifecycle call as it happened: the call's result and, for a call that succeeded, what
+/// the answer says about the hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleResult {
+    pub call: CallResult,
+    pub hold: Option<HoldChange>,
+}
+
+impl LifecycleResult {
+    /// The answer of a provider that documents no such call: nothing is sent.
+    pub fn not_supported(provider: &str, request: &LifecycleRequest) -> Self {
+        LifecycleResult {
+            call: CallResult {
+                outcome: Outcome::Failed {
+                    reason: format!(
+                        "{provider} documents no way to {} authorization {} (see docs/providers.md, Lifecycle); nothing was sent",
+                        request.call.label(),
+                        request.authorization_id
+                    ),
+                },
+                http_status: None,
+                provider_code: Some("not_supported".to_owned()),
+                provider_request_id: None,
+                latency: Duration::ZERO,
+            },
+            hold: None,
+        }
+    }
+}
+
 /// What the provider said about one call. Exhaustive: every answer maps to exactly one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -178,6 +271,9 @@ pub enum NotificationSubject {
     Capture,
     /// The release (cancel / void) of an authorization's remainder.
     Release,
+    /// An extension or increment of the hold the worker asked for (Adyen's
+    /// `AUTHORISATION_ADJUSTMENT`); `reference` is the one the call's pending answer gave.
+    Lifecycle,
     /// Anything else (refunds, authorisations, disputes…).
     Other,
 }
@@ -246,6 +342,12 @@ pub trait PaymentProvider: Send + Sync {
 
     /// Releases what is left of the authorization (Stripe: cancel the PaymentIntent).
     async fn release(&self, request: &ReleaseRequest) -> CallResult;
+
+    /// Extends or increments the hold ([`LifecycleCall`]), where the provider documents it.
+    /// Default: not supported, nothing is sent.
+    async fn lifecycle(&self, request: &LifecycleRequest) -> LifecycleResult {
+        LifecycleResult::not_supported(self.name(), request)
+    }
 
     /// Reads the authorization back.
     async fn lookup(

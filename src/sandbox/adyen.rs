@@ -19,7 +19,9 @@ use super::Sandbox;
 use super::dialect::{
     Dialect, DialectReply, Executed, Request, api_key_ok, header, new_id, settle_delay,
 };
-use super::model::{Acceptance, CaptureCommand, LedgerOutcome, MetadataUpdate, ModelError};
+use super::model::{
+    Acceptance, Adjustment, CaptureCommand, LedgerOutcome, MetadataUpdate, ModelError,
+};
 use super::notify::Outgoing;
 
 pub(super) struct Adyen;
@@ -80,6 +82,119 @@ pub(super) fn routes() -> Router<Sandbox> {
     Router::new()
         .route("/payments/{id}/captures", post(capture))
         .route("/payments/{id}/cancels", post(cancel))
+        .route("/payments/{id}/amountUpdates", post(amount_update))
+}
+
+/// The body of `POST /payments/{id}/amountUpdates` (`PaymentAmountUpdateRequest`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AmountUpdateBody {
+    merchant_account: String,
+    amount: Amount,
+    #[serde(default)]
+    reference: Option<String>,
+}
+
+/// How long an authorisation adjustment keeps the payment authorised from now (the card
+/// scheme's period, taken as the 7-day window).
+const ADJUSTMENT_RENEWS_FOR_DAYS: i64 = 7;
+
+/// `POST /payments/{id}/amountUpdates`: the updated amount (the same amount extends the
+/// hold), answered `201 received`; the result follows as a signed `AUTHORISATION_ADJUSTMENT`
+/// notification. Only for a payment not yet captured ("You can only update authorised
+/// amounts that have not yet been captured"): otherwise the notification says
+/// `success: false`.
+async fn amount_update(
+    State(sandbox): State<Sandbox>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> DialectReply {
+    let parsed: Result<AmountUpdateBody, _> = serde_json::from_slice(&body);
+    let request = Request {
+        method: "POST",
+        path: format!("/adyen/v71/payments/{id}/amountUpdates"),
+        authorization_id: id.clone(),
+        key: header(&headers, "idempotency-key"),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        amount: parsed.as_ref().ok().map(|b| b.amount.value),
+        is_final: None,
+        capture: false,
+    };
+    let sb = sandbox.clone();
+    sandbox
+        .dialect_call::<Adyen>(&headers, request, move |state, _call, now| {
+            let body = match parsed {
+                Ok(b) => b,
+                Err(e) => {
+                    return Executed::reply(
+                        error(
+                            400,
+                            "702",
+                            "validation",
+                            &format!("invalid PaymentAmountUpdateRequest: {e}"),
+                        ),
+                        LedgerOutcome::Error,
+                    );
+                }
+            };
+            let Some(view) = state.model.view(&id, now) else {
+                return Executed::reply(Adyen::not_found(&id), LedgerOutcome::Error);
+            };
+            if body.amount.currency != view.currency.code() {
+                return validation("The currency must match the currency used in authorisation");
+            }
+            let psp = new_id(&sb, "SBX");
+            let adjustment = Adjustment {
+                new_total: (body.amount.value != view.amount).then_some(body.amount.value),
+                renew_for: Some(chrono::Duration::days(ADJUSTMENT_RENEWS_FOR_DAYS)),
+                before_first_capture: true,
+                max_adjustments: None,
+            };
+            // Accepted either way; whether it worked comes with the notification.
+            let result = state.model.adjust(&id, adjustment, now);
+            let success = result.is_ok();
+            let notify = Outgoing {
+                channel: Adyen::NAME.to_owned(),
+                release: false,
+                adjustment: true,
+                authorization_id: id.clone(),
+                reference: psp.clone(),
+                merchant_reference: body.reference.clone(),
+                account: Some(body.merchant_account.clone()),
+                amount: body.amount.value,
+                currency: view.currency,
+                is_final: false,
+                success,
+                code: result.err().map(|e| e.to_string()),
+            };
+            Executed {
+                notify: if state.model.silent(&id) {
+                    Vec::new()
+                } else {
+                    vec![notify]
+                },
+                ..Executed::reply(
+                    DialectReply::json(
+                        201,
+                        &json!({
+                            "merchantAccount": body.merchant_account,
+                            "paymentPspReference": id,
+                            "pspReference": psp,
+                            "reference": body.reference,
+                            "status": "received",
+                            "amount": {"currency": body.amount.currency, "value": body.amount.value},
+                        }),
+                    ),
+                    if success {
+                        LedgerOutcome::Adjusted
+                    } else {
+                        LedgerOutcome::Error
+                    },
+                )
+            }
+        })
+        .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,6 +365,7 @@ async fn cancel(
             let notify = Outgoing {
                 channel: Adyen::NAME.to_owned(),
                 release: true,
+                adjustment: false,
                 authorization_id: id.clone(),
                 reference: psp.clone(),
                 merchant_reference: body.reference.clone(),

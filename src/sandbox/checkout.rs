@@ -23,7 +23,7 @@ use super::dialect::{
     Dialect, DialectReply, Executed, Request, bearer_ok, header, new_id, settle_delay,
 };
 use super::model::{
-    Acceptance, AuthorizationView, CancellationReason, CaptureCommand, LedgerOutcome,
+    Acceptance, Adjustment, AuthorizationView, CancellationReason, CaptureCommand, LedgerOutcome,
     MetadataUpdate, ModelError, Status,
 };
 use super::notify::Outgoing;
@@ -72,6 +72,105 @@ pub(super) fn routes() -> Router<Sandbox> {
         .route("/payments/{id}", get(read))
         .route("/payments/{id}/captures", post(capture))
         .route("/payments/{id}/voids", post(void))
+        .route("/payments/{id}/authorizations", post(authorize))
+}
+
+#[derive(Debug, Deserialize)]
+struct IncrementBody {
+    /// The increase; 0 or absent extends the validity.
+    #[serde(default)]
+    amount: Option<i64>,
+    #[serde(default)]
+    reference: Option<String>,
+}
+
+/// How long an incremental authorization (or an extension) keeps the payment authorized from
+/// now: the 7-day window of a card payment.
+const RENEWS_FOR_DAYS: i64 = 7;
+
+/// `POST /payments/{id}/authorizations`: an incremental authorization (or, with amount 0, an
+/// extension of the validity), answered synchronously `201` with `approved`, the new `amount`
+/// and `expires_on`. Not once the payment is partly captured (403, as for a capture not
+/// allowed).
+async fn authorize(
+    State(sandbox): State<Sandbox>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> DialectReply {
+    let parsed: Result<IncrementBody, _> = serde_json::from_slice(&body);
+    let request = Request {
+        method: "POST",
+        path: format!("/checkout/payments/{id}/authorizations"),
+        authorization_id: id.clone(),
+        key: header(&headers, "cko-idempotency-key"),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        amount: parsed.as_ref().ok().and_then(|b| b.amount),
+        is_final: None,
+        capture: false,
+    };
+    let sb = sandbox.clone();
+    sandbox
+        .dialect_call::<Checkout>(&headers, request, move |state, _call, now| {
+            let Ok(body) = parsed else {
+                return Executed::reply(
+                    error(422, "request_invalid", &["request_body_malformed"]),
+                    LedgerOutcome::Error,
+                );
+            };
+            let increase = body.amount.unwrap_or(0);
+            if increase < 0 {
+                return Executed::reply(
+                    error(422, "request_invalid", &["amount_invalid"]),
+                    LedgerOutcome::Error,
+                );
+            }
+            let Some(before) = state.model.view(&id, now) else {
+                return Executed::reply(Checkout::not_found(&id), LedgerOutcome::Error);
+            };
+            let adjustment = Adjustment {
+                new_total: (increase > 0).then_some(before.amount + increase),
+                renew_for: Some(chrono::Duration::days(RENEWS_FOR_DAYS)),
+                before_first_capture: true,
+                max_adjustments: None,
+            };
+            let action = new_id(&sb, "act_");
+            let answer = |v: &AuthorizationView, approved: bool| {
+                json!({
+                    "action_id": action,
+                    "amount": v.amount,
+                    "currency": v.currency.code(),
+                    "approved": approved,
+                    "status": if approved { "Authorized" } else { "Declined" },
+                    "response_code": if approved { "10000" } else { "20051" },
+                    "response_summary": if approved { "Approved" } else { "Insufficient Funds" },
+                    "expires_on": v.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "processed_on": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "reference": body.reference,
+                    "balances": payment(v)["balances"].clone(),
+                    "_links": {
+                        "self": {"href": format!("/payments/{id}")},
+                        "actions": {"href": format!("/payments/{id}/actions")},
+                    },
+                })
+            };
+            match state.model.adjust(&id, adjustment, now) {
+                Ok(v) => Executed::reply(
+                    DialectReply::json(201, &answer(&v, true)),
+                    LedgerOutcome::Adjusted,
+                ),
+                Err(ModelError::AdjustmentDeclined) => Executed::reply(
+                    DialectReply::json(201, &answer(&before, false)),
+                    LedgerOutcome::Declined,
+                ),
+                Err(ModelError::NotFound { id }) => {
+                    Executed::reply(Checkout::not_found(&id), LedgerOutcome::Error)
+                }
+                // Captured, voided, expired: not allowed.
+                Err(_) => Executed::reply(DialectReply::empty(403), LedgerOutcome::Error),
+            }
+        })
+        .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +366,7 @@ async fn void(
                     let notify = Outgoing {
                         channel: Checkout::NAME.to_owned(),
                         release: true,
+                        adjustment: false,
                         authorization_id: id.clone(),
                         reference: action.clone(),
                         merchant_reference: reference.clone(),

@@ -53,7 +53,7 @@ pub use model::{
 };
 pub use notify::Delivery;
 
-use model::{CaptureCommand, Claim, Created, Fingerprint, IdempotencyStore, Model};
+use model::{Adjustment, CaptureCommand, Claim, Created, Fingerprint, IdempotencyStore, Model};
 use wire::{AdminAuthorization, ApiError, CaptureForm, ErrorType, PaymentIntent};
 
 /// How the sandbox server behaves as a whole.
@@ -393,6 +393,21 @@ impl Sandbox {
             Op::Cancel => {
                 Action::Cancel(wire::parse_cancel(&pairs).map_err(|e| Refusal::new(400, e))?)
             }
+            Op::Increment => {
+                let amount = param(&pairs, "amount")
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .ok_or_else(|| {
+                        Refusal::new(
+                            400,
+                            ApiError::invalid(
+                                Some("parameter_missing"),
+                                "Missing required param: amount.",
+                            )
+                            .with_param("amount"),
+                        )
+                    })?;
+                Action::Increment(amount)
+            }
         };
         let id = call.authorization_id.clone().unwrap_or_default();
         if !state.model.contains(&id) {
@@ -467,6 +482,24 @@ impl Sandbox {
         }
         let now = Utc::now();
         match go.action {
+            // Stripe: the new total, at most 10 attempts, only while nothing is captured.
+            Action::Increment(total) => {
+                let adjustment = Adjustment {
+                    new_total: Some(total),
+                    renew_for: None,
+                    before_first_capture: true,
+                    max_adjustments: Some(10),
+                };
+                let (reply, outcome) = match state.model.adjust(&go.target.id, adjustment, now) {
+                    Ok(view) => (
+                        Reply::json(call, 200, &PaymentIntent::from(&view)),
+                        LedgerOutcome::Adjusted,
+                    ),
+                    Err(e) => model_refusal(state, &go.target.id, &e, now, call),
+                };
+                let reply = save(state, &go.target, reply);
+                (self.finish(state, call, reply, outcome, 0), None)
+            }
             Action::Cancel(reason) => {
                 let (reply, outcome) = match state.model.cancel(&go.target.id, reason, now) {
                     Ok(view) => (
@@ -663,6 +696,7 @@ impl Drop for ClaimGuard {
 enum Op {
     Capture,
     Cancel,
+    Increment,
 }
 
 impl Op {
@@ -670,6 +704,7 @@ impl Op {
         match self {
             Op::Capture => "capture",
             Op::Cancel => "cancel",
+            Op::Increment => "increment_authorization",
         }
     }
 }
@@ -677,6 +712,8 @@ impl Op {
 enum Action {
     Capture(CaptureForm),
     Cancel(Option<CancellationReason>),
+    /// The new total of an `increment_authorization`.
+    Increment(i64),
 }
 
 /// An admitted request: its key is claimed (when it has one) and it may execute.
@@ -991,6 +1028,10 @@ pub fn router(sandbox: Sandbox) -> Router {
         .route("/v1/payment_intents/{id}", get(retrieve_handler))
         .route("/v1/payment_intents/{id}/capture", post(capture_handler))
         .route("/v1/payment_intents/{id}/cancel", post(cancel_handler))
+        .route(
+            "/v1/payment_intents/{id}/increment_authorization",
+            post(increment_handler),
+        )
         .route("/sandbox/authorizations", post(create_handler))
         .route("/sandbox/authorizations/{id}", get(admin_get_handler))
         .route(
@@ -1105,6 +1146,17 @@ async fn cancel_handler(
 ) -> Reply {
     sandbox
         .mutate(Op::Cancel, path_id(path), &headers, body)
+        .await
+}
+
+async fn increment_handler(
+    State(sandbox): State<Sandbox>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    sandbox
+        .mutate(Op::Increment, path_id(path), &headers, body)
         .await
 }
 

@@ -166,6 +166,10 @@ pub struct Scenario {
     /// The next this many read-backs of the authorization (Stripe's `GET` of the
     /// PaymentIntent) answer 503, as a provider that cannot be read for a while.
     pub failed_reads: u32,
+    /// Increments, extensions and reauthorizations of this authorization are refused by the
+    /// issuer (Stripe `card_declined`, Checkout.com `approved: false`, Adyen
+    /// `AUTHORISATION_ADJUSTMENT` with `success: false`, PayPal `DENIED`).
+    pub decline_adjustments: bool,
 }
 
 impl Scenario {
@@ -359,6 +363,13 @@ pub struct AuthorizationView {
     pub declined: Vec<DeclinedCapture>,
     /// Capture requests that reached normal processing (what `decline_on_capture` counts).
     pub capture_requests: u32,
+    /// Increments and extensions asked for, refused ones included.
+    pub adjustments: u32,
+    /// When the funds stop being guaranteed (PayPal's honor period).
+    pub honor_until: Option<DateTime<Utc>>,
+    /// The authorization this one reauthorizes, and the one that reauthorized this one.
+    pub reauthorization_of: Option<String>,
+    pub reauthorized_as: Option<String>,
     pub scenario: Scenario,
 }
 
@@ -415,8 +426,26 @@ pub enum ModelError {
     LimitReached { limit: u32 },
     #[error("the card was declined ({decline_code})")]
     Declined { decline_code: String },
+    #[error("the authorization cannot be adjusted: {why}")]
+    NotAdjustable { why: &'static str },
+    #[error("the issuer refused the adjustment")]
+    AdjustmentDeclined,
     #[error("amount arithmetic overflowed")]
     Overflow,
+}
+
+/// An increment or extension of a hold, as a dialect's request asks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adjustment {
+    /// The authorized total afterwards (an increment); `None` keeps the amount.
+    pub new_total: Option<i64>,
+    /// The hold then lapses this long after now (an extension, or an increment that renews
+    /// it); `None` keeps the expiry.
+    pub renew_for: Option<Duration>,
+    /// Refused once anything is captured or pending (Stripe, Adyen, Checkout.com).
+    pub before_first_capture: bool,
+    /// At most this many adjustments, refused ones included (Stripe: 10 attempts).
+    pub max_adjustments: Option<u32>,
 }
 
 /// What one request on a provider-dialect endpoint came to, for the ledger.
@@ -433,6 +462,8 @@ pub enum LedgerOutcome {
     Error,
     /// A cancel released the remainder.
     Released,
+    /// An increment, extension or reauthorization changed the hold.
+    Adjusted,
     /// A read.
     Read,
     /// An asynchronous capture was accepted; the entry becomes `captured` or `declined` when
@@ -512,6 +543,13 @@ struct Authorization {
     pending: Vec<PendingCapture>,
     declined: Vec<DeclinedCapture>,
     capture_requests: u32,
+    /// Increments and extensions asked for, refused ones included.
+    adjustments: u32,
+    /// When the funds stop being guaranteed (PayPal's honor period), if sooner than expiry.
+    honor_until: Option<DateTime<Utc>>,
+    /// The authorization this one reauthorizes (PayPal), or the one that reauthorized it.
+    reauthorization_of: Option<String>,
+    reauthorized_as: Option<String>,
     scenario: Scenario,
     rng: Prng,
 }
@@ -565,6 +603,10 @@ impl Authorization {
             pending: self.pending.clone(),
             declined: self.declined.clone(),
             capture_requests: self.capture_requests,
+            adjustments: self.adjustments,
+            honor_until: self.honor_until,
+            reauthorization_of: self.reauthorization_of.clone(),
+            reauthorized_as: self.reauthorized_as.clone(),
             scenario: self.scenario.clone(),
         }
     }
@@ -657,6 +699,10 @@ impl Model {
             pending: Vec::new(),
             declined: Vec::new(),
             capture_requests: 0,
+            adjustments: 0,
+            honor_until: None,
+            reauthorization_of: None,
+            reauthorized_as: None,
             scenario: Scenario::default(),
             rng: Prng::new(0),
             spec,
@@ -821,6 +867,150 @@ impl Model {
             amount,
             view: auth.view(),
         })
+    }
+
+    /// Increments or extends a hold that is still capturable (see [`Adjustment`]). A refused
+    /// adjustment (the scenario's `decline_adjustments`) still counts against the limit and
+    /// changes nothing else.
+    pub fn adjust(
+        &mut self,
+        id: &str,
+        adjustment: Adjustment,
+        now: DateTime<Utc>,
+    ) -> Result<AuthorizationView, ModelError> {
+        self.settle(id, now);
+        let auth = self.get_mut(id)?;
+        auth.refresh(now);
+        if auth.cancellation_reason == Some(CancellationReason::Expired) {
+            return Err(ModelError::Expired);
+        }
+        if auth.status != Status::RequiresCapture {
+            return Err(ModelError::UnexpectedState {
+                status: auth.status,
+                action: "adjusted",
+            });
+        }
+        if adjustment.before_first_capture && (auth.amount_received > 0 || !auth.pending.is_empty())
+        {
+            return Err(ModelError::NotAdjustable {
+                why: "it has been partly captured",
+            });
+        }
+        if adjustment
+            .max_adjustments
+            .is_some_and(|max| auth.adjustments >= max)
+        {
+            return Err(ModelError::NotAdjustable {
+                why: "it has been adjusted as many times as allowed",
+            });
+        }
+        if let Some(total) = adjustment.new_total
+            && total < auth.amount
+        {
+            return Err(ModelError::Invalid(format!(
+                "the new total {total} is below the authorized amount {}",
+                auth.amount
+            )));
+        }
+        auth.adjustments = auth
+            .adjustments
+            .checked_add(1)
+            .ok_or(ModelError::Overflow)?;
+        if auth.scenario.decline_adjustments {
+            return Err(ModelError::AdjustmentDeclined);
+        }
+        if let Some(total) = adjustment.new_total {
+            let increase = total - auth.amount;
+            auth.amount_capturable = auth
+                .amount_capturable
+                .checked_add(increase)
+                .ok_or(ModelError::Overflow)?;
+            auth.amount = total;
+        }
+        if let Some(renew) = adjustment.renew_for {
+            let until = now.checked_add_signed(renew).ok_or(ModelError::Overflow)?;
+            auth.expires_at = auth.expires_at.max(until);
+        }
+        Ok(auth.view())
+    }
+
+    /// PayPal's reauthorization: a new authorization `new_id` for `amount` (at most what is
+    /// left) with a new honor period, valid until the original's expiry; the original keeps
+    /// its captures and can capture no more. Once per original; never of a reauthorization.
+    pub fn reauthorize(
+        &mut self,
+        id: &str,
+        new_id: &str,
+        amount: i64,
+        honor: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<AuthorizationView, ModelError> {
+        self.settle(id, now);
+        let charges = self.charges.checked_add(1).ok_or(ModelError::Overflow)?;
+        let auth = self.get_mut(id)?;
+        auth.refresh(now);
+        if auth.cancellation_reason == Some(CancellationReason::Expired) {
+            return Err(ModelError::Expired);
+        }
+        if auth.status != Status::RequiresCapture {
+            return Err(ModelError::UnexpectedState {
+                status: auth.status,
+                action: "reauthorized",
+            });
+        }
+        if auth.reauthorization_of.is_some() || auth.reauthorized_as.is_some() {
+            return Err(ModelError::NotAdjustable {
+                why: "it is, or already has, a reauthorization",
+            });
+        }
+        if !auth.pending.is_empty() {
+            return Err(ModelError::NotAdjustable {
+                why: "a capture is pending",
+            });
+        }
+        if amount < 1 || amount > auth.amount_capturable {
+            return Err(ModelError::AmountTooLarge {
+                requested: amount,
+                capturable: auth.amount_capturable,
+            });
+        }
+        auth.adjustments = auth
+            .adjustments
+            .checked_add(1)
+            .ok_or(ModelError::Overflow)?;
+        if auth.scenario.decline_adjustments {
+            return Err(ModelError::AdjustmentDeclined);
+        }
+        let honor_until = now.checked_add_signed(honor).ok_or(ModelError::Overflow)?;
+        let mut new = auth.clone();
+        auth.reauthorized_as = Some(new_id.to_owned());
+        auth.amount_capturable = 0;
+        auth.status = Status::Succeeded;
+        new.spec.id = new_id.to_owned();
+        new.spec.amount = amount;
+        new.id = new_id.to_owned();
+        new.amount = amount;
+        new.amount_capturable = amount;
+        new.amount_received = 0;
+        new.created = now;
+        new.captures = Vec::new();
+        new.declined = Vec::new();
+        new.capture_requests = 0;
+        new.adjustments = 0;
+        new.honor_until = Some(honor_until);
+        new.reauthorization_of = Some(id.to_owned());
+        new.reauthorized_as = None;
+        new.latest_charge = format!("ch_sbx{:016x}", mix(charges));
+        self.charges = charges;
+        let view = new.view();
+        self.authorizations.insert(new_id.to_owned(), new);
+        Ok(view)
+    }
+
+    /// Sets the end of an authorization's honor period (PayPal's dialect, at creation).
+    pub fn set_honor_until(&mut self, id: &str, until: DateTime<Utc>) -> Result<(), ModelError> {
+        self.get_mut(id)?.honor_until = Some(until);
+        Ok(())
     }
 
     /// Cancels an authorization that is still capturable, releasing the remainder.

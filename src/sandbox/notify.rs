@@ -55,6 +55,9 @@ pub struct Delivery {
 pub(super) struct Outgoing {
     pub channel: String,
     pub release: bool,
+    /// The result of an authorisation adjustment (Adyen's `AUTHORISATION_ADJUSTMENT`), not of
+    /// a capture or cancel.
+    pub adjustment: bool,
     pub authorization_id: String,
     pub reference: String,
     pub merchant_reference: Option<String>,
@@ -73,6 +76,7 @@ pub(super) fn for_settled(s: &Settled) -> Option<Outgoing> {
         "adyen" | "checkout" | "gr4vy" | "paypal" => Some(Outgoing {
             channel: s.channel.clone(),
             release: false,
+            adjustment: false,
             authorization_id: s.authorization_id.clone(),
             reference: s.reference.clone(),
             merchant_reference: s.merchant_reference.clone(),
@@ -129,6 +133,8 @@ impl Sandbox {
                 continue;
             };
             let what = match (o.release, o.success) {
+                _ if o.adjustment && o.success => "adjusted",
+                _ if o.adjustment => "adjustment_refused",
                 (false, true) => "captured",
                 (false, false) => "declined",
                 (true, true) => "cancelled",
@@ -200,11 +206,21 @@ fn format(o: &Outgoing, secret: Option<&str>) -> Option<(Vec<(String, String)>, 
     let now = Utc::now();
     match o.channel.as_str() {
         "adyen" => {
-            let event_code = if o.release { "CANCELLATION" } else { "CAPTURE" };
+            let event_code = if o.adjustment {
+                "AUTHORISATION_ADJUSTMENT"
+            } else if o.release {
+                "CANCELLATION"
+            } else {
+                "CAPTURE"
+            };
             let success = if o.success { "true" } else { "false" };
             let account = o.account.clone().unwrap_or_default();
             let merchant_reference = o.merchant_reference.clone().unwrap_or_default();
-            let value = if o.release { 0 } else { o.amount };
+            let value = if o.release && !o.adjustment {
+                0
+            } else {
+                o.amount
+            };
             let data = [
                 o.reference.as_str(),
                 o.authorization_id.as_str(),

@@ -107,6 +107,10 @@ pub(super) fn routes() -> Router<Sandbox> {
         .route("/v2/payments/authorizations/{id}", get(read_authorization))
         .route("/v2/payments/authorizations/{id}/capture", post(capture))
         .route("/v2/payments/authorizations/{id}/void", post(void))
+        .route(
+            "/v2/payments/authorizations/{id}/reauthorize",
+            post(reauthorize),
+        )
         .route("/v2/checkout/orders/{order}", get(read_order))
 }
 
@@ -401,6 +405,14 @@ fn refused(
         ModelError::Invalid(m) | ModelError::Conflict { id: m } => {
             error(400, "INVALID_REQUEST", None, m)
         }
+        ModelError::NotAdjustable { .. } => unprocessable(
+            "REAUTHORIZATION_NOT_SUPPORTED",
+            "A reauthorize cannot be attempted on an authorization_id that is the result of a prior reauthorization.",
+        ),
+        ModelError::AdjustmentDeclined => unprocessable(
+            "TRANSACTION_REFUSED",
+            "PayPal's internal controls prevent authorization from being captured.",
+        ),
         ModelError::Overflow => PayPal::server_error(),
     };
     let outcome = if matches!(e, ModelError::Declined { .. }) {
@@ -409,6 +421,110 @@ fn refused(
         LedgerOutcome::Error
     };
     Executed::reply(reply, outcome)
+}
+
+/// The body of `POST /v2/payments/authorizations/{id}/reauthorize`: "Supports only the
+/// `amount` request parameter".
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReauthorizeBody {
+    amount: AmountBody,
+}
+
+/// A reauthorized payment's honor period: "A reauthorized payment itself has a new honor
+/// period of three days."
+const HONOR_PERIOD_DAYS: i64 = 3;
+
+/// `POST /v2/payments/authorizations/{id}/reauthorize`: a new authorization (its own id, a new
+/// 3-day honor period, the original's expiry) for the amount asked, at most what is left; the
+/// original captures no more. Once: a second one, or one of a reauthorization, is refused 422
+/// `REAUTHORIZATION_NOT_SUPPORTED`. The honor-period window (days 4 to 29) is the worker's to
+/// keep; the dialect does not refuse an early request (PayPal's spec lists no error for it).
+async fn reauthorize(
+    State(sandbox): State<Sandbox>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> DialectReply {
+    let parsed: Result<ReauthorizeBody, _> = serde_json::from_slice(&body);
+    let request = Request {
+        method: "POST",
+        path: format!("/paypal/v2/payments/authorizations/{id}/reauthorize"),
+        authorization_id: id.clone(),
+        key: header(&headers, "paypal-request-id"),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        amount: None,
+        is_final: None,
+        capture: false,
+    };
+    let sb = sandbox.clone();
+    sandbox
+        .dialect_call::<PayPal>(&headers, request, move |state, _call, now| {
+            let body = match parsed {
+                Ok(b) => b,
+                Err(e) => {
+                    return Executed::reply(
+                        error(400, "INVALID_REQUEST", Some("MISSING_REQUIRED_PARAMETER"), &e.to_string()),
+                        LedgerOutcome::Error,
+                    );
+                }
+            };
+            let Some(view) = state.model.view(&id, now) else {
+                return Executed::reply(PayPal::not_found(&id), LedgerOutcome::Error);
+            };
+            let Ok(currency) = Currency::parse(&body.amount.currency_code) else {
+                return Executed::reply(
+                    unprocessable("INVALID_CURRENCY_CODE", "Currency code is invalid."),
+                    LedgerOutcome::Error,
+                );
+            };
+            if currency != view.currency {
+                return Executed::reply(
+                    unprocessable(
+                        "AUTH_CURRENCY_MISMATCH",
+                        "The currency specified during reauthorization should be the same as the currency specified in the original authorization.",
+                    ),
+                    LedgerOutcome::Error,
+                );
+            }
+            let Ok(money) = Money::parse_major(&body.amount.value, currency) else {
+                return Executed::reply(
+                    unprocessable(
+                        "DECIMAL_PRECISION",
+                        "If the currency supports decimals, only two decimal place precision is supported.",
+                    ),
+                    LedgerOutcome::Error,
+                );
+            };
+            let new_id = new_id(&sb, "RA").to_ascii_uppercase();
+            match state.model.reauthorize(
+                &id,
+                &new_id,
+                money.amount().get(),
+                chrono::Duration::days(HONOR_PERIOD_DAYS),
+                now,
+            ) {
+                Ok(v) => Executed::reply(
+                    DialectReply::json(201, &authorization(&v)),
+                    LedgerOutcome::Adjusted,
+                ),
+                Err(ModelError::AdjustmentDeclined) => {
+                    let mut denied = authorization(&view);
+                    denied["id"] = json!(new_id);
+                    denied["status"] = json!("DENIED");
+                    Executed::reply(DialectReply::json(201, &denied), LedgerOutcome::Declined)
+                }
+                Err(ModelError::AmountTooLarge { .. }) => Executed::reply(
+                    unprocessable(
+                        "TRANSACTION_REFUSED",
+                        "The reauthorization amount is more than is left of the authorization.",
+                    ),
+                    LedgerOutcome::Error,
+                ),
+                Err(e) => refused(&view, "", None, false, None, &e),
+            }
+        })
+        .await
 }
 
 async fn void(

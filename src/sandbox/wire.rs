@@ -225,6 +225,22 @@ impl ApiError {
                     ),
                 ),
             ),
+            ModelError::NotAdjustable { why } => (
+                400,
+                ApiError::invalid(
+                    Some("payment_intent_unexpected_state"),
+                    format!("This PaymentIntent is not eligible for incremental authorization: {why}."),
+                ),
+            ),
+            ModelError::AdjustmentDeclined => {
+                let mut e = ApiError::new(
+                    ErrorType::CardError,
+                    Some("card_declined"),
+                    "Your card was declined.",
+                );
+                e.decline_code = Some("generic_decline".to_owned());
+                (402, e)
+            }
             ModelError::Declined { decline_code } => {
                 let message = if decline_code == "insufficient_funds" {
                     "Your card has insufficient funds."

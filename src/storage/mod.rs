@@ -29,6 +29,7 @@ pub mod captures;
 pub mod deadlines;
 pub mod gauges;
 pub mod ledger;
+pub mod lifecycle;
 pub mod operator;
 pub mod outbox;
 pub mod plans;

@@ -215,6 +215,9 @@ pub async fn order_timeline(
              union all
              select received_at, 6, 'message_refused', to_jsonb(r) - 'body' - 'order_id'
              from rejected_messages r where order_id = $1
+             union all
+             select planned_at, 3, 'lifecycle_action', to_jsonb(l) - 'order_id'
+             from lifecycle_actions l where order_id = $1
          ) t
          order by at, rank, (fields->>'capture_id')::bigint nulls first, (fields->>'attempt_id')::bigint nulls first",
     )

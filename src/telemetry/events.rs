@@ -305,3 +305,80 @@ impl Emit for AuthorizationAtRisk<'_> {
             .increment(1);
     }
 }
+
+/// The lifecycle sweep extended or incremented a hold, or the provider would not.
+pub struct LifecycleActionDone<'a> {
+    pub provider: &'a str,
+    pub order_id: &'a str,
+    pub authorization_id: &'a str,
+    /// `extend` or `increment`.
+    pub action: &'a str,
+    /// The policy's reason (`expiring`, `guarantee_ending`, `shortfall`).
+    pub reason: &'a str,
+    /// The provider call's outcome label.
+    pub outcome: &'static str,
+    /// Why it failed, when it did (sanitized).
+    pub error: Option<&'a str>,
+}
+
+impl Emit for LifecycleActionDone<'_> {
+    fn emit(self) {
+        let provider = label(self.provider);
+        if matches!(self.outcome, "declined" | "failed") {
+            tracing::warn!(
+                event = "lifecycle_action_failed",
+                provider = %provider,
+                order_id = %self.order_id,
+                authorization_id = %self.authorization_id,
+                action = %self.action,
+                reason = %self.reason,
+                outcome = self.outcome,
+                error = self.error.unwrap_or(""),
+                "the provider did not extend or increment the hold; what shipped is captured before it lapses"
+            );
+        } else {
+            tracing::info!(
+                event = "lifecycle_action",
+                provider = %provider,
+                order_id = %self.order_id,
+                authorization_id = %self.authorization_id,
+                action = %self.action,
+                reason = %self.reason,
+                outcome = self.outcome,
+                "hold extended or incremented"
+            );
+        }
+        let action = if self.action == "increment" {
+            "increment"
+        } else {
+            "extend"
+        };
+        counter!(m::LIFECYCLE_ACTIONS, "provider" => provider, "action" => action, "outcome" => self.outcome)
+            .increment(1);
+    }
+}
+
+/// The lifecycle sweep planned the release of a hold nobody used (`untouched`) or of an old
+/// one with nothing left to ship (`aged_nothing_to_ship`).
+pub struct AuthorizationReleased<'a> {
+    pub provider: &'a str,
+    pub order_id: &'a str,
+    pub authorization_id: &'a str,
+    pub reason: &'a str,
+}
+
+impl Emit for AuthorizationReleased<'_> {
+    fn emit(self) {
+        let provider = label(self.provider);
+        tracing::warn!(
+            event = "authorization_released",
+            provider = %provider,
+            order_id = %self.order_id,
+            authorization_id = %self.authorization_id,
+            reason = %self.reason,
+            "the worker releases a hold nobody will use"
+        );
+        counter!(m::LIFECYCLE_ACTIONS, "provider" => provider, "action" => "release", "outcome" => "planned")
+            .increment(1);
+    }
+}

@@ -86,6 +86,11 @@ pub const OUTCOMES_PUBLISHED: &str = "capture_worker_outcome_events_published_to
 pub const OUTBOX_BACKLOG: &str = "capture_worker_outbox_backlog";
 /// Age in seconds of the oldest outcome event not yet published (0: none), read on scrape.
 pub const OUTBOX_OLDEST_AGE: &str = "capture_worker_outbox_oldest_unpublished_age_seconds";
+/// Extensions and increments of holds by the lifecycle sweep, by `provider`, `action`
+/// (`extend`, `increment`) and `outcome` (the provider call's: `succeeded`, `pending`,
+/// `declined`, `failed`, `retryable`, `unknown`; events `lifecycle_action` and
+/// `lifecycle_action_failed`).
+pub const LIFECYCLE_ACTIONS: &str = "capture_worker_lifecycle_actions_total";
 
 /// Every metric this service exports (deploy/ files are checked against it).
 pub const ALL: &[&str] = &[
@@ -117,6 +122,7 @@ pub const ALL: &[&str] = &[
     OUTCOMES_PUBLISHED,
     OUTBOX_BACKLOG,
     OUTBOX_OLDEST_AGE,
+    LIFECYCLE_ACTIONS,
 ];
 
 /// The statuses of a capture that still needs something to happen.

@@ -637,8 +637,8 @@ async fn the_worker_role_captures_end_to_end_with_no_ddl_no_delete_and_insert_on
 /// Tables a login member of `capture_worker_app` must not touch at all, and why. Every other
 /// table needs a grant to the worker role.
 const WORKER_NEVER_TOUCHES: &[&str] = &[
-    // written by `order resume` (an operator command) only
-    "superseded_authorizations",
+    // (superseded_authorizations: the worker inserts the authorization a PayPal
+    // reauthorization replaces; `order resume` writes it too)
     // sqlx's migration bookkeeping: the worker runs with --no-migrate
     "_sqlx_migrations",
 ];

@@ -42,6 +42,8 @@ pub fn test_settings(db: &str, tag: &str, sandbox_url: &str) -> Settings {
     s.capture.parking_seconds = 3600;
     s.capture.notification_wait_ms = 300;
     s.capture.expiry_sweep_ms = 200;
+    // Tests drive the lifecycle sweep with a clock of their own (`run_once_at`).
+    s.capture.lifecycle_sweep = false;
     s.sandbox.embedded = false;
     s.providers.insert(
         "sandbox".into(),
@@ -260,6 +262,11 @@ impl TestApp {
                 secret,
             );
         }
+    }
+
+    /// The store the workers use (a login of `capture_worker_app` where least privileged).
+    pub fn worker_store(&self) -> &Store {
+        &self.worker_store
     }
 
     /// Registers an authorization in the sandbox, as given.

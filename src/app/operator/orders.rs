@@ -182,6 +182,7 @@ fn summary(row: &TimelineRow) -> String {
                 _ => String::new(),
             }
         ),
+        "lifecycle_action" => crate::app::lifecycle::summary(f),
         _ => f.to_string(),
     }
 }

@@ -28,15 +28,16 @@ use tracing::Instrument as _;
 use crate::domain::{AuthorizationId, Capabilities, ProviderName};
 use crate::provider::http::{self, Api, Credential, ProviderSetupError, Refusal, Replay, Shape};
 use crate::provider::{
-    AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, NotificationEffect,
-    NotificationSubject, Outcome, PaymentProvider, ReleaseRequest, WebhookError, WebhookEvent,
+    AuthorizationSnapshot, CallResult, CaptureRequest, LifecycleRequest, LifecycleResult,
+    LookupError, NotificationEffect, NotificationSubject, Outcome, PaymentProvider, ReleaseRequest,
+    WebhookError, WebhookEvent,
 };
 use crate::secret::Secret;
 
 pub use self::notification::{
     Notification, NotificationError, NotificationEvent, parse_notification, sign,
 };
-use self::wire::{CancelBody, CaptureBody, Received, ServiceError};
+use self::wire::{AmountUpdateBody, CancelBody, CaptureBody, Received, ServiceError};
 
 /// `X-API-Key` auth, the `pspReference` header, and the `Idempotency-Key` header (≤ 64
 /// characters, kept ≥ 31 days).
@@ -158,6 +159,31 @@ impl PaymentProvider for AdyenProvider {
             .await
     }
 
+    /// Authorisation adjustment of a pre-authorised payment (`/amountUpdates`): the new total
+    /// for an increment, the current amount again to extend the hold. Adyen answers `201
+    /// received` (`Pending`); the outcome follows as an `AUTHORISATION_ADJUSTMENT`
+    /// notification. Only before any capture ("You can only update authorised amounts that
+    /// have not yet been captured").
+    async fn lifecycle(&self, request: &LifecycleRequest) -> LifecycleResult {
+        let id = &request.authorization_id;
+        let what = format!("{} of Adyen payment {id}", request.call.label());
+        let call = match AmountUpdateBody::from_request(&self.merchant_account, request) {
+            Ok(body) => {
+                self.modify(
+                    &what,
+                    id,
+                    "amountUpdates",
+                    request.idempotency_key.as_str(),
+                    &body,
+                )
+                .instrument(self.api.lifecycle_span(request))
+                .await
+            }
+            Err(problem) => http::unsendable(&what, problem),
+        };
+        LifecycleResult { call, hold: None }
+    }
+
     /// Adyen's Checkout API cannot read a payment's captures back: outcomes arrive only as
     /// `CAPTURE` / `CAPTURE_FAILED` notifications (see [`parse_notification`]).
     /// No read-back is documented (the outcome arrives by notification or in the dashboard).
@@ -207,6 +233,9 @@ impl PaymentProvider for AdyenProvider {
                         NotificationSubject::Capture
                     }
                     NotificationEvent::Cancellation if ours => NotificationSubject::Release,
+                    NotificationEvent::AuthorisationAdjustment if ours => {
+                        NotificationSubject::Lifecycle
+                    }
                     _ => NotificationSubject::Other,
                 };
                 let effect = match (subject, n.outcome()) {

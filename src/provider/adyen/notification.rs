@@ -43,6 +43,9 @@ pub enum NotificationEvent {
     CaptureFailed,
     /// `CANCELLATION`: the result of a cancel (the release of the rest).
     Cancellation,
+    /// `AUTHORISATION_ADJUSTMENT`: the result of an `/amountUpdates` request (an increment or
+    /// an extension of the hold; `success`).
+    AuthorisationAdjustment,
     /// Any other event code (refunds, chargebacks, authorisations…).
     Other,
 }
@@ -93,6 +96,17 @@ impl Notification {
             }),
             (NotificationEvent::Cancellation, false) => Some(Outcome::Failed {
                 reason: format!("Adyen could not cancel the rest of the authorization: {reason}"),
+            }),
+            (NotificationEvent::AuthorisationAdjustment, true) => Some(Outcome::Succeeded {
+                reference: Some(self.psp_reference.clone()),
+            }),
+            (NotificationEvent::AuthorisationAdjustment, false) => Some(Outcome::Declined {
+                code: "AUTHORISATION_ADJUSTMENT".to_owned(),
+                message: if reason.is_empty() {
+                    "the issuer refused the authorisation adjustment".to_owned()
+                } else {
+                    reason
+                },
             }),
             (NotificationEvent::Other, _) => None,
         }
@@ -247,6 +261,7 @@ pub fn parse_notification(
             "CAPTURE" => NotificationEvent::Capture,
             "CAPTURE_FAILED" => NotificationEvent::CaptureFailed,
             "CANCELLATION" => NotificationEvent::Cancellation,
+            "AUTHORISATION_ADJUSTMENT" => NotificationEvent::AuthorisationAdjustment,
             _ => NotificationEvent::Other,
         };
         out.push(Notification {

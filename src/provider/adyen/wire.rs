@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{Currency, MinorUnits};
 use crate::provider::http::{MESSAGE_LIMIT, capture_reference, clip};
 use crate::provider::items::itemize;
-use crate::provider::{CaptureRequest, ReleaseRequest};
+use crate::provider::{CaptureRequest, LifecycleRequest, ReleaseRequest};
 
 /// `reference` is at most 80 characters.
 const REFERENCE_LIMIT: usize = 80;
@@ -130,6 +130,40 @@ impl<'a> CaptureBody<'a> {
                 REFERENCE_LIMIT,
             ),
             line_items,
+        })
+    }
+}
+
+/// The body of `POST /payments/{pspReference}/amountUpdates` (`PaymentAmountUpdateRequest`):
+/// `amount` is "the updated amount" — the new total for an increment, the current amount again
+/// to extend the hold.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct AmountUpdateBody<'a> {
+    merchant_account: &'a str,
+    amount: Amount,
+    reference: String,
+}
+
+impl<'a> AmountUpdateBody<'a> {
+    /// The body for `request`, or why its amount cannot be written for Adyen.
+    pub(super) fn from_request(
+        merchant_account: &'a str,
+        request: &LifecycleRequest,
+    ) -> Result<Self, String> {
+        let currency = request.authorized.currency();
+        let total = request.new_total().map_err(|e| e.to_string())?;
+        Ok(AmountUpdateBody {
+            merchant_account,
+            amount: Amount {
+                currency: currency.code().to_owned(),
+                value: to_adyen_value(total.get(), currency)?,
+            },
+            reference: capture_reference(
+                request.order_id.as_str(),
+                &request.cause(),
+                REFERENCE_LIMIT,
+            ),
         })
     }
 }

@@ -28,14 +28,18 @@ use crate::provider::http::{
     self, Api, Credential, ProviderSetupError, Refusal, RefusedRead, Replay, Shape,
 };
 use crate::provider::{
-    AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider,
-    ReleaseRequest, WebhookError, WebhookEvent,
+    AuthorizationSnapshot, CallResult, CaptureRequest, HoldChange, LifecycleRequest,
+    LifecycleResult, LookupError, Outcome, PaymentProvider, ReleaseRequest, WebhookError,
+    WebhookEvent,
 };
 use crate::secret::Secret;
 
 pub use self::webhook::sign as sign_webhook;
 
-use self::wire::{Accepted, ApiError, CaptureBody, PaymentDetails, PaymentStatus, VoidBody};
+use self::wire::{
+    Accepted, ApiError, Authorized, CaptureBody, IncrementBody, PaymentDetails, PaymentStatus,
+    VoidBody,
+};
 
 /// Bearer secret-key auth, `cko-request-id`, and the `Cko-Idempotency-Key` header.
 static SHAPE: Shape = Shape {
@@ -122,6 +126,36 @@ impl PaymentProvider for CheckoutProvider {
             )
             .instrument(self.api.release_span(request))
             .await
+    }
+
+    /// An incremental authorization (`POST /payments/{id}/authorizations`) of an estimated
+    /// authorization: the increase, or 0 to extend the validity (Mastercard only). Answered
+    /// synchronously: `201` approved is `Succeeded` with the new amount and `expires_on`, not
+    /// approved is `Declined` with its `response_code`; refusals route like a capture's (403:
+    /// not allowed, e.g. already partly captured or a `Final` authorization).
+    async fn lifecycle(&self, request: &LifecycleRequest) -> LifecycleResult {
+        let id = &request.authorization_id;
+        let what = format!("{} of Checkout.com payment {id}", request.call.label());
+        let mut hold = None;
+        let call = self
+            .api
+            .post(
+                &what,
+                &["payments", id.as_str(), "authorizations"],
+                |builder| {
+                    builder
+                        .header("Cko-Idempotency-Key", request.idempotency_key.as_str())
+                        .json(&IncrementBody::from_request(request))
+                },
+                |status, headers, body| {
+                    let (outcome, code, change) = authorized(&what, status, headers, body);
+                    hold = change;
+                    (outcome, code)
+                },
+            )
+            .instrument(self.api.lifecycle_span(request))
+            .await;
+        LifecycleResult { call, hold }
     }
 
     /// Reads the payment's balances (`total_captured`, `available_to_capture`). A capture
@@ -243,6 +277,46 @@ fn answered(
         _ => r.failed("unexpected HTTP status"),
     };
     (outcome, code)
+}
+
+/// Routes an answer to an incremental authorization: a `201` with `approved`, else as a
+/// capture's refusal.
+fn authorized(
+    what: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (Outcome, Option<String>, Option<HoldChange>) {
+    if !status.is_success() {
+        let (outcome, code) = answered(what, status, headers, body);
+        return (outcome, code, None);
+    }
+    match http::decode::<Authorized>(what, status, body, "authorization", Replay::Idempotent) {
+        Ok(answer) if answer.approved => {
+            let change = answer.hold_change();
+            (
+                Outcome::Succeeded {
+                    reference: Some(answer.action_id),
+                },
+                answer.response_code,
+                Some(change),
+            )
+        }
+        Ok(answer) => (
+            Outcome::Declined {
+                code: answer
+                    .response_code
+                    .clone()
+                    .unwrap_or_else(|| answer.status.clone()),
+                message: answer
+                    .response_summary
+                    .unwrap_or_else(|| format!("Checkout.com declined {what}")),
+            },
+            answer.response_code,
+            None,
+        ),
+        Err(unreadable) => (unreadable, None, None),
+    }
 }
 
 /// `HTTP 422 request_invalid/amount_invalid`

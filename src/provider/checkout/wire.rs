@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{AuthorizationId, Currency, MinorUnits, Money};
 use crate::provider::http::{MESSAGE_LIMIT, capture_reference, clip};
-use crate::provider::{AuthorizationSnapshot, CaptureRequest, ReleaseRequest};
+use crate::provider::{
+    AuthorizationSnapshot, CaptureRequest, HoldChange, LifecycleRequest, ReleaseRequest,
+};
 
 /// `reference` is at most 50 characters in the published schema.
 const REFERENCE_LIMIT: usize = 50;
@@ -59,6 +61,63 @@ impl VoidBody {
     pub(super) fn from_request(request: &ReleaseRequest) -> Self {
         VoidBody {
             reference: capture_reference(request.order_id.as_str(), "release", REFERENCE_LIMIT),
+        }
+    }
+}
+
+/// The body of `POST /payments/{id}/authorizations` (`AuthorizationRequest`): `amount` is
+/// "the amount to increase the authorization by. Omit the amount or provide a value of `0` to
+/// extend the authorization validity period (Mastercard-only)".
+#[derive(Debug, Serialize)]
+pub(super) struct IncrementBody {
+    /// Minor units of the payment's currency; 0 extends.
+    amount: i64,
+    reference: String,
+}
+
+impl IncrementBody {
+    pub(super) fn from_request(request: &LifecycleRequest) -> Self {
+        IncrementBody {
+            amount: request.by.get(),
+            reference: capture_reference(
+                request.order_id.as_str(),
+                &request.cause(),
+                REFERENCE_LIMIT,
+            ),
+        }
+    }
+}
+
+/// The `201` answer of an incremental authorization (`AuthorizationResponse`), as far as this
+/// adapter reads it.
+#[derive(Debug, Deserialize)]
+pub(super) struct Authorized {
+    pub(super) action_id: String,
+    #[serde(default)]
+    amount: Option<i64>,
+    pub(super) approved: bool,
+    #[serde(default)]
+    pub(super) status: String,
+    #[serde(default)]
+    pub(super) response_code: Option<String>,
+    #[serde(default)]
+    pub(super) response_summary: Option<String>,
+    /// "The timestamp (ISO 8601 code) for when the authorization's validity period ends".
+    #[serde(default)]
+    expires_on: Option<String>,
+}
+
+impl Authorized {
+    /// The payment's amount and expiry after the increment, as far as the answer says them.
+    pub(super) fn hold_change(&self) -> HoldChange {
+        HoldChange {
+            authorization_id: None,
+            amount: self.amount.and_then(|a| MinorUnits::new(a).ok()),
+            expires_at: self
+                .expires_on
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc)),
         }
     }
 }

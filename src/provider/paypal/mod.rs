@@ -34,14 +34,15 @@ use crate::provider::http::{
     self, Api, Credential, ProviderSetupError, Refusal, RefusedRead, Replay, Shape,
 };
 use crate::provider::{
-    AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider,
-    ReleaseRequest, WebhookError, WebhookEvent,
+    AuthorizationSnapshot, CallResult, CaptureRequest, HoldChange, LifecycleCall, LifecycleRequest,
+    LifecycleResult, LookupError, Outcome, PaymentProvider, ReleaseRequest, WebhookError,
+    WebhookEvent,
 };
 use crate::secret::Secret;
 
 use self::wire::{
     ApiError, Authorization, AuthorizationStatus, Capture, CaptureBody, CaptureStatus,
-    CapturedTotal, Order, Token,
+    CapturedTotal, Order, ReauthorizeBody, Token,
 };
 
 /// An OAuth access token per call (see `bearer`), `paypal-debug-id`, and the
@@ -315,6 +316,39 @@ impl PayPalProvider {
         .await
     }
 
+    /// Reauthorizes the authorization: a new authorization with its own id and a new honor
+    /// period.
+    async fn send_reauthorize(&self, request: &LifecycleRequest) -> LifecycleResult {
+        let what = format!(
+            "reauthorization of PayPal authorization {}",
+            request.authorization_id
+        );
+        let body = match ReauthorizeBody::from_request(request) {
+            Ok(body) => body,
+            Err(problem) => {
+                return LifecycleResult {
+                    call: http::unsendable(&what, problem),
+                    hold: None,
+                };
+            }
+        };
+        let mut hold = None;
+        let call = self
+            .post(
+                &what,
+                &authorization_path(&request.authorization_id, Some("reauthorize")),
+                request.idempotency_key.as_str(),
+                |builder| builder.json(&body),
+                |status, headers, body| {
+                    let (outcome, code, change) = reauthorize_answer(&what, status, headers, body);
+                    hold = change;
+                    (outcome, code)
+                },
+            )
+            .await;
+        LifecycleResult { call, hold }
+    }
+
     /// GETs `segments` with a token and decodes the 2xx body as `noun`.
     async fn read<T: serde::de::DeserializeOwned>(
         &self,
@@ -448,6 +482,20 @@ impl PaymentProvider for PayPalProvider {
             .await
     }
 
+    /// Reauthorizes the authorization (`Extend`; an increase rides on it when `by` is not 0):
+    /// from the end of the 3-day honor period to day 29, once. The answer is the new
+    /// authorization, which later captures use. PayPal documents no increment of its own.
+    async fn lifecycle(&self, request: &LifecycleRequest) -> LifecycleResult {
+        match request.call {
+            LifecycleCall::Extend => {
+                self.send_reauthorize(request)
+                    .instrument(self.api.lifecycle_span(request))
+                    .await
+            }
+            LifecycleCall::Increment => LifecycleResult::not_supported(self.name(), request),
+        }
+    }
+
     /// Reads the authorization, and its checkout order for the captures made against it.
     async fn lookup(
         &self,
@@ -514,6 +562,58 @@ fn capture_answer(
         },
     };
     (outcome, Some(label))
+}
+
+/// Routes a reauthorization answer: `201` with the new authorization (`CREATED`, or
+/// `PENDING`), else as a capture's refusal.
+fn reauthorize_answer(
+    what: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (Outcome, Option<String>, Option<HoldChange>) {
+    if !status.is_success() {
+        let (outcome, code) = refused(what, status, headers, body);
+        return (outcome, code, None);
+    }
+    let auth = match http::decode::<Authorization>(
+        what,
+        status,
+        body,
+        "authorization",
+        Replay::Idempotent,
+    ) {
+        Ok(auth) => auth,
+        Err(unreadable) => return (unreadable, None, None),
+    };
+    let label = Some(auth.status.clone());
+    let change = auth.hold_change();
+    let outcome = match auth.status() {
+        AuthorizationStatus::Created => Outcome::Succeeded {
+            reference: Some(auth.id),
+        },
+        AuthorizationStatus::Pending => Outcome::Pending {
+            reference: Some(auth.id),
+        },
+        AuthorizationStatus::Denied => Outcome::Declined {
+            code: "DENIED".to_owned(),
+            message: format!("PayPal denied reauthorization {}", auth.id),
+        },
+        AuthorizationStatus::Captured
+        | AuthorizationStatus::PartiallyCaptured
+        | AuthorizationStatus::Expired
+        | AuthorizationStatus::Voided
+        | AuthorizationStatus::Unrecognized => Outcome::Unknown {
+            reason: format!(
+                "{what}: PayPal answered with a new authorization {} in status {:?}",
+                auth.id, auth.status
+            ),
+            key_spent: true,
+        },
+    };
+    let change =
+        matches!(outcome, Outcome::Succeeded { .. } | Outcome::Pending { .. }).then_some(change);
+    (outcome, label, change)
 }
 
 /// Routes a void answer: `204 No Content`, or the voided authorization.
@@ -596,7 +696,9 @@ fn issue(code: &str) -> Issue {
         | "DECIMAL_PRECISION"
         | "CANNOT_BE_ZERO_OR_NEGATIVE"
         | "INVALID_CURRENCY_CODE"
-        | "DECIMALS_NOT_SUPPORTED" => Issue::Request,
+        | "DECIMALS_NOT_SUPPORTED"
+        | "REAUTHORIZATION_NOT_SUPPORTED"
+        | "AUTH_CURRENCY_MISMATCH" => Issue::Request,
         "PREVIOUS_REQUEST_IN_PROGRESS" => Issue::InProgress,
         _ => Issue::Unrecognized,
     }

@@ -81,7 +81,7 @@ pub(super) fn read(body: &[u8]) -> Result<Vec<WebhookEvent>, WebhookError> {
     };
     let effect = match subject {
         NotificationSubject::Capture | NotificationSubject::Release => NotificationEffect::ReadBack,
-        NotificationSubject::Other => NotificationEffect::Ignore,
+        NotificationSubject::Other | NotificationSubject::Lifecycle => NotificationEffect::Ignore,
     };
     Ok(vec![WebhookEvent {
         event_type: event.event_type,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{AuthorizationId, Currency, MinorUnits, Money};
 use crate::provider::http::{MESSAGE_LIMIT, capture_reference, clip};
-use crate::provider::{AuthorizationSnapshot, CaptureRequest};
+use crate::provider::{AuthorizationSnapshot, CaptureRequest, HoldChange, LifecycleRequest};
 
 /// `invoice_id` is at most 127 characters. It must be unique per capture when the account
 /// blocks duplicate invoice ids, so it names the shipment, not only the order.
@@ -87,6 +87,24 @@ impl CaptureBody {
     }
 }
 
+/// The body of `POST /v2/payments/authorizations/{id}/reauthorize` (`reauthorize_request`):
+/// "Supports only the `amount` request parameter".
+#[derive(Debug, Serialize)]
+pub(super) struct ReauthorizeBody {
+    amount: Amount,
+}
+
+impl ReauthorizeBody {
+    /// Reauthorizes `authorized + by`: what is left of the hold (the caller's `authorized`),
+    /// plus an increase where one is asked.
+    pub(super) fn from_request(request: &LifecycleRequest) -> Result<Self, String> {
+        let total = request.new_total().map_err(|e| e.to_string())?;
+        Ok(ReauthorizeBody {
+            amount: Amount::from_money(&Money::new(total, request.authorized.currency()))?,
+        })
+    }
+}
+
 /// A capture (`capture-2`) as far as this adapter reads it.
 #[derive(Debug, Deserialize)]
 pub(super) struct Capture {
@@ -159,6 +177,9 @@ pub(super) struct Authorization {
     pub(super) id: String,
     pub(super) status: String,
     amount: Amount,
+    /// "The date and time when the authorized payment expires".
+    #[serde(default)]
+    expiration_time: Option<String>,
     #[serde(default)]
     supplementary_data: Option<SupplementaryData>,
 }
@@ -206,6 +227,20 @@ impl Authorization {
     pub(super) fn currency(&self) -> Result<Currency, String> {
         Currency::parse(&self.amount.currency_code)
             .map_err(|e| format!("authorization {}: {e}", self.id))
+    }
+
+    /// What a reauthorization's answer says: the new authorization (its own id), its amount and
+    /// expiry.
+    pub(super) fn hold_change(&self) -> HoldChange {
+        HoldChange {
+            authorization_id: AuthorizationId::parse(self.id.as_str()).ok(),
+            amount: self.amount.to_money().ok().map(|m| m.amount()),
+            expires_at: self
+                .expiration_time
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc)),
+        }
     }
 
     /// The checkout order this authorization belongs to, where its captures are listed.

@@ -22,12 +22,12 @@ use crate::provider::http::{
     self, Api, Credential, ProviderSetupError, Refusal, RefusedRead, Replay, Shape,
 };
 use crate::provider::{
-    AuthorizationSnapshot, CallResult, CaptureRequest, LookupError, Outcome, PaymentProvider,
-    ReleaseRequest,
+    AuthorizationSnapshot, CallResult, CaptureRequest, LifecycleCall, LifecycleRequest,
+    LifecycleResult, LookupError, Outcome, PaymentProvider, ReleaseRequest,
 };
 use crate::secret::Secret;
 
-use self::wire::{ApiError, CaptureForm, ErrorEnvelope, ErrorType, PaymentIntent};
+use self::wire::{ApiError, CaptureForm, ErrorEnvelope, ErrorType, IncrementForm, PaymentIntent};
 
 /// Bearer secret-key auth, Stripe's `request-id`, and the `Idempotency-Key` header.
 static SHAPE: Shape = Shape {
@@ -67,18 +67,21 @@ impl StripeProvider {
         Ok(StripeProvider { api })
     }
 
-    /// POSTs `form` to `/v1/payment_intents/{id}/capture` (or `/cancel`) under the
-    /// idempotency key.
+    /// POSTs `form` to `/v1/payment_intents/{id}/capture` (or `/cancel`,
+    /// `/increment_authorization`) under the idempotency key. `seen` is given the 2xx body of
+    /// a successful call.
     async fn post(
         &self,
         call: Call<'_>,
         idempotency_key: &str,
         form: &impl serde::Serialize,
+        seen: impl FnOnce(&PaymentIntent) + Send,
     ) -> CallResult {
         let what = call.to_string();
         let (id, action) = match call {
             Call::Capture(id) => (id, "capture"),
             Call::Release(id) => (id, "cancel"),
+            Call::Increment(id) => (id, "increment_authorization"),
         };
         self.api
             .post(
@@ -89,7 +92,15 @@ impl StripeProvider {
                         .header("Idempotency-Key", idempotency_key)
                         .form(form)
                 },
-                |status, headers, body| answered(&what, call, status, headers, body),
+                |status, headers, body| {
+                    let routed = answered(&what, call, status, headers, body);
+                    if matches!(routed.0, Outcome::Succeeded { .. })
+                        && let Ok(intent) = serde_json::from_slice::<PaymentIntent>(body)
+                    {
+                        seen(&intent);
+                    }
+                    routed
+                },
             )
             .await
     }
@@ -114,7 +125,7 @@ impl PaymentProvider for StripeProvider {
                 return http::unsendable(&format!("capture of Stripe PaymentIntent {id}"), problem);
             }
         };
-        self.post(Call::Capture(id), key.as_str(), &form)
+        self.post(Call::Capture(id), key.as_str(), &form, |_| {})
             .instrument(self.api.capture_span(request))
             .await
     }
@@ -125,9 +136,51 @@ impl PaymentProvider for StripeProvider {
         // No cancellation_reason: none of Stripe's values describes "order complete, release
         // the rest", and the field is optional.
         let no_params: [(&str, &str); 0] = [];
-        self.post(Call::Release(id), key.as_str(), &no_params)
+        self.post(Call::Release(id), key.as_str(), &no_params, |_| {})
             .instrument(self.api.release_span(request))
             .await
+    }
+
+    /// `increment_authorization` with the new total, on a PaymentIntent that is "completely
+    /// uncaptured" and whose card allows it (Stripe answers an ineligible one with an
+    /// `invalid_request_error`: `Failed`, and a refused increment with 402 `card_declined`:
+    /// `Declined`). An online card hold cannot be extended after the fact: an extended hold is
+    /// requested when the PaymentIntent is confirmed, so `Extend` sends nothing.
+    async fn lifecycle(&self, request: &LifecycleRequest) -> LifecycleResult {
+        let id = &request.authorization_id;
+        if request.call == LifecycleCall::Extend {
+            let mut result = LifecycleResult::not_supported(self.name(), request);
+            result.call.outcome = Outcome::Failed {
+                reason: format!(
+                    "Stripe cannot extend the hold of PaymentIntent {id} after the fact (an extended hold is requested when the PaymentIntent is confirmed); nothing was sent: capture what shipped before the hold lapses"
+                ),
+            };
+            return result;
+        }
+        let currency = request.authorized.currency();
+        let form = match IncrementForm::from_request(request) {
+            Ok(form) => form,
+            Err(problem) => {
+                return LifecycleResult {
+                    call: http::unsendable(
+                        &format!("increment of Stripe PaymentIntent {id}"),
+                        problem,
+                    ),
+                    hold: None,
+                };
+            }
+        };
+        let mut hold = None;
+        let call = self
+            .post(
+                Call::Increment(id),
+                request.idempotency_key.as_str(),
+                &form,
+                |intent| hold = Some(intent.hold_change(currency)),
+            )
+            .instrument(self.api.lifecycle_span(request))
+            .await;
+        LifecycleResult { call, hold }
     }
 
     async fn lookup(
@@ -163,6 +216,7 @@ impl PaymentProvider for StripeProvider {
 enum Call<'a> {
     Capture(&'a AuthorizationId),
     Release(&'a AuthorizationId),
+    Increment(&'a AuthorizationId),
 }
 
 impl fmt::Display for Call<'_> {
@@ -170,6 +224,7 @@ impl fmt::Display for Call<'_> {
         match self {
             Call::Capture(id) => write!(f, "capture of PaymentIntent {id}"),
             Call::Release(id) => write!(f, "cancel of PaymentIntent {id}"),
+            Call::Increment(id) => write!(f, "increment of PaymentIntent {id}"),
         }
     }
 }
@@ -206,7 +261,7 @@ fn answered(
             Ok(intent) => Outcome::Succeeded {
                 reference: Some(match call {
                     Call::Capture(_) => intent.capture_reference(),
-                    Call::Release(_) => intent.id,
+                    Call::Release(_) | Call::Increment(_) => intent.id,
                 }),
             },
             Err(unreadable) => unreadable,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{AuthorizationId, Currency, MinorUnits, Money};
 use crate::provider::http::{MESSAGE_LIMIT, clip};
-use crate::provider::{AuthorizationSnapshot, CaptureRequest};
+use crate::provider::{AuthorizationSnapshot, CaptureRequest, HoldChange, LifecycleRequest};
 
 /// The currencies ISO 4217 gives no decimals but Stripe takes as two-decimal values whose
 /// decimals are always `00` ("ISK transitioned to a zero-decimal currency, but backwards
@@ -89,6 +89,31 @@ impl<'a> CaptureForm<'a> {
     }
 }
 
+/// The body of `POST /v1/payment_intents/{id}/increment_authorization`, form-encoded:
+/// `amount` is "the updated total amount that you intend to collect from the cardholder. This
+/// amount must be greater than the currently authorized amount" (stripe-python
+/// `_payment_intent_increment_authorization_params.py`, generated from Stripe's OpenAPI spec).
+#[derive(Debug, Serialize)]
+pub(super) struct IncrementForm<'a> {
+    /// The new total, as Stripe counts it ([`to_stripe_amount`]).
+    amount: i64,
+    #[serde(rename = "metadata[order_id]")]
+    order_id: &'a str,
+    #[serde(rename = "metadata[lifecycle_cause]")]
+    lifecycle_cause: String,
+}
+
+impl<'a> IncrementForm<'a> {
+    pub(super) fn from_request(request: &'a LifecycleRequest) -> Result<Self, String> {
+        let total = request.new_total().map_err(|e| e.to_string())?;
+        Ok(IncrementForm {
+            amount: to_stripe_amount(total, request.authorized.currency())?,
+            order_id: request.order_id.as_str(),
+            lifecycle_cause: request.cause(),
+        })
+    }
+}
+
 /// The fields of a PaymentIntent this adapter reads. Unknown fields are ignored, so new
 /// Stripe fields never break parsing; amounts are optional here so that a capture's 200 is
 /// judged on its id alone, and a lookup says which field was missing.
@@ -96,6 +121,8 @@ impl<'a> CaptureForm<'a> {
 pub(super) struct PaymentIntent {
     pub(super) id: String,
     pub(super) status: String,
+    #[serde(default)]
+    amount: Option<i64>,
     #[serde(default)]
     amount_capturable: Option<i64>,
     #[serde(default)]
@@ -117,6 +144,18 @@ impl PaymentIntent {
             Some(_) | None => None,
         };
         charge.unwrap_or(&self.id).to_owned()
+    }
+
+    /// What an increment's answer says about the hold: the PaymentIntent's new `amount`
+    /// (Stripe keeps the expiry).
+    pub(super) fn hold_change(&self, currency: Currency) -> HoldChange {
+        HoldChange {
+            authorization_id: None,
+            amount: self
+                .amount
+                .and_then(|value| from_stripe_amount(value, currency).ok()),
+            expires_at: None,
+        }
     }
 
     /// The snapshot of the authorization `authorization_id`, or why the body cannot be one.
