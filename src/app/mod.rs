@@ -32,8 +32,8 @@
 //!   provider), each taking its own request type.
 //!
 //! Intake, the expiry sweep and `order resume` write the ledger through one unit of work,
-//! `storage::LedgerTx`, and record a plan through one writer, `LedgerTx::record_plan`: no
-//! `sqlx` and no SQL in them.
+//! `storage::LedgerTx`, and record a plan through one writer (`LedgerTx::record_plan`; intake
+//! through its write set, `IntakeBatch::record_plan`): no `sqlx` and no SQL in them.
 //!
 //! None of them knows the command line: `cli` maps clap's arguments to their request, format
 //! and units types.

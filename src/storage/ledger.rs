@@ -87,7 +87,8 @@ pub async fn inbox_get(
     .transpose()
 }
 
-/// A message to remember.
+/// A message to remember, written with [`store_intake_batch`]: a new inbox row, or the row of
+/// a parked message that is processed now.
 #[derive(Debug, Clone)]
 pub struct NewInbox<'a> {
     pub message_id: &'a str,
@@ -95,40 +96,13 @@ pub struct NewInbox<'a> {
     pub order_id: Option<&'a str>,
     pub payload_hash: &'a str,
     pub status: InboxStatus,
-    pub reject_reason: Option<&'a str>,
+    pub reject_reason: Option<String>,
     /// Kept only while parked (and, after a refusal, until its dead-letter copy is sent).
     pub body: Option<&'a [u8]>,
     pub routing_key: Option<&'a str>,
     pub traceparent: Option<&'a str>,
     pub tracestate: Option<&'a str>,
     pub park_expires_at: Option<DateTime<Utc>>,
-}
-
-/// Inserts or, for a parked message being processed now, updates the inbox row.
-pub async fn inbox_upsert(tx: &mut PgConnection, m: &NewInbox<'_>) -> Result<(), StorageError> {
-    sqlx::query(
-        "insert into inbox_messages (message_id, message_type, order_id, payload_hash, status,
-             reject_reason, body, routing_key, traceparent, tracestate, park_expires_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         on conflict (message_id) do update set
-             status = excluded.status, reject_reason = excluded.reject_reason,
-             body = excluded.body, park_expires_at = excluded.park_expires_at, updated_at = now()",
-    )
-    .bind(m.message_id)
-    .bind(m.message_type)
-    .bind(m.order_id)
-    .bind(m.payload_hash)
-    .bind(m.status.as_str())
-    .bind(m.reject_reason)
-    .bind(m.body)
-    .bind(m.routing_key)
-    .bind(m.traceparent)
-    .bind(m.tracestate)
-    .bind(m.park_expires_at)
-    .execute(tx)
-    .await
-    .ctx("recording the message in the inbox")?;
-    Ok(())
 }
 
 /// A message waiting for its order.
@@ -297,71 +271,6 @@ pub async fn authorization_taken(
     .fetch_one(tx)
     .await
     .ctx("checking the authorization")
-}
-
-/// Stores a new order and its lines.
-pub async fn insert_order(
-    tx: &mut PgConnection,
-    order: &Order,
-    allowance: MinorUnits,
-    message_id: &str,
-    payload_hash: &str,
-) -> Result<(), StorageError> {
-    let auth = order.authorization();
-    sqlx::query(
-        "insert into orders (order_id, currency, provider, authorization_id, authorized_amount,
-             over_capture_allowance, authorized_at, authorization_expires_at, shipping_amount,
-             order_discount_amount, order_total, message_id, payload_hash)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind(order.order_id().as_str())
-    .bind(order.currency().code())
-    .bind(auth.provider.as_str())
-    .bind(auth.authorization_id.as_str())
-    .bind(auth.amount.get())
-    .bind(allowance.get())
-    .bind(auth.authorized_at)
-    .bind(auth.expires_at)
-    .bind(order.shipping_amount().get())
-    .bind(order.order_discount_amount().get())
-    .bind(order.total().amount().get())
-    .bind(message_id)
-    .bind(payload_hash)
-    .execute(&mut *tx)
-    .await
-    .ctx("storing the order")?;
-    let lines = order.lines();
-    let nos: Vec<i32> = (0..lines.len() as i32).collect();
-    let ids: Vec<&str> = lines.iter().map(|l| l.line_id.as_str()).collect();
-    let skus: Vec<String> = lines.iter().map(|l| outside(&l.sku)).collect();
-    let names: Vec<String> = lines.iter().map(|l| outside(&l.name)).collect();
-    let qty: Vec<i32> = lines.iter().map(|l| l.quantity.get() as i32).collect();
-    let unit: Vec<i64> = lines.iter().map(|l| l.unit_amount.get()).collect();
-    let tax: Vec<i64> = lines.iter().map(|l| l.tax_amount.get()).collect();
-    let disc: Vec<i64> = lines.iter().map(|l| l.discount_amount.get()).collect();
-    let share: Vec<i64> = order.discount_shares().iter().map(|m| m.get()).collect();
-    let net: Vec<i64> = order.line_nets().iter().map(|m| m.get()).collect();
-    sqlx::query(
-        "insert into order_lines (order_id, line_no, line_id, sku, name, quantity, unit_amount,
-             tax_amount, discount_amount, order_discount_share, net_amount)
-         select $1, * from unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::int[],
-             $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])",
-    )
-    .bind(order.order_id().as_str())
-    .bind(&nos)
-    .bind(&ids)
-    .bind(&skus)
-    .bind(&names)
-    .bind(&qty)
-    .bind(&unit)
-    .bind(&tax)
-    .bind(&disc)
-    .bind(&share)
-    .bind(&net)
-    .execute(tx)
-    .await
-    .ctx("storing the order lines")?;
-    Ok(())
 }
 
 fn corrupt(context: &'static str, e: impl std::fmt::Display) -> StorageError {
@@ -599,52 +508,6 @@ pub async fn save_progress(
     Ok(())
 }
 
-pub async fn insert_shipment(
-    tx: &mut PgConnection,
-    order_id: &OrderId,
-    shipment: &Shipment,
-    message_id: &str,
-    shipped_value: MinorUnits,
-    decision: &str,
-) -> Result<(), StorageError> {
-    sqlx::query(
-        "insert into shipments (order_id, shipment_id, message_id, items, last_shipment,
-             shipped_at, shipped_value, decision)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(order_id.as_str())
-    .bind(shipment.shipment_id().as_str())
-    .bind(message_id)
-    .bind(items_json(shipment.items()))
-    .bind(shipment.last_shipment())
-    .bind(shipment.shipped_at())
-    .bind(shipped_value.get())
-    .bind(decision)
-    .execute(tx)
-    .await
-    .ctx("storing the shipment")?;
-    Ok(())
-}
-
-pub async fn insert_cancellation(
-    tx: &mut PgConnection,
-    order_id: &OrderId,
-    cancellation: &Cancellation,
-    decision: &str,
-) -> Result<(), StorageError> {
-    sqlx::query(
-        "insert into cancellations (order_id, cancellation_id, items, decision) values ($1, $2, $3, $4)",
-    )
-    .bind(order_id.as_str())
-    .bind(cancellation.cancellation_id().as_str())
-    .bind(items_json(cancellation.items()))
-    .bind(decision)
-    .execute(tx)
-    .await
-    .ctx("storing the cancellation")?;
-    Ok(())
-}
-
 /// What a capture row is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaptureKind {
@@ -821,10 +684,9 @@ pub async fn insert_rejection(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Batched intake: the same reads and writes as above for many messages of different orders in
-// one transaction, one statement per table. Intake uses them for the common case (a shipment
-// of a registered order, seen for the first time) and falls back to the per-message functions
-// above for everything else.
+// Batched intake: the same reads as above for many messages of different orders in one
+// transaction, one statement per table, and the one writer of what intake stores
+// ([`store_intake_batch`]), for a batch of many messages or of one.
 
 /// Takes the intake locks of several orders (as [`lock_order_key`] does for one). The caller
 /// passes the ids sorted, so two batches always lock in the same order and never deadlock on
@@ -955,6 +817,14 @@ pub struct NewShipment<'a> {
     pub decision: String,
 }
 
+/// A cancellation row to insert with [`store_intake_batch`].
+#[derive(Debug, Clone)]
+pub struct NewCancellation<'a> {
+    pub order_id: &'a OrderId,
+    pub cancellation: &'a Cancellation,
+    pub decision: String,
+}
+
 /// An order registration to insert with [`store_intake_batch`].
 #[derive(Debug, Clone)]
 pub struct NewOrder<'a> {
@@ -964,34 +834,53 @@ pub struct NewOrder<'a> {
     pub payload_hash: String,
 }
 
-/// What a batch writes: new orders with their lines, each shipped order's progress, the
-/// capture rows with their keys, the shipment rows, and the messages as processed in the inbox.
+/// What intake writes for a batch of messages (or for one): new orders with their lines, each
+/// planned order's progress, the capture rows with their keys, the shipment and cancellation
+/// rows, and the messages in the inbox.
 #[derive(Debug, Default)]
 pub struct IntakeBatch<'a> {
     pub orders: Vec<NewOrder<'a>>,
     pub progress: Vec<(&'a Order, OrderState)>,
     pub captures: Vec<NewCapture<'a>>,
     pub shipments: Vec<NewShipment<'a>>,
-    /// Messages seen for the first time (no body kept: nothing is parked here). A message id
-    /// already in the inbox fails the statement; batched intake only writes messages it found
-    /// absent under the orders' locks.
+    pub cancellations: Vec<NewCancellation<'a>>,
+    /// Messages seen for the first time, or parked ones processed now. A message id already in
+    /// the inbox and not parked fails the statement (a conflict): intake only writes messages
+    /// it found absent (or parked) under the orders' locks.
     pub inbox: Vec<NewInbox<'a>>,
 }
 
-/// Writes a batch in one statement (one round trip): what [`insert_order`], [`save_progress`],
-/// [`insert_capture`], [`insert_shipment`] and [`inbox_upsert`] write for one message, for
-/// every message of the batch. The parts do not depend on each other's rows except the keys,
-/// which take their capture ids from the captures' `returning`; foreign keys are checked at
-/// the end of the statement.
+impl IntakeBatch<'_> {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.orders.is_empty()
+            && self.progress.is_empty()
+            && self.captures.is_empty()
+            && self.shipments.is_empty()
+            && self.cancellations.is_empty()
+            && self.inbox.is_empty()
+    }
+}
+
+/// Writes a batch in one statement (one round trip): the new orders and their lines, the
+/// progress, capture rows and keys of the plans, the shipment and cancellation rows and the
+/// inbox rows of every message of the batch. The parts do not depend on each other's rows
+/// except the keys, which take their capture ids from the captures' `returning`; foreign keys
+/// are checked at the end of the statement. An empty batch writes nothing.
 pub async fn store_intake_batch(
     tx: &mut PgConnection,
     batch: &IntakeBatch<'_>,
 ) -> Result<(), StorageError> {
+    const CTX: &str = "storing the batch";
+    if batch.is_empty() {
+        return Ok(());
+    }
     let progress = ProgressColumns::of(&batch.progress);
     let captures = CaptureColumns::of(&batch.captures)?;
     let shipments = ShipmentColumns::of(&batch.shipments);
     let inbox = InboxColumns::of(&batch.inbox);
     let orders = NewOrderColumns::of(&batch.orders);
+    let cancellations = CancellationColumns::of(&batch.cancellations);
     // Bound in the order the statement numbers its parameters.
     let query = sqlx::query(STORE_BATCH.as_str());
     let query = progress.bind(query);
@@ -999,17 +888,27 @@ pub async fn store_intake_batch(
     let query = shipments.bind(query);
     let query = inbox.bind(query);
     let query = orders.bind(query);
-    query.execute(tx).await.ctx("storing the batch")?;
+    let query = cancellations.bind(query);
+    let done = query.execute(tx).await.ctx(CTX)?;
+    // The inbox insert is the statement's own: a row neither inserted nor updated is a
+    // message id already there and not parked.
+    if done.rows_affected() != batch.inbox.len() as u64 {
+        return Err(StorageError::Conflict {
+            context: CTX,
+            constraint: "inbox_messages_pkey".into(),
+        });
+    }
     Ok(())
 }
 
 /// The batch statement, one named part per table it writes; the inbox insert is the statement
 /// the parts hang on. Parameters are numbered across the parts: progress $1–$11, captures
-/// $12–$27, shipments $28–$35, inbox $36–$42, new orders and their lines $43–$66.
+/// $12–$27, shipments $28–$35, inbox $36–$46, new orders and their lines $47–$70,
+/// cancellations $71–$74.
 static STORE_BATCH: LazyLock<String> = LazyLock::new(|| {
     format!(
         "with {PROGRESS}, {LINE_PROGRESS}, {NEW_CAPTURES}, {NEW_KEYS}, {NEW_SHIPMENTS}, \
-         {NEW_ORDERS}, {NEW_LINES} {NEW_INBOX}"
+         {NEW_CANCELLATIONS}, {NEW_ORDERS}, {NEW_LINES} {NEW_INBOX}"
     )
 });
 
@@ -1070,36 +969,47 @@ const NEW_SHIPMENTS: &str = "new_shipments as (
                       shipped_value, decision)
          )";
 
-/// New orders ($43–$55).
+/// The cancellation rows ($71–$74).
+const NEW_CANCELLATIONS: &str = "new_cancellations as (
+             insert into cancellations (order_id, cancellation_id, items, decision)
+             select order_id, cancellation_id, items::jsonb, decision
+             from unnest($71::text[], $72::text[], $73::text[], $74::text[])
+                 as v(order_id, cancellation_id, items, decision)
+         )";
+
+/// New orders ($47–$59).
 const NEW_ORDERS: &str = "new_orders as (
              insert into orders (order_id, currency, provider, authorization_id,
                  authorized_amount, over_capture_allowance, authorized_at,
                  authorization_expires_at, shipping_amount, order_discount_amount, order_total,
                  message_id, payload_hash)
-             select * from unnest($43::text[], $44::text[], $45::text[], $46::text[],
-                 $47::bigint[], $48::bigint[], $49::timestamptz[], $50::timestamptz[],
-                 $51::bigint[], $52::bigint[], $53::bigint[], $54::text[], $55::text[])
+             select * from unnest($47::text[], $48::text[], $49::text[], $50::text[],
+                 $51::bigint[], $52::bigint[], $53::timestamptz[], $54::timestamptz[],
+                 $55::bigint[], $56::bigint[], $57::bigint[], $58::text[], $59::text[])
          )";
 
-/// Their lines ($56–$66).
+/// Their lines ($60–$70).
 const NEW_LINES: &str = "new_lines as (
              insert into order_lines (order_id, line_no, line_id, sku, name, quantity,
                  unit_amount, tax_amount, discount_amount, order_discount_share, net_amount)
-             select * from unnest($56::text[], $57::int[], $58::text[], $59::text[], $60::text[],
-                 $61::int[], $62::bigint[], $63::bigint[], $64::bigint[], $65::bigint[],
-                 $66::bigint[])
+             select * from unnest($60::text[], $61::int[], $62::text[], $63::text[], $64::text[],
+                 $65::int[], $66::bigint[], $67::bigint[], $68::bigint[], $69::bigint[],
+                 $70::bigint[])
          )";
 
-/// The messages, processed ($36–$42).
+/// The messages ($36–$46): inserted, or, for a parked message processed now, updated. A row
+/// already there and not parked is left alone (and fails the batch, see
+/// [`store_intake_batch`]).
 const NEW_INBOX: &str =
     "insert into inbox_messages (message_id, message_type, order_id, payload_hash, status,
-             routing_key, traceparent, tracestate)
-         select message_id, message_type, order_id, payload_hash, 'processed', routing_key,
-             traceparent, tracestate
-         from unnest($36::text[], $37::text[], $38::text[], $39::text[], $40::text[],
-             $41::text[], $42::text[])
-             as v(message_id, message_type, order_id, payload_hash, routing_key, traceparent,
-                  tracestate)";
+             reject_reason, body, routing_key, traceparent, tracestate, park_expires_at)
+         select * from unnest($36::text[], $37::text[], $38::text[], $39::text[], $40::text[],
+             $41::text[], $42::bytea[], $43::text[], $44::text[], $45::text[],
+             $46::timestamptz[])
+         on conflict (message_id) do update set
+             status = excluded.status, reject_reason = excluded.reject_reason,
+             body = excluded.body, park_expires_at = excluded.park_expires_at, updated_at = now()
+         where inbox_messages.status = 'parked'";
 
 type BatchQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
@@ -1273,6 +1183,36 @@ impl<'a> ShipmentColumns<'a> {
     }
 }
 
+/// The parameters of [`NEW_CANCELLATIONS`], one array per column.
+#[derive(Default)]
+struct CancellationColumns<'a> {
+    orders: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    items: Vec<String>,
+    decisions: Vec<&'a str>,
+}
+
+impl<'a> CancellationColumns<'a> {
+    fn of(cancellations: &'a [NewCancellation<'a>]) -> Self {
+        let mut c = CancellationColumns::default();
+        for x in cancellations {
+            c.orders.push(x.order_id.as_str());
+            c.ids.push(x.cancellation.cancellation_id().as_str());
+            c.items.push(items_json(x.cancellation.items()).to_string());
+            c.decisions.push(x.decision.as_str());
+        }
+        c
+    }
+
+    fn bind<'q>(&'q self, query: BatchQuery<'q>) -> BatchQuery<'q> {
+        query
+            .bind(&self.orders)
+            .bind(&self.ids)
+            .bind(&self.items)
+            .bind(&self.decisions)
+    }
+}
+
 /// The parameters of [`NEW_INBOX`], one array per column.
 #[derive(Default)]
 struct InboxColumns<'a> {
@@ -1280,9 +1220,13 @@ struct InboxColumns<'a> {
     types: Vec<&'a str>,
     orders: Vec<Option<&'a str>>,
     hashes: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    reasons: Vec<Option<&'a str>>,
+    bodies: Vec<Option<&'a [u8]>>,
     routing_keys: Vec<Option<&'a str>>,
     traceparents: Vec<Option<&'a str>>,
     tracestates: Vec<Option<&'a str>>,
+    park_expires_at: Vec<Option<DateTime<Utc>>>,
 }
 
 impl<'a> InboxColumns<'a> {
@@ -1293,9 +1237,13 @@ impl<'a> InboxColumns<'a> {
             c.types.push(m.message_type);
             c.orders.push(m.order_id);
             c.hashes.push(m.payload_hash);
+            c.statuses.push(m.status.as_str());
+            c.reasons.push(m.reject_reason.as_deref());
+            c.bodies.push(m.body);
             c.routing_keys.push(m.routing_key);
             c.traceparents.push(m.traceparent);
             c.tracestates.push(m.tracestate);
+            c.park_expires_at.push(m.park_expires_at);
         }
         c
     }
@@ -1306,9 +1254,13 @@ impl<'a> InboxColumns<'a> {
             .bind(&self.types)
             .bind(&self.orders)
             .bind(&self.hashes)
+            .bind(&self.statuses)
+            .bind(&self.reasons)
+            .bind(&self.bodies)
             .bind(&self.routing_keys)
             .bind(&self.traceparents)
             .bind(&self.tracestates)
+            .bind(&self.park_expires_at)
     }
 }
 

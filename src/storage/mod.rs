@@ -14,10 +14,10 @@
 //!   and commit it. Nothing outside `storage` names `sqlx` to write the ledger.
 //! - `plans`     — a plan turned into rows: which capture rows a plan asks for, with which
 //!   cause (`plans::PlanCause`) and what its decision is called. The one writer of a plan:
-//!   `LedgerTx::record_plan`, and `IntakeBatch::record_plan` for the batched intake.
+//!   `LedgerTx::record_plan`, and `IntakeBatch::record_plan` for intake's write set.
 //! - `ledger`    — intake's SQL: the inbox, orders and their progress, parked messages,
-//!   shipments, cancellations, capture rows and refusals; the batched intake's reads and its
-//!   one write statement.
+//!   shipments, cancellations, capture rows and refusals; the batched intake's reads, and the
+//!   one statement that writes intake's write set (`IntakeBatch`) for a batch or one message.
 //! - `captures`  — execution's SQL: claims under a lease, provider calls and outcomes, the
 //!   decline latch, due work.
 //! - `deadlines` — the expiry sweep's SQL: open orders whose authorization expires soon.

@@ -10,13 +10,13 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{Postgres, Transaction};
 
 use crate::domain::{
-    AuthorizationId, Cancellation, EventId, MinorUnits, Order, OrderId, OrderState, ProviderName,
-    Shipment, ShipmentId,
+    AuthorizationId, Cancellation, EventId, Order, OrderId, OrderState, ProviderName, Shipment,
+    ShipmentId,
 };
 
 use super::captures::{self, ClaimedCapture};
 use super::ledger::{
-    self, InboxRecord, IntakeBatch, NewCapture, NewInbox, NewRejection, ParkedMessage, StoredOrder,
+    self, InboxRecord, IntakeBatch, NewCapture, NewRejection, ParkedMessage, StoredOrder,
 };
 use super::operator::{self, CarriedCapture, NewAuthorization};
 use super::{StorageError, Store};
@@ -60,11 +60,6 @@ impl LedgerTx {
         ledger::inbox_get(&mut self.tx, message_id).await
     }
 
-    /// [`ledger::inbox_upsert`] in this transaction.
-    pub async fn inbox_upsert(&mut self, m: &NewInbox<'_>) -> Result<(), StorageError> {
-        ledger::inbox_upsert(&mut self.tx, m).await
-    }
-
     /// [`ledger::parked_for_order`] in this transaction.
     pub async fn parked_for_order(
         &mut self,
@@ -97,17 +92,6 @@ impl LedgerTx {
         authorization_id: &AuthorizationId,
     ) -> Result<bool, StorageError> {
         ledger::authorization_taken(&mut self.tx, provider, authorization_id).await
-    }
-
-    /// [`ledger::insert_order`] in this transaction.
-    pub async fn insert_order(
-        &mut self,
-        order: &Order,
-        allowance: MinorUnits,
-        message_id: &str,
-        payload_hash: &str,
-    ) -> Result<(), StorageError> {
-        ledger::insert_order(&mut self.tx, order, allowance, message_id, payload_hash).await
     }
 
     /// [`ledger::load_order`] in this transaction.
@@ -144,36 +128,6 @@ impl LedgerTx {
         state: &OrderState,
     ) -> Result<(), StorageError> {
         ledger::save_progress(&mut self.tx, order, state).await
-    }
-
-    /// [`ledger::insert_shipment`] in this transaction.
-    pub async fn insert_shipment(
-        &mut self,
-        order_id: &OrderId,
-        shipment: &Shipment,
-        message_id: &str,
-        shipped_value: MinorUnits,
-        decision: &str,
-    ) -> Result<(), StorageError> {
-        ledger::insert_shipment(
-            &mut self.tx,
-            order_id,
-            shipment,
-            message_id,
-            shipped_value,
-            decision,
-        )
-        .await
-    }
-
-    /// [`ledger::insert_cancellation`] in this transaction.
-    pub async fn insert_cancellation(
-        &mut self,
-        order_id: &OrderId,
-        cancellation: &Cancellation,
-        decision: &str,
-    ) -> Result<(), StorageError> {
-        ledger::insert_cancellation(&mut self.tx, order_id, cancellation, decision).await
     }
 
     /// [`ledger::insert_capture`] in this transaction.

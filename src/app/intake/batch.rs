@@ -6,15 +6,15 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::domain::{self, Decision, Event, Order, PlanContext};
+use crate::domain::{self, Event, Order, PlanContext};
 use crate::queue::consumer::IncomingMessage;
 use crate::queue::wire::{self, Command, Parsed};
 use crate::storage::captures::ClaimedCapture;
-use crate::storage::ledger::{self, InboxRecord, InboxStatus, NewInbox, StoredOrder};
-use crate::storage::plans::PlanCause;
+use crate::storage::ledger::{self, InboxRecord, NewInbox, StoredOrder};
 use crate::storage::{LedgerTx, StorageError};
 
-use super::plan::order_fingerprint;
+use super::plan::{PlanInput, order_fingerprint};
+use super::rows::{Entry, added_value, inbox_row, stage_order, stage_plan};
 use super::{Intake, IntakeOutcome, intake_span, record_outcome};
 
 /// Batched intake: many deliveries, one transaction.
@@ -24,9 +24,10 @@ use super::{Intake, IntakeOutcome, intake_span, record_outcome};
 /// hands a later message of an order over only after the earlier one committed), takes every
 /// order's intake lock in one statement (sorted, so batches never deadlock on each other),
 /// reads the inbox, the orders and earlier shipments in one statement each, plans every
-/// shipment with the same domain code as the per-message path, and writes each table in one
-/// statement. Each message's effect is still all or nothing and still committed before its
-/// acknowledgement.
+/// shipment with the same domain code as the per-message path, adds each message's rows to
+/// the write set with the same functions (`rows`), and persists the write set with the same
+/// writer, one statement. Each message's effect is still all or nothing and still committed
+/// before its acknowledgement.
 ///
 /// Only the common cases take this path: a shipment, seen for the first time, of a registered
 /// order, that plans without a refusal; and the registration of a new order that nothing is
@@ -148,15 +149,10 @@ impl Intake {
         {
             return None;
         }
-        let auth = order.authorization();
-        let caps = self.capabilities.capabilities(auth.provider.as_str())?;
-        writes.orders.push(ledger::NewOrder {
-            order,
-            allowance: caps.over_capture.for_authorized(auth.amount),
-            message_id: c.message_id(),
-            payload_hash: order_fingerprint(order),
-        });
-        writes.inbox.push(c.processed());
+        let caps = self
+            .capabilities
+            .capabilities(order.authorization().provider.as_str())?;
+        stage_order(writes, order, caps, order_fingerprint(order), c.processed());
         Some(IntakeOutcome::Processed {
             dispatch: Vec::new(),
         })
@@ -198,28 +194,16 @@ impl Intake {
             &ctx,
         )
         .ok()?;
-        let before = domain::shipped_value(&stored.order, &stored.state, self.shipping).ok()?;
-        let after = domain::shipped_value(&stored.order, &plan.state, self.shipping).ok()?;
-        // A plan that moves money has capture rows to send.
-        let dispatch = if matches!(plan.decision, Decision::Nothing(_)) {
-            Vec::new()
-        } else {
-            vec![order_id.as_str().to_owned()]
-        };
-        let label = writes.record_plan(
+        let shipped_value = added_value(&stored.order, &stored.state, &plan.state, self.shipping)?;
+        let dispatch = stage_plan(
+            writes,
             &stored.order,
+            PlanInput::Shipment(shipment),
             plan,
-            PlanCause::Shipment(shipment.shipment_id()),
+            shipped_value,
             c.traceparent.as_deref(),
+            c.processed(),
         );
-        writes.shipments.push(ledger::NewShipment {
-            order_id,
-            shipment,
-            message_id: c.message_id(),
-            shipped_value: after.saturating_sub(before),
-            decision: label,
-        });
-        writes.inbox.push(c.processed());
         Some(IntakeOutcome::Processed { dispatch })
     }
 
@@ -417,21 +401,14 @@ impl Candidate<'_> {
         self.parsed.envelope.message_id.as_str()
     }
 
-    /// The message's inbox row, as processed (no body kept: nothing is parked here).
+    /// The message's inbox row, as processed.
     fn processed(&self) -> NewInbox<'_> {
-        NewInbox {
-            message_id: self.message_id(),
-            message_type: self.parsed.envelope.message_type.as_str(),
-            order_id: Some(self.order_id().as_str()),
-            payload_hash: &self.body_hash,
-            status: InboxStatus::Processed,
-            reject_reason: None,
-            body: None,
-            routing_key: Some(&self.message.routing_key),
-            traceparent: self.message.traceparent.as_deref(),
-            tracestate: self.message.tracestate.as_deref(),
-            park_expires_at: None,
-        }
+        inbox_row(
+            self.message,
+            &self.parsed,
+            &self.body_hash,
+            Entry::Processed,
+        )
     }
 
     fn shipment(&self) -> Option<&domain::Shipment> {

@@ -1,20 +1,22 @@
 //! The per-message path: one message, one transaction, retried on conflicts and transient
-//! database errors.
+//! database errors. Each step decides from what it reads in the transaction and adds its rows
+//! to a write set ([`IntakeBatch`], see `rows`), which storage persists in one statement, as
+//! for a batch: the write set of one message.
 
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use crate::domain::{self, Capabilities, Event, MinorUnits, Order, Plan, PlanContext, Rejection};
+use crate::domain::{self, Capabilities, Event, Order, PlanContext, Rejection};
 use crate::queue::consumer::IncomingMessage;
 use crate::queue::wire::{self, Command, Parsed};
 use crate::sanitize;
-use crate::storage::ledger::{InboxStatus, NewInbox, StoredOrder};
-use crate::storage::plans::PlanCause;
+use crate::storage::ledger::{InboxStatus, IntakeBatch, StoredOrder};
 use crate::storage::{LedgerTx, StorageError};
 
 use super::plan::{PlanInput, order_fingerprint};
 use super::refuse::{Refusal, Unread};
+use super::rows::{Entry, added_value, inbox_row, stage_order, stage_plan};
 use super::{Intake, IntakeOutcome, TOO_LARGE_EXCERPT_CHARS, intake_span, record_outcome};
 
 impl Intake {
@@ -141,11 +143,12 @@ impl Intake {
 
         if let Some(seen) = tx.inbox_get(message_id).await? {
             if seen.payload_hash != body_hash {
+                // Not marked in the inbox: the first message's row stands.
                 return self
-                    .refuse(tx, message, parsed, body_hash, Refusal {
+                    .refuse(tx, None, message, parsed, body_hash, Refusal {
                         reason: "message_conflict".into(),
                         detail: format!("message_id {message_id} was already received with different content; the first stands. Publish a new message with a new message_id"),
-                    }, false)
+                    })
                     .await;
             }
             match (seen.status, from_park) {
@@ -195,6 +198,8 @@ impl Intake {
         Ok(result)
     }
 
+    /// Registers an order (or finds it a duplicate or a conflict), then processes the messages
+    /// parked for it.
     pub(super) async fn register(
         &self,
         tx: &mut LedgerTx,
@@ -203,58 +208,14 @@ impl Intake {
         order: &Order,
         body_hash: &str,
     ) -> Result<IntakeOutcome, StorageError> {
-        let auth = order.authorization();
-        let Some(caps) = self.capabilities.capabilities(auth.provider.as_str()) else {
-            return self
-                .refuse(tx, message, parsed, body_hash, Refusal {
-                    reason: "unknown_provider".into(),
-                    detail: format!("payment.provider {:?} is not configured on this worker; configure providers.{}.base_url or correct the provider name", auth.provider.as_str(), auth.provider.as_str()),
-                }, true)
-                .await;
-        };
-        let order_hash = order_fingerprint(order);
-        match tx.order_payload_hash(order.order_id()).await? {
-            Some(h) if h == order_hash => {
-                self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
-                    .await?;
-                return Ok(IntakeOutcome::Duplicate);
-            }
-            Some(_) => {
-                return self
-                    .refuse(tx, message, parsed, body_hash, Refusal {
-                        reason: "order_conflict".into(),
-                        detail: format!("order {} was already registered with different content; the first stands", order.order_id()),
-                    }, true)
-                    .await;
-            }
-            None => {
-                // Checked before inserting: a unique violation would abort the transaction
-                // and leave no way to record the refusal in it. Two registrations racing for
-                // one authorization still meet the constraint; the loser's transaction is
-                // retried by `handle` and refused here.
-                if tx
-                    .authorization_taken(&auth.provider, &auth.authorization_id)
-                    .await?
-                {
-                    return self
-                        .refuse(tx, message, parsed, body_hash, Refusal {
-                            reason: "authorization_conflict".into(),
-                            detail: format!("authorization {} of provider {} already belongs to another order", auth.authorization_id, auth.provider),
-                        }, true)
-                        .await;
-                }
-                let allowance = caps.over_capture.for_authorized(auth.amount);
-                tx.insert_order(
-                    order,
-                    allowance,
-                    parsed.envelope.message_id.as_str(),
-                    &order_hash,
-                )
-                .await?;
-            }
-        }
-        self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
+        let mut writes = IntakeBatch::default();
+        let outcome = self
+            .stage_registration(tx, &mut writes, message, parsed, order, body_hash)
             .await?;
+        tx.store_intake_batch(&writes).await?;
+        if !matches!(outcome, IntakeOutcome::Processed { .. }) {
+            return Ok(outcome);
+        }
         // Shipments and cancellations that arrived first are processed now, in arrival order,
         // in this same transaction.
         let mut dispatch = self.release_parked(tx, order.order_id()).await?;
@@ -262,6 +223,69 @@ impl Intake {
         Ok(IntakeOutcome::Processed { dispatch })
     }
 
+    /// What a registration writes, added to `writes`: the new order, or the message as a
+    /// duplicate, or its refusal.
+    async fn stage_registration<'a>(
+        &self,
+        tx: &mut LedgerTx,
+        writes: &mut IntakeBatch<'a>,
+        message: &'a IncomingMessage,
+        parsed: &'a Parsed,
+        order: &'a Order,
+        body_hash: &'a str,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let auth = order.authorization();
+        let Some(caps) = self.capabilities.capabilities(auth.provider.as_str()) else {
+            return self
+                .refuse(tx, Some(writes), message, parsed, body_hash, Refusal {
+                    reason: "unknown_provider".into(),
+                    detail: format!("payment.provider {:?} is not configured on this worker; configure providers.{}.base_url or correct the provider name", auth.provider.as_str(), auth.provider.as_str()),
+                })
+                .await;
+        };
+        let order_hash = order_fingerprint(order);
+        match tx.order_payload_hash(order.order_id()).await? {
+            Some(h) if h == order_hash => {
+                writes
+                    .inbox
+                    .push(inbox_row(message, parsed, body_hash, Entry::Processed));
+                return Ok(IntakeOutcome::Duplicate);
+            }
+            Some(_) => {
+                return self
+                    .refuse(tx, Some(writes), message, parsed, body_hash, Refusal {
+                        reason: "order_conflict".into(),
+                        detail: format!("order {} was already registered with different content; the first stands", order.order_id()),
+                    })
+                    .await;
+            }
+            None => {
+                // Checked before writing: a unique violation would abort the transaction and
+                // leave no way to record the refusal in it. Two registrations racing for one
+                // authorization still meet the constraint; the loser's transaction is retried
+                // by `handle` and refused here.
+                if tx
+                    .authorization_taken(&auth.provider, &auth.authorization_id)
+                    .await?
+                {
+                    return self
+                        .refuse(tx, Some(writes), message, parsed, body_hash, Refusal {
+                            reason: "authorization_conflict".into(),
+                            detail: format!("authorization {} of provider {} already belongs to another order", auth.authorization_id, auth.provider),
+                        })
+                        .await;
+                }
+            }
+        }
+        let inbox = inbox_row(message, parsed, body_hash, Entry::Processed);
+        stage_order(writes, order, caps, order_hash, inbox);
+        Ok(IntakeOutcome::Processed {
+            dispatch: Vec::new(),
+        })
+    }
+
+    /// Plans a shipment or cancellation against its order and stores what the plan decided;
+    /// parks it when its order is not registered yet.
     pub(super) async fn plan_event(
         &self,
         tx: &mut LedgerTx,
@@ -272,73 +296,104 @@ impl Intake {
     ) -> Result<IntakeOutcome, StorageError> {
         let order_id = parsed.command.order_id();
         let Some(mut stored) = tx.load_order(order_id, true).await? else {
-            self.remember(tx, message, parsed, body_hash, InboxStatus::Parked, None)
-                .await?;
+            let mut writes = IntakeBatch::default();
+            let until = Utc::now() + self.parking;
+            writes
+                .inbox
+                .push(inbox_row(message, parsed, body_hash, Entry::Parked(until)));
+            tx.store_intake_batch(&writes).await?;
             return Ok(IntakeOutcome::Parked);
         };
         let caps = self.configured(&stored)?;
-        let event = with_earlier(tx, input, &mut stored).await?;
+        with_earlier(tx, input, &mut stored).await?;
+        // The capture's execution joins this span's trace (or links to it when it runs later);
+        // without tracing installed, the publisher's context is the best we have.
+        let traceparent =
+            crate::telemetry::trace::current_traceparent().or_else(|| message.traceparent.clone());
+        let mut writes = IntakeBatch::default();
+        let outcome = self
+            .stage_event(
+                tx,
+                &mut writes,
+                message,
+                parsed,
+                body_hash,
+                input,
+                &stored,
+                caps,
+                traceparent.as_deref(),
+            )
+            .await?;
+        tx.store_intake_batch(&writes).await?;
+        Ok(outcome)
+    }
+
+    /// What the plan of a shipment or cancellation writes, added to `writes`: the plan with
+    /// the event's row and the message as processed, or the message as a duplicate, or its
+    /// refusal.
+    #[allow(clippy::too_many_arguments)] // one message's parts, its order and the trace
+    async fn stage_event<'a>(
+        &self,
+        tx: &mut LedgerTx,
+        writes: &mut IntakeBatch<'a>,
+        message: &'a IncomingMessage,
+        parsed: &'a Parsed,
+        body_hash: &'a str,
+        input: PlanInput<'a>,
+        stored: &'a StoredOrder,
+        caps: Capabilities,
+        traceparent: Option<&'a str>,
+    ) -> Result<IntakeOutcome, StorageError> {
+        let order_id = parsed.command.order_id();
         let ctx = PlanContext {
             capabilities: caps,
             shipping: self.shipping,
             now: Utc::now(),
         };
+        let event = match input {
+            PlanInput::Shipment(s) => Event::Shipment(s),
+            PlanInput::Cancellation(c) => Event::Cancellation(c),
+        };
         let plan = match domain::plan(&stored.order, &stored.state, event, &ctx) {
             Ok(p) => p,
             Err(Rejection::Duplicate) => {
-                self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
-                    .await?;
+                writes
+                    .inbox
+                    .push(inbox_row(message, parsed, body_hash, Entry::Processed));
                 return Ok(IntakeOutcome::Duplicate);
             }
             Err(rej) => {
+                let refusal = Refusal {
+                    reason: rej.reason().to_owned(),
+                    detail: format!("order {order_id}: {rej}"),
+                };
                 return self
-                    .refuse(
-                        tx,
-                        message,
-                        parsed,
-                        body_hash,
-                        Refusal {
-                            reason: rej.reason().to_owned(),
-                            detail: format!("order {order_id}: {rej}"),
-                        },
-                        true,
-                    )
+                    .refuse(tx, Some(writes), message, parsed, body_hash, refusal)
                     .await;
             }
         };
-        let value_before = domain::shipped_value(&stored.order, &stored.state, self.shipping);
-        let value_after = domain::shipped_value(&stored.order, &plan.state, self.shipping);
-        let shipped_value = match (value_before, value_after) {
-            (Ok(b), Ok(a)) => a.saturating_sub(b),
-            _ => {
-                return self
-                    .refuse(
-                        tx,
-                        message,
-                        parsed,
-                        body_hash,
-                        Refusal {
-                            reason: "amount_overflow".into(),
-                            detail: format!(
-                                "order {order_id}: the shipped value overflows 64-bit minor units"
-                            ),
-                        },
-                        true,
-                    )
-                    .await;
-            }
+        let Some(shipped_value) =
+            added_value(&stored.order, &stored.state, &plan.state, self.shipping)
+        else {
+            let refusal = Refusal {
+                reason: "amount_overflow".into(),
+                detail: format!("order {order_id}: the shipped value overflows 64-bit minor units"),
+            };
+            return self
+                .refuse(tx, Some(writes), message, parsed, body_hash, refusal)
+                .await;
         };
-        self.record_event(
-            tx,
-            message,
-            parsed,
-            body_hash,
-            input,
+        let inbox = inbox_row(message, parsed, body_hash, Entry::Processed);
+        let dispatch = stage_plan(
+            writes,
             &stored.order,
-            &plan,
+            input,
+            plan,
             shipped_value,
-        )
-        .await
+            traceparent,
+            inbox,
+        );
+        Ok(IntakeOutcome::Processed { dispatch })
     }
 
     /// The capabilities of the order's provider; an order whose provider is no longer
@@ -355,105 +410,27 @@ impl Intake {
                 ),
             })
     }
-
-    /// Records what the plan of a shipment or cancellation decided: the plan (progress and
-    /// capture rows), the shipment or cancellation row with the decision's name, and the
-    /// message as processed.
-    #[allow(clippy::too_many_arguments)] // one message's parts and its plan, all written here
-    async fn record_event(
-        &self,
-        tx: &mut LedgerTx,
-        message: &IncomingMessage,
-        parsed: &Parsed,
-        body_hash: &str,
-        input: PlanInput<'_>,
-        order: &Order,
-        plan: &Plan,
-        shipped_value: MinorUnits,
-    ) -> Result<IntakeOutcome, StorageError> {
-        let order_id = parsed.command.order_id();
-        let cause = match input {
-            PlanInput::Shipment(s) => PlanCause::Shipment(s.shipment_id()),
-            PlanInput::Cancellation(c) => PlanCause::Cancellation(c.cancellation_id()),
-        };
-        // The capture's execution joins this span's trace (or links to it when it runs later);
-        // without tracing installed, the publisher's context is the best we have.
-        let traceparent =
-            crate::telemetry::trace::current_traceparent().or_else(|| message.traceparent.clone());
-        let recorded = tx
-            .record_plan(order, plan, cause, traceparent.as_deref())
-            .await?;
-        let label = recorded.decision;
-        let mut dispatch = Vec::new();
-        if !recorded.captures.is_empty() {
-            dispatch.push(order_id.as_str().to_owned());
-        }
-        match input {
-            PlanInput::Shipment(s) => {
-                tx.insert_shipment(
-                    order_id,
-                    s,
-                    parsed.envelope.message_id.as_str(),
-                    shipped_value,
-                    &label,
-                )
-                .await?
-            }
-            PlanInput::Cancellation(c) => tx.insert_cancellation(order_id, c, &label).await?,
-        }
-        self.remember(tx, message, parsed, body_hash, InboxStatus::Processed, None)
-            .await?;
-        Ok(IntakeOutcome::Processed { dispatch })
-    }
-
-    /// Records the message in the inbox with its status.
-    pub(super) async fn remember(
-        &self,
-        tx: &mut LedgerTx,
-        message: &IncomingMessage,
-        parsed: &Parsed,
-        body_hash: &str,
-        status: InboxStatus,
-        reason: Option<&str>,
-    ) -> Result<(), StorageError> {
-        let parked = status == InboxStatus::Parked;
-        tx.inbox_upsert(&NewInbox {
-            message_id: parsed.envelope.message_id.as_str(),
-            message_type: parsed.envelope.message_type.as_str(),
-            order_id: Some(parsed.command.order_id().as_str()),
-            payload_hash: body_hash,
-            status,
-            reject_reason: reason,
-            body: parked.then_some(message.body.as_slice()),
-            routing_key: Some(&message.routing_key),
-            traceparent: message.traceparent.as_deref(),
-            tracestate: message.tracestate.as_deref(),
-            park_expires_at: parked.then(|| Utc::now() + self.parking),
-        })
-        .await
-    }
 }
 
-/// The event to plan, with the earlier shipment or cancellation of the same id (if any) added
-/// to the order's state, so planning can tell a duplicate from a conflict.
-async fn with_earlier<'e>(
+/// Adds the earlier shipment or cancellation of the same id (if any) to the order's state, so
+/// planning can tell a duplicate from a conflict.
+async fn with_earlier(
     tx: &mut LedgerTx,
-    input: PlanInput<'e>,
+    input: PlanInput<'_>,
     stored: &mut StoredOrder,
-) -> Result<Event<'e>, StorageError> {
+) -> Result<(), StorageError> {
     let order_id = stored.order.order_id().clone();
-    Ok(match input {
+    match input {
         PlanInput::Shipment(s) => {
             if let Some(prev) = tx.load_shipment(&order_id, s.shipment_id()).await? {
                 stored.state.shipments.push(prev);
             }
-            Event::Shipment(s)
         }
         PlanInput::Cancellation(c) => {
             if let Some(prev) = tx.load_cancellation(&order_id, c.cancellation_id()).await? {
                 stored.state.cancellations.push(prev);
             }
-            Event::Cancellation(c)
         }
-    })
+    }
+    Ok(())
 }

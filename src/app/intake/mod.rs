@@ -15,20 +15,25 @@
 //! - `mod.rs`  — the use case ([`Intake`]) and what became of a message ([`IntakeOutcome`]).
 //! - `message` — the per-message path: one message, one transaction.
 //! - `batch`   — the batched path and the [`IntakeBatcher`] that groups deliveries.
+//! - `rows`    — what each decision writes (an order, a plan with its shipment or
+//!   cancellation row, an inbox row), added to the write set, the same for both paths.
 //! - `refuse`  — refusals: what is recorded and dead-lettered, and why.
 //! - `parked`  — shipments and cancellations waiting for their order.
 //! - `plan`    — what a message asks to plan (a shipment or a cancellation), and an order
-//!   registration's fingerprint. The rows a plan becomes are written by storage
-//!   (`LedgerTx::record_plan`, `IntakeBatch::record_plan`), the same for both paths.
+//!   registration's fingerprint.
 //!
-//! Every statement runs in a `storage::LedgerTx`; captures created by a batch are claimed in
-//! it and handed to execution through an `execute::Handoff`.
+//! Both paths plan with the same domain code, add their rows to a write set
+//! (`storage::ledger::IntakeBatch`) through `rows`, and persist it with one storage writer
+//! (`LedgerTx::store_intake_batch`, one statement): a message on its own is a write set of
+//! one. Every statement runs in a `storage::LedgerTx`; captures created by a batch are claimed
+//! in it and handed to execution through an `execute::Handoff`.
 
 mod batch;
 mod message;
 mod parked;
 mod plan;
 mod refuse;
+mod rows;
 
 pub use batch::IntakeBatcher;
 

@@ -7,7 +7,7 @@ use tracing::Instrument;
 use crate::domain;
 use crate::queue::consumer::IncomingMessage;
 use crate::queue::wire;
-use crate::storage::ledger::{self, InboxStatus};
+use crate::storage::ledger::{self, InboxStatus, IntakeBatch};
 use crate::storage::{LedgerTx, StorageError};
 
 use super::refuse::Refusal;
@@ -80,12 +80,14 @@ impl Intake {
             drop(tx);
             return Ok(IntakeOutcome::Duplicate);
         }
+        let mut writes = IntakeBatch::default();
         let out = self
-            .refuse(&mut tx, &incoming, &parsed, &hash, Refusal {
+            .refuse(&mut tx, Some(&mut writes), &incoming, &parsed, &hash, Refusal {
                 reason: "unknown_order".into(),
                 detail: format!("order {} was not registered within the parking time; publish order.authorized first, then requeue this message", parsed.command.order_id()),
-            }, true)
+            })
             .await?;
+        tx.store_intake_batch(&writes).await?;
         tx.commit("expiring a parked message").await?;
         Ok(out)
     }

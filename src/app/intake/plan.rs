@@ -1,5 +1,4 @@
-//! Planning's output turned into rows: the capture rows a plan asks for, and the fingerprint
-//! of an order registration.
+//! What a message asks to plan, and the fingerprint of an order registration.
 
 use sha2::{Digest, Sha256};
 

@@ -5,10 +5,11 @@ use sha2::{Digest, Sha256};
 
 use crate::queue::consumer::IncomingMessage;
 use crate::queue::wire::{self, Parsed};
-use crate::storage::ledger::{InboxStatus, NewRejection};
+use crate::storage::ledger::{IntakeBatch, NewRejection};
 use crate::storage::{LedgerTx, StorageError};
 use crate::telemetry::events::{self, Emit};
 
+use super::rows::{Entry, inbox_row};
 use super::{Intake, IntakeOutcome, UNSTORABLE};
 
 /// A refusal decided without the ledger's state.
@@ -88,16 +89,16 @@ impl Intake {
         })
     }
 
-    /// Records a refusal; `in_inbox` also marks the message id as rejected, so a redelivery
-    /// is refused the same way.
-    pub(super) async fn refuse(
+    /// Records a refusal; with `inbox`, the write set of the message, also marks the message
+    /// id as rejected there, so a redelivery is refused the same way.
+    pub(super) async fn refuse<'a>(
         &self,
         tx: &mut LedgerTx,
-        message: &IncomingMessage,
-        parsed: &Parsed,
-        body_hash: &str,
+        inbox: Option<&mut IntakeBatch<'a>>,
+        message: &'a IncomingMessage,
+        parsed: &'a Parsed,
+        body_hash: &'a str,
         refusal: Refusal,
-        in_inbox: bool,
     ) -> Result<IntakeOutcome, StorageError> {
         // Stored through the text boundary (storage).
         let body = String::from_utf8_lossy(&message.body);
@@ -112,16 +113,11 @@ impl Intake {
             body_hash,
         })
         .await?;
-        if in_inbox {
-            self.remember(
-                tx,
-                message,
-                parsed,
-                body_hash,
-                InboxStatus::Rejected,
-                Some(&refusal.reason),
-            )
-            .await?;
+        if let Some(writes) = inbox {
+            let entry = Entry::Rejected(refusal.reason.clone());
+            writes
+                .inbox
+                .push(inbox_row(message, parsed, body_hash, entry));
         }
         events::MessageRejected {
             reason: &refusal.reason,
