@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::domain::{self, Event, Order, PlanContext};
+use crate::domain::{self, Order};
 use crate::queue::consumer::IncomingMessage;
 use crate::queue::wire::{self, Command, Parsed};
 use crate::storage::captures::ClaimedCapture;
@@ -14,7 +14,7 @@ use crate::storage::ledger::{self, InboxRecord, NewInbox, StoredOrder};
 use crate::storage::{LedgerTx, StorageError};
 
 use super::plan::{PlanInput, order_fingerprint};
-use super::rows::{Entry, added_value, inbox_row, stage_order, stage_plan};
+use super::rows::{Entry, inbox_row, stage_order};
 use super::{Intake, IntakeOutcome, intake_span, record_outcome};
 
 /// Batched intake: many deliveries, one transaction.
@@ -182,28 +182,18 @@ impl Intake {
         let caps = self
             .capabilities
             .capabilities(stored.order.authorization().provider.as_str())?;
-        let ctx = PlanContext {
-            capabilities: caps,
-            shipping: self.shipping,
-            now,
-        };
-        let plan = domain::plan(
-            &stored.order,
-            &stored.state,
-            Event::Shipment(shipment),
-            &ctx,
-        )
-        .ok()?;
-        let shipped_value = added_value(&stored.order, &stored.state, &plan.state, self.shipping)?;
-        let dispatch = stage_plan(
-            writes,
-            &stored.order,
-            PlanInput::Shipment(shipment),
-            plan,
-            shipped_value,
-            c.traceparent.as_deref(),
-            c.processed(),
-        );
+        // A duplicate or a refusal is decided and recorded by the per-message path.
+        let dispatch = self
+            .stage_event(
+                writes,
+                stored,
+                caps,
+                PlanInput::Shipment(shipment),
+                now,
+                c.traceparent.as_deref(),
+                c.processed(),
+            )
+            .ok()?;
         Some(IntakeOutcome::Processed { dispatch })
     }
 

@@ -7,16 +7,16 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use crate::domain::{self, Capabilities, Event, Order, PlanContext, Rejection};
+use crate::domain::{Capabilities, Order};
 use crate::queue::consumer::IncomingMessage;
 use crate::queue::wire::{self, Command, Parsed};
 use crate::sanitize;
 use crate::storage::ledger::{InboxStatus, IntakeBatch, StoredOrder};
 use crate::storage::{LedgerTx, StorageError};
 
-use super::plan::{PlanInput, order_fingerprint};
+use super::plan::{PlanInput, Verdict, order_fingerprint};
 use super::refuse::{Refusal, Unread};
-use super::rows::{Entry, added_value, inbox_row, stage_order, stage_plan};
+use super::rows::{Entry, inbox_row, stage_order};
 use super::{Intake, IntakeOutcome, TOO_LARGE_EXCERPT_CHARS, intake_span, record_outcome};
 
 impl Intake {
@@ -311,89 +311,30 @@ impl Intake {
         let traceparent =
             crate::telemetry::trace::current_traceparent().or_else(|| message.traceparent.clone());
         let mut writes = IntakeBatch::default();
-        let outcome = self
-            .stage_event(
-                tx,
-                &mut writes,
-                message,
-                parsed,
-                body_hash,
-                input,
-                &stored,
-                caps,
-                traceparent.as_deref(),
-            )
-            .await?;
-        tx.store_intake_batch(&writes).await?;
-        Ok(outcome)
-    }
-
-    /// What the plan of a shipment or cancellation writes, added to `writes`: the plan with
-    /// the event's row and the message as processed, or the message as a duplicate, or its
-    /// refusal.
-    #[allow(clippy::too_many_arguments)] // one message's parts, its order and the trace
-    async fn stage_event<'a>(
-        &self,
-        tx: &mut LedgerTx,
-        writes: &mut IntakeBatch<'a>,
-        message: &'a IncomingMessage,
-        parsed: &'a Parsed,
-        body_hash: &'a str,
-        input: PlanInput<'a>,
-        stored: &'a StoredOrder,
-        caps: Capabilities,
-        traceparent: Option<&'a str>,
-    ) -> Result<IntakeOutcome, StorageError> {
-        let order_id = parsed.command.order_id();
-        let ctx = PlanContext {
-            capabilities: caps,
-            shipping: self.shipping,
-            now: Utc::now(),
-        };
-        let event = match input {
-            PlanInput::Shipment(s) => Event::Shipment(s),
-            PlanInput::Cancellation(c) => Event::Cancellation(c),
-        };
-        let plan = match domain::plan(&stored.order, &stored.state, event, &ctx) {
-            Ok(p) => p,
-            Err(Rejection::Duplicate) => {
+        let inbox = inbox_row(message, parsed, body_hash, Entry::Processed);
+        let outcome = match self.stage_event(
+            &mut writes,
+            &stored,
+            caps,
+            input,
+            Utc::now(),
+            traceparent.as_deref(),
+            inbox,
+        ) {
+            Ok(dispatch) => IntakeOutcome::Processed { dispatch },
+            Err(Verdict::Duplicate) => {
                 writes
                     .inbox
                     .push(inbox_row(message, parsed, body_hash, Entry::Processed));
-                return Ok(IntakeOutcome::Duplicate);
+                IntakeOutcome::Duplicate
             }
-            Err(rej) => {
-                let refusal = Refusal {
-                    reason: rej.reason().to_owned(),
-                    detail: format!("order {order_id}: {rej}"),
-                };
-                return self
-                    .refuse(tx, Some(writes), message, parsed, body_hash, refusal)
-                    .await;
+            Err(Verdict::Refused(refusal)) => {
+                self.refuse(tx, Some(&mut writes), message, parsed, body_hash, refusal)
+                    .await?
             }
         };
-        let Some(shipped_value) =
-            added_value(&stored.order, &stored.state, &plan.state, self.shipping)
-        else {
-            let refusal = Refusal {
-                reason: "amount_overflow".into(),
-                detail: format!("order {order_id}: the shipped value overflows 64-bit minor units"),
-            };
-            return self
-                .refuse(tx, Some(writes), message, parsed, body_hash, refusal)
-                .await;
-        };
-        let inbox = inbox_row(message, parsed, body_hash, Entry::Processed);
-        let dispatch = stage_plan(
-            writes,
-            &stored.order,
-            input,
-            plan,
-            shipped_value,
-            traceparent,
-            inbox,
-        );
-        Ok(IntakeOutcome::Processed { dispatch })
+        tx.store_intake_batch(&writes).await?;
+        Ok(outcome)
     }
 
     /// The capabilities of the order's provider; an order whose provider is no longer
