@@ -549,3 +549,62 @@ async fn a_parcel_for_a_lapsed_authorization_is_refused_the_same_in_a_batch_as_o
     assert_eq!(runs[1].0, *outcomes, "the batch decides as one at a time");
     assert_eq!(runs[1].1, *snapshot, "and stores the same");
 }
+
+#[tokio::test]
+async fn the_intake_writer_adds_an_inbox_row_once_and_updates_only_a_parked_one() {
+    use capture_worker::storage::StorageError;
+    use capture_worker::storage::ledger::{InboxStatus, IntakeBatch, NewInbox};
+
+    let (db, store) = fresh_database().await;
+    let row = |message_id: &'static str, status: InboxStatus| NewInbox {
+        message_id,
+        message_type: "shipment.shipped",
+        order_id: Some("ORD-W"),
+        payload_hash: "hash",
+        status,
+        reject_reason: None,
+        body: (status == InboxStatus::Parked).then_some(b"{}".as_slice()),
+        routing_key: Some("shipment.shipped"),
+        traceparent: None,
+        tracestate: None,
+        park_expires_at: (status == InboxStatus::Parked).then(chrono::Utc::now),
+    };
+    let store_one = |m: NewInbox<'static>| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin("test").await?;
+            tx.store_intake_batch(&IntakeBatch {
+                inbox: vec![m],
+                ..Default::default()
+            })
+            .await?;
+            tx.commit("test").await
+        }
+    };
+    store_one(row("M-1", InboxStatus::Processed)).await.unwrap();
+    store_one(row("M-2", InboxStatus::Parked)).await.unwrap();
+
+    // A message already processed is not written again: the write set fails as a conflict.
+    let again = store_one(row("M-1", InboxStatus::Processed)).await;
+    assert!(
+        matches!(again, Err(StorageError::Conflict { .. })),
+        "{again:?}"
+    );
+    // A parked message processed now updates its row, dropping its body.
+    store_one(row("M-2", InboxStatus::Processed)).await.unwrap();
+    let rows: Vec<(String, String, bool, bool)> = sqlx::query_as(
+        "select message_id, status, body is null, park_expires_at is null
+         from inbox_messages order by message_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("M-1".to_owned(), "processed".to_owned(), true, true),
+            ("M-2".to_owned(), "processed".to_owned(), true, true),
+        ]
+    );
+    drop_store(db, store).await;
+}
