@@ -128,7 +128,9 @@ impl Intake {
     }
 
     /// Applies a parsed message inside `tx`. `from_park` is set when a parked message is being
-    /// processed now that its order exists.
+    /// processed now that its order exists. Each step stores its write set before it returns,
+    /// so what follows in the same transaction (the messages parked for an order just
+    /// registered, one after the other) reads it.
     pub(super) async fn apply(
         &self,
         tx: &mut LedgerTx,
