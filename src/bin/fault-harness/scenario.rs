@@ -1377,7 +1377,37 @@ enum Need {
     /// Authorized in full on Checkout.com, expiring within the extension lead time (24 h): an
     /// extension (an incremental authorization of 0).
     ExtendCheckout,
+    /// Short on Adyen: an amount update to the total, settled by its notification.
+    IncrementAdyen,
+    /// Expiring on Adyen: an amount update of the same amount, settled by its notification.
+    ExtendAdyen,
 }
+
+impl Need {
+    const ALL: [Need; 5] = [
+        Need::IncrementCheckout,
+        Need::IncrementStripe,
+        Need::ExtendCheckout,
+        Need::IncrementAdyen,
+        Need::ExtendAdyen,
+    ];
+
+    fn provider(self) -> &'static str {
+        match self {
+            Need::IncrementStripe => "sandbox",
+            Need::IncrementCheckout | Need::ExtendCheckout => "checkout",
+            Need::IncrementAdyen | Need::ExtendAdyen => "adyen",
+        }
+    }
+
+    fn extends(self) -> bool {
+        matches!(self, Need::ExtendCheckout | Need::ExtendAdyen)
+    }
+}
+
+/// The HMAC key (hex) S8's workers verify Adyen's notifications with, and its merchant account.
+const S8_ADYEN_HMAC_KEY: &str = "7A3F0C55D1E24B8896A0B3C4D5E6F708192A3B4C5D6E7F8091A2B3C4D5E6F7A8";
+const S8_ADYEN_MERCHANT: &str = "FaultHarnessMerchant";
 
 /// Hours until an extension order's `expires_at`: inside the sweep's 24 h extension lead
 /// time, outside the expiry sweep's 12 h capture-ahead.
@@ -1397,28 +1427,33 @@ async fn s8(env: &mut Env, seed: u64) -> anyhow::Result<Report> {
         last_flag_per_mille: 0,
         ..Mix::standard(0, 0)
     };
-    let n = if full { 150 } else { 36 };
+    let n = if full { 150 } else { 40 };
     let mut workload = Workload::default();
     let mut needs = Vec::with_capacity(n);
     let mut order_msgs = Vec::with_capacity(n);
     let mut ship_msgs = Vec::new();
     for i in 0..n {
-        let need = [
-            Need::IncrementCheckout,
-            Need::IncrementStripe,
-            Need::ExtendCheckout,
-        ][i % 3];
+        let need = Need::ALL[i % Need::ALL.len()];
         let count = rng.range(1, 4) as u32;
         let mut o = workload::order_spec(&mut rng, &stage.tag, i, count, &mix);
         let total = crate::oracle::order_total(&o);
-        if need != Need::IncrementStripe {
-            // Checkout.com takes three-decimal amounts with the last digit 0; keep to USD.
-            o.currency = "USD";
-            o.auth_id = format!("pay_{}_{i}", stage.tag);
+        match need.provider() {
+            "checkout" => {
+                // Checkout.com takes three-decimal amounts with the last digit 0; keep to USD.
+                o.currency = "USD";
+                o.auth_id = format!("pay_{}_{i}", stage.tag);
+            }
+            "adyen" => {
+                o.currency = "USD";
+                // A pspReference: 16 characters.
+                o.auth_id = format!("AD{:06X}{i:08}", seed & 0xff_ffff);
+            }
+            _ => {}
         }
-        o.authorized = match need {
-            Need::ExtendCheckout => total,
-            _ => (total * 3 / 4).max(1),
+        o.authorized = if need.extends() {
+            total
+        } else {
+            (total * 3 / 4).max(1)
         };
         stage.authorize(
             &o,
@@ -1430,10 +1465,8 @@ async fn s8(env: &mut Env, seed: u64) -> anyhow::Result<Report> {
         )?;
         let id = format!("o-{}-{i}", stage.tag);
         let mut body = workload::order_message(&o, &id);
-        if need != Need::IncrementStripe {
-            body["data"]["payment"]["provider"] = serde_json::json!("checkout");
-        }
-        if need == Need::ExtendCheckout {
+        body["data"]["payment"]["provider"] = serde_json::json!(need.provider());
+        if need.extends() {
             let at = chrono::Utc::now() + chrono::Duration::hours(S8_EXPIRES_IN_HOURS);
             body["data"]["payment"]["expires_at"] =
                 serde_json::json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
@@ -1467,6 +1500,7 @@ async fn s8(env: &mut Env, seed: u64) -> anyhow::Result<Report> {
     workload.messages.extend(ship_msgs.iter().cloned());
 
     let checkout_url = format!("{}/checkout", stage.sandbox_url);
+    let adyen_url = format!("{}/adyen/v71", stage.sandbox_url);
     let config = stage.worker_config(
         env,
         &env.rabbit.amqp_url(),
@@ -1480,9 +1514,29 @@ async fn s8(env: &mut Env, seed: u64) -> anyhow::Result<Report> {
             ("CAPTURE__PROVIDERS__CHECKOUT__KIND", "checkout"),
             ("CAPTURE__PROVIDERS__CHECKOUT__BASE_URL", &checkout_url),
             ("CAPTURE__PROVIDERS__CHECKOUT__API_KEY", &env.api_key),
+            ("CAPTURE__PROVIDERS__ADYEN__KIND", "adyen"),
+            ("CAPTURE__PROVIDERS__ADYEN__BASE_URL", &adyen_url),
+            ("CAPTURE__PROVIDERS__ADYEN__API_KEY", &env.api_key),
+            (
+                "CAPTURE__PROVIDERS__ADYEN__MERCHANT_ACCOUNT",
+                S8_ADYEN_MERCHANT,
+            ),
+            (
+                "CAPTURE__PROVIDERS__ADYEN__WEBHOOK_SECRET",
+                S8_ADYEN_HMAC_KEY,
+            ),
         ],
     );
     let mut fleet = Fleet::new(config, 2);
+    // Adyen's notifications (its adjustments' and captures' outcomes) go to worker 0, on the
+    // same port after every restart; the sandbox retries a delivery while it is down.
+    fleet.pin_ports()?;
+    let port = fleet.http_port(0).context("worker 0's port")?;
+    stage.sandbox.set_notification_target(
+        "adyen",
+        &format!("http://127.0.0.1:{port}/webhooks/adyen"),
+        Some(S8_ADYEN_HMAC_KEY),
+    );
     fleet.start_all()?;
     fleet.wait_all_ready(Duration::from_secs(60)).await?;
 
@@ -1636,7 +1690,7 @@ async fn s8(env: &mut Env, seed: u64) -> anyhow::Result<Report> {
         notes,
         violations,
         "S8",
-        "lifecycle under kills: increments on Checkout.com and Stripe, extensions on Checkout.com, workers SIGKILLed",
+        "lifecycle under kills: increments on Checkout.com, Stripe and Adyen, extensions on Checkout.com and Adyen, workers SIGKILLed",
         started,
     )
     .await
@@ -1691,29 +1745,26 @@ async fn s8_check(
             .map(|r| r.3)
             .sum();
         let total = crate::oracle::order_total(o);
-        match need {
-            Need::ExtendCheckout => {
-                if ok("extend") != 1 || ok("increment") != 0 {
-                    violations.push(format!(
-                        "S8: {}: {} extensions and {} increments succeeded, expected one extension",
-                        o.order_id,
-                        ok("extend"),
-                        ok("increment")
-                    ));
-                }
-                extensions += ok("extend");
+        if need.extends() {
+            if ok("extend") != 1 || ok("increment") != 0 {
+                violations.push(format!(
+                    "S8: {}: {} extensions and {} increments succeeded, expected one extension",
+                    o.order_id,
+                    ok("extend"),
+                    ok("increment")
+                ));
             }
-            Need::IncrementCheckout | Need::IncrementStripe => {
-                if raised != total - o.authorized {
-                    violations.push(format!(
-                        "S8: {}: increments of {raised} recorded; {} raise the hold to the order total {total}",
-                        o.order_id,
-                        total - o.authorized
-                    ));
-                }
-                increments += ok("increment");
-                raised_total += raised;
+            extensions += ok("extend");
+        } else {
+            if raised != total - o.authorized {
+                violations.push(format!(
+                    "S8: {}: increments of {raised} recorded; {} raise the hold to the order total {total}",
+                    o.order_id,
+                    total - o.authorized
+                ));
             }
+            increments += ok("increment");
+            raised_total += raised;
         }
         match stage.sandbox.authorization(&o.auth_id) {
             Some(a) => {
@@ -1740,9 +1791,25 @@ async fn s8_check(
         .collect();
     let replays = calls.iter().filter(|e| e.replayed).count();
     let in_progress = calls.iter().filter(|e| e.http_status == 409).count();
+    let adyen: Vec<_> = stage
+        .sandbox
+        .notifications()
+        .into_iter()
+        .filter(|d| d.dialect == "adyen" && d.body.contains("AUTHORISATION_ADJUSTMENT"))
+        .collect();
+    let missed: usize = adyen
+        .iter()
+        .map(|d| {
+            d.statuses
+                .iter()
+                .filter(|s| !(200..300).contains(*s))
+                .count()
+        })
+        .sum();
     let note = format!(
-        "lifecycle: {increments} increments (+{raised_total} in all) and {extensions} extensions recorded; {} requests to the provider, {replays} answered from its idempotency store, {in_progress} refused as in progress; every key applied once",
-        calls.len()
+        "lifecycle: {increments} increments (+{raised_total} in all) and {extensions} extensions recorded; {} requests to the provider, {replays} answered from its idempotency store, {in_progress} refused as in progress; every key applied once; {} Adyen adjustments settled by notification ({missed} delivery attempts unanswered while worker 0 was down)",
+        calls.len(),
+        adyen.len()
     );
     Ok((violations, note))
 }
