@@ -82,20 +82,18 @@ impl LifecycleSweep {
             detail,
         };
         let id = OrderId::parse(order_id.to_owned()).map_err(|e| corrupt(e.to_string()))?;
-        let mut conn = self
-            .store
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| StorageError::classify(CTX, e))?;
-        let Some(stored) = ledger::load_order(&mut conn, &id, false).await? else {
+        // The order and its hold's facts as of one instant (see `store::snapshot`).
+        let mut read = store::snapshot(self.store.pool()).await?;
+        let Some(stored) = ledger::load_order(&mut read, &id, false).await? else {
             return Ok(None);
         };
         if stored.state.phase != Phase::Open {
             return Ok(None);
         }
-        let facts = store::facts(&mut conn, order_id).await?;
-        drop(conn);
+        let facts = store::facts(&mut read, order_id).await?;
+        read.commit()
+            .await
+            .map_err(|e| StorageError::classify(CTX, e))?;
         let provider_name = stored.order.authorization().provider.as_str().to_owned();
         let (Some(provider), Some(caps)) = (
             self.providers.get(&provider_name),

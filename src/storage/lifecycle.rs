@@ -26,6 +26,23 @@ pub async fn open_orders(
     .ctx("listing the open orders the lifecycle sweep looks at")
 }
 
+/// Begins the read-only transaction a pass reads one order and its hold's facts in, with one
+/// snapshot for all its reads (`repeatable read`): an action another worker records between
+/// two reads (its answer and the raised amount on the order, in one transaction) is seen in
+/// both or in neither. Seen in neither, the action is still `planned` and is resent under its
+/// key; a stale order beside fresh facts would plan another increment under a new key.
+pub async fn snapshot(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StorageError> {
+    const CTX: &str = "beginning the lifecycle sweep's read of an order";
+    let mut tx = pool.begin().await.ctx(CTX)?;
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await
+        .ctx(CTX)?;
+    Ok(tx)
+}
+
 /// What the sweep knows of an order beyond its row.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HoldFacts {

@@ -504,3 +504,88 @@ async fn a_checkout_increment_whose_answer_was_lost_is_read_back_not_sent_again(
     assert_eq!(authorized, 12455);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_pass_that_reads_the_order_before_another_worker_records_its_increment_does_not_increment_again()
+ {
+    let mut app = TestApp::spawn_with_dialects(|_| {}).await;
+    app.start_worker().await;
+    let auth = "pay_lifecycle_race_0001";
+    let (order, _, _, _) = order_on("checkout", "ORD-RACE-LC", auth, 10_000);
+    app.authorize_with(NewAuthorization::new(auth, 10_000, "USD"));
+    app.publish(&[order]).await;
+    app.wait_count(
+        "select count(*) from orders where order_id = 'ORD-RACE-LC'",
+        1,
+    )
+    .await;
+    let start = authorized_at(&app, "ORD-RACE-LC").await;
+    let sweep = sweep(&app, settings());
+    // Worker A's pass: Checkout.com applies the increment of 2455…
+    let swept = sweep
+        .run_once_at(start + Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(swept[0].outcome, Some("succeeded"));
+    // …and A records the answer only now (the record rewound to the moment before it).
+    sqlx::query("update lifecycle_actions set status = 'planned', finished_at = null, new_amount = null, new_expires_at = null where order_id = 'ORD-RACE-LC'")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    sqlx::query("update orders set authorized_amount = 10000 where order_id = 'ORD-RACE-LC'")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    let mut record = app.store.pool().begin().await.unwrap();
+    for sql in [
+        // Held until the commit: worker B's pass reads the order, then waits to read the
+        // hold's facts until A's record is committed.
+        "lock table lifecycle_actions in access exclusive mode",
+        "update lifecycle_actions set status = 'succeeded', finished_at = now(), new_amount = 12455 where order_id = 'ORD-RACE-LC'",
+        "update orders set authorized_amount = 12455 where order_id = 'ORD-RACE-LC'",
+    ] {
+        sqlx::query(sql).execute(&mut *record).await.unwrap();
+    }
+    let b = tokio::spawn({
+        let sweep = sweep.clone();
+        async move { sweep.run_once_at(start + Duration::minutes(6)).await }
+    });
+    let pool = app.store.pool().clone();
+    eventually(std::time::Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "select count(*) from pg_stat_activity
+                 where wait_event_type = 'Lock' and query like '%as next_sequence%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                > 0
+        }
+    })
+    .await;
+    record.commit().await.unwrap();
+    b.await.unwrap().unwrap();
+    // B saw the order and its actions as of one instant: the increment was applied once.
+    let applied = app
+        .sandbox
+        .ledger_for(auth)
+        .iter()
+        .filter(|e| {
+            e.path.ends_with("/authorizations")
+                && e.outcome == capture_worker::sandbox::LedgerOutcome::Adjusted
+        })
+        .count();
+    assert_eq!(applied, 1);
+    assert_eq!(app.sandbox.authorization(auth).unwrap().amount, 12455);
+    let (n, authorized): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from lifecycle_actions where order_id = 'ORD-RACE-LC'),
+                (select authorized_amount from orders where order_id = 'ORD-RACE-LC')",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((n, authorized), (1, 12455));
+    app.cleanup().await;
+}

@@ -80,6 +80,18 @@ struct Db {
     shipments: HashMap<String, Vec<(String, String)>>,
     /// order → phase
     phases: HashMap<String, String>,
+    /// The lifecycle sweep's extensions and increments, as recorded.
+    actions: Vec<ActionRow>,
+}
+
+/// One row of `lifecycle_actions`.
+#[derive(Debug, Clone)]
+struct ActionRow {
+    order_id: String,
+    action: String,
+    status: String,
+    increase: i64,
+    key: String,
 }
 
 async fn load(pool: &PgPool) -> anyhow::Result<Db> {
@@ -149,6 +161,22 @@ async fn load(pool: &PgPool) -> anyhow::Result<Db> {
         .into_iter()
         .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
         .collect();
+    let actions = sqlx::query(
+        "select order_id, action, status, increase, idempotency_key from lifecycle_actions
+         order by order_id, sequence",
+    )
+    .fetch_all(pool)
+    .await
+    .context("reading lifecycle actions")?
+    .into_iter()
+    .map(|r| ActionRow {
+        order_id: r.get(0),
+        action: r.get(1),
+        status: r.get(2),
+        increase: r.get(3),
+        key: r.get(4),
+    })
+    .collect();
     Ok(Db {
         inbox,
         rejected,
@@ -156,14 +184,31 @@ async fn load(pool: &PgPool) -> anyhow::Result<Db> {
         keys,
         shipments,
         phases,
+        actions,
     })
 }
 
+/// A capture (Stripe's and Gr4vy's `/capture`, Checkout.com's `/captures`), cancel or void.
 fn is_mutation(e: &LedgerEntry) -> bool {
     e.method == "POST"
-        && (e.path.ends_with("/capture")
+        && (is_capture(e)
             || e.path.ends_with("/cancel")
-            || e.path.ends_with("/void"))
+            || e.path.ends_with("/void")
+            || e.path.ends_with("/voids"))
+}
+
+fn is_capture(e: &LedgerEntry) -> bool {
+    e.path.ends_with("/capture") || e.path.ends_with("/captures")
+}
+
+/// An increment or extension of a hold: Stripe's `increment_authorization`, Checkout.com's
+/// incremental authorization, Adyen's amount update, PayPal's reauthorization.
+pub fn is_lifecycle(e: &LedgerEntry) -> bool {
+    e.method == "POST"
+        && (e.path.ends_with("/increment_authorization")
+            || e.path.ends_with("/authorizations")
+            || e.path.ends_with("/amountUpdates")
+            || e.path.ends_with("/reauthorize"))
 }
 
 /// Runs every check.
@@ -174,6 +219,35 @@ pub async fn check(ev: &Evidence<'_>) -> anyhow::Result<Findings> {
         messages: ev.workload.messages.len(),
         ..Findings::default()
     };
+    let holds: HashMap<String, i64> = ev
+        .workload
+        .orders
+        .iter()
+        .filter_map(|o| {
+            ev.sandbox
+                .authorization(&o.auth_id)
+                .map(|a| (o.auth_id.clone(), a.amount))
+        })
+        .collect();
+    check_lifecycle(ev.workload, &db, &ledger, &holds, &mut f);
+    // The oracle learns the increments the worker recorded: every later check judges an
+    // order against its hold as raised (never above the order total: checked above).
+    let raised = raised(&db);
+    let adjusted;
+    let workload = if raised.is_empty() {
+        ev.workload
+    } else {
+        adjusted = with_raised(ev.workload, &raised);
+        &adjusted
+    };
+    let ev = &Evidence {
+        workload,
+        sandbox: ev.sandbox,
+        pool: ev.pool,
+        dead_letters: ev.dead_letters,
+        logs: ev.logs,
+        canaries: ev.canaries,
+    };
     check_messages(ev, &db, &mut f);
     check_ledger(&db, &ledger, &mut f);
     check_orders(ev, &db, &ledger, &mut f);
@@ -181,6 +255,115 @@ pub async fn check(ev: &Evidence<'_>) -> anyhow::Result<Findings> {
     check_logs(ev, &mut f);
     check_database_text(ev, &mut f).await?;
     Ok(f)
+}
+
+/// Per order, what the worker recorded as added to its hold: Σ increments that succeeded.
+fn raised(db: &Db) -> HashMap<String, i64> {
+    let mut raised: HashMap<String, i64> = HashMap::new();
+    for a in &db.actions {
+        if a.action == "increment" && a.status == "succeeded" && a.increase > 0 {
+            *raised.entry(a.order_id.clone()).or_default() += a.increase;
+        }
+    }
+    raised
+}
+
+/// The workload with each order's authorized amount raised by its recorded increments.
+fn with_raised(w: &Workload, raised: &HashMap<String, i64>) -> Workload {
+    let mut w = w.clone();
+    for o in &mut w.orders {
+        if let Some(r) = raised.get(&o.order_id) {
+            o.authorized = o.authorized.saturating_add(*r);
+        }
+    }
+    w
+}
+
+/// LIFECYCLE: every extension or increment the provider saw went under a key the worker
+/// stored before the call, and was applied at most once per key; what each authorization
+/// holds at the provider is checkout's amount plus the increments the worker recorded (an
+/// increment applied twice, or applied and not recorded, shows here); no hold was raised above
+/// its order's total; no action was left unfinished.
+fn check_lifecycle(
+    w: &Workload,
+    db: &Db,
+    ledger: &[LedgerEntry],
+    holds: &HashMap<String, i64>,
+    f: &mut Findings,
+) {
+    let stored: HashSet<&str> = db.actions.iter().map(|a| a.key.as_str()).collect();
+    let mut applied: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in ledger.iter().filter(|e| is_lifecycle(e)) {
+        let Some(key) = e.idempotency_key.as_deref() else {
+            f.key_conflicts += 1;
+            f.violation(
+                "P3",
+                format!(
+                    "lifecycle request #{} was sent without an idempotency key",
+                    e.seq
+                ),
+            );
+            continue;
+        };
+        if !stored.contains(key) {
+            f.key_conflicts += 1;
+            f.violation(
+                "P3",
+                format!("lifecycle key {key} was sent but never stored before the call"),
+            );
+        }
+        if e.outcome == LedgerOutcome::Adjusted && !e.replayed {
+            *applied.entry(key).or_default() += 1;
+        }
+    }
+    for (key, n) in applied {
+        if n > 1 {
+            f.duplicated += 1;
+            f.violation(
+                "LIFECYCLE",
+                format!("key {key} was applied {n} times by the provider"),
+            );
+        }
+    }
+    let raised = raised(db);
+    for o in &w.orders {
+        let r = raised.get(&o.order_id).copied().unwrap_or(0);
+        if let Some(held) = holds.get(&o.auth_id)
+            && *held != o.authorized + r
+        {
+            f.violation(
+                "LIFECYCLE",
+                format!(
+                    "{}: the provider holds {held}; checkout authorized {} and the worker recorded increments of {r}",
+                    o.order_id, o.authorized
+                ),
+            );
+        }
+        let ceiling = o.authorized.max(oracle::order_total(o));
+        if r > 0 && o.authorized + r > ceiling {
+            f.violation(
+                "P2",
+                format!(
+                    "{}: the hold was raised to {}, above the order total {}",
+                    o.order_id,
+                    o.authorized + r,
+                    oracle::order_total(o)
+                ),
+            );
+        }
+    }
+    for a in &db.actions {
+        if matches!(a.status.as_str(), "planned" | "unknown" | "pending") {
+            f.stuck += 1;
+            f.violation(
+                "P7",
+                format!(
+                    "the {} of {} under key {} ended {}",
+                    a.action, a.order_id, a.key, a.status
+                ),
+            );
+        }
+    }
 }
 
 /// Where `text` breaks P9: the planted card number, any card-number-like digit run, or one of
@@ -364,8 +547,14 @@ fn check_ledger(db: &Db, ledger: &[LedgerEntry], f: &mut Findings) {
                     format!("key {key} was sent but never stored before the call"),
                 );
             }
-            Some((_, amount, is_final)) if e.path.ends_with("/capture") => {
-                if e.amount_to_capture != Some(*amount) || e.final_capture != Some(*is_final) {
+            Some((_, amount, is_final)) if is_capture(e) => {
+                // Adyen's capture has no final flag (the worker releases the rest by a cancel).
+                let final_sent = if e.path.starts_with("/adyen/") {
+                    e.final_capture.is_none()
+                } else {
+                    e.final_capture == Some(*is_final)
+                };
+                if e.amount_to_capture != Some(*amount) || !final_sent {
                     f.key_conflicts += 1;
                     f.violation(
                         "P3",
@@ -963,6 +1152,7 @@ mod tests {
             .collect(),
             shipments: HashMap::new(),
             phases: HashMap::new(),
+            actions: Vec::new(),
         }
     }
 
@@ -1070,6 +1260,132 @@ mod tests {
             req(3, "k1", 100, false, LedgerOutcome::Captured),
         ]);
         assert!(has(&f, "P8"), "{:?}", f.violations);
+    }
+
+    /// A Checkout.com incremental authorization of `pay_1` under `key`.
+    fn increment(seq: u64, key: &str, outcome: LedgerOutcome) -> LedgerEntry {
+        LedgerEntry {
+            path: "/checkout/payments/pay_1/authorizations".into(),
+            authorization_id: Some("pay_1".into()),
+            amount_to_capture: None,
+            final_capture: None,
+            captured_amount: 0,
+            replayed: outcome == LedgerOutcome::Replayed,
+            ..req(seq, key, 0, false, outcome)
+        }
+    }
+
+    /// One order of 1,000 authorized for 750 at `pay_1`, and a succeeded increment of
+    /// `increase` under key `i1`.
+    fn lifecycle_case(increase: i64) -> (Workload, Db) {
+        let line = crate::workload::LineSpec {
+            line_id: "L1".into(),
+            quantity: 1,
+            unit: 1_000,
+            tax: 0,
+            discount: 0,
+        };
+        let order = OrderSpec {
+            order_id: "ORD-1".into(),
+            auth_id: "pay_1".into(),
+            currency: "USD",
+            lines: vec![line],
+            shipping: 0,
+            order_discount: 0,
+            authorized: 750,
+            shipments: Vec::new(),
+            decline_on: None,
+            has_last_flag: false,
+        };
+        let mut d = db();
+        d.actions.push(ActionRow {
+            order_id: "ORD-1".into(),
+            action: "increment".into(),
+            status: "succeeded".into(),
+            increase,
+            key: "i1".into(),
+        });
+        let w = Workload {
+            orders: vec![order],
+            messages: Vec::new(),
+        };
+        (w, d)
+    }
+
+    fn lifecycle_findings(w: &Workload, d: &Db, ledger: &[LedgerEntry], held: i64) -> Findings {
+        let holds = [("pay_1".to_owned(), held)].into_iter().collect();
+        let mut f = Findings::default();
+        check_lifecycle(w, d, ledger, &holds, &mut f);
+        f
+    }
+
+    #[test]
+    fn an_increment_applied_once_and_replayed_passes_and_raises_the_oracles_hold() {
+        let (w, d) = lifecycle_case(250);
+        let f = lifecycle_findings(
+            &w,
+            &d,
+            &[
+                increment(1, "i1", LedgerOutcome::Adjusted),
+                increment(2, "i1", LedgerOutcome::Replayed),
+            ],
+            1_000,
+        );
+        assert!(f.violations.is_empty(), "{:?}", f.violations);
+        let raised = with_raised(&w, &raised(&d));
+        assert_eq!(raised.orders[0].authorized, 1_000);
+    }
+
+    #[test]
+    fn an_increment_applied_twice_is_a_duplicate_and_the_hold_disagrees() {
+        let (w, d) = lifecycle_case(250);
+        let f = lifecycle_findings(
+            &w,
+            &d,
+            &[
+                increment(1, "i1", LedgerOutcome::Adjusted),
+                increment(2, "i1", LedgerOutcome::Adjusted),
+            ],
+            1_250,
+        );
+        assert_eq!(f.duplicated, 1, "{:?}", f.violations);
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("the provider holds 1250")),
+            "{:?}",
+            f.violations
+        );
+    }
+
+    #[test]
+    fn an_unstored_lifecycle_key_a_raise_above_the_total_and_an_unfinished_action_are_reported() {
+        let (w, mut d) = lifecycle_case(400);
+        d.actions.push(ActionRow {
+            order_id: "ORD-1".into(),
+            action: "extend".into(),
+            status: "planned".into(),
+            increase: 0,
+            key: "e2".into(),
+        });
+        let f = lifecycle_findings(
+            &w,
+            &d,
+            &[
+                increment(1, "i1", LedgerOutcome::Adjusted),
+                increment(2, "x9", LedgerOutcome::Error),
+            ],
+            1_150,
+        );
+        assert!(has(&f, "P3"), "{:?}", f.violations);
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("above the order total")),
+            "{:?}",
+            f.violations
+        );
+        assert_eq!(f.stuck, 1, "{:?}", f.violations);
     }
 
     #[tokio::test]

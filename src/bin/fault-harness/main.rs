@@ -42,7 +42,7 @@ struct Args {
     /// Seed for every random choice; printed when not given.
     #[arg(long)]
     seed: Option<u64>,
-    /// Scenarios to run (S1…S7, repeatable or comma-separated); all when absent.
+    /// Scenarios to run (S1…S8, repeatable or comma-separated); all when absent.
     #[arg(long = "scenario", value_delimiter = ',')]
     scenarios: Vec<String>,
     /// The worker binary; defaults to `capture-worker` next to this binary (built if missing).

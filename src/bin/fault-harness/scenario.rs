@@ -827,7 +827,7 @@ fn captured_count(sandbox: &Sandbox) -> usize {
 // ---------------------------------------------------------------------------------------------
 // The scenarios
 
-pub const ALL: [&str; 7] = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"];
+pub const ALL: [&str; 8] = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8"];
 
 pub async fn run(env: &mut Env, name: &str, seed: u64) -> anyhow::Result<Report> {
     let full = env.profile == Profile::Full;
@@ -944,6 +944,7 @@ pub async fn run(env: &mut Env, name: &str, seed: u64) -> anyhow::Result<Report>
             })
             .await
         }
+        "S8" => s8(env, seed).await,
         other => bail!("unknown scenario {other}; known: {}", ALL.join(", ")),
     }
 }
@@ -1360,4 +1361,455 @@ fn pay_through(workload: &mut workload::Workload, orders: &HashSet<String>, prov
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// S8: lifecycle actions under kills
+
+/// What an S8 order needs from the lifecycle sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// Authorized for three quarters of its total on Checkout.com: an incremental
+    /// authorization of the rest.
+    IncrementCheckout,
+    /// The same on Stripe: `increment_authorization` to the total.
+    IncrementStripe,
+    /// Authorized in full on Checkout.com, expiring within the extension lead time (24 h): an
+    /// extension (an incremental authorization of 0).
+    ExtendCheckout,
+    /// Short on Adyen: an amount update to the total, settled by its notification.
+    IncrementAdyen,
+    /// Expiring on Adyen: an amount update of the same amount, settled by its notification.
+    ExtendAdyen,
+}
+
+impl Need {
+    const ALL: [Need; 5] = [
+        Need::IncrementCheckout,
+        Need::IncrementStripe,
+        Need::ExtendCheckout,
+        Need::IncrementAdyen,
+        Need::ExtendAdyen,
+    ];
+
+    fn provider(self) -> &'static str {
+        match self {
+            Need::IncrementStripe => "sandbox",
+            Need::IncrementCheckout | Need::ExtendCheckout => "checkout",
+            Need::IncrementAdyen | Need::ExtendAdyen => "adyen",
+        }
+    }
+
+    fn extends(self) -> bool {
+        matches!(self, Need::ExtendCheckout | Need::ExtendAdyen)
+    }
+}
+
+/// The HMAC key (hex) S8's workers verify Adyen's notifications with, and its merchant account.
+const S8_ADYEN_HMAC_KEY: &str = "7A3F0C55D1E24B8896A0B3C4D5E6F708192A3B4C5D6E7F8091A2B3C4D5E6F7A8";
+const S8_ADYEN_MERCHANT: &str = "FaultHarnessMerchant";
+
+/// Hours until an extension order's `expires_at`: inside the sweep's 24 h extension lead
+/// time, outside the expiry sweep's 12 h capture-ahead.
+const S8_EXPIRES_IN_HOURS: i64 = 20;
+
+async fn s8(env: &mut Env, seed: u64) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let full = env.profile == Profile::Full;
+    let stage = Stage::new(env, "S8", seed).await?;
+    let mut rng = Rng::fork(seed, "workload");
+    let mut prng = Rng::fork(seed, "provider");
+    let mix = Mix {
+        decline_per_mille: 0,
+        late_order_per_mille: 0,
+        short_auth_per_mille: 0,
+        over_auth_per_mille: 0,
+        last_flag_per_mille: 0,
+        ..Mix::standard(0, 0)
+    };
+    let n = if full { 150 } else { 40 };
+    let mut workload = Workload::default();
+    let mut needs = Vec::with_capacity(n);
+    let mut order_msgs = Vec::with_capacity(n);
+    let mut ship_msgs = Vec::new();
+    for i in 0..n {
+        let need = Need::ALL[i % Need::ALL.len()];
+        let count = rng.range(1, 4) as u32;
+        let mut o = workload::order_spec(&mut rng, &stage.tag, i, count, &mix);
+        let total = crate::oracle::order_total(&o);
+        match need.provider() {
+            "checkout" => {
+                // Checkout.com takes three-decimal amounts with the last digit 0; keep to USD.
+                o.currency = "USD";
+                o.auth_id = format!("pay_{}_{i}", stage.tag);
+            }
+            "adyen" => {
+                o.currency = "USD";
+                // A pspReference: 16 characters.
+                o.auth_id = format!("AD{:06X}{i:08}", seed & 0xff_ffff);
+            }
+            _ => {}
+        }
+        o.authorized = if need.extends() {
+            total
+        } else {
+            (total * 3 / 4).max(1)
+        };
+        stage.authorize(
+            &o,
+            Scenario {
+                // Slow enough that kills land while an action is in flight.
+                latency_ms: prng.range(50, 250),
+                ..Scenario::default()
+            },
+        )?;
+        let id = format!("o-{}-{i}", stage.tag);
+        let mut body = workload::order_message(&o, &id);
+        body["data"]["payment"]["provider"] = serde_json::json!(need.provider());
+        if need.extends() {
+            let at = chrono::Utc::now() + chrono::Duration::hours(S8_EXPIRES_IN_HOURS);
+            body["data"]["payment"]["expires_at"] =
+                serde_json::json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        }
+        order_msgs.push(Message {
+            body: serde_json::to_vec(&body).unwrap_or_default(),
+            message_id: Some(id),
+            routing_key: "order.authorized".into(),
+            expect: Expect::Order(i),
+        });
+        for (s, ship) in o.shipments.iter().enumerate() {
+            let id = format!("m-{}-{i}-{s}", stage.tag);
+            let m = Message {
+                body: serde_json::to_vec(&workload::shipment_message(&o, ship, &id))
+                    .unwrap_or_default(),
+                message_id: Some(id),
+                routing_key: "shipment.shipped".into(),
+                expect: Expect::Shipment { order: i, ship: s },
+            };
+            // One parcel in ten published twice.
+            if rng.chance(100) {
+                ship_msgs.push(m.clone());
+            }
+            ship_msgs.push(m);
+        }
+        workload.orders.push(o);
+        needs.push(need);
+    }
+    rng.shuffle(&mut ship_msgs);
+    workload.messages.extend(order_msgs.iter().cloned());
+    workload.messages.extend(ship_msgs.iter().cloned());
+
+    let checkout_url = format!("{}/checkout", stage.sandbox_url);
+    let adyen_url = format!("{}/adyen/v71", stage.sandbox_url);
+    let config = stage.worker_config(
+        env,
+        &env.rabbit.amqp_url(),
+        &stage.sandbox_url,
+        &[
+            ("CAPTURE__CAPTURE__LIFECYCLE_SWEEP", "true"),
+            // The lifecycle sweep runs with the expiry sweep: several passes a second.
+            ("CAPTURE__CAPTURE__EXPIRY_SWEEP_MS", "200"),
+            // Checkout.com captures are accepted, then settled: read back soon (no webhooks).
+            ("CAPTURE__CAPTURE__NOTIFICATION_WAIT_MS", "300"),
+            ("CAPTURE__PROVIDERS__CHECKOUT__KIND", "checkout"),
+            ("CAPTURE__PROVIDERS__CHECKOUT__BASE_URL", &checkout_url),
+            ("CAPTURE__PROVIDERS__CHECKOUT__API_KEY", &env.api_key),
+            ("CAPTURE__PROVIDERS__ADYEN__KIND", "adyen"),
+            ("CAPTURE__PROVIDERS__ADYEN__BASE_URL", &adyen_url),
+            ("CAPTURE__PROVIDERS__ADYEN__API_KEY", &env.api_key),
+            (
+                "CAPTURE__PROVIDERS__ADYEN__MERCHANT_ACCOUNT",
+                S8_ADYEN_MERCHANT,
+            ),
+            (
+                "CAPTURE__PROVIDERS__ADYEN__WEBHOOK_SECRET",
+                S8_ADYEN_HMAC_KEY,
+            ),
+        ],
+    );
+    let mut fleet = Fleet::new(config, 2);
+    // Adyen's notifications (its adjustments' and captures' outcomes) go to worker 0, on the
+    // same port after every restart; the sandbox retries a delivery while it is down.
+    fleet.pin_ports()?;
+    let port = fleet.http_port(0).context("worker 0's port")?;
+    stage.sandbox.set_notification_target(
+        "adyen",
+        &format!("http://127.0.0.1:{port}/webhooks/adyen"),
+        Some(S8_ADYEN_HMAC_KEY),
+    );
+    fleet.start_all()?;
+    fleet.wait_all_ready(Duration::from_secs(60)).await?;
+
+    let publish = |msgs: Vec<Message>, rate: u32| {
+        let url = env.rabbit.amqp_url();
+        let exchange = stage.exchange.clone();
+        tokio::spawn(publish::publish_all(
+            PublishPlan {
+                url,
+                exchange,
+                rate,
+                deadline: Duration::from_secs(120),
+            },
+            Arc::new(msgs),
+            Arc::new(Progress::default()),
+        ))
+    };
+    let mut frng = Rng::fork(seed, "faults");
+    let mut violations = Vec::new();
+    let mut notes = Vec::new();
+
+    // Phase 1: the orders, then the sweep's extensions and increments while workers die.
+    publish(order_msgs, 0)
+        .await
+        .context("the publisher task failed")?
+        .context("publishing the orders")?;
+    let lifecycle_kills = if full { 12 } else { 5 };
+    let (mut kills, mut after_apply, mut unrecorded) = (0u32, 0u32, 0u32);
+    let phase = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(if full { 240 } else { 60 });
+    loop {
+        let (done, open) = lifecycle_progress(&stage.pool).await?;
+        if done >= n as i64 && open == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            violations.push(format!(
+                "S8: {done} of {n} lifecycle actions succeeded ({open} unfinished) within the deadline"
+            ));
+            break;
+        }
+        if kills >= lifecycle_kills {
+            if !fleet.reap().is_empty() {
+                fleet.fill()?;
+            }
+            sleep_ms(100).await;
+            continue;
+        }
+        sleep_ms(frng.range(200, 900)).await;
+        if !fleet.reap().is_empty() {
+            fleet.fill()?;
+        }
+        let running = fleet.running();
+        if running.is_empty() {
+            fleet.fill()?;
+            continue;
+        }
+        // Every other round waits for the provider to apply an action and strikes at once,
+        // every worker (either may have sent it), before the answer can be recorded.
+        let mut struck = None;
+        let victims = if kills % 2 == 1 {
+            let seen = adjusted(&stage.sandbox).len();
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until {
+                if let Some(key) = adjusted(&stage.sandbox).get(seen) {
+                    struck = Some(key.clone());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            running
+        } else {
+            vec![running[frng.index(running.len())]]
+        };
+        for &v in &victims {
+            fleet.kill(v).await?;
+        }
+        kills += 1;
+        if let Some(key) = struck {
+            after_apply += 1;
+            let status: Option<String> = sqlx::query_scalar(
+                "select status from lifecycle_actions where idempotency_key = $1",
+            )
+            .bind(&key)
+            .fetch_optional(&stage.pool)
+            .await?;
+            if status.as_deref() != Some("succeeded") {
+                unrecorded += 1;
+            }
+        }
+        sleep_ms(frng.range(0, 400)).await;
+        for &v in &victims {
+            fleet.start(v)?;
+        }
+    }
+    notes.push(format!(
+        "{kills} kill rounds while the sweep extended and incremented ({after_apply} right after the provider applied an action, {unrecorded} of them before the worker recorded the answer); every action succeeded {:.1?} after the orders were published",
+        phase.elapsed()
+    ));
+
+    // Phase 2: the parcels, captured against the raised holds, while workers die.
+    let parcels = publish(ship_msgs, if full { 150 } else { 100 });
+    let parcel_kills = if full { 6 } else { 3 };
+    for _ in 0..parcel_kills {
+        sleep_ms(frng.range(300, 1_500)).await;
+        if !fleet.reap().is_empty() {
+            fleet.fill()?;
+        }
+        let running = fleet.running();
+        if running.is_empty() {
+            fleet.fill()?;
+            continue;
+        }
+        let victim = running[frng.index(running.len())];
+        fleet.kill(victim).await?;
+        sleep_ms(frng.range(0, 800)).await;
+        fleet.start(victim)?;
+    }
+    notes.push(format!(
+        "{parcel_kills} SIGKILLs while the parcels were captured"
+    ));
+    parcels
+        .await
+        .context("the publisher task failed")?
+        .context("publishing the parcels")?;
+    let expected: HashSet<String> = workload.messages.iter().map(message_key).collect();
+    let within = Duration::from_secs(if full { 600 } else { 120 });
+    if !settle(env, &stage, &mut fleet, &expected, within).await? {
+        violations.push(format!("P7: S8 did not settle within {within:?}"));
+    }
+    violations.extend(
+        fleet
+            .stop_all(Duration::from_secs(30))
+            .await
+            .into_iter()
+            .map(|p| format!("shutdown: {p}")),
+    );
+    violations.extend(fleet.unexpected_exits.iter().map(|e| format!("P7: {e}")));
+    let left = stage.ready(env).await.unwrap_or(u32::MAX);
+    if left != 0 {
+        violations.push(format!("P7: {left} messages left in the work queue"));
+    }
+    let (found, note) = s8_check(&stage, &workload, &needs).await?;
+    violations.extend(found);
+    notes.push(note);
+    finish(
+        env,
+        stage,
+        &workload,
+        &fleet,
+        notes,
+        violations,
+        "S8",
+        "lifecycle under kills: increments on Checkout.com, Stripe and Adyen, extensions on Checkout.com and Adyen, workers SIGKILLed",
+        started,
+    )
+    .await
+}
+
+/// (succeeded lifecycle actions, actions not finished: planned, unknown or pending).
+async fn lifecycle_progress(pool: &PgPool) -> anyhow::Result<(i64, i64)> {
+    Ok(sqlx::query_as(
+        "select count(*) filter (where status = 'succeeded'),
+                count(*) filter (where status in ('planned', 'unknown', 'pending'))
+         from lifecycle_actions",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Keys of the lifecycle requests the provider applied, in arrival order.
+fn adjusted(sandbox: &Sandbox) -> Vec<String> {
+    sandbox
+        .ledger()
+        .iter()
+        .filter(|e| e.outcome == LedgerOutcome::Adjusted && !e.replayed)
+        .filter_map(|e| e.idempotency_key.clone())
+        .collect()
+}
+
+/// S8's own checks: each order got the one action it needed, applied once by the provider,
+/// and was captured in full (its total: the increments raised every short hold to it).
+async fn s8_check(
+    stage: &Stage,
+    workload: &Workload,
+    needs: &[Need],
+) -> anyhow::Result<(Vec<String>, String)> {
+    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "select order_id, action, status, increase from lifecycle_actions order by order_id, sequence",
+    )
+    .fetch_all(&stage.pool)
+    .await?;
+    let mut violations = Vec::new();
+    let (mut increments, mut raised_total, mut extensions) = (0, 0i64, 0);
+    for (o, need) in workload.orders.iter().zip(needs) {
+        let mine: Vec<&(String, String, String, i64)> =
+            rows.iter().filter(|r| r.0 == o.order_id).collect();
+        let ok = |action: &str| {
+            mine.iter()
+                .filter(|r| r.1 == action && r.2 == "succeeded")
+                .count()
+        };
+        let raised: i64 = mine
+            .iter()
+            .filter(|r| r.1 == "increment" && r.2 == "succeeded")
+            .map(|r| r.3)
+            .sum();
+        let total = crate::oracle::order_total(o);
+        if need.extends() {
+            if ok("extend") != 1 || ok("increment") != 0 {
+                violations.push(format!(
+                    "S8: {}: {} extensions and {} increments succeeded, expected one extension",
+                    o.order_id,
+                    ok("extend"),
+                    ok("increment")
+                ));
+            }
+            extensions += ok("extend");
+        } else {
+            if raised != total - o.authorized {
+                violations.push(format!(
+                    "S8: {}: increments of {raised} recorded; {} raise the hold to the order total {total}",
+                    o.order_id,
+                    total - o.authorized
+                ));
+            }
+            increments += ok("increment");
+            raised_total += raised;
+        }
+        match stage.sandbox.authorization(&o.auth_id) {
+            Some(a) => {
+                if a.adjustments != 1 {
+                    violations.push(format!(
+                        "S8: {}: the provider applied {} adjustments to {}, expected one",
+                        o.order_id, a.adjustments, o.auth_id
+                    ));
+                }
+                if a.amount_received != total {
+                    violations.push(format!(
+                        "S8: {}: {} captured of the order total {total}",
+                        o.order_id, a.amount_received
+                    ));
+                }
+            }
+            None => violations.push(format!("harness: authorization {} missing", o.auth_id)),
+        }
+    }
+    let ledger = stage.sandbox.ledger();
+    let calls: Vec<&capture_worker::sandbox::LedgerEntry> = ledger
+        .iter()
+        .filter(|e| crate::check::is_lifecycle(e))
+        .collect();
+    let replays = calls.iter().filter(|e| e.replayed).count();
+    let in_progress = calls.iter().filter(|e| e.http_status == 409).count();
+    let adyen: Vec<_> = stage
+        .sandbox
+        .notifications()
+        .into_iter()
+        .filter(|d| d.dialect == "adyen" && d.body.contains("AUTHORISATION_ADJUSTMENT"))
+        .collect();
+    let missed: usize = adyen
+        .iter()
+        .map(|d| {
+            d.statuses
+                .iter()
+                .filter(|s| !(200..300).contains(*s))
+                .count()
+        })
+        .sum();
+    let note = format!(
+        "lifecycle: {increments} increments (+{raised_total} in all) and {extensions} extensions recorded; {} requests to the provider, {replays} answered from its idempotency store, {in_progress} refused as in progress; every key applied once; {} Adyen adjustments settled by notification ({missed} delivery attempts unanswered while worker 0 was down)",
+        calls.len(),
+        adyen.len()
+    );
+    Ok((violations, note))
 }

@@ -32,6 +32,9 @@ pub struct Fleet {
     /// Workers that exited without being told to.
     pub unexpected_exits: Vec<String>,
     http: reqwest::Client,
+    /// Each slot's HTTP port, kept across restarts (see `pin_ports`); empty: a new port at
+    /// every start.
+    pinned: Vec<u16>,
 }
 
 impl Fleet {
@@ -43,6 +46,24 @@ impl Fleet {
             starts: 0,
             unexpected_exits: Vec::new(),
             http: reqwest::Client::new(),
+            pinned: Vec::new(),
+        }
+    }
+
+    /// Gives each slot one HTTP port for all its starts, so a provider's notifications reach
+    /// the slot's worker again after a restart.
+    pub fn pin_ports(&mut self) -> anyhow::Result<()> {
+        self.pinned = (0..self.slots.len())
+            .map(|_| free_port())
+            .collect::<anyhow::Result<_>>()?;
+        Ok(())
+    }
+
+    /// The HTTP port slot `i` listens on (or will, when pinned and down).
+    pub fn http_port(&self, i: usize) -> Option<u16> {
+        match self.slots.get(i) {
+            Some(Some(s)) => Some(s.http_port),
+            _ => self.pinned.get(i).copied(),
         }
     }
 
@@ -53,7 +74,10 @@ impl Fleet {
     }
 
     pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
-        let port = free_port()?;
+        let port = match self.pinned.get(i) {
+            Some(p) => *p,
+            None => free_port()?,
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
