@@ -27,7 +27,7 @@ use crate::domain::{
 use crate::provider::{LifecycleCall, LifecycleRequest, LifecycleResult, Outcome};
 use crate::storage::ledger::{CaptureKind, NewCapture};
 use crate::storage::lifecycle::{self as store, ActionAnswer, ActionRow};
-use crate::storage::{StorageError, Store, ledger};
+use crate::storage::{StorageError, Store};
 
 use crate::telemetry::events::{self, Emit};
 
@@ -82,18 +82,10 @@ impl LifecycleSweep {
             detail,
         };
         let id = OrderId::parse(order_id.to_owned()).map_err(|e| corrupt(e.to_string()))?;
-        // The order and its hold's facts as of one instant (see `store::snapshot`).
-        let mut read = store::snapshot(self.store.pool()).await?;
-        let Some(stored) = ledger::load_order(&mut read, &id, false).await? else {
+        let Some((stored, facts)) = store::open_order_with_facts(self.store.pool(), &id).await?
+        else {
             return Ok(None);
         };
-        if stored.state.phase != Phase::Open {
-            return Ok(None);
-        }
-        let facts = store::facts(&mut read, order_id).await?;
-        read.commit()
-            .await
-            .map_err(|e| StorageError::classify(CTX, e))?;
         let provider_name = stored.order.authorization().provider.as_str().to_owned();
         let (Some(provider), Some(caps)) = (
             self.providers.get(&provider_name),
@@ -275,14 +267,9 @@ impl LifecycleSweep {
         caps: &crate::domain::Capabilities,
     ) -> Result<bool, StorageError> {
         const CTX: &str = "releasing a hold the lifecycle policy found unused";
-        let mut tx = self
-            .store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| StorageError::classify(CTX, e))?;
-        ledger::lock_order_key(&mut tx, order_id).await?;
-        let Some(stored) = ledger::load_order(&mut tx, order_id, true).await? else {
+        let mut tx = self.store.begin(CTX).await?;
+        tx.lock_order_key(order_id).await?;
+        let Some(stored) = tx.load_order(order_id, true).await? else {
             return Ok(false);
         };
         let mut state = stored.state;
@@ -303,30 +290,25 @@ impl LifecycleSweep {
         };
         let sequence = state.captures + 1;
         let cause_id = format!("{}-{sequence}", decision.reason.label());
-        ledger::insert_capture(
-            &mut tx,
-            &NewCapture {
-                order: &stored.order,
-                sequence,
-                kind,
-                cause_kind: "lifecycle",
-                cause_id: std::borrow::Cow::Borrowed(cause_id.as_str()),
-                amount: MinorUnits::ZERO,
-                is_final: true,
-                release_after: false,
-                lines: Vec::new(),
-                shipping: MinorUnits::ZERO,
-                shortfall: MinorUnits::ZERO,
-                traceparent: None,
-            },
-        )
+        tx.insert_capture(&NewCapture {
+            order: &stored.order,
+            sequence,
+            kind,
+            cause_kind: "lifecycle",
+            cause_id: std::borrow::Cow::Borrowed(cause_id.as_str()),
+            amount: MinorUnits::ZERO,
+            is_final: true,
+            release_after: false,
+            lines: Vec::new(),
+            shipping: MinorUnits::ZERO,
+            shortfall: MinorUnits::ZERO,
+            traceparent: None,
+        })
         .await?;
         state.captures = sequence;
         state.phase = Phase::Completed;
-        ledger::save_progress(&mut tx, &stored.order, &state).await?;
-        tx.commit()
-            .await
-            .map_err(|e| StorageError::classify(CTX, e))?;
+        tx.save_progress(&stored.order, &state).await?;
+        tx.commit(CTX).await?;
         let auth = stored.order.authorization();
         events::AuthorizationReleased {
             provider: auth.provider.as_str(),

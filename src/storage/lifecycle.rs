@@ -5,7 +5,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row};
 
+use super::ledger::{self, StoredOrder};
 use super::{Ctx, StorageError};
+use crate::domain::{OrderId, Phase};
 
 /// Open orders of `providers`, oldest authorization first.
 pub async fn open_orders(
@@ -26,21 +28,31 @@ pub async fn open_orders(
     .ctx("listing the open orders the lifecycle sweep looks at")
 }
 
-/// Begins the read-only transaction a pass reads one order and its hold's facts in, with one
-/// snapshot for all its reads (`repeatable read`): an action another worker records between
-/// two reads (its answer and the raised amount on the order, in one transaction) is seen in
-/// both or in neither. Seen in neither, the action is still `planned` and is resent under its
-/// key; a stale order beside fresh facts would plan another increment under a new key.
-pub async fn snapshot(
+/// An open order and its hold's facts, read in one read-only transaction with one snapshot for
+/// all its reads (`repeatable read`): an action another worker records between two reads (its
+/// answer and the raised amount on the order, in one transaction) is seen in both or in
+/// neither. Seen in neither, the action is still `planned` and is resent under its key; a stale
+/// order beside fresh facts would plan another increment under a new key. `None` when the
+/// order is gone or no longer open.
+pub async fn open_order_with_facts(
     pool: &PgPool,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StorageError> {
-    const CTX: &str = "beginning the lifecycle sweep's read of an order";
+    order_id: &OrderId,
+) -> Result<Option<(StoredOrder, HoldFacts)>, StorageError> {
+    const CTX: &str = "reading an order and its hold's facts for the lifecycle sweep";
     let mut tx = pool.begin().await.ctx(CTX)?;
     sqlx::query("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)
         .await
         .ctx(CTX)?;
-    Ok(tx)
+    let Some(stored) = ledger::load_order(&mut tx, order_id, false).await? else {
+        return Ok(None);
+    };
+    if stored.state.phase != Phase::Open {
+        return Ok(None);
+    }
+    let facts = facts(&mut tx, order_id.as_str()).await?;
+    tx.commit().await.ctx(CTX)?;
+    Ok(Some((stored, facts)))
 }
 
 /// What the sweep knows of an order beyond its row.

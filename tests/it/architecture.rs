@@ -839,10 +839,29 @@ fn is_sql(literal: &str) -> bool {
     }
 }
 
-/// Where a source names `sqlx` or holds a SQL statement, as `line: what`.
+/// Where the code opens a transaction or takes a connection from the pool itself
+/// (`….pool().begin()`, `….pool().acquire()`): the ledger's unit of work is `Store::begin()`.
+fn own_transactions_in(code: &str) -> Vec<String> {
+    code.match_indices("pool()")
+        .filter_map(|(i, _)| {
+            let rest = code[i + "pool()".len()..].trim_start();
+            [".begin()", ".acquire()"]
+                .into_iter()
+                .find(|call| rest.starts_with(call))
+                .map(|call| {
+                    let line = code[..i].matches('\n').count() + 1;
+                    format!("{line}: pool(){call} (use Store::begin)")
+                })
+        })
+        .collect()
+}
+
+/// Where a source names `sqlx`, holds a SQL statement or opens its own transaction, as
+/// `line: what`.
 fn persistence_in(text: &str) -> Vec<String> {
     let (strings, code) = lex(text);
     let mut hits: Vec<String> = mentions_in(&code, &["sqlx"]);
+    hits.extend(own_transactions_in(&code));
     hits.extend(strings.iter().filter(|(_, s)| is_sql(s)).map(|(line, s)| {
         let start: String = s.trim_start().chars().take(40).collect();
         format!("{line}: SQL {:?}", start.replace('\n', " "))
@@ -889,6 +908,14 @@ fn the_persistence_guard_catches_what_it_is_meant_to_catch() {
     assert!(!persistence_in("f(\"update captures set status = $1\")").is_empty());
     assert!(!persistence_in("f(\"delete from inbox_messages\")").is_empty());
     assert!(!persistence_in("f(\"with b as (select 1) select * from b\")").is_empty());
+    assert_eq!(
+        persistence_in(
+            "let a = 1;\nlet mut tx = self\n    .store\n    .pool()\n    .begin()\n    .await?;"
+        ),
+        vec!["4: pool().begin() (use Store::begin)"]
+    );
+    assert!(!persistence_in("let c = store.pool().acquire().await?;").is_empty());
+    assert!(persistence_in("let tx = self.store.begin(CTX).await?; f(store.pool())").is_empty());
     assert!(!persistence_in("f(r#\"select \"x\" from t\"#)").is_empty());
     assert_eq!(
         persistence_in("let a = '\"';\nlet b = \"delete from t\";"),
