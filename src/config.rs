@@ -155,7 +155,9 @@ pub struct CaptureSettings {
     /// `first_capture` (all shipping with the first capture) or `prorated`.
     pub shipping_policy: ShippingPolicySetting,
     /// How long a shipment waits for its order before it is dead-lettered as `unknown_order`,
-    /// in seconds. Example: 3600.
+    /// in seconds; also how long at most a shipment that exceeds its order's hold waits for
+    /// the answer to an increment of the hold before it is planned with shortfall. Example:
+    /// 3600.
     pub parking_seconds: u64,
     /// Provider calls per capture before it needs attention. Example: 12.
     pub max_attempts: u32,

@@ -9,6 +9,10 @@
 //! that stopped mid-call is resent under the same key before anything else, so the provider
 //! applies it once.
 //!
+//! An action is recorded under the order's intake lock. While an increment is unanswered, a
+//! shipment that would exceed the hold waits for the answer (intake parks it,
+//! `awaiting_increment`); the recovery sweeper plans it once the answer is recorded.
+//!
 //! The time is an argument (`run_once_at(now)`): the sweep never reads the clock itself, so
 //! tests drive days of a hold's life without sleeping. The expiry sweep (`expiry.rs`) keeps
 //! capturing what shipped before a hold that cannot be extended lapses; this sweep leaves

@@ -63,7 +63,33 @@ impl InboxStatus {
 pub struct InboxRecord {
     pub status: InboxStatus,
     pub payload_hash: String,
+    /// Why it was refused; for a parked message, why it waits
+    /// ([`AWAITING_INCREMENT`], or none: its order is not registered yet).
     pub reject_reason: Option<String>,
+    /// Until when a parked message waits.
+    pub park_expires_at: Option<DateTime<Utc>>,
+}
+
+/// The reason of a message parked because its order's hold is being raised: its shipment
+/// exceeds what is left of the hold while an increment is planned and not answered yet. It is
+/// planned once the increment is answered, or at `park_expires_at` at the latest.
+pub const AWAITING_INCREMENT: &str = "awaiting_increment";
+
+/// Whether an increment of `order_id`'s hold is planned and not answered yet (planned, sent
+/// without an answer, or accepted and waiting for the provider's notification).
+pub async fn increment_unfinished(
+    tx: &mut PgConnection,
+    order_id: &OrderId,
+) -> Result<bool, StorageError> {
+    sqlx::query_scalar(
+        "select exists (select 1 from lifecycle_actions
+                        where order_id = $1 and action = 'increment'
+                          and status in ('planned', 'unknown', 'pending'))",
+    )
+    .bind(order_id.as_str())
+    .fetch_one(tx)
+    .await
+    .ctx("looking for an unanswered increment of the order's hold")
 }
 
 pub async fn inbox_get(
@@ -71,7 +97,8 @@ pub async fn inbox_get(
     message_id: &str,
 ) -> Result<Option<InboxRecord>, StorageError> {
     let row = sqlx::query(
-        "select status, payload_hash, reject_reason from inbox_messages where message_id = $1 for update",
+        "select status, payload_hash, reject_reason, park_expires_at from inbox_messages
+         where message_id = $1 for update",
     )
     .bind(message_id)
     .fetch_optional(tx)
@@ -82,6 +109,7 @@ pub async fn inbox_get(
             status: InboxStatus::parse(r.get::<&str, _>("status"))?,
             payload_hash: r.get("payload_hash"),
             reject_reason: r.get("reject_reason"),
+            park_expires_at: r.get("park_expires_at"),
         })
     })
     .transpose()
@@ -220,14 +248,22 @@ pub async fn dead_letter_sent(pool: &sqlx::PgPool, message_id: &str) -> Result<(
 }
 
 /// Orders that have parked messages and now exist (the sweeper processes them), and parked
-/// messages whose wait is over (they are dead-lettered as `unknown_order`).
+/// messages whose wait is over (they are dead-lettered as `unknown_order`). A message parked
+/// while its order's hold is being raised ([`AWAITING_INCREMENT`]) is ready once the increment
+/// is answered or its wait is over.
 pub async fn parked_work(
     pool: &sqlx::PgPool,
     limit: i64,
 ) -> Result<(Vec<String>, Vec<ParkedMessage>), StorageError> {
     let ready: Vec<String> = sqlx::query_scalar(
         "select distinct i.order_id from inbox_messages i join orders o on o.order_id = i.order_id
-         where i.status = 'parked' limit $1",
+         where i.status = 'parked'
+           and not (i.reject_reason is not distinct from 'awaiting_increment'
+                    and i.park_expires_at >= now()
+                    and exists (select 1 from lifecycle_actions a
+                                where a.order_id = i.order_id and a.action = 'increment'
+                                  and a.status in ('planned', 'unknown', 'pending')))
+         limit $1",
     )
     .bind(limit)
     .fetch_all(pool)
@@ -711,7 +747,7 @@ pub async fn inbox_get_many(
     message_ids: &[&str],
 ) -> Result<HashMap<String, InboxRecord>, StorageError> {
     let rows = sqlx::query(
-        "select message_id, status, payload_hash, reject_reason from inbox_messages
+        "select message_id, status, payload_hash, reject_reason, park_expires_at from inbox_messages
          where message_id = any($1) order by message_id for update",
     )
     .bind(message_ids)
@@ -726,6 +762,7 @@ pub async fn inbox_get_many(
                     status: InboxStatus::parse(r.get::<&str, _>("status"))?,
                     payload_hash: r.get("payload_hash"),
                     reject_reason: r.get("reject_reason"),
+                    park_expires_at: r.get("park_expires_at"),
                 },
             ))
         })

@@ -179,9 +179,18 @@ fn action_row(r: &sqlx::postgres::PgRow) -> ActionRow {
     }
 }
 
-/// Records an action before its call. `false` when another worker planned this sequence
+/// Records an action before its call, under the order's intake lock: a shipment planned at
+/// the same time is planned either before the action exists or after, when it sees the
+/// increment unanswered and waits for it. `false` when another worker planned this sequence
 /// first (the caller then leaves the order to it).
 pub async fn plan_action(pool: &PgPool, row: &ActionRow) -> Result<bool, StorageError> {
+    const CTX: &str = "recording a lifecycle action before its call";
+    let order_id = OrderId::parse(row.order_id.clone()).map_err(|e| StorageError::Corrupt {
+        context: CTX,
+        detail: e.to_string(),
+    })?;
+    let mut tx = pool.begin().await.ctx(CTX)?;
+    ledger::lock_order_key(&mut tx, &order_id).await?;
     let done = sqlx::query(
         "insert into lifecycle_actions (order_id, sequence, provider, authorization_id, action,
              reason, currency, authorized_before, increase, idempotency_key, status, planned_at)
@@ -199,9 +208,10 @@ pub async fn plan_action(pool: &PgPool, row: &ActionRow) -> Result<bool, Storage
     .bind(row.increase)
     .bind(&row.idempotency_key)
     .bind(row.planned_at)
-    .execute(pool)
+    .execute(&mut *tx)
     .await
-    .ctx("recording a lifecycle action before its call")?;
+    .ctx(CTX)?;
+    tx.commit().await.ctx(CTX)?;
     Ok(done.rows_affected() == 1)
 }
 

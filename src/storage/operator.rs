@@ -180,7 +180,8 @@ pub async fn order_timeline(
              from orders where order_id = $1
              union all
              select received_at, 1, 'message_parked',
-                    jsonb_build_object('message_id', message_id, 'message_type', message_type)
+                    jsonb_build_object('message_id', message_id, 'message_type', message_type,
+                                       'reason', reject_reason, 'until', park_expires_at)
              from inbox_messages where order_id = $1 and status = 'parked'
              union all
              select created_at, 2, 'shipment', to_jsonb(s) - 'order_id'

@@ -52,6 +52,11 @@ impl LedgerTx {
         ledger::lock_order_key(&mut self.tx, order_id).await
     }
 
+    /// [`ledger::increment_unfinished`] in this transaction.
+    pub async fn increment_unfinished(&mut self, order_id: &OrderId) -> Result<bool, StorageError> {
+        ledger::increment_unfinished(&mut self.tx, order_id).await
+    }
+
     /// [`ledger::inbox_get`] in this transaction.
     pub async fn inbox_get(
         &mut self,

@@ -589,3 +589,232 @@ async fn a_pass_that_reads_the_order_before_another_worker_records_its_increment
     assert_eq!((n, authorized), (1, 12455));
     app.cleanup().await;
 }
+
+/// (amount, shortfall) of the order's captures, in order, and the order's shortfall.
+async fn amounts(app: &TestApp, order_id: &str) -> (Vec<(i64, i64)>, i64) {
+    let captures = sqlx::query_as(
+        "select amount, shortfall_amount from captures where order_id = $1 order by sequence",
+    )
+    .bind(order_id)
+    .fetch_all(app.store.pool())
+    .await
+    .unwrap();
+    let shortfall = sqlx::query_scalar("select shortfall_amount from orders where order_id = $1")
+        .bind(order_id)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    (captures, shortfall)
+}
+
+/// The message ids of the order's messages parked for an increment of its hold.
+async fn awaiting_increment(app: &TestApp, order_id: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "select message_id from inbox_messages
+         where order_id = $1 and status = 'parked' and reject_reason = 'awaiting_increment'
+         order by message_id",
+    )
+    .bind(order_id)
+    .fetch_all(app.store.pool())
+    .await
+    .unwrap()
+}
+
+/// Waits until the order has `n` messages parked for an increment of its hold.
+async fn wait_awaiting(app: &TestApp, order_id: &str, n: usize) {
+    eventually(std::time::Duration::from_secs(20), || async {
+        awaiting_increment(app, order_id).await.len() == n
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_parcel_beyond_the_hold_waits_for_an_unanswered_increment_and_is_captured_in_full() {
+    let mut app = TestApp::spawn_with_dialects(|_| {}).await;
+    app.start_worker().await;
+    let auth = "pi_lifecycle_wait_01";
+    // Authorized 100.00 of a 124.55 order.
+    let (order, s1, s2, s3) = order_on("sandbox", "ORD-WAIT-LC", auth, 10_000);
+    app.authorize_with(NewAuthorization::new(auth, 10_000, "USD"));
+    app.publish(&[order]).await;
+    app.wait_count(
+        "select count(*) from orders where order_id = 'ORD-WAIT-LC'",
+        1,
+    )
+    .await;
+    let start = authorized_at(&app, "ORD-WAIT-LC").await;
+    let sweep = sweep(&app, settings());
+    // The increment of 2455 is asked; its answer is not recorded (a worker stopped mid-call):
+    // the row is `planned`, the order holds 100.00.
+    let swept = sweep
+        .run_once_at(start + Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(swept[0].outcome, Some("succeeded"));
+    sqlx::query("update lifecycle_actions set status = 'planned', finished_at = null, new_amount = null where order_id = 'ORD-WAIT-LC'")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    sqlx::query("update orders set authorized_amount = 10000 where order_id = 'ORD-WAIT-LC'")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+
+    // Parcels that fit in the hold are captured at once, the increment unanswered.
+    app.publish(&[s1]).await;
+    app.wait_settled("ORD-WAIT-LC", 1).await;
+    app.publish(&[s2]).await;
+    app.wait_settled("ORD-WAIT-LC", 2).await;
+    assert_eq!(
+        amounts(&app, "ORD-WAIT-LC").await,
+        (vec![(5182, 0), (2890, 0)], 0)
+    );
+    // The last one exceeds it: it waits instead of being cut.
+    app.publish(&[s3]).await;
+    wait_awaiting(&app, "ORD-WAIT-LC", 1).await;
+    assert_eq!(app.captures("ORD-WAIT-LC").await.len(), 2);
+    // `order show` says what it waits for.
+    let story = capture_worker::app::operator::orders::story(&app.store, "ORD-WAIT-LC")
+        .await
+        .unwrap();
+    let text = capture_worker::app::operator::orders::render_story(
+        &story,
+        capture_worker::app::operator::orders::StoryFormat::Text,
+    )
+    .unwrap();
+    assert!(
+        text.contains("waits for the answer to an increment of the hold (until "),
+        "{text}"
+    );
+
+    // The increment is answered (resent under its key): the parcel is captured in full.
+    let swept = sweep
+        .run_once_at(start + Duration::minutes(6))
+        .await
+        .unwrap();
+    assert_eq!(swept[0].outcome, Some("succeeded"));
+    app.wait_settled("ORD-WAIT-LC", 3).await;
+    assert_eq!(
+        amounts(&app, "ORD-WAIT-LC").await,
+        (vec![(5182, 0), (2890, 0), (4383, 0)], 0)
+    );
+    assert!(awaiting_increment(&app, "ORD-WAIT-LC").await.is_empty());
+    assert_eq!(
+        app.sandbox.authorization(auth).unwrap().amount_received,
+        12455
+    );
+    app.assert_keys_sound();
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_parcel_waiting_for_an_increment_that_is_refused_is_captured_up_to_the_hold() {
+    let mut app = TestApp::spawn_with_dialects(|_| {}).await;
+    app.start_worker().await;
+    let auth = "pi_lifecycle_wait_02";
+    let (order, s1, s2, s3) = order_on("sandbox", "ORD-WAITNO-LC", auth, 10_000);
+    app.authorize_with(NewAuthorization::new(auth, 10_000, "USD"));
+    app.publish(&[order]).await;
+    app.wait_count(
+        "select count(*) from orders where order_id = 'ORD-WAITNO-LC'",
+        1,
+    )
+    .await;
+    app.publish(&[s1]).await;
+    app.wait_settled("ORD-WAITNO-LC", 1).await;
+    let start = authorized_at(&app, "ORD-WAITNO-LC").await;
+    // An increment planned and not sent yet (its worker stopped before the call). The
+    // provider increments only a hold nothing was captured from: it will refuse it.
+    sqlx::query(
+        "insert into lifecycle_actions (order_id, sequence, provider, authorization_id, action,
+             reason, currency, authorized_before, increase, idempotency_key, status, planned_at)
+         values ('ORD-WAITNO-LC', 1, 'sandbox', $1, 'increment', 'shortfall', 'USD', 10000,
+                 2455, 'cw1-' || repeat('ab', 24), 'planned', now())",
+    )
+    .bind(auth)
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+    // What fits is captured at once; what exceeds the hold waits.
+    app.publish(&[s2]).await;
+    app.wait_settled("ORD-WAITNO-LC", 2).await;
+    app.publish(&[s3]).await;
+    wait_awaiting(&app, "ORD-WAITNO-LC", 1).await;
+    assert_eq!(app.captures("ORD-WAITNO-LC").await.len(), 2);
+
+    let swept = sweep(&app, settings())
+        .run_once_at(start + Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(swept.len(), 1, "{swept:?}");
+    assert_ne!(swept[0].outcome, Some("succeeded"));
+    let rows = actions(&app, "ORD-WAITNO-LC").await;
+    assert!(rows[0].2 == "declined" || rows[0].2 == "failed", "{rows:?}");
+    // Planned against the hold as it is: up to it, the rest recorded as shortfall.
+    app.wait_settled("ORD-WAITNO-LC", 3).await;
+    assert_eq!(
+        amounts(&app, "ORD-WAITNO-LC").await,
+        (vec![(5182, 0), (2890, 0), (1928, 2455)], 2455)
+    );
+    assert!(awaiting_increment(&app, "ORD-WAITNO-LC").await.is_empty());
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_parcel_waits_for_an_unanswered_increment_no_longer_than_the_parking_time() {
+    let mut app = TestApp::spawn_with_dialects(|s| s.capture.parking_seconds = 1).await;
+    app.start_worker().await;
+    let auth = "pi_lifecycle_wait_03";
+    let (order, s1, s2, s3) = order_on("sandbox", "ORD-WAITEND-LC", auth, 10_000);
+    app.authorize_with(NewAuthorization::new(auth, 10_000, "USD"));
+    // The order first: with a parking time of a second, a parcel that overtook it could
+    // expire before it arrives.
+    app.publish(&[order]).await;
+    app.wait_count(
+        "select count(*) from orders where order_id = 'ORD-WAITEND-LC'",
+        1,
+    )
+    .await;
+    app.publish(&[s1]).await;
+    app.wait_settled("ORD-WAITEND-LC", 1).await;
+    app.publish(&[s2]).await;
+    app.wait_settled("ORD-WAITEND-LC", 2).await;
+    sqlx::query(
+        "insert into lifecycle_actions (order_id, sequence, provider, authorization_id, action,
+             reason, currency, authorized_before, increase, idempotency_key, status, planned_at)
+         values ('ORD-WAITEND-LC', 1, 'sandbox', $1, 'increment', 'shortfall', 'USD', 10000,
+                 2455, 'cw1-' || repeat('cd', 24), 'unknown', now())",
+    )
+    .bind(auth)
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+    app.publish(&[s3]).await;
+    // The answer never comes: after the parking time the parcel is planned as without the
+    // increment, and nothing is dead-lettered.
+    app.wait_settled("ORD-WAITEND-LC", 3).await;
+    assert_eq!(
+        amounts(&app, "ORD-WAITEND-LC").await,
+        (vec![(5182, 0), (2890, 0), (1928, 2455)], 2455)
+    );
+    let (parked, rejected): (i64, i64) = sqlx::query_as(
+        "select count(*) filter (where status = 'parked'),
+                (select count(*) from rejected_messages where order_id = 'ORD-WAITEND-LC')
+         from inbox_messages where order_id = 'ORD-WAITEND-LC'",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((parked, rejected), (0, 0));
+    // It was planned when its wait ended, not when it arrived.
+    let waited: f64 = sqlx::query_scalar(
+        "select extract(epoch from s.created_at - i.received_at)::float8
+         from shipments s join inbox_messages i on i.message_id = s.message_id
+         where s.order_id = 'ORD-WAITEND-LC' order by s.created_at desc limit 1",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert!(waited >= 0.9, "planned {waited}s after it arrived");
+    app.cleanup().await;
+}

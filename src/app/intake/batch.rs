@@ -30,7 +30,8 @@ use super::{Intake, IntakeOutcome, intake_span, record_outcome};
 /// before its acknowledgement.
 ///
 /// Only the common cases take this path: a shipment, seen for the first time, of a registered
-/// order, that plans without a refusal; and the registration of a new order that nothing is
+/// order, that plans without a refusal and without shortfall (one that would cut value may
+/// have to wait for an increment of its hold); and the registration of a new order that nothing is
 /// parked for. Anything else — cancellations, parked, duplicate, conflicting, refused or
 /// unreadable messages, an order twice in one batch — and every message of a batch whose
 /// transaction fails, goes through [`Intake::handle`] on its own afterwards, so a bad or
@@ -158,9 +159,9 @@ impl Intake {
         })
     }
 
-    /// A first shipment of a registered order that plans without a refusal, its plan added to
-    /// `writes`; `None` for anything else (a redelivery, a duplicate, an order not registered
-    /// yet, a refusal): the per-message path decides and records why.
+    /// A first shipment of a registered order that plans without a refusal and without
+    /// shortfall, its plan added to `writes`; `None` for anything else (a redelivery, a
+    /// duplicate, an order not registered yet, a refusal, shortfall): the per-message path decides and records why.
     fn plan_shipment<'a>(
         &self,
         c: &'a Candidate<'_>,
@@ -182,7 +183,8 @@ impl Intake {
         let caps = self
             .capabilities
             .capabilities(stored.order.authorization().provider.as_str())?;
-        // A duplicate or a refusal is decided and recorded by the per-message path.
+        // A duplicate, a refusal or a plan that would cut value as shortfall (it may have to
+        // wait for an increment of the hold) is decided and recorded by the per-message path.
         let dispatch = self
             .stage_event(
                 writes,
@@ -192,6 +194,7 @@ impl Intake {
                 now,
                 c.traceparent.as_deref(),
                 c.processed(),
+                true,
             )
             .ok()?;
         Some(IntakeOutcome::Processed { dispatch })

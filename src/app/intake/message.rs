@@ -3,7 +3,7 @@
 //! to a write set ([`IntakeBatch`], see `rows`), which storage persists in one statement, as
 //! for a batch: the write set of one message.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
@@ -11,7 +11,7 @@ use crate::domain::{Capabilities, Order};
 use crate::queue::consumer::IncomingMessage;
 use crate::queue::wire::{self, Command, Parsed};
 use crate::sanitize;
-use crate::storage::ledger::{InboxStatus, IntakeBatch, StoredOrder};
+use crate::storage::ledger::{AWAITING_INCREMENT, InboxStatus, IntakeBatch, StoredOrder};
 use crate::storage::{LedgerTx, StorageError};
 
 use super::plan::{PlanInput, Verdict, order_fingerprint};
@@ -143,6 +143,8 @@ impl Intake {
         let order_id = parsed.command.order_id().clone();
         tx.lock_order_key(&order_id).await?;
 
+        // A message parked for an increment of its order's hold waits until its own deadline.
+        let mut waiting_until = None;
         if let Some(seen) = tx.inbox_get(message_id).await? {
             if seen.payload_hash != body_hash {
                 // Not marked in the inbox: the first message's row stands.
@@ -154,7 +156,12 @@ impl Intake {
                     .await;
             }
             match (seen.status, from_park) {
-                (InboxStatus::Parked, true) => {} // process it now
+                (InboxStatus::Parked, true) => {
+                    // process it now
+                    if seen.reject_reason.as_deref() == Some(AWAITING_INCREMENT) {
+                        waiting_until = seen.park_expires_at;
+                    }
+                }
                 (InboxStatus::Processed, _) => return Ok(IntakeOutcome::Duplicate),
                 (InboxStatus::Parked, false) => return Ok(IntakeOutcome::Parked),
                 (InboxStatus::Rejected, _) => {
@@ -178,6 +185,7 @@ impl Intake {
                     parsed,
                     body_hash,
                     PlanInput::Shipment(shipment),
+                    waiting_until,
                 )
                 .await?
             }
@@ -188,6 +196,7 @@ impl Intake {
                     parsed,
                     body_hash,
                     PlanInput::Cancellation(cancellation),
+                    waiting_until,
                 )
                 .await?
             }
@@ -287,7 +296,10 @@ impl Intake {
     }
 
     /// Plans a shipment or cancellation against its order and stores what the plan decided;
-    /// parks it when its order is not registered yet.
+    /// parks it when its order is not registered yet, or when it would cut value as shortfall
+    /// while an increment of the order's hold is unanswered (until the increment is answered,
+    /// and at most `capture.parking_seconds`: `waiting_until`, for a message parked so
+    /// before, is when that wait ends).
     pub(super) async fn plan_event(
         &self,
         tx: &mut LedgerTx,
@@ -295,6 +307,7 @@ impl Intake {
         parsed: &Parsed,
         body_hash: &str,
         input: PlanInput<'_>,
+        waiting_until: Option<DateTime<Utc>>,
     ) -> Result<IntakeOutcome, StorageError> {
         let order_id = parsed.command.order_id();
         let Some(mut stored) = tx.load_order(order_id, true).await? else {
@@ -308,6 +321,11 @@ impl Intake {
         };
         let caps = self.configured(&stored)?;
         with_earlier(tx, input, &mut stored).await?;
+        let now = Utc::now();
+        // Read after the order's row is locked: an answer recorded meanwhile (the answer and
+        // the raised hold commit together) is seen with its hold, or not at all.
+        let wait_until = waiting_until.unwrap_or(now + self.parking);
+        let may_wait = now < wait_until && tx.increment_unfinished(order_id).await?;
         // The capture's execution joins this span's trace (or links to it when it runs later);
         // without tracing installed, the publisher's context is the best we have.
         let traceparent =
@@ -319,11 +337,28 @@ impl Intake {
             &stored,
             caps,
             input,
-            Utc::now(),
+            now,
             traceparent.as_deref(),
             inbox,
+            may_wait,
         ) {
             Ok(dispatch) => IntakeOutcome::Processed { dispatch },
+            Err(Verdict::WouldCut) => {
+                writes.inbox.push(inbox_row(
+                    message,
+                    parsed,
+                    body_hash,
+                    Entry::AwaitingIncrement(wait_until),
+                ));
+                tracing::info!(
+                    event = "shipment_awaiting_increment",
+                    order_id = %order_id,
+                    message_id = parsed.envelope.message_id.as_str(),
+                    until = %wait_until,
+                    "the shipment exceeds the hold while an increment is unanswered: it waits for the answer"
+                );
+                IntakeOutcome::Parked
+            }
             Err(Verdict::Duplicate) => {
                 writes
                     .inbox

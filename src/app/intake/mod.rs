@@ -2,7 +2,8 @@
 //!
 //! Dedupe by message id (same bytes → the first outcome again; different bytes → refused),
 //! serialize per order with an advisory lock, register orders, park shipments that arrive
-//! before their order, plan with the domain, and persist the plan (progress, shipment or
+//! before their order (or that would be cut as shortfall while an increment of the order's
+//! hold is unanswered), plan with the domain, and persist the plan (progress, shipment or
 //! cancellation, capture rows with their keys) — all in one commit. Bad input is recorded with
 //! its reason and dead-lettered; it never reaches the provider.
 //!
@@ -18,7 +19,7 @@
 //! - `rows`    — what each decision writes (an order, a plan with its shipment or
 //!   cancellation row, an inbox row), added to the write set, the same for both paths.
 //! - `refuse`  — refusals: what is recorded and dead-lettered, and why.
-//! - `parked`  — shipments and cancellations waiting for their order.
+//! - `parked`  — shipments and cancellations waiting for their order (or for an increment).
 //! - `plan`    — what a message asks to plan (a shipment or a cancellation), and an order
 //!   registration's fingerprint.
 //!
@@ -57,7 +58,7 @@ pub enum IntakeOutcome {
     Processed { dispatch: Vec<String> },
     /// Seen before with the same content: nothing to do.
     Duplicate,
-    /// Waiting for its order.
+    /// Waiting for its order, or for the answer to an increment of its order's hold.
     Parked,
     /// Refused with a reason, recorded in `rejected_messages`.
     Rejected {

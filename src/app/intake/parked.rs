@@ -1,5 +1,7 @@
 //! Parked messages: shipments and cancellations that arrived before their order, processed
-//! once it is registered or dead-lettered when they waited too long.
+//! once it is registered or dead-lettered when they waited too long; and shipments waiting for
+//! the answer to an increment of their order's hold, processed by the sweeper once it is
+//! answered or their wait is over (then planned with shortfall, never dead-lettered).
 
 use sha2::{Digest, Sha256};
 use tracing::Instrument;

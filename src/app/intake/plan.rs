@@ -23,6 +23,9 @@ pub(super) enum Verdict {
     Duplicate,
     /// Planning refused it.
     Refused(Refusal),
+    /// It would cut value as shortfall, and the caller asked to wait instead (an increment of
+    /// the hold is unanswered).
+    WouldCut,
 }
 
 impl Intake {
@@ -30,7 +33,8 @@ impl Intake {
     /// against its order as read under the order's lock (with the earlier event of the same
     /// id, if any, in its state) and adds what the plan decided to `writes` (the plan, the
     /// event's row with the decision's name, and `inbox`, the message as processed). Returns
-    /// the orders with captures to send, or why nothing was added.
+    /// the orders with captures to send, or why nothing was added. With `not_short`, a plan
+    /// that would record shortfall adds nothing ([`Verdict::WouldCut`]).
     #[allow(clippy::too_many_arguments)] // the order as read, the event, and what its rows carry
     pub(super) fn stage_event<'a>(
         &self,
@@ -41,6 +45,7 @@ impl Intake {
         now: DateTime<Utc>,
         traceparent: Option<&'a str>,
         inbox: NewInbox<'a>,
+        not_short: bool,
     ) -> Result<Vec<String>, Verdict> {
         let order_id = stored.order.order_id();
         let ctx = PlanContext {
@@ -62,6 +67,9 @@ impl Intake {
                 }));
             }
         };
+        if not_short && !plan.shortfall.is_zero() {
+            return Err(Verdict::WouldCut);
+        }
         let Some(shipped_value) =
             added_value(&stored.order, &stored.state, &plan.state, self.shipping)
         else {

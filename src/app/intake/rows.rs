@@ -9,7 +9,7 @@ use crate::domain::{self, Capabilities, Decision, MinorUnits, Order, OrderState,
 use crate::queue::consumer::IncomingMessage;
 use crate::queue::wire::Parsed;
 use crate::storage::ledger::{
-    InboxStatus, IntakeBatch, NewCancellation, NewInbox, NewOrder, NewShipment,
+    AWAITING_INCREMENT, InboxStatus, IntakeBatch, NewCancellation, NewInbox, NewOrder, NewShipment,
 };
 use crate::storage::plans::PlanCause;
 
@@ -21,6 +21,9 @@ pub(super) enum Entry {
     Processed,
     /// Waiting for its order until this time; its body is kept meanwhile.
     Parked(DateTime<Utc>),
+    /// Waiting, until this time at the latest, for the answer to an increment of its order's
+    /// hold (reason [`AWAITING_INCREMENT`]); its body is kept meanwhile.
+    AwaitingIncrement(DateTime<Utc>),
     /// Refused with this reason.
     Rejected(String),
 }
@@ -35,6 +38,11 @@ pub(super) fn inbox_row<'a>(
     let (status, reject_reason, park_expires_at) = match entry {
         Entry::Processed => (InboxStatus::Processed, None, None),
         Entry::Parked(until) => (InboxStatus::Parked, None, Some(until)),
+        Entry::AwaitingIncrement(until) => (
+            InboxStatus::Parked,
+            Some(AWAITING_INCREMENT.to_owned()),
+            Some(until),
+        ),
         Entry::Rejected(reason) => (InboxStatus::Rejected, Some(reason), None),
     };
     NewInbox {

@@ -84,6 +84,12 @@ fn summary(row: &TimelineRow) -> String {
             text(&f["currency"]),
             text(&f["order_total"])
         ),
+        "message_parked" if f["reason"] == "awaiting_increment" => format!(
+            "{} {} waits for the answer to an increment of the hold (until {})",
+            text(&f["message_type"]),
+            text(&f["message_id"]),
+            text(&f["until"])
+        ),
         "message_parked" => format!(
             "{} {} waits for its order",
             text(&f["message_type"]),
