@@ -296,8 +296,8 @@ impl Intake {
     }
 
     /// Plans a shipment or cancellation against its order and stores what the plan decided;
-    /// parks it when its order is not registered yet, or when it would cut value as shortfall
-    /// while an increment of the order's hold is unanswered (until the increment is answered,
+    /// parks it when its order is not registered yet, or, a shipment, when it would cut value
+    /// as shortfall while an increment of the order's hold is unanswered (until the increment is answered,
     /// and at most `capture.parking_seconds`: `waiting_until`, for a message parked so
     /// before, is when that wait ends).
     pub(super) async fn plan_event(
@@ -322,10 +322,13 @@ impl Intake {
         let caps = self.configured(&stored)?;
         with_earlier(tx, input, &mut stored).await?;
         let now = Utc::now();
-        // Read after the order's row is locked: an answer recorded meanwhile (the answer and
-        // the raised hold commit together) is seen with its hold, or not at all.
+        // A shipment may wait; a cancellation is planned at once. Read after the order's row
+        // is locked: an answer recorded meanwhile (the answer and the raised hold commit
+        // together) is seen with its hold, or not at all.
         let wait_until = waiting_until.unwrap_or(now + self.parking);
-        let may_wait = now < wait_until && tx.increment_unfinished(order_id).await?;
+        let may_wait = matches!(input, PlanInput::Shipment(_))
+            && now < wait_until
+            && tx.increment_unfinished(order_id).await?;
         // The capture's execution joins this span's trace (or links to it when it runs later);
         // without tracing installed, the publisher's context is the best we have.
         let traceparent =
