@@ -49,6 +49,26 @@ async fn actions(app: &TestApp, order_id: &str) -> Vec<(String, String, String, 
     .unwrap()
 }
 
+/// Rewinds an order's answered lifecycle action to `status` with no answer recorded, and the
+/// order's hold to `authorized`: as if the worker had stopped before recording the answer.
+async fn rewind_increment(app: &TestApp, order_id: &str, status: &str, authorized: i64) {
+    sqlx::query(
+        "update lifecycle_actions set status = $2, finished_at = null, new_amount = null,
+         new_expires_at = null where order_id = $1",
+    )
+    .bind(order_id)
+    .bind(status)
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+    sqlx::query("update orders set authorized_amount = $2 where order_id = $1")
+        .bind(order_id)
+        .bind(authorized)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+}
+
 async fn lifecycle_calls(app: &TestApp, auth: &str, suffix: &str) -> usize {
     app.sandbox
         .ledger_for(auth)
@@ -415,14 +435,7 @@ async fn an_increment_left_unanswered_by_a_stopped_worker_is_resent_under_its_ke
         .await
         .unwrap();
     assert_eq!(swept[0].outcome, Some("succeeded"));
-    sqlx::query("update lifecycle_actions set status = 'planned', finished_at = null, new_amount = null where order_id = 'ORD-CRASH-LC'")
-        .execute(app.store.pool())
-        .await
-        .unwrap();
-    sqlx::query("update orders set authorized_amount = 10000 where order_id = 'ORD-CRASH-LC'")
-        .execute(app.store.pool())
-        .await
-        .unwrap();
+    rewind_increment(&app, "ORD-CRASH-LC", "planned", 10000).await;
     // The next pass resends the same key: Stripe replays the answer, nothing is applied twice.
     let swept = sweep
         .run_once_at(start + Duration::minutes(6))
@@ -481,14 +494,7 @@ async fn a_checkout_increment_whose_answer_was_lost_is_read_back_not_sent_again(
     assert_eq!(swept[0].outcome, Some("succeeded"));
     // As if Checkout.com had answered 5xx after applying it (it keeps no answer for a 5xx, so
     // a resend under the key would increment again).
-    sqlx::query("update lifecycle_actions set status = 'unknown', finished_at = null, new_amount = null where order_id = 'ORD-LOST-LC'")
-        .execute(app.store.pool())
-        .await
-        .unwrap();
-    sqlx::query("update orders set authorized_amount = 10000 where order_id = 'ORD-LOST-LC'")
-        .execute(app.store.pool())
-        .await
-        .unwrap();
+    rewind_increment(&app, "ORD-LOST-LC", "unknown", 10000).await;
     let swept = sweep
         .run_once_at(start + Duration::minutes(6))
         .await
@@ -528,14 +534,7 @@ async fn a_pass_that_reads_the_order_before_another_worker_records_its_increment
         .unwrap();
     assert_eq!(swept[0].outcome, Some("succeeded"));
     // …and A records the answer only now (the record rewound to the moment before it).
-    sqlx::query("update lifecycle_actions set status = 'planned', finished_at = null, new_amount = null, new_expires_at = null where order_id = 'ORD-RACE-LC'")
-        .execute(app.store.pool())
-        .await
-        .unwrap();
-    sqlx::query("update orders set authorized_amount = 10000 where order_id = 'ORD-RACE-LC'")
-        .execute(app.store.pool())
-        .await
-        .unwrap();
+    rewind_increment(&app, "ORD-RACE-LC", "planned", 10000).await;
     let mut record = app.store.pool().begin().await.unwrap();
     for sql in [
         // Held until the commit: worker B's pass reads the order, then waits to read the
@@ -651,14 +650,7 @@ async fn a_parcel_beyond_the_hold_waits_for_an_unanswered_increment_and_is_captu
         .await
         .unwrap();
     assert_eq!(swept[0].outcome, Some("succeeded"));
-    sqlx::query("update lifecycle_actions set status = 'planned', finished_at = null, new_amount = null where order_id = 'ORD-WAIT-LC'")
-        .execute(app.store.pool())
-        .await
-        .unwrap();
-    sqlx::query("update orders set authorized_amount = 10000 where order_id = 'ORD-WAIT-LC'")
-        .execute(app.store.pool())
-        .await
-        .unwrap();
+    rewind_increment(&app, "ORD-WAIT-LC", "planned", 10000).await;
 
     // Parcels that fit in the hold are captured at once, the increment unanswered.
     app.publish(&[s1]).await;
