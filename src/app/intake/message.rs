@@ -322,29 +322,36 @@ impl Intake {
         let caps = self.configured(&stored)?;
         with_earlier(tx, input, &mut stored).await?;
         let now = Utc::now();
-        // A shipment may wait; a cancellation is planned at once. Read after the order's row
-        // is locked: an answer recorded meanwhile (the answer and the raised hold commit
-        // together) is seen with its hold, or not at all.
+        // A shipment may wait; a cancellation is planned at once.
         let wait_until = waiting_until.unwrap_or(now + self.parking);
-        let may_wait = matches!(input, PlanInput::Shipment(_))
-            && now < wait_until
-            && tx.increment_unfinished(order_id).await?;
+        let may_wait = matches!(input, PlanInput::Shipment(_)) && now < wait_until;
         // The capture's execution joins this span's trace (or links to it when it runs later);
         // without tracing installed, the publisher's context is the best we have.
         let traceparent =
             crate::telemetry::trace::current_traceparent().or_else(|| message.traceparent.clone());
         let mut writes = IntakeBatch::default();
-        let inbox = inbox_row(message, parsed, body_hash, Entry::Processed);
-        let outcome = match self.stage_event(
-            &mut writes,
-            &stored,
-            caps,
-            input,
-            now,
-            traceparent.as_deref(),
-            inbox,
-            may_wait,
-        ) {
+        let stage = |writes: &mut _, not_short: bool| {
+            let inbox = inbox_row(message, parsed, body_hash, Entry::Processed);
+            self.stage_event(
+                writes,
+                &stored,
+                caps,
+                input,
+                now,
+                traceparent.as_deref(),
+                inbox,
+                not_short,
+            )
+        };
+        let mut staged = stage(&mut writes, may_wait);
+        // Only a plan that would cut value looks for an unanswered increment; read after the
+        // order's row is locked, so an answer recorded meanwhile (the answer and the raised
+        // hold commit together) is seen with its hold, or not at all. With none to wait for,
+        // the plan stands as without the lifecycle sweep.
+        if matches!(staged, Err(Verdict::WouldCut)) && !tx.increment_unfinished(order_id).await? {
+            staged = stage(&mut writes, false);
+        }
+        let outcome = match staged {
             Ok(dispatch) => IntakeOutcome::Processed { dispatch },
             Err(Verdict::WouldCut) => {
                 writes.inbox.push(inbox_row(
