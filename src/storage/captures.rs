@@ -85,7 +85,7 @@ pub async fn claim_next(
 
 /// A claimed capture from a `returning c.*, … as taken_over` row. A value that does not parse
 /// is a [`StorageError::Corrupt`] naming the capture and the column.
-fn claimed_from_row(r: &sqlx::postgres::PgRow) -> Result<ClaimedCapture, StorageError> {
+pub(super) fn claimed_from_row(r: &sqlx::postgres::PgRow) -> Result<ClaimedCapture, StorageError> {
     const CTX: &str = "claiming the order's next capture";
     let capture_id: i64 = r.get("capture_id");
     let corrupt = |column: &str, detail: &dyn std::fmt::Display| StorageError::Corrupt {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgArguments;
 use sqlx::{PgConnection, Postgres, Row};
 
+use super::captures::ClaimedCapture;
 use super::{Ctx, StorageError, outside};
 use crate::domain::{
     Authorization, AuthorizationId, Cancellation, Currency, EventId, IdempotencyKey, Item, LineId,
@@ -885,6 +886,16 @@ pub struct IntakeBatch<'a> {
     /// the inbox and not parked fails the statement (a conflict): intake only writes messages
     /// it found absent (or parked) under the orders' locks.
     pub inbox: Vec<NewInbox<'a>>,
+    /// Claim the batch's new head captures for this worker as they are inserted (see
+    /// [`store_intake_batch`]); `None` inserts every capture queued.
+    pub claim_for: Option<ClaimFor<'a>>,
+}
+
+/// The worker a batch's new head captures are claimed for, and its lease.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimFor<'a> {
+    pub worker: &'a str,
+    pub lease_seconds: f64,
 }
 
 impl IntakeBatch<'_> {
@@ -904,16 +915,23 @@ impl IntakeBatch<'_> {
 /// inbox rows of every message of the batch. The parts do not depend on each other's rows
 /// except the keys, which take their capture ids from the captures' `returning`; foreign keys
 /// are checked at the end of the statement. An empty batch writes nothing.
+///
+/// With [`IntakeBatch::claim_for`], each order's first new capture is inserted already in
+/// flight under that worker's lease when it is the order's head — no earlier capture of the
+/// order is unsettled (queued, retrying, pending, in flight or waiting for attention) and the
+/// order is not latched by a decline — exactly the capture [`super::captures::claim_many`]
+/// would claim next, written once instead of inserted and then updated. The partial unique
+/// index `captures_one_in_flight_per_order` still guards P8. Returns the captures so claimed.
 pub async fn store_intake_batch(
     tx: &mut PgConnection,
     batch: &IntakeBatch<'_>,
-) -> Result<(), StorageError> {
+) -> Result<Vec<ClaimedCapture>, StorageError> {
     const CTX: &str = "storing the batch";
     if batch.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let progress = ProgressColumns::of(&batch.progress);
-    let captures = CaptureColumns::of(&batch.captures)?;
+    let captures = CaptureColumns::of(&batch.captures, batch.claim_for.is_some())?;
     let shipments = ShipmentColumns::of(&batch.shipments);
     let inbox = InboxColumns::of(&batch.inbox);
     let orders = NewOrderColumns::of(&batch.orders);
@@ -926,26 +944,38 @@ pub async fn store_intake_batch(
     let query = inbox.bind(query);
     let query = orders.bind(query);
     let query = cancellations.bind(query);
-    let done = query.execute(tx).await.ctx(CTX)?;
-    // The inbox insert is the statement's own: a row neither inserted nor updated is a
-    // message id already there and not parked.
-    if done.rows_affected() != batch.inbox.len() as u64 {
+    let query = query
+        .bind(batch.claim_for.map(|c| c.worker))
+        .bind(batch.claim_for.map_or(0.0, |c| c.lease_seconds))
+        .bind(&captures.claims);
+    let rows = query.fetch_all(tx).await.ctx(CTX)?;
+    // Every message's inbox row is inserted or updated: a row neither inserted nor updated is
+    // a message id already there and not parked.
+    let inbox_rows: i64 = rows.first().map_or(0, |r| r.get("inbox_rows"));
+    if inbox_rows != batch.inbox.len() as i64 {
         return Err(StorageError::Conflict {
             context: CTX,
             constraint: "inbox_messages_pkey".into(),
         });
     }
-    Ok(())
+    rows.iter()
+        .filter(|r| r.get::<Option<i64>, _>("capture_id").is_some())
+        .map(super::captures::claimed_from_row)
+        .collect()
 }
 
-/// The batch statement, one named part per table it writes; the inbox insert is the statement
-/// the parts hang on. Parameters are numbered across the parts: progress $1–$11, captures
-/// $12–$27, shipments $28–$35, inbox $36–$46, new orders and their lines $47–$70,
-/// cancellations $71–$74.
+/// The batch statement, one named part per table it writes. It returns one row: the number of
+/// inbox rows written and, joined to it, the captures inserted in flight (none: one row of
+/// nulls). Parameters are numbered across the parts: progress $1–$11, captures $12–$27 and
+/// $75–$77 (the claiming worker, its lease in seconds, which rows may be claimed), shipments
+/// $28–$35, inbox $36–$46, new orders and their lines $47–$70, cancellations $71–$74.
 static STORE_BATCH: LazyLock<String> = LazyLock::new(|| {
     format!(
         "with {PROGRESS}, {LINE_PROGRESS}, {NEW_CAPTURES}, {NEW_KEYS}, {NEW_SHIPMENTS}, \
-         {NEW_CANCELLATIONS}, {NEW_ORDERS}, {NEW_LINES} {NEW_INBOX}"
+         {NEW_CANCELLATIONS}, {NEW_ORDERS}, {NEW_LINES}, new_inbox as ({NEW_INBOX} returning 1)
+         select (select count(*) from new_inbox) as inbox_rows, c.*, false as taken_over
+         from (values (1)) as one (x)
+         left join new_captures c on c.status = 'in_flight'"
     )
 });
 
@@ -970,21 +1000,39 @@ const LINE_PROGRESS: &str = "line_progress as (
                    is distinct from (v.s, v.c, v.ch)
          )";
 
-/// The capture rows the plans asked for ($12–$27).
+/// The capture rows the plans asked for ($12–$27), each order's head inserted in flight for
+/// the claiming worker ($75–$77; see [`store_intake_batch`]). The lookups read the state before
+/// this statement: the batch's own new captures are not among them.
 const NEW_CAPTURES: &str = "new_captures as (
              insert into captures (order_id, provider, authorization_id, sequence, kind,
                  cause_kind, cause_id, amount, currency, is_final, release_after, lines,
-                 shipping_amount, shortfall_amount, idempotency_key, traceparent)
+                 shipping_amount, shortfall_amount, idempotency_key, traceparent, status,
+                 lease_owner, lease_expires_at, attempts, first_attempt_at)
              select order_id, provider, authorization_id, sequence, kind, cause_kind, cause_id,
                  amount, currency, is_final, release_after, lines::jsonb, shipping_amount,
-                 shortfall_amount, idempotency_key, traceparent
-             from unnest($12::text[], $13::text[], $14::text[], $15::int[], $16::text[],
-                 $17::text[], $18::text[], $19::bigint[], $20::text[], $21::bool[], $22::bool[],
-                 $23::text[], $24::bigint[], $25::bigint[], $26::text[], $27::text[])
-                 as v(order_id, provider, authorization_id, sequence, kind, cause_kind, cause_id,
-                      amount, currency, is_final, release_after, lines, shipping_amount,
-                      shortfall_amount, idempotency_key, traceparent)
-             returning capture_id, idempotency_key, amount, is_final
+                 shortfall_amount, idempotency_key, traceparent,
+                 case when head then 'in_flight' else 'queued' end,
+                 case when head then $75::text end,
+                 case when head then now() + make_interval(secs => $76::float8) end,
+                 case when head then 1 else 0 end,
+                 case when head then now() end
+             from (
+                 select v.*, $75::text is not null and v.claim
+                     -- nothing of the order unsettled before it (P8)
+                     and not exists (select 1 from captures a where a.order_id = v.order_id
+                         and a.status not in ('succeeded', 'declined', 'failed', 'blocked'))
+                     -- the decline latch (P4): nothing is sent for a declined order
+                     and not exists (select 1 from orders o
+                         where o.order_id = v.order_id and o.phase = 'declined') as head
+                 from unnest($12::text[], $13::text[], $14::text[], $15::int[], $16::text[],
+                     $17::text[], $18::text[], $19::bigint[], $20::text[], $21::bool[],
+                     $22::bool[], $23::text[], $24::bigint[], $25::bigint[], $26::text[],
+                     $27::text[], $77::bool[])
+                     as v(order_id, provider, authorization_id, sequence, kind, cause_kind,
+                          cause_id, amount, currency, is_final, release_after, lines,
+                          shipping_amount, shortfall_amount, idempotency_key, traceparent, claim)
+             ) as v
+             returning *
          )";
 
 /// Their generation-0 keys, from the captures' `returning`.
@@ -1036,7 +1084,7 @@ const NEW_LINES: &str = "new_lines as (
 
 /// The messages ($36–$46): inserted, or, for a parked message processed now, updated. A row
 /// already there and not parked is left alone (and fails the batch, see
-/// [`store_intake_batch`]).
+/// [`store_intake_batch`]). The batch statement adds its `returning`.
 const NEW_INBOX: &str =
     "insert into inbox_messages (message_id, message_type, order_id, payload_hash, status,
              reject_reason, body, routing_key, traceparent, tracestate, park_expires_at)
@@ -1127,12 +1175,25 @@ struct CaptureColumns<'a> {
     shortfall: Vec<i64>,
     keys: Vec<String>,
     traceparents: Vec<Option<&'a str>>,
+    /// Whether the row may be inserted in flight: with `claim`, each order's lowest sequence.
+    claims: Vec<bool>,
 }
 
 impl<'a> CaptureColumns<'a> {
-    fn of(captures: &'a [NewCapture<'a>]) -> Result<Self, StorageError> {
+    fn of(captures: &'a [NewCapture<'a>], claim: bool) -> Result<Self, StorageError> {
         let mut c = CaptureColumns::default();
+        let mut first: HashMap<&str, u32> = HashMap::new();
+        if claim {
+            for row in captures {
+                let at = first
+                    .entry(row.order.order_id().as_str())
+                    .or_insert(row.sequence);
+                *at = (*at).min(row.sequence);
+            }
+        }
         for row in captures {
+            c.claims
+                .push(first.get(row.order.order_id().as_str()) == Some(&row.sequence));
             let auth = row.order.authorization();
             c.orders.push(row.order.order_id().as_str());
             c.providers.push(auth.provider.as_str());

@@ -183,11 +183,12 @@ impl LedgerTx {
         ledger::existing_shipments(&mut self.tx, order_ids, shipment_ids).await
     }
 
-    /// [`ledger::store_intake_batch`] in this transaction.
+    /// [`ledger::store_intake_batch`] in this transaction: the captures it inserted in flight
+    /// for [`IntakeBatch::claim_for`].
     pub async fn store_intake_batch(
         &mut self,
         batch: &IntakeBatch<'_>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Vec<ClaimedCapture>, StorageError> {
         ledger::store_intake_batch(&mut self.tx, batch).await
     }
 

@@ -492,6 +492,135 @@ async fn a_batch_claims_the_captures_it_creates_for_its_executor_which_sends_the
 }
 
 #[tokio::test]
+async fn a_new_head_capture_is_written_once_in_flight_and_one_behind_an_unsettled_one_queued() {
+    use capture_worker::app::execute::Executor;
+    use capture_worker::app::retry::RetryPolicy;
+    use std::time::Duration;
+
+    // Arrange: intake claiming for an executor that is not running, so nothing settles; and a
+    // trigger recording every update of a capture row.
+    let (db, store) = fresh_database().await;
+    let settings = test_settings(&db, "claim-on-insert", "http://127.0.0.1:9");
+    let providers = Providers::from_settings(&settings).unwrap();
+    let policy = RetryPolicy {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+        max_attempts: 5,
+        max_age: Duration::from_secs(60),
+        pending_poll: Duration::from_secs(1),
+    };
+    let (executor, _work) = Executor::new(
+        store.clone(),
+        providers.clone(),
+        policy,
+        "w-insert".into(),
+        30,
+        8,
+    );
+    let intake = Intake::new(store.clone(), Arc::new(providers), Default::default(), 3600)
+        .claiming_for(executor.handoff());
+    sqlx::raw_sql(
+        "create table capture_row_updates (capture_id bigint, old_status text, new_status text);
+         create function record_capture_update() returns trigger language plpgsql as $$
+         begin
+             insert into capture_row_updates values (new.capture_id, old.status, new.status);
+             return new;
+         end $$;
+         create trigger record_capture_update after update on captures
+             for each row execute function record_capture_update();",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let orders: Vec<Vec<Value>> = (0..2).map(usd_order_as).collect();
+    let registrations: Vec<IncomingMessage> = orders.iter().map(|o| incoming(&o[0])).collect();
+    for out in intake.handle_batch(&registrations).await {
+        assert!(
+            matches!(out, Ok(IntakeOutcome::Processed { .. })),
+            "{out:?}"
+        );
+    }
+    let captures = |pool: sqlx::PgPool| async move {
+        sqlx::query_as::<_, (String, i32, String, Option<String>, i32, bool)>(
+            "select order_id, sequence, status, lease_owner, attempts,
+                 coalesce(lease_expires_at > now() + interval '20 seconds', false)
+             from captures order by order_id, sequence",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+
+    // Act: both orders' first parcels in one batch.
+    let first: Vec<IncomingMessage> = orders.iter().map(|o| incoming(&o[1])).collect();
+    let outcomes = intake.handle_batch(&first).await;
+
+    // Assert: each new capture is its order's head and was inserted in flight under the
+    // worker's lease (30 s), attempt 1, with no second version of its row; the orders need
+    // no separate dispatch.
+    for out in &outcomes {
+        assert_eq!(
+            out.as_ref().unwrap(),
+            &IntakeOutcome::Processed {
+                dispatch: Vec::new()
+            }
+        );
+    }
+    let in_flight = |order: &str, sequence: i32| {
+        (
+            order.to_owned(),
+            sequence,
+            "in_flight".to_owned(),
+            Some("w-insert".to_owned()),
+            1,
+            true,
+        )
+    };
+    assert_eq!(
+        captures(store.pool().clone()).await,
+        vec![in_flight("ORD-B0", 1), in_flight("ORD-B1", 1)]
+    );
+
+    // Act: the second parcels while the first captures are still in flight.
+    let second: Vec<IncomingMessage> = orders.iter().map(|o| incoming(&o[2])).collect();
+    let outcomes = intake.handle_batch(&second).await;
+
+    // Assert: the new captures wait queued behind their orders' in-flight ones (P8), and
+    // their orders are left to dispatch; still no capture row was written twice.
+    let dispatched: Vec<IntakeOutcome> = outcomes.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        dispatched,
+        vec![
+            IntakeOutcome::Processed {
+                dispatch: vec!["ORD-B0".into()]
+            },
+            IntakeOutcome::Processed {
+                dispatch: vec!["ORD-B1".into()]
+            },
+        ]
+    );
+    let queued = |order: &str| (order.to_owned(), 2, "queued".to_owned(), None, 0, false);
+    assert_eq!(
+        captures(store.pool().clone()).await,
+        vec![
+            in_flight("ORD-B0", 1),
+            queued("ORD-B0"),
+            in_flight("ORD-B1", 1),
+            queued("ORD-B1"),
+        ]
+    );
+    let updates: i64 = sqlx::query_scalar("select count(*) from capture_row_updates")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        updates, 0,
+        "intake updated capture rows it had just inserted"
+    );
+    drop_store(db, store).await;
+}
+
+#[tokio::test]
 async fn a_parcel_for_a_lapsed_authorization_is_refused_the_same_in_a_batch_as_on_its_own() {
     // Order B1 was authorized eight days ago and its authorization expired an hour ago.
     let now = chrono::Utc::now();

@@ -109,7 +109,13 @@ impl Intake {
         let mut tx = self.store.begin("starting batched intake").await?;
         let found = read_batch(&mut tx, candidates).await?;
         let now = Utc::now();
-        let mut writes = ledger::IntakeBatch::default();
+        let mut writes = ledger::IntakeBatch {
+            claim_for: self.claimer.as_ref().map(|handoff| ledger::ClaimFor {
+                worker: handoff.worker_id(),
+                lease_seconds: handoff.lease_seconds(),
+            }),
+            ..Default::default()
+        };
         let mut done = Vec::new();
         for c in candidates {
             let outcome = match &c.parsed.command {
@@ -126,8 +132,9 @@ impl Intake {
         if done.is_empty() {
             return Ok(done); // nothing written; the transaction rolls back on drop
         }
-        tx.store_intake_batch(&writes).await?;
-        let claimed = self.claim_heads(&mut tx, &done).await?;
+        let mut claimed = tx.store_intake_batch(&writes).await?;
+        let heads = self.claim_heads(&mut tx, &done, &claimed).await?;
+        claimed.extend(heads);
         tx.commit("committing batched intake").await?;
         self.hand_over(claimed, &mut done);
         Ok(done)
@@ -201,17 +208,21 @@ impl Intake {
     }
 
     /// With a [`Handoff`](super::super::execute::Handoff), claims the head capture of every
-    /// order the batch dispatches, before anyone else can see the new rows: usually the capture
-    /// just created; an earlier one if it is still unsettled and due (P8 holds either way: the
-    /// claim takes only the head). Saves a claim round trip per capture.
+    /// order the batch dispatches, before anyone else can see the new rows. The batch's writer
+    /// has inserted the new captures that are their order's head already in flight
+    /// (`inserted`); the others' head is an earlier capture, claimed here if it is unsettled
+    /// and due (P8 holds either way: the claim takes only the head). Saves a claim round trip
+    /// per capture, and for a new head capture a second version of its row.
     async fn claim_heads(
         &self,
         tx: &mut LedgerTx,
         done: &[(usize, IntakeOutcome)],
+        inserted: &[ClaimedCapture],
     ) -> Result<Vec<ClaimedCapture>, StorageError> {
         let Some(handoff) = &self.claimer else {
             return Ok(Vec::new());
         };
+        let claimed: HashSet<&str> = inserted.iter().map(|c| c.order_id.as_str()).collect();
         let mut orders: Vec<&str> = done
             .iter()
             .filter_map(|(_, o)| match o {
@@ -219,7 +230,11 @@ impl Intake {
                 _ => None,
             })
             .map(String::as_str)
+            .filter(|order| !claimed.contains(order))
             .collect();
+        if orders.is_empty() {
+            return Ok(Vec::new());
+        }
         orders.sort_unstable();
         orders.dedup();
         tx.claim_many(&orders, handoff.worker_id(), handoff.lease_seconds())
