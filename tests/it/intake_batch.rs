@@ -3,9 +3,12 @@
 //! never takes its batch down.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use capture_worker::app::execute::{Executor, WorkReceiver};
 use capture_worker::app::intake::{Intake, IntakeOutcome};
 use capture_worker::app::providers::Providers;
+use capture_worker::app::retry::RetryPolicy;
 use capture_worker::domain::{AuthorizationId, IdempotencyKey, ProviderName};
 use capture_worker::queue::consumer::IncomingMessage;
 use capture_worker::storage::Store;
@@ -53,6 +56,33 @@ fn usd_order_as(n: usize) -> Vec<Value> {
             m
         })
         .collect()
+}
+
+/// Intake claiming for an executor of `worker` (30 s leases) that the test runs, or not.
+fn claiming_intake(
+    store: &Store,
+    settings: &capture_worker::config::Settings,
+    worker: &str,
+) -> (Intake, Executor, WorkReceiver) {
+    let providers = Providers::from_settings(settings).unwrap();
+    let policy = RetryPolicy {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+        max_attempts: 5,
+        max_age: Duration::from_secs(60),
+        pending_poll: Duration::from_secs(1),
+    };
+    let (executor, work) = Executor::new(
+        store.clone(),
+        providers.clone(),
+        policy,
+        worker.into(),
+        30,
+        8,
+    );
+    let intake = Intake::new(store.clone(), Arc::new(providers), Default::default(), 3600)
+        .claiming_for(executor.handoff());
+    (intake, executor, work)
 }
 
 /// Everything intake stores, as comparable JSON (ids and clock times left out).
@@ -372,10 +402,7 @@ async fn a_registration_that_something_waits_for_or_that_conflicts_goes_one_at_a
 
 #[tokio::test]
 async fn a_batch_claims_the_captures_it_creates_for_its_executor_which_sends_them() {
-    use capture_worker::app::execute::Executor;
-    use capture_worker::app::retry::RetryPolicy;
     use capture_worker::sandbox::{self, NewAuthorization, SandboxOptions};
-    use std::time::Duration;
 
     // Arrange: an executor that is not running yet, and intake claiming for it.
     let (url, sandbox, _server) = sandbox::spawn(SandboxOptions {
@@ -386,24 +413,7 @@ async fn a_batch_claims_the_captures_it_creates_for_its_executor_which_sends_the
     .unwrap();
     let (db, store) = fresh_database().await;
     let settings = test_settings(&db, "claims", &url);
-    let providers = Providers::from_settings(&settings).unwrap();
-    let policy = RetryPolicy {
-        initial: Duration::from_millis(50),
-        max: Duration::from_millis(200),
-        max_attempts: 5,
-        max_age: Duration::from_secs(60),
-        pending_poll: Duration::from_secs(1),
-    };
-    let (executor, work) = Executor::new(
-        store.clone(),
-        providers.clone(),
-        policy,
-        "w-claims".into(),
-        30,
-        8,
-    );
-    let intake = Intake::new(store.clone(), Arc::new(providers), Default::default(), 3600)
-        .claiming_for(executor.handoff());
+    let (intake, executor, work) = claiming_intake(&store, &settings, "w-claims");
     let orders: Vec<Vec<Value>> = (0..2).map(usd_order_as).collect();
     for n in 0..2 {
         sandbox
@@ -493,32 +503,11 @@ async fn a_batch_claims_the_captures_it_creates_for_its_executor_which_sends_the
 
 #[tokio::test]
 async fn a_new_head_capture_is_written_once_in_flight_and_one_behind_an_unsettled_one_queued() {
-    use capture_worker::app::execute::Executor;
-    use capture_worker::app::retry::RetryPolicy;
-    use std::time::Duration;
-
     // Arrange: intake claiming for an executor that is not running, so nothing settles; and a
     // trigger recording every update of a capture row.
     let (db, store) = fresh_database().await;
     let settings = test_settings(&db, "claim-on-insert", "http://127.0.0.1:9");
-    let providers = Providers::from_settings(&settings).unwrap();
-    let policy = RetryPolicy {
-        initial: Duration::from_millis(50),
-        max: Duration::from_millis(200),
-        max_attempts: 5,
-        max_age: Duration::from_secs(60),
-        pending_poll: Duration::from_secs(1),
-    };
-    let (executor, _work) = Executor::new(
-        store.clone(),
-        providers.clone(),
-        policy,
-        "w-insert".into(),
-        30,
-        8,
-    );
-    let intake = Intake::new(store.clone(), Arc::new(providers), Default::default(), 3600)
-        .claiming_for(executor.handoff());
+    let (intake, _executor, _work) = claiming_intake(&store, &settings, "w-insert");
     sqlx::raw_sql(
         "create table capture_row_updates (capture_id bigint, old_status text, new_status text);
          create function record_capture_update() returns trigger language plpgsql as $$
