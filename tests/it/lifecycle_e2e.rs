@@ -37,6 +37,26 @@ async fn authorized_at(app: &TestApp, order_id: &str) -> DateTime<Utc> {
         .unwrap()
 }
 
+/// Publishes an order's registration and waits for the ledger to hold it; returns when its
+/// authorization was taken, where the sweeps' clock starts.
+async fn register(app: &TestApp, order: serde_json::Value, order_id: &str) -> DateTime<Utc> {
+    app.publish(&[order]).await;
+    let pool = app.store.pool().clone();
+    eventually(std::time::Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select count(*) from orders where order_id = $1")
+                .bind(order_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                == 1
+        }
+    })
+    .await;
+    authorized_at(app, order_id).await
+}
+
 /// (action, reason, status, new authorization id) of the order's lifecycle actions.
 async fn actions(app: &TestApp, order_id: &str) -> Vec<(String, String, String, Option<String>)> {
     sqlx::query_as(
@@ -144,13 +164,7 @@ async fn an_order_whose_parcels_exceed_the_hold_is_incremented_on_checkout_and_c
     // Checkout authorized 100.00 of a 124.55 order (edited after checkout).
     let (order, s1, s2, s3) = order_on("checkout", "ORD-CKO-LC", auth, 10_000);
     app.authorize_with(NewAuthorization::new(auth, 10_000, "USD"));
-    app.publish(&[order]).await;
-    app.wait_count(
-        "select count(*) from orders where order_id = 'ORD-CKO-LC'",
-        1,
-    )
-    .await;
-    let start = authorized_at(&app, "ORD-CKO-LC").await;
+    let start = register(&app, order, "ORD-CKO-LC").await;
     let swept = sweep(&app, settings())
         .run_once_at(start + Duration::minutes(5))
         .await
@@ -355,13 +369,7 @@ async fn an_untouched_hold_is_released_after_the_configured_time_and_shows_as_an
         scenario: Some(Scenario::default()),
         ..NewAuthorization::new(auth, 12455, "USD")
     });
-    app.publish(&[order]).await;
-    app.wait_count(
-        "select count(*) from orders where order_id = 'ORD-IDLE-LC'",
-        1,
-    )
-    .await;
-    let start = authorized_at(&app, "ORD-IDLE-LC").await;
+    let start = register(&app, order, "ORD-IDLE-LC").await;
     let sweep = sweep(
         &app,
         LifecycleSettings {
@@ -420,13 +428,7 @@ async fn an_increment_left_unanswered_by_a_stopped_worker_is_resent_under_its_ke
     let auth = "pi_lifecycle_crash_01";
     let (order, _, _, _) = order_on("sandbox", "ORD-CRASH-LC", auth, 10_000);
     app.authorize_with(NewAuthorization::new(auth, 10_000, "USD"));
-    app.publish(&[order]).await;
-    app.wait_count(
-        "select count(*) from orders where order_id = 'ORD-CRASH-LC'",
-        1,
-    )
-    .await;
-    let start = authorized_at(&app, "ORD-CRASH-LC").await;
+    let start = register(&app, order, "ORD-CRASH-LC").await;
     let sweep = sweep(&app, settings());
     // The first pass increments; then the worker "dies" before recording the answer: the row
     // goes back to `planned`, the order to its old amount, as after a crash mid-call.
@@ -479,13 +481,7 @@ async fn a_checkout_increment_whose_answer_was_lost_is_read_back_not_sent_again(
     let auth = "pay_lifecycle_lost_0001";
     let (order, _, _, _) = order_on("checkout", "ORD-LOST-LC", auth, 10_000);
     app.authorize_with(NewAuthorization::new(auth, 10_000, "USD"));
-    app.publish(&[order]).await;
-    app.wait_count(
-        "select count(*) from orders where order_id = 'ORD-LOST-LC'",
-        1,
-    )
-    .await;
-    let start = authorized_at(&app, "ORD-LOST-LC").await;
+    let start = register(&app, order, "ORD-LOST-LC").await;
     let sweep = sweep(&app, settings());
     let swept = sweep
         .run_once_at(start + Duration::minutes(5))
@@ -519,13 +515,7 @@ async fn a_pass_that_reads_the_order_before_another_worker_records_its_increment
     let auth = "pay_lifecycle_race_0001";
     let (order, _, _, _) = order_on("checkout", "ORD-RACE-LC", auth, 10_000);
     app.authorize_with(NewAuthorization::new(auth, 10_000, "USD"));
-    app.publish(&[order]).await;
-    app.wait_count(
-        "select count(*) from orders where order_id = 'ORD-RACE-LC'",
-        1,
-    )
-    .await;
-    let start = authorized_at(&app, "ORD-RACE-LC").await;
+    let start = register(&app, order, "ORD-RACE-LC").await;
     let sweep = sweep(&app, settings());
     // Worker A's pass: Checkout.com applies the increment of 2455…
     let swept = sweep
@@ -635,13 +625,7 @@ async fn a_parcel_beyond_the_hold_waits_for_an_unanswered_increment_and_is_captu
     // Authorized 100.00 of a 124.55 order.
     let (order, s1, s2, s3) = order_on("sandbox", "ORD-WAIT-LC", auth, 10_000);
     app.authorize_with(NewAuthorization::new(auth, 10_000, "USD"));
-    app.publish(&[order]).await;
-    app.wait_count(
-        "select count(*) from orders where order_id = 'ORD-WAIT-LC'",
-        1,
-    )
-    .await;
-    let start = authorized_at(&app, "ORD-WAIT-LC").await;
+    let start = register(&app, order, "ORD-WAIT-LC").await;
     let sweep = sweep(&app, settings());
     // The increment of 2455 is asked; its answer is not recorded (a worker stopped mid-call):
     // the row is `planned`, the order holds 100.00.
