@@ -2,8 +2,9 @@
 //! retention, the backlog figures for `/metrics`, and one order's events for `order show`.
 //!
 //! The rows are written by triggers on the ledger transitions they report (migration
-//! `20261207310000_outcome_outbox.sql`), so no function here creates an event, except the
-//! expiry warning in [`super::deadlines::at_risk`].
+//! `20261207310000_outcome_outbox.sql`; captures that succeed, once per statement:
+//! `20261208110000_capture_succeeded_events_per_statement.sql`), so no function here creates
+//! an event, except the expiry warning in [`super::deadlines::at_risk`].
 //!
 //! A claim is a transaction that holds its rows (`FOR UPDATE SKIP LOCKED`) while the relay
 //! publishes them: another relay skips them, and a relay that dies lets them go with its

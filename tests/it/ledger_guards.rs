@@ -6,7 +6,8 @@ use sqlx::PgPool;
 
 use crate::harness::*;
 
-async fn order(pool: &PgPool, id: &str, auth: &str) {
+/// An order of 1000 (USD, provider `sandbox`) under authorization `auth`.
+pub(crate) async fn order(pool: &PgPool, id: &str, auth: &str) {
     sqlx::query(
         "insert into orders (order_id, currency, provider, authorization_id, authorized_amount,
              authorized_at, shipping_amount, order_discount_amount, order_total, message_id, payload_hash)
@@ -19,7 +20,8 @@ async fn order(pool: &PgPool, id: &str, auth: &str) {
     .unwrap();
 }
 
-async fn capture(
+/// A capture of `order` with sequence `seq`, caused by shipment `S<seq>`; its id.
+pub(crate) async fn capture(
     pool: &PgPool,
     order: &str,
     seq: i32,

@@ -741,3 +741,106 @@ async fn the_binary_killed_between_the_confirm_and_the_mark_publishes_the_same_e
     store.pool().close().await;
     drop_database(&db).await;
 }
+
+#[tokio::test]
+async fn captures_settled_together_in_one_statement_get_the_events_one_at_a_time_would_give() {
+    use crate::ledger_guards::{capture, order};
+
+    // Arrange: order O1 with two events already (its counter at 2) and two captures, the
+    // second final; order O2 with one final capture.
+    let (db, store) = fresh_database().await;
+    let pool = store.pool();
+    order(pool, "O1", "pi_1").await;
+    order(pool, "O2", "pi_2").await;
+    sqlx::query("insert into outcome_sequences (order_id, last_sequence) values ('O1', 2)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let o1_first = capture(pool, "O1", 1, "k-o1-1", 300, false, "queued")
+        .await
+        .unwrap();
+    let o1_final = capture(pool, "O1", 2, "k-o1-2", 700, true, "queued")
+        .await
+        .unwrap();
+    let o2_final = capture(pool, "O2", 1, "k-o2-1", 1000, true, "queued")
+        .await
+        .unwrap();
+
+    // Act: all three succeed in one statement (the worker records its successes in batches).
+    sqlx::query(
+        "update captures set status = 'succeeded', provider_reference = 'ref-' || capture_id
+         where capture_id = any($1)",
+    )
+    .bind(vec![o1_first, o1_final, o2_final])
+    .execute(pool)
+    .await
+    .unwrap();
+
+    // Assert: per order, each capture's event in the order of its captures, then
+    // `order.completed` with the order's sums, numbered on from the order's counter.
+    let events: Vec<(String, i64, String, Value)> = sqlx::query_as(
+        "select order_id, sequence, event_type, data from outcome_events
+         order by order_id, sequence",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let succeeded = |id: i64, auth: &str, amount: i64, is_final: bool| {
+        json!({
+            "capture_id": id.to_string(), "provider": "sandbox", "authorization_id": auth,
+            "amount": amount, "currency": "USD", "is_final": is_final, "shipment_ids": [],
+            "provider_reference": format!("ref-{id}"),
+        })
+    };
+    let completed = |auth: &str| {
+        json!({
+            "provider": "sandbox", "authorization_id": auth, "captured_amount": 1000,
+            "released_amount": 0, "currency": "USD",
+        })
+    };
+    assert_eq!(
+        events,
+        vec![
+            (
+                "O1".into(),
+                3,
+                "capture.succeeded".into(),
+                succeeded(o1_first, "pi_1", 300, false)
+            ),
+            (
+                "O1".into(),
+                4,
+                "capture.succeeded".into(),
+                succeeded(o1_final, "pi_1", 700, true)
+            ),
+            ("O1".into(), 5, "order.completed".into(), completed("pi_1")),
+            (
+                "O2".into(),
+                1,
+                "capture.succeeded".into(),
+                succeeded(o2_final, "pi_2", 1000, true)
+            ),
+            ("O2".into(), 2, "order.completed".into(), completed("pi_2")),
+        ]
+    );
+    let counters: Vec<(String, i64)> =
+        sqlx::query_as("select order_id, last_sequence from outcome_sequences order by order_id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(counters, vec![("O1".into(), 5), ("O2".into(), 2)]);
+
+    // A capture already succeeded and written again makes no event.
+    sqlx::query("update captures set status = 'succeeded' where capture_id = $1")
+        .bind(o2_final)
+        .execute(pool)
+        .await
+        .unwrap();
+    let count: i64 = sqlx::query_scalar("select count(*) from outcome_events")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 5);
+    store.pool().close().await;
+    drop_database(&db).await;
+}
